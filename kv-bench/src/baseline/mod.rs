@@ -1,0 +1,1 @@
+//! Same-run baselines.

@@ -1,0 +1,41 @@
+//! `kv-bench`: benchmarks for the rpc crate and kv-service, with same-run baselines.
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod baseline;
+mod engine_bench;
+mod report;
+mod rpc_bench;
+
+#[derive(Parser)]
+#[command(name = "kv-bench", version, about = "Benchmarks for rpc and kv-service")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// RPC benchmarks (latency, throughput, bandwidth) over UDP on loopback.
+    Rpc {
+        #[command(subcommand)]
+        which: rpc_bench::RpcCmd,
+    },
+    /// The storage engine in-process (no network), YCSB workloads, with the device's limit.
+    Engine(engine_bench::EngineArgs),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Rpc { which } => rpc_bench::run(which),
+        Cmd::Engine(args) => engine_bench::run(args),
+    }
+}

@@ -1,0 +1,1 @@
+//! The KVell-derived storage engine (being written).

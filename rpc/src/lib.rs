@@ -1,0 +1,1 @@
+//! eRPC-style RPC (being written).

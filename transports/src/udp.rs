@@ -1,0 +1,1 @@
+//! Kernel UDP transport (placeholder, being written).
