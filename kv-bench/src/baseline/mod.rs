@@ -1,1 +1,2 @@
 //! Same-run baselines.
+pub mod raw_udp;

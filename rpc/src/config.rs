@@ -1,0 +1,70 @@
+//! Run-time configuration of an [`Rpc`](crate::Rpc).
+
+use std::time::Duration;
+
+/// Settings of one Rpc. Every limit of the protocol is here, not a constant.
+#[derive(Clone, Debug)]
+pub struct RpcConfig {
+    /// Request slots per session (requests in flight per session). eRPC: 8.
+    pub window: usize,
+    /// Packets a client session may have in flight (credits). eRPC: 32.
+    pub credits: u32,
+    /// Largest message, request or response, in bytes (at most 2^31).
+    pub max_msg_size: usize,
+    /// Retransmission timeout: a slot with no progress for this long goes back N.
+    pub rto: Duration,
+    /// Most sessions (client and server ends together) this Rpc holds.
+    pub max_sessions: usize,
+    /// Requests a client session may queue beyond its window before `enqueue_request`
+    /// answers [`RpcError::Overloaded`](crate::RpcError::Overloaded).
+    pub backlog_limit: usize,
+    /// How long a connect or disconnect may take before it fails.
+    pub connect_timeout: Duration,
+    /// Interval between retries of an unanswered SM message. eRPC: 100 ms.
+    pub sm_retry: Duration,
+    /// Bytes of free message buffers each Rpc keeps cached for reuse.
+    pub buffer_cache_bytes: usize,
+    /// Spin when idle (lowest latency) instead of sleeping in the transport's `wait`.
+    pub busy_poll: bool,
+    /// Packets processed per event-loop iteration at most (bounds the work per call).
+    pub rx_batch: usize,
+    /// Seed for session tokens; `None` draws one from the OS.
+    pub seed: Option<u64>,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        Self {
+            window: 8,
+            credits: 32,
+            max_msg_size: 8 << 20,
+            rto: Duration::from_millis(5),
+            max_sessions: 16_384,
+            backlog_limit: 4096,
+            connect_timeout: Duration::from_secs(2),
+            sm_retry: Duration::from_millis(100),
+            buffer_cache_bytes: 64 << 20,
+            busy_poll: true,
+            rx_batch: 64,
+            seed: None,
+        }
+    }
+}
+
+impl RpcConfig {
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.window == 0 || self.window > 1024 {
+            return Err(format!("window {} not in 1..=1024", self.window));
+        }
+        if self.credits == 0 || self.credits > 65_536 {
+            return Err(format!("credits {} not in 1..=65536", self.credits));
+        }
+        if self.max_msg_size > (1 << 31) {
+            return Err(format!("max_msg_size {} over 2 GiB", self.max_msg_size));
+        }
+        if self.rto.is_zero() || self.rx_batch == 0 || self.max_sessions == 0 {
+            return Err("rto, rx_batch and max_sessions must be non-zero".into());
+        }
+        Ok(())
+    }
+}

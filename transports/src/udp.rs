@@ -1,1 +1,0 @@
-//! Kernel UDP transport (placeholder, being written).
