@@ -1,0 +1,215 @@
+//! A blocking wrapper: one thread per worker, requests over channels.
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
+use std::thread::JoinHandle;
+
+use super::error::{Error, Result};
+use super::recovery::RecoveryStats;
+use super::worker::{Completion, Op, Output, Worker, WorkerStats};
+use super::{merge_scan, open_workers, EngineConfig, KeyRouter};
+
+enum Request {
+    Op(Op, SyncSender<Result<Output>>),
+    Stats(SyncSender<WorkerStats>),
+}
+
+/// The engine behind a blocking API, for tools and tests. Each worker runs on its own
+/// thread; calls may come from any number of threads (`Engine` is `Sync`).
+///
+/// See the [module documentation](crate::engine) for an example.
+pub struct Engine {
+    router: KeyRouter,
+    senders: Vec<Sender<Request>>,
+    threads: Vec<JoinHandle<()>>,
+    recovery: RecoveryStats,
+}
+
+impl Engine {
+    /// Opens (creating if needed) the data directory and starts one thread per worker.
+    pub fn open(dir: impl AsRef<Path>, config: EngineConfig) -> Result<Engine> {
+        let opened = open_workers(dir, &config)?;
+        let mut senders = Vec::new();
+        let mut threads = Vec::new();
+        for worker in opened.workers {
+            let (tx, rx) = mpsc::channel();
+            let name = format!("engine-worker-{}", worker.id());
+            let handle = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || serve(worker, rx))
+                .map_err(|e| Error::io("spawning a worker thread", e))?;
+            senders.push(tx);
+            threads.push(handle);
+        }
+        Ok(Engine {
+            router: opened.router,
+            senders,
+            threads,
+            recovery: opened.recovery,
+        })
+    }
+
+    fn call(&self, worker: usize, op: Op) -> Result<Output> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.senders
+            .get(worker)
+            .ok_or(Error::Closed)?
+            .send(Request::Op(op, tx))
+            .map_err(|_| Error::Closed)?;
+        rx.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// The value of `key`, or `None` if it does not exist.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.call(self.router.worker_for(key), Op::Get { key: key.to_vec() }) {
+            Ok(Output::Value(v)) => Ok(Some(v)),
+            Ok(_) => Err(Error::Closed),
+            Err(Error::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Inserts or overwrites; returns once the write is durable (per [`SyncMode`](super::SyncMode)).
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        let op = Op::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        };
+        self.call(self.router.worker_for(key), op).map(|_| ())
+    }
+
+    /// Deletes; returns whether the key existed.
+    pub fn delete(&self, key: &[u8]) -> Result<bool> {
+        match self.call(
+            self.router.worker_for(key),
+            Op::Delete { key: key.to_vec() },
+        ) {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Up to `max` items with key ≥ `start`, in lexicographic key order across all workers.
+    pub fn scan(&self, start: &[u8], max: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut replies = Vec::new();
+        for tx in &self.senders {
+            let (rtx, rrx) = mpsc::sync_channel(1);
+            let op = Op::Scan {
+                start: start.to_vec(),
+                max,
+            };
+            tx.send(Request::Op(op, rtx)).map_err(|_| Error::Closed)?;
+            replies.push(rrx);
+        }
+        let mut parts = Vec::new();
+        for rx in replies {
+            match rx.recv().map_err(|_| Error::Closed)?? {
+                Output::Items(items) => parts.push(items),
+                _ => return Err(Error::Closed),
+            }
+        }
+        Ok(merge_scan(parts, max))
+    }
+
+    /// Each worker's counters.
+    pub fn stats(&self) -> Result<Vec<WorkerStats>> {
+        let mut out = Vec::new();
+        for tx in &self.senders {
+            let (rtx, rrx) = mpsc::sync_channel(1);
+            tx.send(Request::Stats(rtx)).map_err(|_| Error::Closed)?;
+            out.push(rrx.recv().map_err(|_| Error::Closed)?);
+        }
+        Ok(out)
+    }
+
+    /// What recovery found at open.
+    pub fn recovery_stats(&self) -> RecoveryStats {
+        self.recovery
+    }
+
+    /// The key → worker function.
+    pub fn router(&self) -> KeyRouter {
+        self.router
+    }
+
+    /// Stops the worker threads after they finish the operations they hold.
+    pub fn close(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.senders.clear();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A worker thread: feeds requests to the worker and answers completions.
+fn serve(mut worker: Worker, rx: Receiver<Request>) {
+    let mut replies: Vec<Option<SyncSender<Result<Output>>>> = Vec::new();
+    let mut free: Vec<u64> = Vec::new();
+    let mut done: Vec<Completion> = Vec::new();
+    let mut closed = false;
+    let accept = |req: Request,
+                  worker: &mut Worker,
+                  replies: &mut Vec<Option<SyncSender<Result<Output>>>>,
+                  free: &mut Vec<u64>| match req {
+        Request::Op(op, reply) => {
+            let tag = match free.pop() {
+                Some(t) => {
+                    if let Some(slot) = replies.get_mut(t as usize) {
+                        *slot = Some(reply);
+                    }
+                    t
+                }
+                None => {
+                    replies.push(Some(reply));
+                    (replies.len() - 1) as u64
+                }
+            };
+            worker.submit(op, tag);
+        }
+        Request::Stats(reply) => {
+            let _ = reply.send(worker.stats());
+        }
+    };
+    loop {
+        let mut got = false;
+        loop {
+            match rx.try_recv() {
+                Ok(req) => {
+                    accept(req, &mut worker, &mut replies, &mut free);
+                    got = true;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        worker.poll(&mut done);
+        for c in done.drain(..) {
+            if let Some(reply) = replies.get_mut(c.tag as usize).and_then(Option::take) {
+                let _ = reply.send(c.result);
+                free.push(c.tag);
+            }
+        }
+        if worker.pending() == 0 {
+            if closed {
+                return;
+            }
+            match rx.recv() {
+                Ok(req) => accept(req, &mut worker, &mut replies, &mut free),
+                Err(_) => closed = true,
+            }
+        } else if !got {
+            if let Err(e) = worker.wait() {
+                tracing::error!(worker = worker.id(), error = %e, "waiting for I/O failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The manifest: a 24-byte file `MANIFEST` in the data directory recording the format
+//! version and the number of workers W.
+//!
+//! ```text
+//! offset size field
+//!      0    8 magic    b"KVELLRS\n"
+//!      8    4 version  u32 LE, currently 1
+//!     12    4 workers  u32 LE (W)
+//!     16    4 reserved zero
+//!     20    4 crc32c   CRC32C of bytes 0..20, LE
+//! ```
+//!
+//! Written once, when a directory is first opened, through a temporary file, `fsync` and
+//! `rename`. A manifest with another magic, version or a bad checksum is
+//! [`Error::UnknownFormat`]; another W is [`Error::WorkerCountMismatch`].
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use super::error::{Error, Result};
+
+/// File name of the manifest.
+pub const MANIFEST_FILE: &str = "MANIFEST";
+/// Magic bytes at the start of the manifest.
+pub const MAGIC: &[u8; 8] = b"KVELLRS\n";
+/// Format version written by this build. Version history: 1 = the initial format
+/// (20-byte record header with CRC32C, slab names `worker-NNNN-class-SIZE.slab`).
+pub const FORMAT_VERSION: u32 = 1;
+/// Manifest length in bytes.
+pub const MANIFEST_LEN: usize = 24;
+
+/// Encodes a manifest.
+pub fn encode(workers: u32) -> [u8; MANIFEST_LEN] {
+    let mut b = [0u8; MANIFEST_LEN];
+    b[0..8].copy_from_slice(MAGIC);
+    b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    b[12..16].copy_from_slice(&workers.to_le_bytes());
+    let crc = crc32c::crc32c(&b[0..20]);
+    b[20..24].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Decodes a manifest and returns W.
+pub fn decode(b: &[u8]) -> Result<u32> {
+    let field = |r: std::ops::Range<usize>| -> Result<[u8; 4]> {
+        b.get(r)
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| Error::UnknownFormat("manifest too short".into()))
+    };
+    if b.len() != MANIFEST_LEN || b.get(0..8) != Some(&MAGIC[..]) {
+        return Err(Error::UnknownFormat(
+            "MANIFEST is not a manifest of this engine".into(),
+        ));
+    }
+    let crc = u32::from_le_bytes(field(20..24)?);
+    if crc32c::crc32c(b.get(0..20).unwrap_or_default()) != crc {
+        return Err(Error::UnknownFormat("MANIFEST checksum mismatch".into()));
+    }
+    let version = u32::from_le_bytes(field(8..12)?);
+    if version != FORMAT_VERSION {
+        return Err(Error::UnknownFormat(format!(
+            "format version {version}, this build reads version {FORMAT_VERSION}"
+        )));
+    }
+    Ok(u32::from_le_bytes(field(12..16)?))
+}
+
+/// Checks the manifest in `dir` against `workers`, writing one if the directory has none.
+pub(crate) fn check_or_create(dir: &Path, workers: u32) -> Result<()> {
+    let path = dir.join(MANIFEST_FILE);
+    match fs::read(&path) {
+        Ok(bytes) => {
+            let on_disk = decode(&bytes)?;
+            if on_disk != workers {
+                return Err(Error::WorkerCountMismatch {
+                    on_disk,
+                    requested: workers,
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let has_slabs = fs::read_dir(dir)
+                .map_err(|e| Error::io("listing the data directory", e))?
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().ends_with(".slab"));
+            if has_slabs {
+                return Err(Error::UnknownFormat("slab files without a MANIFEST".into()));
+            }
+            let tmp = dir.join("MANIFEST.tmp");
+            let write = || -> std::io::Result<()> {
+                let mut f = fs::File::create(&tmp)?;
+                f.write_all(&encode(workers))?;
+                f.sync_all()?;
+                fs::rename(&tmp, &path)?;
+                fs::File::open(dir)?.sync_all()
+            };
+            write().map_err(|e| Error::io("writing the manifest", e))
+        }
+        Err(e) => Err(Error::io("reading the manifest", e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_manifest() {
+        let b = encode(4);
+        assert_eq!(&b[0..8], b"KVELLRS\n");
+        assert_eq!(&b[8..20], &[1, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(decode(&b).ok(), Some(4));
+        let mut bad = b;
+        bad[8] = 2;
+        assert!(matches!(decode(&bad), Err(Error::UnknownFormat(_))));
+        assert!(matches!(decode(&b[..10]), Err(Error::UnknownFormat(_))));
+    }
+}

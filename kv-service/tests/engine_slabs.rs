@@ -1,0 +1,404 @@
+//! Slabs, free lists, recovery and the page cache: slot reuse, geometric file growth,
+//! class-changing updates (and a crash between their two writes), corrupt and torn records,
+//! scans across workers, coalesced writes and shared misses.
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use kv_service::engine::{open_workers, slab, Engine, EngineConfig, Op, Output};
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir")
+}
+
+fn one_worker() -> EngineConfig {
+    EngineConfig {
+        workers: 1,
+        cache_bytes: 256 << 10,
+        ..EngineConfig::default()
+    }
+}
+
+fn file_len(dir: &Path, class_size: u32) -> u64 {
+    let class = slab::CLASSES
+        .iter()
+        .position(|&c| c == class_size)
+        .expect("class") as u8;
+    std::fs::metadata(dir.join(slab::file_name(0, class)))
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+#[test]
+fn delete_insert_churn_reuses_slots() {
+    let dir = tempdir();
+    let engine = Engine::open(dir.path(), one_worker()).expect("open");
+    for i in 0..1000u32 {
+        engine
+            .put(format!("k{i:06}").as_bytes(), &[1u8; 900])
+            .expect("put");
+    }
+    let len_before = file_len(dir.path(), 1024);
+    assert!(len_before >= 1000 * 1024);
+    let mut next = 1000u32;
+    for round in 0..10u32 {
+        // Delete 300 live keys, insert 300 new ones.
+        for i in 0..300u32 {
+            let victim = next - 1000 + i;
+            assert!(engine
+                .delete(format!("k{victim:06}").as_bytes())
+                .expect("delete"));
+        }
+        let free = engine.stats().expect("stats")[0].free_slots;
+        assert_eq!(free, 300, "round {round}: deleted slots are free");
+        for _ in 0..300u32 {
+            engine
+                .put(format!("k{next:06}").as_bytes(), &[2u8; 900])
+                .expect("put");
+            next += 1;
+        }
+        assert_eq!(engine.stats().expect("stats")[0].free_slots, 0);
+    }
+    assert_eq!(
+        file_len(dir.path(), 1024),
+        len_before,
+        "churn did not grow the file"
+    );
+    let s = engine.stats().expect("stats")[0];
+    assert_eq!(s.items, 1000);
+    engine.close();
+    // Free slots are found again by recovery.
+    let engine = Engine::open(dir.path(), one_worker()).expect("reopen");
+    for i in 0..5u32 {
+        let k = format!("k{:06}", next - 1 - i);
+        assert!(engine.delete(k.as_bytes()).expect("delete"));
+    }
+    engine.close();
+    let engine = Engine::open(dir.path(), one_worker()).expect("reopen");
+    assert_eq!(engine.stats().expect("stats")[0].free_slots, 5);
+    for i in 0..5u32 {
+        engine
+            .put(format!("again{i}").as_bytes(), &[3u8; 900])
+            .expect("put");
+    }
+    assert_eq!(file_len(dir.path(), 1024), len_before);
+}
+
+#[test]
+fn files_grow_geometrically() {
+    let dir = tempdir();
+    let engine = Engine::open(dir.path(), one_worker()).expect("open");
+    let mut sizes = Vec::new();
+    for i in 0..5000u32 {
+        engine
+            .put(format!("k{i:06}").as_bytes(), &[1u8; 50])
+            .expect("put");
+        let len = file_len(dir.path(), 100);
+        if sizes.last() != Some(&len) {
+            sizes.push(len);
+        }
+    }
+    // 5000 items of the 100-byte class = 40 items per page = 125 pages = 500 KiB.
+    assert_eq!(sizes, vec![256 << 10, 512 << 10], "doubling from 256 KiB");
+    for i in 5000..12_000u32 {
+        engine
+            .put(format!("k{i:06}").as_bytes(), &[1u8; 50])
+            .expect("put");
+    }
+    assert_eq!(file_len(dir.path(), 100), 2 << 20, "then 1 MiB, then 2 MiB");
+}
+
+#[test]
+fn class_changes_keep_exactly_one_copy() {
+    let dir = tempdir();
+    let engine = Engine::open(dir.path(), one_worker()).expect("open");
+    let sizes = [10usize, 5000, 300, 100_000, 0, 2000, 20];
+    for (round, &n) in sizes.iter().enumerate() {
+        for k in 0..20u8 {
+            engine.put(&[b'k', k], &vec![round as u8; n]).expect("put");
+        }
+    }
+    engine.close();
+    let engine = Engine::open(dir.path(), one_worker()).expect("reopen");
+    let rec = engine.recovery_stats();
+    assert_eq!((rec.live, rec.duplicates, rec.corrupt), (20, 0, 0));
+    for k in 0..20u8 {
+        assert_eq!(engine.get(&[b'k', k]).expect("get"), Some(vec![6u8; 20]));
+    }
+}
+
+/// A crash between writing the new copy of a moved item and tombstoning the old one leaves
+/// two live copies; recovery keeps the newer and tombstones the older, so a later delete is
+/// final.
+#[test]
+fn interrupted_move_recovers_to_the_newer_copy() {
+    let dir = tempdir();
+    let engine = Engine::open(dir.path(), one_worker()).expect("open");
+    engine.put(b"moved", &[1u8; 900]).expect("put"); // class 1024
+    engine.put(b"other", &[9u8; 900]).expect("put");
+    engine.close();
+    let small = dir.path().join(slab::file_name(0, 5));
+    let saved = std::fs::read(&small).expect("read slab");
+    let engine = Engine::open(dir.path(), one_worker()).expect("open");
+    engine.put(b"moved", &[2u8; 3000]).expect("put"); // class 4096: new copy, then tombstone
+    engine.close();
+    // Undo the tombstone: as if the process died between the two writes.
+    std::fs::write(&small, &saved).expect("restore slab");
+    let engine = Engine::open(dir.path(), one_worker()).expect("reopen");
+    let rec = engine.recovery_stats();
+    assert_eq!(rec.duplicates, 1);
+    assert_eq!(rec.live, 2);
+    assert_eq!(engine.get(b"moved").expect("get"), Some(vec![2u8; 3000]));
+    assert_eq!(engine.get(b"other").expect("get"), Some(vec![9u8; 900]));
+    assert!(engine.delete(b"moved").expect("delete"));
+    engine.close();
+    let engine = Engine::open(dir.path(), one_worker()).expect("reopen");
+    assert_eq!(
+        engine.recovery_stats().duplicates,
+        0,
+        "the loser was tombstoned"
+    );
+    assert_eq!(
+        engine.get(b"moved").expect("get"),
+        None,
+        "deleted stays deleted"
+    );
+    // The loser's slot was freed and is reused.
+    let len = file_len(dir.path(), 1024);
+    engine.put(b"reuse", &[3u8; 900]).expect("put");
+    assert_eq!(file_len(dir.path(), 1024), len);
+}
+
+fn corrupt_byte(path: &Path, offset: u64) {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open slab");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).expect("read");
+    b[0] ^= 0x40;
+    f.write_all_at(&b, offset).expect("write");
+}
+
+#[test]
+fn corrupt_and_torn_records_are_detected_and_never_returned() {
+    let dir = tempdir();
+    let engine = Engine::open(dir.path(), one_worker()).expect("open");
+    for i in 0..12u32 {
+        engine
+            .put(format!("item{i:02}").as_bytes(), &[i as u8; 900])
+            .expect("put");
+    }
+    for i in 0..3u32 {
+        engine
+            .put(format!("large{i}").as_bytes(), &[0xEE; 15_000])
+            .expect("put"); // 16 KiB class
+    }
+    engine.close();
+    let slab_1k = dir.path().join(slab::file_name(0, 5));
+    let slab_16k = dir.path().join(slab::file_name(0, 11));
+    // Which keys sit in slots 3 and 5 (records start with a 20-byte header, then the key).
+    let read_key = |slot: u64| {
+        let f = std::fs::File::open(&slab_1k).expect("open");
+        let mut k = [0u8; 6];
+        f.read_exact_at(&mut k, slot * 1024 + 20).expect("read key");
+        k.to_vec()
+    };
+    let (k3, k5) = (read_key(3), read_key(5));
+    // Bit flip inside slot 3's value.
+    corrupt_byte(&slab_1k, 3 * 1024 + 500);
+    // A torn write: slot 5's record loses its last 200 bytes.
+    {
+        let f = OpenOptions::new().write(true).open(&slab_1k).expect("open");
+        f.write_all_at(&[0u8; 200], 5 * 1024 + 700).expect("tear");
+    }
+    // A torn multi-page write of a large record: its second 4 KiB page is stale (zeros).
+    {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&slab_16k)
+            .expect("open");
+        f.write_all_at(&[0u8; 4096], 16384 + 4096)
+            .expect("tear large");
+    }
+    let engine = Engine::open(dir.path(), one_worker()).expect("reopen");
+    let rec = engine.recovery_stats();
+    assert_eq!(rec.corrupt, 3, "{rec:?}");
+    assert_eq!(rec.live, 12);
+    assert_eq!(
+        engine.get(&k3).expect("get"),
+        None,
+        "corrupt record not returned"
+    );
+    assert_eq!(
+        engine.get(&k5).expect("get"),
+        None,
+        "torn record not returned"
+    );
+    let mut intact = 0;
+    for i in 0..12u32 {
+        if let Some(v) = engine.get(format!("item{i:02}").as_bytes()).expect("get") {
+            assert_eq!(v, vec![i as u8; 900]);
+            intact += 1;
+        }
+    }
+    assert_eq!(intact, 10);
+    let large: Vec<_> = (0..3)
+        .filter_map(|i| engine.get(format!("large{i}").as_bytes()).expect("get"))
+        .collect();
+    assert_eq!(large.len(), 2);
+    assert!(large.iter().all(|v| v == &vec![0xEE; 15_000]));
+    // The corrupt slots are free: new inserts reuse them instead of growing the file.
+    let free = engine.stats().expect("stats")[0].free_slots;
+    assert_eq!(free, 3);
+}
+
+#[test]
+fn scans_merge_all_workers_in_lexicographic_order() {
+    let dir = tempdir();
+    let config = EngineConfig {
+        workers: 4,
+        cache_bytes: 1 << 20,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::open(dir.path(), config).expect("open");
+    let mut model = BTreeMap::new();
+    for i in 0..400u32 {
+        // Variable-length keys, so lexicographic order differs from numeric order.
+        let k = format!("{}", i * 7919 % 1000).into_bytes();
+        let v = format!("v{i}").into_bytes();
+        engine.put(&k, &v).expect("put");
+        model.insert(k, v);
+    }
+    let per_worker: Vec<u64> = engine
+        .stats()
+        .expect("stats")
+        .iter()
+        .map(|s| s.items)
+        .collect();
+    assert!(
+        per_worker.iter().all(|&n| n > 50),
+        "keys spread over workers: {per_worker:?}"
+    );
+    for (start, max) in [
+        (&b""[..], 1000usize),
+        (b"5", 17),
+        (b"99", 3),
+        (b"999", 10),
+        (b"a", 5),
+    ] {
+        let expected: Vec<_> = model
+            .range(start.to_vec()..)
+            .take(max)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert_eq!(engine.scan(start, max).expect("scan"), expected);
+    }
+}
+
+/// Many operations in flight on one worker: puts to one page coalesce into few writes,
+/// concurrent misses on one page cause one read, and every completion carries its tag.
+#[test]
+fn in_flight_operations_share_page_io() {
+    let dir = tempdir();
+    let config = EngineConfig {
+        workers: 1,
+        cache_bytes: 64 << 10,
+        ..EngineConfig::default()
+    };
+    let mut opened = open_workers(dir.path(), &config).expect("open");
+    let w = &mut opened.workers[0];
+    // 40 items of the 100-byte class fit one page: submit them in one batch.
+    for i in 0..40u64 {
+        w.submit(
+            Op::Put {
+                key: format!("p{i:02}").into_bytes(),
+                value: vec![i as u8; 50],
+            },
+            i,
+        );
+    }
+    let mut out = Vec::new();
+    while out.len() < 40 {
+        w.poll(&mut out);
+        if out.len() < 40 {
+            w.wait().expect("wait");
+        }
+    }
+    assert!(out.iter().all(|c| matches!(c.result, Ok(Output::Written))));
+    let mut tags: Vec<u64> = out.iter().map(|c| c.tag).collect();
+    tags.sort_unstable();
+    assert_eq!(tags, (0..40).collect::<Vec<_>>());
+    let s = w.stats();
+    assert_eq!(
+        s.writes, 1,
+        "40 puts to one fresh page coalesce into one write"
+    );
+    assert_eq!(s.reads, 0, "a fresh page needs no read");
+    drop(opened);
+
+    // Reopen (cold cache) and read all 40 at once: one read.
+    let mut opened = open_workers(dir.path(), &config).expect("reopen");
+    let w = &mut opened.workers[0];
+    for i in 0..40u64 {
+        w.submit(
+            Op::Get {
+                key: format!("p{i:02}").into_bytes(),
+            },
+            100 + i,
+        );
+    }
+    let mut out = Vec::new();
+    while out.len() < 40 {
+        w.poll(&mut out);
+        if out.len() < 40 {
+            w.wait().expect("wait");
+        }
+    }
+    for c in &out {
+        let i = c.tag - 100;
+        assert_eq!(
+            c.result.as_ref().ok(),
+            Some(&Output::Value(vec![i as u8; 50]))
+        );
+    }
+    assert_eq!(
+        w.stats().reads,
+        1,
+        "concurrent misses on one page share one read"
+    );
+
+    // Overwrites of every item while a write is in flight: all acknowledged, last wins.
+    for round in 0..3u8 {
+        for i in 0..40u64 {
+            w.submit(
+                Op::Put {
+                    key: format!("p{i:02}").into_bytes(),
+                    value: vec![round; 60],
+                },
+                1000 + i,
+            );
+        }
+        w.poll(&mut Vec::new());
+    }
+    let mut out = Vec::new();
+    while w.pending() > 0 {
+        w.poll(&mut out);
+        w.wait().expect("wait");
+    }
+    assert!(out.iter().all(|c| c.result.is_ok()));
+    w.submit(
+        Op::Get {
+            key: b"p07".to_vec(),
+        },
+        1,
+    );
+    let mut out = Vec::new();
+    w.poll(&mut out);
+    assert_eq!(
+        out[0].result.as_ref().ok(),
+        Some(&Output::Value(vec![2u8; 60]))
+    );
+}
