@@ -169,6 +169,12 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
         &mut self.ctx
     }
 
+    /// The per-thread state and the protocol context at once, e.g. to take a finished disk
+    /// operation from the state and respond to its request through the context.
+    pub fn split(&mut self) -> (&mut S, &mut Ctx) {
+        (&mut self.state, &mut self.ctx)
+    }
+
     /// The per-thread state.
     pub fn state(&self) -> &S {
         &self.state
