@@ -702,8 +702,7 @@ impl Ctx {
         let keep = self.server_mut(h.session).and_then(|s| {
             let n = s.slots.len();
             let slot = s.slots.get_mut(h.req_num as usize % n)?;
-            (slot.req_num == h.req_num && slot.state == ServerSlotState::InHandler)
-                .then_some(slot)
+            (slot.req_num == h.req_num && slot.state == ServerSlotState::InHandler).then_some(slot)
         });
         match keep {
             Some(slot) => slot.req = Some(req),
@@ -1354,7 +1353,9 @@ impl Ctx {
                 }
                 self.sm_out.push((from, msg.reply(SmStatus::Ok)));
             }
-            Some(false) => self.sm_out.push((from, msg.reply(SmStatus::InvalidSession))),
+            Some(false) => self
+                .sm_out
+                .push((from, msg.reply(SmStatus::InvalidSession))),
             // Already gone (a retry after our answer was lost): confirm again.
             None => self.sm_out.push((from, msg.reply(SmStatus::Ok))),
         }
@@ -1428,10 +1429,7 @@ impl Ctx {
                     tag: p.tag,
                     req_type: p.req_type,
                     req: p.req,
-                    result: Err(RpcError::MsgTooLarge {
-                        size,
-                        max: max_msg,
-                    }),
+                    result: Err(RpcError::MsgTooLarge { size, max: max_msg }),
                 });
                 continue;
             }

@@ -184,10 +184,11 @@ impl<S: 'static> Nexus<S> {
                     .name(format!("rpc-bg-{i}"))
                     .spawn(move || {
                         for job in rx.iter() {
-                            let resp = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
-                                || (job.handler)(job.req.as_slice()),
-                            ))
-                            .ok();
+                            let resp =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    (job.handler)(job.req.as_slice())
+                                }))
+                                .ok();
                             let _ = job.reply.send(BgDone {
                                 handle: job.handle,
                                 req: job.req,
@@ -245,7 +246,6 @@ impl<S: 'static> Nexus<S> {
             ))),
         }
     }
-
 }
 
 impl<S> Nexus<S> {

@@ -190,10 +190,12 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
         &self.transport
     }
 
-    /// This Rpc's counters (the transport's drop count folded in).
+    /// This Rpc's counters (the transport's drop counts folded in).
     pub fn stats(&self) -> RpcStats {
         let mut s = self.ctx.stats();
-        s.tx_dropped = self.transport.stats().tx_dropped;
+        let t = self.transport.stats();
+        s.tx_dropped = t.tx_dropped;
+        s.rx_dropped_transport = t.rx_dropped;
         s
     }
 
@@ -431,9 +433,9 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
                 Some(Handler::Background(f)) => {
                     let Some(tx) = self.bg_tx.as_ref() else {
                         self.ctx.restore_request(h, req);
-                        let _ = self
-                            .ctx
-                            .respond_status(h, MsgBuf::new(0), RespStatus::HandlerFailed);
+                        let _ =
+                            self.ctx
+                                .respond_status(h, MsgBuf::new(0), RespStatus::HandlerFailed);
                         continue;
                     };
                     let job = BgJob {

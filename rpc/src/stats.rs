@@ -29,6 +29,8 @@ pub struct RpcStats {
     pub tx_skipped: u64,
     /// Packets the transport could not send.
     pub tx_dropped: u64,
+    /// Packets the transport discarded on receive (empty, truncated, oversized).
+    pub rx_dropped_transport: u64,
     /// Session-management messages received.
     pub sm_rx: u64,
     /// Session-management messages sent (including retries).

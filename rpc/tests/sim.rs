@@ -29,15 +29,17 @@ struct Server {
 
 fn server_nexus(hub: &LocalHub, name: &str) -> Nexus<Server> {
     let n = Nexus::new_local(hub, name, 0).unwrap();
-    n.register(ECHO, |st: &mut Server, ctx, req| match parse_request(req.data) {
-        Some((id, resp_size)) => {
-            *st.runs.entry(id).or_default() += 1;
-            let resp = make_response(id, resp_size as usize);
-            ctx.respond_with(req.handle, &resp).unwrap();
-        }
-        None => {
-            st.bad += 1;
-            ctx.respond_with(req.handle, b"").unwrap();
+    n.register(ECHO, |st: &mut Server, ctx, req| {
+        match parse_request(req.data) {
+            Some((id, resp_size)) => {
+                *st.runs.entry(id).or_default() += 1;
+                let resp = make_response(id, resp_size as usize);
+                ctx.respond_with(req.handle, &resp).unwrap();
+            }
+            None => {
+                st.bad += 1;
+                ctx.respond_with(req.handle, b"").unwrap();
+            }
         }
     })
     .unwrap();
@@ -62,8 +64,14 @@ fn net(seed: u64, server_cfg: RpcConfig, client_cfg: RpcConfig) -> Net {
     let hub = LocalHub::new();
     let sn = server_nexus(&hub, "server");
     let cn: Nexus<()> = Nexus::new_local(&hub, "client", 0).unwrap();
-    let mut server = Rpc::new(&sn, 0, fabric.transport(MTU, RING), Server::default(), server_cfg)
-        .unwrap();
+    let mut server = Rpc::new(
+        &sn,
+        0,
+        fabric.transport(MTU, RING),
+        Server::default(),
+        server_cfg,
+    )
+    .unwrap();
     let mut client = Rpc::new(&cn, 0, fabric.transport(MTU, RING), (), client_cfg).unwrap();
     let clock = fabric.virtual_clock().unwrap();
     server.use_virtual_clock(clock.clone());
@@ -114,19 +122,35 @@ fn run_requests(n: &mut Net, session: SessionId, reqs: &[(u64, usize, u32)], max
     let mut count = 0;
     while count < want {
         step(fabric, &mut [server, client]);
-        assert!(fabric.now_ns() < max_ns, "not done within the virtual time budget");
+        assert!(
+            fabric.now_ns() < max_ns,
+            "not done within the virtual time budget"
+        );
         while let Some(c) = client.poll_completion() {
             let resp = c.result.expect("request failed");
             let (_, _, resp_size) = reqs.iter().find(|r| r.0 == c.tag).unwrap();
-            assert_eq!(resp.len(), *resp_size as usize, "response size of {}", c.tag);
-            assert!(check(resp.as_slice(), !c.tag), "response payload of {}", c.tag);
+            assert_eq!(
+                resp.len(),
+                *resp_size as usize,
+                "response size of {}",
+                c.tag
+            );
+            assert!(
+                check(resp.as_slice(), !c.tag),
+                "response payload of {}",
+                c.tag
+            );
             *got.entry(c.tag).or_default() += 1;
             count += 1;
         }
     }
     for &(id, _, _) in reqs {
         assert_eq!(got.get(&id), Some(&1), "request {id} completed once");
-        assert_eq!(server.state().runs.get(&id), Some(&1), "handler ran once for {id}");
+        assert_eq!(
+            server.state().runs.get(&id),
+            Some(&1),
+            "handler ran once for {id}"
+        );
     }
     assert_eq!(server.state().bad, 0, "the server saw no corrupted request");
 }
@@ -222,7 +246,10 @@ fn multi_packet_requests_and_responses() {
         }
     }
     run_requests(&mut n, s, &reqs, 10_000_000_000);
-    assert!(n.client.stats().credit_stalls > 0, "large messages hit the credit limit");
+    assert!(
+        n.client.stats().credit_stalls > 0,
+        "large messages hit the credit limit"
+    );
 }
 
 #[test]
@@ -304,10 +331,22 @@ fn continuation_issues_requests_beyond_the_window() {
     let sn = server_nexus(&hub, "server");
     let cn: Nexus<Client> = Nexus::new_local(&hub, "client", 0).unwrap();
     let clock = fabric.virtual_clock().unwrap();
-    let mut server =
-        Rpc::new(&sn, 0, fabric.transport(MTU, RING), Server::default(), sim_config(1)).unwrap();
-    let mut client =
-        Rpc::new(&cn, 0, fabric.transport(MTU, RING), Client::default(), sim_config(2)).unwrap();
+    let mut server = Rpc::new(
+        &sn,
+        0,
+        fabric.transport(MTU, RING),
+        Server::default(),
+        sim_config(1),
+    )
+    .unwrap();
+    let mut client = Rpc::new(
+        &cn,
+        0,
+        fabric.transport(MTU, RING),
+        Client::default(),
+        sim_config(2),
+    )
+    .unwrap();
     server.use_virtual_clock(clock.clone());
     client.use_virtual_clock(clock);
     const TOTAL: u64 = 300;
@@ -365,10 +404,22 @@ fn nested_rpc_from_a_handler() {
     .unwrap();
     let cn: Nexus<()> = Nexus::new_local(&hub, "client", 0).unwrap();
     let clock = fabric.virtual_clock().unwrap();
-    let mut backend =
-        Rpc::new(&bn, 0, fabric.transport(MTU, RING), Server::default(), sim_config(1)).unwrap();
-    let mut middle =
-        Rpc::new(&mn, 0, fabric.transport(MTU, RING), Middle::default(), sim_config(2)).unwrap();
+    let mut backend = Rpc::new(
+        &bn,
+        0,
+        fabric.transport(MTU, RING),
+        Server::default(),
+        sim_config(1),
+    )
+    .unwrap();
+    let mut middle = Rpc::new(
+        &mn,
+        0,
+        fabric.transport(MTU, RING),
+        Middle::default(),
+        sim_config(2),
+    )
+    .unwrap();
     let mut client = Rpc::new(&cn, 0, fabric.transport(MTU, RING), (), sim_config(3)).unwrap();
     for r in [&mut backend as &mut dyn Clocked, &mut middle, &mut client] {
         r.set_clock(clock.clone());
@@ -436,7 +487,10 @@ fn background_handlers_run_on_nexus_threads() {
     let mut done = 0;
     let start = std::time::Instant::now();
     while done < 16 {
-        assert!(start.elapsed() < Duration::from_secs(20), "background requests stuck");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "background requests stuck"
+        );
         server.run_once();
         client.run_once();
         while let Some(c) = client.poll_completion() {
@@ -571,8 +625,14 @@ fn connect_error_matrix() {
     let xn: Nexus<()> = Nexus::new_local(&hub, "odd", 0).unwrap();
     let mut tcp = Rpc::new(&xn, 0, FakeTransport(TransportKind::Tcp), (), sim_config(3)).unwrap();
     let sn2 = server_nexus(&hub, "server2");
-    let mut server2 =
-        Rpc::new(&sn2, 0, fabric.transport(MTU, RING), Server::default(), sim_config(4)).unwrap();
+    let mut server2 = Rpc::new(
+        &sn2,
+        0,
+        fabric.transport(MTU, RING),
+        Server::default(),
+        sim_config(4),
+    )
+    .unwrap();
     assert_eq!(
         try_connect(&mut server2, &mut tcp, "local:server2", 0),
         Err(ConnectFailure::TransportMismatch)
@@ -586,8 +646,14 @@ fn connect_error_matrix() {
 
     // Ring exhausted: a 64-entry ring admits two 32-credit sessions.
     let sn3 = server_nexus(&hub, "server3");
-    let mut small =
-        Rpc::new(&sn3, 0, fabric.transport(MTU, 64), Server::default(), sim_config(6)).unwrap();
+    let mut small = Rpc::new(
+        &sn3,
+        0,
+        fabric.transport(MTU, 64),
+        Server::default(),
+        sim_config(6),
+    )
+    .unwrap();
     for _ in 0..2 {
         try_connect(&mut small, &mut client, "local:server3", 0).unwrap();
     }
@@ -607,8 +673,14 @@ fn connect_error_matrix() {
 
     // Timeout: the remote Rpc exists but never runs its event loop.
     let dn = server_nexus(&hub, "dead");
-    let _dead = Rpc::new(&dn, 0, fabric.transport(MTU, RING), Server::default(), sim_config(8))
-        .unwrap();
+    let _dead = Rpc::new(
+        &dn,
+        0,
+        fabric.transport(MTU, RING),
+        Server::default(),
+        sim_config(8),
+    )
+    .unwrap();
     let tn: Nexus<()> = Nexus::new_local(&hub, "impatient", 0).unwrap();
     let cfg = RpcConfig {
         connect_timeout: Duration::from_millis(150),
@@ -620,7 +692,10 @@ fn connect_error_matrix() {
         try_connect(&mut server, &mut impatient, "local:dead", 0),
         Err(ConnectFailure::Timeout)
     );
-    assert!(impatient.stats().sm_tx >= 3, "the connect request was retried");
+    assert!(
+        impatient.stats().sm_tx >= 3,
+        "the connect request was retried"
+    );
 }
 
 #[test]
@@ -628,8 +703,14 @@ fn requests_on_a_failed_session_complete_with_errors() {
     let fabric = SimFabric::new_realtime(12);
     let hub = LocalHub::new();
     let sn = server_nexus(&hub, "server");
-    let mut server =
-        Rpc::new(&sn, 0, fabric.transport(MTU, RING), Server::default(), sim_config(1)).unwrap();
+    let mut server = Rpc::new(
+        &sn,
+        0,
+        fabric.transport(MTU, RING),
+        Server::default(),
+        sim_config(1),
+    )
+    .unwrap();
     let cn: Nexus<()> = Nexus::new_local(&hub, "client", 0).unwrap();
     let mut client = Rpc::new(&cn, 0, fabric.transport(MTU, RING), (), sim_config(2)).unwrap();
     let s = client.create_session("local:server", 42).unwrap();
@@ -711,7 +792,13 @@ fn thirty_percent_drop_with_multi_packet_requests() {
     let dpp = MTU - rpc::pkthdr::HDR_SIZE;
     // 64-96 packet requests, as in eRPC's loss test, with small and multi-packet responses.
     let reqs: Vec<_> = (0..12u64)
-        .map(|i| (i, dpp * (64 + (i as usize * 7) % 33), if i % 2 == 0 { 32 } else { 20_000 }))
+        .map(|i| {
+            (
+                i,
+                dpp * (64 + (i as usize * 7) % 33),
+                if i % 2 == 0 { 32 } else { 20_000 },
+            )
+        })
         .collect();
     let (a, b) = reqs.split_at(6);
     for &(id, size, resp) in b {
@@ -754,7 +841,11 @@ fn run_requests_keep(
     }
     for (id, _, _) in &all {
         assert_eq!(got.get(id), Some(&1));
-        assert_eq!(server.state().runs.get(id), Some(&1), "handler ran once for {id}");
+        assert_eq!(
+            server.state().runs.get(id),
+            Some(&1),
+            "handler ran once for {id}"
+        );
     }
 }
 
@@ -771,7 +862,13 @@ fn duplicates_and_reordering() {
     );
     let s = connect(&mut n);
     let reqs: Vec<_> = (0..60u64)
-        .map(|i| (i, 12 + (i as usize * 977) % 20_000, ((i * 1231) % 15_000) as u32))
+        .map(|i| {
+            (
+                i,
+                12 + (i as usize * 977) % 20_000,
+                ((i * 1231) % 15_000) as u32,
+            )
+        })
         .collect();
     run_requests(&mut n, s, &reqs, 600_000_000_000);
     assert!(n.fabric.stats().duplicated > 10);
@@ -805,7 +902,9 @@ fn garbage_packets_are_counted_and_dropped() {
     let server_node = 1; // the server's transport was attached first
     let mut rng = 99u64;
     for i in 0..2000u32 {
-        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let len = (rng >> 33) as usize % 80;
         let mut pkt: Vec<u8> = (0..len).map(|j| (rng >> (j % 56)) as u8).collect();
         if i % 2 == 0 && pkt.len() >= 32 {

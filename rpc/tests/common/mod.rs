@@ -31,7 +31,11 @@ pub fn step(fabric: &SimFabric, rpcs: &mut [&mut dyn Step]) {
         work |= r.step();
     }
     if !work {
-        let timer = rpcs.iter().map(|r| r.next_timer()).min().unwrap_or(u64::MAX);
+        let timer = rpcs
+            .iter()
+            .map(|r| r.next_timer())
+            .min()
+            .unwrap_or(u64::MAX);
         let next = fabric.next_delivery().map_or(timer, |d| d.min(timer));
         fabric.set_now(next.max(fabric.now_ns() + 1));
     }
@@ -65,7 +69,9 @@ pub fn fill(buf: &mut [u8], id: u64) {
 
 /// Checks that `buf` holds the pattern of `id`.
 pub fn check(buf: &[u8], id: u64) -> bool {
-    buf.iter().enumerate().all(|(i, &b)| b == pattern_byte(id, i))
+    buf.iter()
+        .enumerate()
+        .all(|(i, &b)| b == pattern_byte(id, i))
 }
 
 /// A request: 8-byte id, 4-byte response size, then pattern bytes (total `size` ≥ 12).
