@@ -230,7 +230,7 @@ fn garbage_datagrams_do_not_disturb_a_working_client() {
                 .wrapping_add(1442695040888963407);
             let len = (rng >> 40) as usize % 200;
             let mut pkt: Vec<u8> = (0..len).map(|j| (rng >> (j % 57)) as u8).collect();
-            if rng % 3 == 0 && pkt.len() >= 32 {
+            if rng.is_multiple_of(3) && pkt.len() >= 32 {
                 // A plausible header: right magic and version, random everything else.
                 pkt[0] = rpc::pkthdr::MAGIC;
                 pkt[1] = rpc::pkthdr::VERSION;
