@@ -361,6 +361,13 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
         let now = self.clock.now();
         let mut work = false;
 
+        // Requests enqueued since the last iteration go out before we look for input:
+        // otherwise they would wait for one (usually empty) receive call.
+        if !self.ctx.txq.is_empty() {
+            work = true;
+            self.flush_tx();
+        }
+
         // Receive.
         let n = self.transport.rx_burst().min(self.ctx.cfg.rx_batch);
         if n > 0 {

@@ -29,14 +29,23 @@ struct ServerThread {
 }
 
 fn udp(mtu: usize) -> UdpTransport {
+    udp_with(mtu, true)
+}
+
+fn udp_with(mtu: usize, connect_single_peer: bool) -> UdpTransport {
     UdpTransport::new(UdpConfig {
         max_pkt_size: mtu,
+        connect_single_peer,
         ..UdpConfig::default()
     })
     .unwrap()
 }
 
 fn start_server(mtu: usize, cfg: RpcConfig) -> ServerThread {
+    start_server_with(mtu, cfg, true)
+}
+
+fn start_server_with(mtu: usize, cfg: RpcConfig, connect_single_peer: bool) -> ServerThread {
     let nexus: Nexus<Server> = Nexus::new("127.0.0.1:0", 0).unwrap();
     nexus
         .register(ECHO, |st: &mut Server, ctx, req| {
@@ -59,7 +68,7 @@ fn start_server(mtu: usize, cfg: RpcConfig) -> ServerThread {
     let thread = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            let t = udp(mtu);
+            let t = udp_with(mtu, connect_single_peer);
             let addr = t.local_addr();
             let mut rpc = Rpc::new(&nexus, 0, t, Server::default(), cfg).unwrap();
             tx.send(addr).unwrap();
@@ -216,7 +225,9 @@ fn connect_errors_over_udp() {
 
 #[test]
 fn garbage_datagrams_do_not_disturb_a_working_client() {
-    let server = start_server(1472, RpcConfig::default());
+    // With one client, the server's socket would be connected to it and the kernel would
+    // drop the garbage before the rpc layer sees it: turn that off to exercise the parsers.
+    let server = start_server_with(1472, RpcConfig::default(), false);
     let (mut rpc, _n) = client(1472);
     let s = rpc.connect(&server.uri, 0).unwrap();
     let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -605,7 +605,9 @@ mod tests {
     fn bad_routes_and_oversize() {
         let f = SimFabric::new(1);
         let (mut a, _b, r) = pair(&f);
-        assert!(a.resolve(99, &RoutingInfo::new(&[1, 0, 0, 0]).unwrap()).is_err());
+        assert!(a
+            .resolve(99, &RoutingInfo::new(&[1, 0, 0, 0]).unwrap())
+            .is_err());
         assert!(a.resolve(r, &RoutingInfo::new(&[1, 2]).unwrap()).is_err());
         assert!(a
             .resolve(r, &RoutingInfo::new(&999u32.to_le_bytes()).unwrap())

@@ -459,3 +459,84 @@ fn wait_times_out_and_wakes() {
     // With packets already in the ring, wait returns at once.
     b.wait(None).unwrap();
 }
+
+#[test]
+fn single_peer_connection_follows_the_routes() {
+    let mut server = transport(cfg());
+    let mut a = transport(cfg());
+    let mut b = transport(cfg());
+    let port = server.local_addr().port();
+    let to_a = connect(&mut server, &a);
+    assert_eq!(server.connected_peer(), Some(a.local_addr()));
+    // While connected to `a`, the kernel drops datagrams from anyone else.
+    let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    stranger.send_to(b"noise", server.local_addr()).unwrap();
+    let a_to_s = connect(&mut a, &server);
+    a.tx_burst(&[TxPkt {
+        route: a_to_s,
+        hdr: b"from ",
+        data: b"a",
+    }])
+    .unwrap();
+    assert_eq!(drain(&mut server, 1), vec![b"from a".to_vec()]);
+
+    // A second peer: the socket is disconnected, keeps its port, and hears both.
+    let to_b = connect(&mut server, &b);
+    assert_eq!(server.connected_peer(), None);
+    assert_eq!(server.local_addr().port(), port);
+    let b_to_s = connect(&mut b, &server);
+    b.tx_burst(&[TxPkt {
+        route: b_to_s,
+        hdr: b"from ",
+        data: b"b",
+    }])
+    .unwrap();
+    a.tx_burst(&[TxPkt {
+        route: a_to_s,
+        hdr: b"from ",
+        data: b"a",
+    }])
+    .unwrap();
+    let mut got = drain(&mut server, 2);
+    got.sort();
+    assert_eq!(got, vec![b"from a".to_vec(), b"from b".to_vec()]);
+    server
+        .tx_burst(&[
+            TxPkt {
+                route: to_a,
+                hdr: b"to ",
+                data: b"a",
+            },
+            TxPkt {
+                route: to_b,
+                hdr: b"to ",
+                data: b"b",
+            },
+        ])
+        .unwrap();
+    assert_eq!(drain(&mut a, 1), vec![b"to a".to_vec()]);
+    assert_eq!(drain(&mut b, 1), vec![b"to b".to_vec()]);
+
+    // Back to one peer: connected again, and sends still reach it.
+    server.route_free(to_a);
+    assert_eq!(server.connected_peer(), Some(b.local_addr()));
+    server
+        .tx_burst(&[TxPkt {
+            route: to_b,
+            hdr: b"again",
+            data: b"",
+        }])
+        .unwrap();
+    assert_eq!(drain(&mut b, 1), vec![b"again".to_vec()]);
+    server.route_free(to_b);
+    assert_eq!(server.connected_peer(), None);
+    assert_eq!(server.local_addr().port(), port);
+
+    // Turned off: never connected.
+    let mut plain = transport(UdpConfig {
+        connect_single_peer: false,
+        ..cfg()
+    });
+    connect(&mut plain, &a);
+    assert_eq!(plain.connected_peer(), None);
+}

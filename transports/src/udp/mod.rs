@@ -123,6 +123,12 @@ pub struct UdpConfig {
     /// than the `recvfrom` used for a lone packet without GRO (a 32-byte ping-pong measured
     /// ≈ 0.5 µs slower per round trip with GRO on).
     pub gro: bool,
+    /// While every resolved route leads to one peer, `connect(2)` the socket to it, and
+    /// disconnect as soon as a second peer is resolved. A connected socket skips the
+    /// per-datagram route lookup on send and is found by the kernel's early demux on receive
+    /// (≈ 1.5 µs less per round trip on loopback), and it drops datagrams from anyone else.
+    /// Default `true`.
+    pub connect_single_peer: bool,
 }
 
 impl Default for UdpConfig {
@@ -136,6 +142,7 @@ impl Default for UdpConfig {
             rcvbuf: None,
             gso: true,
             gro: false,
+            connect_single_peer: true,
         }
     }
 }
@@ -295,6 +302,10 @@ pub struct UdpTransport {
     rx_hint: usize,
     /// Whether the last receive call filled its batch.
     rx_last_full: bool,
+    /// Resolved routes per peer address.
+    peers: std::collections::HashMap<SocketAddr, usize>,
+    /// The peer the socket is connected to (see [`UdpConfig::connect_single_peer`]).
+    connected: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for UdpTransport {
@@ -306,6 +317,39 @@ impl std::fmt::Debug for UdpTransport {
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
+}
+
+/// Binds a non-blocking UDP socket. A request for port 0 is turned into a bind to an explicit
+/// port: the kernel forgets an automatically chosen port when a connected UDP socket is
+/// disconnected (see [`UdpConfig::connect_single_peer`]), and the port is our routing info.
+fn bind_socket(bind: SocketAddr) -> Result<(Socket, SocketAddr), TransportError> {
+    let open = |addr: SocketAddr| -> io::Result<(Socket, SocketAddr)> {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        let local = socket
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("bound socket has no IP address"))?;
+        Ok((socket, local))
+    };
+    if bind.port() != 0 {
+        return Ok(open(bind)?);
+    }
+    let mut last = None;
+    for _ in 0..16 {
+        let (probe, local) = open(bind)?;
+        drop(probe);
+        match open(local) {
+            Ok(v) => return Ok(v),
+            // Someone took the port between the two binds: try another.
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse))
+        .into())
 }
 
 fn config_err(msg: impl Into<String>) -> TransportError {
@@ -340,17 +384,7 @@ impl UdpTransport {
                 cfg.rx_batch
             )));
         }
-        let socket = Socket::new(
-            Domain::for_address(cfg.bind),
-            Type::DGRAM,
-            Some(Protocol::UDP),
-        )?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&cfg.bind.into())?;
-        let local = socket
-            .local_addr()?
-            .as_socket()
-            .ok_or_else(|| config_err("bound socket has no IP address"))?;
+        let (socket, local) = bind_socket(cfg.bind)?;
         let fd = socket.as_raw_fd();
 
         let auto = cfg
@@ -392,8 +426,59 @@ impl UdpTransport {
             logged_rx_error: false,
             rx_hint: 1,
             rx_last_full: false,
+            peers: std::collections::HashMap::new(),
+            connected: None,
             cfg,
         })
+    }
+
+    /// The peer the socket is currently connected to, if any.
+    pub fn connected_peer(&self) -> Option<SocketAddr> {
+        self.connected
+    }
+
+    fn peer_add(&mut self, addr: SocketAddr) {
+        *self.peers.entry(addr).or_insert(0) += 1;
+        self.update_connection();
+    }
+
+    fn peer_remove(&mut self, addr: SocketAddr) {
+        if let Some(n) = self.peers.get_mut(&addr) {
+            *n -= 1;
+            if *n == 0 {
+                self.peers.remove(&addr);
+            }
+        }
+        self.update_connection();
+    }
+
+    /// Connects the socket while exactly one peer is resolved; disconnects otherwise.
+    fn update_connection(&mut self) {
+        let want = if self.cfg.connect_single_peer && self.peers.len() == 1 {
+            self.peers.keys().next().copied()
+        } else {
+            None
+        };
+        if want == self.connected {
+            return;
+        }
+        let result = match want {
+            Some(peer) => self.socket.connect(&peer.into()),
+            None => sys::disconnect(self.socket.as_raw_fd()),
+        };
+        match result {
+            Ok(()) => self.connected = want,
+            Err(e) => {
+                tracing::warn!(error = %e, ?want, "UDP connect/disconnect failed");
+                if want.is_none() {
+                    // Still connected to the old peer: sends to others name their address and
+                    // the kernel refuses them, so stop pretending.
+                    self.connected = None;
+                } else if sys::disconnect(self.socket.as_raw_fd()).is_ok() {
+                    self.connected = None;
+                }
+            }
+        }
     }
 
     /// The bound local address (with the real port if `bind` asked for port 0).
@@ -612,20 +697,30 @@ impl Transport for UdpTransport {
                 self.local
             )));
         }
-        match self.routes.get_mut(route as usize) {
+        let old = match self.routes.get_mut(route as usize) {
             Some(r @ (Route::Unresolved | Route::Resolved(_))) => {
-                *r = Route::Resolved(addr.into());
-                Ok(())
+                std::mem::replace(r, Route::Resolved(addr.into()))
             }
-            _ => Err(TransportError::UnknownRoute(route)),
+            _ => return Err(TransportError::UnknownRoute(route)),
+        };
+        if let Route::Resolved(a) = old {
+            if let Some(a) = a.as_socket() {
+                self.peer_remove(a);
+            }
         }
+        self.peer_add(addr);
+        Ok(())
     }
 
     fn route_free(&mut self, route: RouteId) {
-        if let Some(r) = self.routes.get_mut(route as usize) {
-            if !matches!(r, Route::Free) {
-                *r = Route::Free;
-                self.free_routes.push(route);
+        let old = match self.routes.get_mut(route as usize) {
+            Some(r) if !matches!(r, Route::Free) => std::mem::replace(r, Route::Free),
+            _ => return,
+        };
+        self.free_routes.push(route);
+        if let Route::Resolved(a) = old {
+            if let Some(a) = a.as_socket() {
+                self.peer_remove(a);
             }
         }
     }
@@ -656,17 +751,20 @@ impl Transport for UdpTransport {
                 end += 1;
             }
             let routes = &self.routes;
-            let result =
-                sys::send_batch(
-                    fd,
-                    &mut self.tx,
-                    pkts,
-                    &self.plan[next..end],
-                    |r| match routes.get(r as usize) {
-                        Some(Route::Resolved(a)) => Some(a),
-                        _ => None,
-                    },
-                );
+            // While connected, every resolved route leads to the connected peer: send without
+            // a destination so the kernel uses the socket's cached route.
+            let connected = self.connected.is_some();
+            let result = sys::send_batch(
+                fd,
+                &mut self.tx,
+                pkts,
+                &self.plan[next..end],
+                connected,
+                |r| match routes.get(r as usize) {
+                    Some(Route::Resolved(a)) => Some(a),
+                    _ => None,
+                },
+            );
             match result {
                 Ok(n) if n > 0 => {
                     self.stats.tx_batches += 1;

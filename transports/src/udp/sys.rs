@@ -108,6 +108,7 @@ pub(super) fn send_batch<'a>(
     scratch: &mut SendScratch,
     pkts: &[TxPkt<'_>],
     msgs: &[SendMsg],
+    connected: bool,
     addr: impl Fn(u32) -> Option<&'a SockAddr>,
 ) -> io::Result<usize> {
     scratch.hdrs.clear();
@@ -140,8 +141,10 @@ pub(super) fn send_batch<'a>(
         };
         let n_iov = iov_count(&pkts[m.first..m.first + m.count]);
         let mut h = zeroed_mmsghdr();
-        h.msg_hdr.msg_name = dst.as_ptr() as *mut c_void;
-        h.msg_hdr.msg_namelen = dst.len();
+        if !connected {
+            h.msg_hdr.msg_name = dst.as_ptr() as *mut c_void;
+            h.msg_hdr.msg_namelen = dst.len();
+        }
         h.msg_hdr.msg_iov = iov_base.wrapping_add(iov_at);
         h.msg_hdr.msg_iovlen = n_iov as _;
         iov_at += n_iov;
@@ -351,6 +354,26 @@ pub(super) fn recv_batch(
         });
     }
     Ok(n)
+}
+
+/// Dissolves a UDP socket's association with its peer (`connect` to `AF_UNSPEC`).
+pub(super) fn disconnect(fd: RawFd) -> io::Result<()> {
+    // SAFETY: a zeroed `sockaddr` with family AF_UNSPEC is a valid argument for dissolving
+    // the association (connect(2)); the kernel only reads `size_of::<sockaddr>()` bytes.
+    let rc = unsafe {
+        let mut sa: libc::sockaddr = std::mem::zeroed();
+        sa.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+        libc::connect(
+            fd,
+            ptr::from_ref(&sa),
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(last_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// `setsockopt` with an `int` value.
