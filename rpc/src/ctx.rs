@@ -287,7 +287,7 @@ impl Ctx {
                             size: req.len(),
                             max: c.max_msg,
                         })
-                    } else if c.active_slots >= c.slots.len() && c.backlog.len() >= limit {
+                    } else if c.active_slots + c.backlog.len() >= c.slots.len() + limit {
                         Err(RpcError::Overloaded)
                     } else {
                         Ok(matches!(c.state, ClientState::Connected))
@@ -548,25 +548,55 @@ impl Ctx {
             result: result.and_then(|()| resp.ok_or(RpcError::HandlerFailed)),
         };
         let internal = slot.internal;
-        let next = if matches!(c.state, ClientState::Connected) {
-            c.backlog.pop_front()
-        } else {
-            None
-        };
-        if completion.result.is_ok() {
+        self.push_completion(completion, internal);
+        self.start_from_backlog(session, slot_idx, now);
+        self.pump_session(session);
+    }
+
+    /// Hands a completion to `Rpc::call` (internal requests) or to the application.
+    fn push_completion(&mut self, c: Completion, internal: bool) {
+        if c.result.is_ok() {
             self.stats.responses_received += 1;
         } else {
             self.stats.requests_failed += 1;
         }
         if internal {
-            self.sync_done.push(completion);
+            self.sync_done.push(c);
         } else {
-            self.completions.push_back(completion);
+            self.completions.push_back(c);
         }
-        if let Some(p) = next {
-            self.start_request(session, slot_idx, p, now);
+    }
+
+    /// Starts the next backlogged request that fits the session's agreed message size in the
+    /// free slot `slot_idx`; requests that do not fit complete with `MsgTooLarge`.
+    fn start_from_backlog(&mut self, session: u32, slot_idx: usize, now: u64) {
+        loop {
+            let Some(c) = self.client_mut(session) else {
+                return;
+            };
+            if !matches!(c.state, ClientState::Connected) {
+                return;
+            }
+            let max = c.max_msg;
+            let Some(p) = c.backlog.pop_front() else {
+                return;
+            };
+            if p.req.len() <= max {
+                self.start_request(session, slot_idx, p, now);
+                return;
+            }
+            let size = p.req.len();
+            self.push_completion(
+                Completion {
+                    session,
+                    tag: p.tag,
+                    req_type: p.req_type,
+                    req: p.req,
+                    result: Err(RpcError::MsgTooLarge { size, max }),
+                },
+                p.internal,
+            );
         }
-        self.pump_session(session);
     }
 
     // ------------------------------------------------------------------ server: sending
@@ -815,6 +845,7 @@ impl Ctx {
             };
             if let Some(e) = err {
                 slot.num_rx += 1;
+                c.credits += 1;
                 self.complete_slot(sid, idx, Err(e));
                 return;
             }
@@ -1170,7 +1201,6 @@ impl Ctx {
         let pending: Vec<Pending> = c.backlog.drain(..).collect();
         self.ring_reserved = self.ring_reserved.saturating_sub(credits);
         for p in pending {
-            self.stats.requests_failed += 1;
             let c = Completion {
                 session: sid,
                 tag: p.tag,
@@ -1178,11 +1208,7 @@ impl Ctx {
                 req: p.req,
                 result: Err(why.to_error(remote_rpc)),
             };
-            if p.internal {
-                self.sync_done.push(c);
-            } else {
-                self.completions.push_back(c);
-            }
+            self.push_completion(c, p.internal);
         }
     }
 
@@ -1408,32 +1434,15 @@ impl Ctx {
         c.dpp = max_pkt - HDR_SIZE;
         c.max_msg = c.max_msg.min(msg.max_msg_size as usize);
         // Requests queued while connecting now go out, up to the window.
-        let mut starts = Vec::new();
-        for (i, slot) in c.slots.iter().enumerate() {
-            if slot.active {
-                continue;
-            }
-            match c.backlog.pop_front() {
-                Some(p) => starts.push((i, p)),
-                None => break,
-            }
-        }
-        // Requests larger than the agreed limit fail now.
-        let max_msg = c.max_msg;
-        for (i, p) in starts {
-            if p.req.len() > max_msg {
-                self.stats.requests_failed += 1;
-                let size = p.req.len();
-                self.completions.push_back(Completion {
-                    session: sid,
-                    tag: p.tag,
-                    req_type: p.req_type,
-                    req: p.req,
-                    result: Err(RpcError::MsgTooLarge { size, max: max_msg }),
-                });
-                continue;
-            }
-            self.start_request(sid, i, p, now);
+        let free: Vec<usize> = c
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| !slot.active)
+            .map(|(i, _)| i)
+            .collect();
+        for i in free {
+            self.start_from_backlog(sid, i, now);
         }
     }
 

@@ -426,16 +426,25 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
             self.ctx.stats.handlers_run += 1;
             match self.handlers.get(usize::from(req_type)).cloned().flatten() {
                 Some(Handler::Foreground(f)) => {
-                    f(
-                        &mut self.state,
-                        &mut self.ctx,
-                        Request {
-                            handle: h,
-                            req_type,
-                            data: req.as_slice(),
-                        },
-                    );
+                    let (state, ctx) = (&mut self.state, &mut self.ctx);
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        f(
+                            state,
+                            ctx,
+                            Request {
+                                handle: h,
+                                req_type,
+                                data: req.as_slice(),
+                            },
+                        )
+                    }));
                     self.ctx.restore_request(h, req);
+                    if ran.is_err() {
+                        tracing::error!(req_type, "request handler panicked");
+                        let _ =
+                            self.ctx
+                                .respond_status(h, MsgBuf::new(0), RespStatus::HandlerFailed);
+                    }
                 }
                 Some(Handler::Background(f)) => {
                     let Some(tx) = self.bg_tx.as_ref() else {

@@ -932,3 +932,130 @@ fn garbage_packets_are_counted_and_dropped() {
     );
     assert_eq!(n.server.state().runs.len(), 2, "no handler saw garbage");
 }
+
+/// Completes every pending request on the client; returns the completions.
+fn collect(n: &mut Net, count: usize) -> Vec<rpc::Completion> {
+    let Net {
+        fabric,
+        server,
+        client,
+        ..
+    } = n;
+    let mut out = Vec::new();
+    while out.len() < count {
+        step(fabric, &mut [server, client]);
+        while let Some(c) = client.poll_completion() {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn error_responses_return_their_credit() {
+    let cfg = RpcConfig {
+        credits: 4,
+        ..sim_config(2)
+    };
+    let mut n = net(20, sim_config(1), cfg);
+    let s = connect(&mut n);
+    for i in 0..20 {
+        n.client
+            .enqueue_request(s, 250, MsgBuf::from_slice(b"?"), i)
+            .unwrap();
+    }
+    let done = collect(&mut n, 20);
+    assert!(done
+        .iter()
+        .all(|c| matches!(c.result, Err(RpcError::NoHandler(250)))));
+    run_requests(&mut n, s, &[(1, 10_000, 10_000)], 10_000_000_000);
+}
+
+#[test]
+fn backlog_limit_holds_while_connecting() {
+    let cfg = RpcConfig {
+        backlog_limit: 4,
+        ..sim_config(2)
+    };
+    let mut n = net(21, sim_config(1), cfg);
+    let s = n.client.create_session("local:server", 0).unwrap();
+    for i in 0..12 {
+        n.client
+            .enqueue_request(s, ECHO, MsgBuf::from_slice(&make_request(i, 16, 16)), i)
+            .unwrap();
+    }
+    assert!(matches!(
+        n.client
+            .enqueue_request(s, ECHO, MsgBuf::from_slice(&make_request(99, 16, 16)), 99),
+        Err(RpcError::Overloaded)
+    ));
+    let done = collect(&mut n, 12);
+    assert!(done.iter().all(|c| c.result.is_ok()));
+}
+
+#[test]
+fn backlogged_requests_over_the_agreed_size_fail_and_the_rest_run() {
+    // The server accepts smaller messages than the client: requests queued while connecting
+    // that exceed the agreed limit complete with MsgTooLarge; the others still run.
+    let server_cfg = RpcConfig {
+        max_msg_size: 4096,
+        ..sim_config(1)
+    };
+    let mut n = net(22, server_cfg, sim_config(2));
+    let s = n.client.create_session("local:server", 0).unwrap();
+    let mut small = 0;
+    for i in 0..30u64 {
+        let size = if i % 3 == 0 { 1000 } else { 10_000 };
+        if size == 1000 {
+            small += 1;
+        }
+        n.client
+            .enqueue_request(s, ECHO, MsgBuf::from_slice(&make_request(i, size, 64)), i)
+            .unwrap();
+    }
+    let done = collect(&mut n, 30);
+    let ok = done.iter().filter(|c| c.result.is_ok()).count();
+    let too_large = done
+        .iter()
+        .filter(|c| matches!(c.result, Err(RpcError::MsgTooLarge { max: 4096, .. })))
+        .count();
+    assert_eq!((ok, too_large), (small, 30 - small));
+    assert_eq!(n.client.ctx().session_max_msg(s), Some(4096));
+}
+
+#[test]
+fn a_panicking_handler_fails_its_request_only() {
+    let fabric = SimFabric::new(23);
+    let hub = LocalHub::new();
+    let sn: Nexus<()> = Nexus::new_local(&hub, "server", 0).unwrap();
+    sn.register(ECHO, |_, ctx, req| {
+        if req.data == b"boom" {
+            panic!("handler bug");
+        }
+        ctx.respond_with(req.handle, req.data).unwrap();
+    })
+    .unwrap();
+    let cn: Nexus<()> = Nexus::new_local(&hub, "client", 0).unwrap();
+    let clock = fabric.virtual_clock().unwrap();
+    let mut server = Rpc::new(&sn, 0, fabric.transport(MTU, RING), (), sim_config(1)).unwrap();
+    let mut client = Rpc::new(&cn, 0, fabric.transport(MTU, RING), (), sim_config(2)).unwrap();
+    server.use_virtual_clock(clock.clone());
+    client.use_virtual_clock(clock);
+    let s = client.create_session("local:server", 0).unwrap();
+    for (i, m) in [&b"ok"[..], b"boom", b"fine"].iter().enumerate() {
+        client
+            .enqueue_request(s, ECHO, MsgBuf::from_slice(m), i as u64)
+            .unwrap();
+    }
+    let mut done = Vec::new();
+    while done.len() < 3 {
+        step(&fabric, &mut [&mut server, &mut client]);
+        while let Some(c) = client.poll_completion() {
+            done.push(c);
+        }
+    }
+    done.sort_by_key(|c| c.tag);
+    assert_eq!(done[0].result.as_ref().unwrap().as_slice(), b"ok");
+    assert!(matches!(done[1].result, Err(RpcError::HandlerFailed)));
+    assert_eq!(done[2].result.as_ref().unwrap().as_slice(), b"fine");
+}
