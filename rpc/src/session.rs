@@ -50,7 +50,8 @@ pub enum ConnectFailure {
 }
 
 impl ConnectFailure {
-    pub(crate) fn to_error(self, remote_rpc: u8) -> crate::RpcError {
+    /// The [`RpcError`](crate::RpcError) for this failure (`remote_rpc`: the Rpc id asked for).
+    pub fn to_error(self, remote_rpc: u8) -> crate::RpcError {
         use crate::RpcError as E;
         match self {
             Self::NoSuchRemoteRpc => E::NoSuchRemoteRpc(remote_rpc),
