@@ -20,7 +20,7 @@ use kv_service::engine::{
 };
 use serde::Serialize;
 
-use crate::report::{new_histogram, write_json, Latency};
+use crate::report::{new_histogram, say, write_json, Latency};
 
 /// YCSB workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -278,12 +278,12 @@ pub fn run(args: EngineArgs) -> Result<()> {
     report.device_write_iops = probe.writes as f64 / psecs;
     report.ratio_to_device = report.engine_iops / report.device_iops.max(1e-9);
 
-    print_report(&report);
+    print_report(&report, args.json.as_deref());
     write_json(args.json.as_deref(), &report)
 }
 
-fn print_report(r: &EngineReport) {
-    println!(
+fn print_report(r: &EngineReport, json: Option<&str>) {
+    say!(json, 
         "engine YCSB-{} {} | {} items x {} B ({:.0} MB on disk), cache {} MiB, W={}, {} in flight/worker",
         r.workload.to_uppercase(),
         r.distribution,
@@ -294,39 +294,59 @@ fn print_report(r: &EngineReport) {
         r.workers,
         r.inflight_per_worker
     );
-    println!(
+    say!(
+        json,
         "  throughput      {:>10.0} ops/s over {:.1} s ({} ops)",
-        r.ops_per_s, r.duration_s, r.ops
+        r.ops_per_s,
+        r.duration_s,
+        r.ops
     );
-    println!(
+    say!(
+        json,
         "  latency         p50 {:.0} us  p99 {:.0} us  max {:.0} us",
-        r.latency.p50_us, r.latency.p99_us, r.latency.max_us
+        r.latency.p50_us,
+        r.latency.p99_us,
+        r.latency.max_us
     );
-    println!(
+    say!(
+        json,
         "  I/O per request {:.3} ({:.3} reads + {:.3} writes), {:.3} submit syscalls/op",
-        r.ios_per_op, r.reads_per_op, r.writes_per_op, r.submits_per_op
+        r.ios_per_op,
+        r.reads_per_op,
+        r.writes_per_op,
+        r.submits_per_op
     );
-    println!(
+    say!(
+        json,
         "  engine I/O      {:>10.0} IOPS ({:.0}% reads)",
         r.engine_iops,
         r.engine_read_fraction * 100.0
     );
-    println!(
+    say!(
+        json,
         "  device limit    {:>10.0} IOPS (same mix, QD64: {:.0} reads/s + {:.0} writes/s)",
-        r.device_iops, r.device_read_iops, r.device_write_iops
+        r.device_iops,
+        r.device_read_iops,
+        r.device_write_iops
     );
-    println!(
+    say!(
+        json,
         "  ratio           {:.1}% of the device limit",
         r.ratio_to_device * 100.0
     );
-    println!(
+    say!(
+        json,
         "  index           {:.1} B/item (engine estimate), {:.1} B/item (RSS of a replica)",
-        r.index_bytes_per_item_estimate, r.index_bytes_per_item_rss
+        r.index_bytes_per_item_estimate,
+        r.index_bytes_per_item_rss
     );
     if r.recovery_secs > 0.0 {
-        println!(
+        say!(
+            json,
             "  load            {:.0} items/s; recovery {:.2} s = {:.0} MB/s",
-            r.load_ops_per_s, r.recovery_secs, r.recovery_mb_per_s
+            r.load_ops_per_s,
+            r.recovery_secs,
+            r.recovery_mb_per_s
         );
     }
 }

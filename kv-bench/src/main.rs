@@ -8,7 +8,11 @@ mod report;
 mod rpc_bench;
 
 #[derive(Parser)]
-#[command(name = "kv-bench", version, about = "Benchmarks for rpc and kv-service")]
+#[command(
+    name = "kv-bench",
+    version,
+    about = "Benchmarks for rpc and kv-service"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -32,8 +32,22 @@ impl Latency {
 /// A histogram for nanosecond latencies up to 10 s.
 pub fn new_histogram() -> Histogram<u64> {
     // 3 significant digits up to 10 s cannot fail to construct.
-    Histogram::new_with_bounds(1, 10_000_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+    Histogram::new_with_bounds(1, 10_000_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
 }
+
+/// `println!` for the human-readable report, which goes to stderr when `--json -` claims
+/// stdout for the JSON object.
+macro_rules! say {
+    ($json:expr, $($arg:tt)*) => {
+        if $json == Some("-") {
+            eprintln!($($arg)*)
+        } else {
+            println!($($arg)*)
+        }
+    };
+}
+pub(crate) use say;
 
 /// Writes `value` as one JSON object to `path` (`-` = stdout) when a path is given.
 pub fn write_json<T: Serialize>(path: Option<&str>, value: &T) -> Result<()> {

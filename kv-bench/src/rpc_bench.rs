@@ -16,7 +16,7 @@ use serde::Serialize;
 use transports::udp::{UdpConfig, UdpTransport};
 
 use crate::baseline::raw_udp;
-use crate::report::{new_histogram, write_json, Latency};
+use crate::report::{new_histogram, say, write_json, Latency};
 
 /// The request type the bench server answers: the response size is the request's first
 /// 4 bytes (little-endian), or the request size when the request is shorter.
@@ -155,9 +155,7 @@ impl Server {
     fn finish(mut self) -> Result<rpc::RpcStats> {
         self.stop.store(true, Ordering::Relaxed);
         match self.thread.take() {
-            Some(t) => t
-                .join()
-                .map_err(|_| anyhow!("bench server panicked"))?,
+            Some(t) => t.join().map_err(|_| anyhow!("bench server panicked"))?,
             None => bail!("bench server already stopped"),
         }
     }
@@ -193,7 +191,12 @@ struct Client {
 }
 
 impl Client {
-    fn connect(server: &Server, mtu: usize, gro: bool, sessions: usize) -> Result<(Self, Vec<SessionId>)> {
+    fn connect(
+        server: &Server,
+        mtu: usize,
+        gro: bool,
+        sessions: usize,
+    ) -> Result<(Self, Vec<SessionId>)> {
         let nexus: Nexus = Nexus::new("127.0.0.1:0", 0)?;
         let udp = UdpTransport::new(udp_config(mtu, gro))?;
         let mut rpc = Rpc::new(&nexus, 0, udp, (), rpc_config())?;
@@ -238,6 +241,8 @@ struct LatencyReport {
 }
 
 fn latency(a: LatencyArgs) -> Result<()> {
+    let json = a.common.json.clone();
+    let json = json.as_deref();
     let total = a.common.duration()?;
     let mtu = a.common.mtu;
     if a.size + rpc::pkthdr::HDR_SIZE > mtu {
@@ -277,26 +282,42 @@ fn latency(a: LatencyArgs) -> Result<()> {
         ratio_p99: rpc.p99_us / raw.p99_us,
         ratio_vs_connected: rpc.p50_us / raw_connected.p50_us,
     };
-    println!(
+    say!(
+        json,
         "rpc latency, {} B request/response, busy-polling, UDP on loopback ({} samples)",
-        a.size, rpc.samples
+        a.size,
+        rpc.samples
     );
-    println!("  {:<26} {:>9} {:>9} {:>9}", "", "p50 µs", "p99 µs", "p99.9 µs");
+    say!(
+        json,
+        "  {:<26} {:>9} {:>9} {:>9}",
+        "",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs"
+    );
     for (name, l) in [
         ("rpc", rpc),
         ("raw UDP (send_to/recv_from)", raw),
         ("raw UDP (connected)", raw_connected),
     ] {
-        println!(
+        say!(
+            json,
             "  {:<26} {:>9.2} {:>9.2} {:>9.2}",
-            name, l.p50_us, l.p99_us, l.p999_us
+            name,
+            l.p50_us,
+            l.p99_us,
+            l.p999_us
         );
     }
-    println!(
+    say!(
+        json,
         "  ratio rpc/raw p50 {:.3} (target <= 1.10), p99 {:.3}; vs connected sockets p50 {:.3}",
-        report.ratio, report.ratio_p99, report.ratio_vs_connected
+        report.ratio,
+        report.ratio_p99,
+        report.ratio_vs_connected
     );
-    write_json(a.common.json.as_deref(), &report)
+    write_json(json, &report)
 }
 
 /// One request at a time, timing each round trip.
@@ -414,6 +435,8 @@ fn closed_loop(
 }
 
 fn tput(a: TputArgs) -> Result<()> {
+    let json = a.common.json.clone();
+    let json = json.as_deref();
     let d = a.common.duration()?;
     let mtu = a.common.mtu;
     if a.sessions == 0 || a.window == 0 {
@@ -440,12 +463,12 @@ fn tput(a: TputArgs) -> Result<()> {
         client_credit_stalls: cstats.credit_stalls,
         server_handlers_run: sstats.handlers_run,
     };
-    println!(
+    say!(json, 
         "rpc tput: {} sessions x {} in flight, {} B: {:.3} M requests/s; latency p50 {:.1} µs p99 {:.1} µs; {} retransmissions",
         a.sessions, a.window, a.size, report.mrps, report.latency.p50_us, report.latency.p99_us,
         report.client_retransmissions
     );
-    write_json(a.common.json.as_deref(), &report)
+    write_json(json, &report)
 }
 
 #[derive(Serialize)]
@@ -463,6 +486,8 @@ struct BwReport {
 }
 
 fn bw(a: BwArgs) -> Result<()> {
+    let json = a.common.json.clone();
+    let json = json.as_deref();
     let d = a.common.duration()?;
     let mtu = a.common.mtu;
     if a.size > 8 << 20 || a.window == 0 {
@@ -487,9 +512,9 @@ fn bw(a: BwArgs) -> Result<()> {
         client_retransmissions: cstats.retransmissions,
         client_tx_dropped: cstats.tx_dropped,
     };
-    println!(
+    say!(json, 
         "rpc bw: {} B messages, {} in flight, MTU {}: {:.2} Gbit/s goodput ({} messages); {} retransmissions",
         a.size, a.window, mtu, gbit, done, report.client_retransmissions
     );
-    write_json(a.common.json.as_deref(), &report)
+    write_json(json, &report)
 }
