@@ -283,7 +283,7 @@ pub fn run(args: EngineArgs) -> Result<()> {
 }
 
 fn print_report(r: &EngineReport, json: Option<&str>) {
-    say!(json, 
+    say!(json,
         "engine YCSB-{} {} | {} items x {} B ({:.0} MB on disk), cache {} MiB, W={}, {} in flight/worker",
         r.workload.to_uppercase(),
         r.distribution,

@@ -463,7 +463,7 @@ fn tput(a: TputArgs) -> Result<()> {
         client_credit_stalls: cstats.credit_stalls,
         server_handlers_run: sstats.handlers_run,
     };
-    say!(json, 
+    say!(json,
         "rpc tput: {} sessions x {} in flight, {} B: {:.3} M requests/s; latency p50 {:.1} µs p99 {:.1} µs; {} retransmissions",
         a.sessions, a.window, a.size, report.mrps, report.latency.p50_us, report.latency.p99_us,
         report.client_retransmissions
@@ -512,7 +512,7 @@ fn bw(a: BwArgs) -> Result<()> {
         client_retransmissions: cstats.retransmissions,
         client_tx_dropped: cstats.tx_dropped,
     };
-    say!(json, 
+    say!(json,
         "rpc bw: {} B messages, {} in flight, MTU {}: {:.2} Gbit/s goodput ({} messages); {} retransmissions",
         a.size, a.window, mtu, gbit, done, report.client_retransmissions
     );
