@@ -424,7 +424,7 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
                 continue;
             };
             self.ctx.stats.handlers_run += 1;
-            match self.handlers.get(usize::from(req_type)).cloned().flatten() {
+            match self.handlers.get(usize::from(req_type)).and_then(Option::as_ref) {
                 Some(Handler::Foreground(f)) => {
                     let (state, ctx) = (&mut self.state, &mut self.ctx);
                     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -455,7 +455,7 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
                         continue;
                     };
                     let job = BgJob {
-                        handler: f,
+                        handler: f.clone(),
                         handle: h,
                         req,
                         reply: self.bg_done_tx.clone(),
