@@ -424,7 +424,11 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
                 continue;
             };
             self.ctx.stats.handlers_run += 1;
-            match self.handlers.get(usize::from(req_type)).and_then(Option::as_ref) {
+            match self
+                .handlers
+                .get(usize::from(req_type))
+                .and_then(Option::as_ref)
+            {
                 Some(Handler::Foreground(f)) => {
                     let (state, ctx) = (&mut self.state, &mut self.ctx);
                     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
