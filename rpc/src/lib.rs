@@ -33,11 +33,14 @@
 //!     })
 //!     .unwrap();
 //! let uri = server_nexus.uri().to_string();
+//! let (ready_tx, ready_rx) = std::sync::mpsc::channel();
 //! let server = std::thread::spawn(move || {
 //!     let udp = UdpTransport::new(UdpConfig::default()).unwrap();
 //!     let mut rpc = Rpc::new(&server_nexus, 0, udp, (), RpcConfig::default()).unwrap();
+//!     ready_tx.send(()).unwrap(); // the Rpc exists: sessions to it can be opened
 //!     rpc.run_for(Duration::from_millis(500));
 //! });
+//! ready_rx.recv().unwrap();
 //!
 //! let client_nexus: Nexus = Nexus::new("127.0.0.1:0", 0).unwrap();
 //! let udp = UdpTransport::new(UdpConfig::default()).unwrap();
