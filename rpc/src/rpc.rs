@@ -324,7 +324,7 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
         let end = Instant::now() + d;
         while Instant::now() < end {
             if !self.run_once() && !self.ctx.cfg.busy_poll {
-                self.idle_wait(end.saturating_duration_since(Instant::now()));
+                self.wait_idle(end.saturating_duration_since(Instant::now()));
             }
         }
     }
@@ -343,13 +343,15 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
                 return false;
             }
             if !self.run_once() && !self.ctx.cfg.busy_poll {
-                self.idle_wait(end.saturating_duration_since(Instant::now()));
+                self.wait_idle(end.saturating_duration_since(Instant::now()));
             }
         }
     }
 
-    fn idle_wait(&mut self, max: Duration) {
-        // SM messages and background results arrive outside the transport: cap the sleep.
+    /// Sleeps until the transport may have input, for at most `max` (and at most 1 ms, since
+    /// session-management messages and background results arrive outside the transport). For
+    /// application loops that poll other things too (e.g. a disk) and want to sleep when idle.
+    pub fn wait_idle(&mut self, max: Duration) {
         let t = max.min(Duration::from_millis(1));
         let _ = self.transport.wait(Some(t));
     }
