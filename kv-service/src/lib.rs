@@ -1,5 +1,58 @@
 //! `kv-service`: a persistent key-value service whose storage engine derives from KVell,
 //! served over the `rpc` crate.
+//!
+//! - [`engine`]: the storage engine (shared-nothing workers, slabs, io_uring).
+//! - [`protocol`]: the KV wire format inside rpc messages (`docs/KV-PROTOCOL.md`).
+//! - [`server`]: the server behind the `kv-service` binary: one thread per engine worker,
+//!   each polling its own Rpc and its own worker (`docs/KV-SERVICE.md`).
+//! - [`client`]: the client library, blocking and pipelined; `kv-cli` is built on it.
+//!
+//! # Example: a server and a client in one process
+//!
+//! Usually the server is the `kv-service` binary and only the client is in your program.
+//!
+//! ```
+//! use kv_service::client::{Client, ClientConfig, Command, Reply};
+//! use kv_service::server::{Server, ServerConfig};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let server = Server::start(ServerConfig {
+//!     listen: "127.0.0.1:0".into(), // port 0: pick a free port
+//!     data_dir: dir.path().to_path_buf(),
+//!     threads: 2,
+//!     ..ServerConfig::default()
+//! })?;
+//! let addr = server.listen_addr().to_string();
+//!
+//! let mut client = Client::connect(&addr, ClientConfig::default())?;
+//! client.put(b"apple", b"red")?;
+//! client.put(b"banana", b"yellow")?;
+//! assert_eq!(client.get(b"apple")?, Some(b"red".to_vec()));
+//! assert_eq!(client.scan(b"b", 10)?, vec![(b"banana".to_vec(), b"yellow".to_vec())]);
+//! assert!(client.delete(b"apple")?);
+//! assert_eq!(client.get(b"apple")?, None);
+//!
+//! // Pipelined: many requests in flight, each answer carries its tag.
+//! for i in 0..64u64 {
+//!     let cmd = Command::Put { key: format!("key-{i:02}").into_bytes(), value: vec![b'x'; 100] };
+//!     client.submit(cmd, i)?;
+//! }
+//! let mut answered = 0;
+//! while let Some((_tag, reply)) = client.wait() {
+//!     assert_eq!(reply?, Reply::Written);
+//!     answered += 1;
+//! }
+//! assert_eq!(answered, 64);
+//! let items: u64 = client.stats()?.iter().map(|s| s.items).sum();
+//! assert_eq!(items, 65);
+//!
+//! drop(client);
+//! server.shutdown()?; // graceful: finishes in-flight requests, closes the engine
+//! # Ok(()) }
+//! ```
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod engine;
+pub mod protocol;
+pub mod server;

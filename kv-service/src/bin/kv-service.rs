@@ -1,0 +1,154 @@
+//! `kv-service`: the persistent key-value server. See `docs/KV-SERVICE.md`.
+//!
+//! ```text
+//! kv-service [--listen 127.0.0.1:31850] [--data-dir ./kv-data] [--threads N] [--cache-mb 64]
+//!            [--sync] [--transport udp] [--busy-poll | --spin-ms 100] [--log-level info]
+//! ```
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use kv_service::engine::SyncMode;
+use kv_service::server::{IdleMode, Server, ServerConfig};
+
+/// Persistent key-value server (KVell-derived engine over eRPC-style RPC).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address clients connect to (the session-management UDP socket); a concrete IP.
+    /// Port 0 picks a free port (printed at start).
+    #[arg(long, default_value = "127.0.0.1:31850")]
+    listen: String,
+    /// Data directory, created if missing.
+    #[arg(long, default_value = "./kv-data")]
+    data_dir: PathBuf,
+    /// Server threads = engine partitions. Recorded in the data directory at creation:
+    /// reopening it needs the same number. Default: what the data directory records, or for a
+    /// new one half the cores (at least 1) — busy threads spin, and clients on the same
+    /// machine need cores too.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Engine page cache in MiB, split between threads.
+    #[arg(long, default_value_t = 64)]
+    cache_mb: usize,
+    /// Acknowledge writes only once on stable storage (O_DSYNC): survives power loss, slower.
+    #[arg(long)]
+    sync: bool,
+    /// Network transport.
+    #[arg(long, value_enum, default_value_t = Transport::Udp)]
+    transport: Transport,
+    /// Spin always, never sleep when idle (lowest latency, one core per thread at 100 %).
+    #[arg(long)]
+    busy_poll: bool,
+    /// Without --busy-poll: keep spinning this long after the last request, then sleep
+    /// until the next packet.
+    #[arg(long, default_value_t = 100)]
+    spin_ms: u64,
+    /// Log level (error, warn, info, debug, trace) when RUST_LOG is not set.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Transport {
+    /// Kernel UDP sockets.
+    Udp,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log_level))
+        .context("bad --log-level")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let Transport::Udp = args.transport;
+    let threads = match args.threads {
+        Some(t) => t,
+        None => default_threads(&args.data_dir)?,
+    };
+    let cfg = ServerConfig {
+        listen: args.listen.clone(),
+        data_dir: args.data_dir.clone(),
+        threads,
+        cache_bytes: args.cache_mb.saturating_mul(1 << 20),
+        sync: if args.sync {
+            SyncMode::Dsync
+        } else {
+            SyncMode::None
+        },
+        idle: if args.busy_poll {
+            IdleMode::BusyPoll
+        } else {
+            IdleMode::SpinThenSleep {
+                spin: Duration::from_millis(args.spin_ms),
+            }
+        },
+        ..ServerConfig::default()
+    };
+    let server = Server::start(cfg).with_context(|| {
+        format!(
+            "kv-service could not start (listen {}, data dir {})",
+            args.listen,
+            args.data_dir.display()
+        )
+    })?;
+    // First SIGINT/SIGTERM: graceful shutdown. A second one: exit at once.
+    let stop = server.stop_flag();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, stop.clone())
+            .context("installing the signal handler")?;
+        signal_hook::flag::register(sig, stop.clone()).context("installing the signal handler")?;
+    }
+    let r = server.recovery();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "kv-service listening on {} (udp), {} threads, data dir {}",
+        server.listen_addr(),
+        threads,
+        args.data_dir.display()
+    )?;
+    writeln!(
+        out,
+        "recovery: {} items, {} tombstones, {} corrupt, {} duplicates, {} files, {:.1} MB read in {:.3} s",
+        r.live,
+        r.tombstones,
+        r.corrupt,
+        r.duplicates,
+        r.files,
+        r.bytes_read as f64 / 1e6,
+        r.elapsed.as_secs_f64()
+    )?;
+    for (i, a) in server.data_addrs().iter().enumerate() {
+        writeln!(out, "thread {i} data socket {a}")?;
+    }
+    writeln!(out, "ready (Ctrl-C or SIGTERM to stop)")?;
+    out.flush()?;
+    drop(out);
+    server.wait().context("kv-service failed")?;
+    println!("kv-service stopped cleanly");
+    Ok(())
+}
+
+/// The thread count recorded in an existing data directory, else half the cores (≥ 1).
+fn default_threads(dir: &std::path::Path) -> anyhow::Result<usize> {
+    let manifest = dir.join(kv_service::engine::manifest::MANIFEST_FILE);
+    match std::fs::read(&manifest) {
+        Ok(bytes) => {
+            let w = kv_service::engine::manifest::decode(&bytes)
+                .with_context(|| format!("reading {}", manifest.display()))?;
+            Ok(w as usize)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            Ok((cores / 2).max(1))
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", manifest.display())),
+    }
+}

@@ -1,0 +1,710 @@
+//! The client library: connects to every thread of a `kv-service` server, routes each key
+//! to the thread that owns it, and offers a blocking API ([`Client::get`], [`Client::put`],
+//! [`Client::delete`], [`Client::scan`], [`Client::stats`]) and a pipelined one
+//! ([`Client::submit`] many requests with your own tags, then [`Client::poll`] /
+//! [`Client::wait`] for their [`Reply`]s, in any order).
+//!
+//! Every wait is bounded: a request without an answer within [`ClientConfig::timeout`]
+//! completes with [`Error::Timeout`]. A `Client` is one rpc endpoint driven by the calling
+//! thread; use one per thread.
+//!
+//! ```no_run
+//! use kv_service::client::{Client, ClientConfig, Command, Reply};
+//! # fn main() -> Result<(), kv_service::client::Error> {
+//! let mut c = Client::connect("127.0.0.1:31850", ClientConfig::default())?;
+//! c.put(b"apple", b"red")?;
+//! assert_eq!(c.get(b"apple")?, Some(b"red".to_vec()));
+//! // Pipelined: many requests in flight, answers matched by tag.
+//! for i in 0..100u64 {
+//!     c.submit(Command::Put { key: format!("k{i}").into_bytes(), value: vec![1; 100] }, i)?;
+//! }
+//! while let Some((tag, reply)) = c.wait() {
+//!     assert_eq!(reply?, Reply::Written, "request {tag}");
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::time::{Duration, Instant};
+
+use rpc::{Completion, MsgBuf, Nexus, Rpc, RpcConfig, RpcError, SessionId};
+use transports::udp::{UdpConfig, UdpTransport};
+
+use crate::engine::{merge_scan, KeyRouter, MAX_KEY_LEN, MAX_VALUE_LEN};
+use crate::protocol::{self, op, Item, Request, ServerInfo, Status, ThreadStats};
+
+/// Client settings.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Longest a request may wait for its answer. Default 5 s.
+    pub timeout: Duration,
+    /// Longest connecting to the server may take. Default 2 s.
+    pub connect_timeout: Duration,
+    /// Spin while waiting (lowest latency) instead of sleeping in the socket's wait.
+    /// Default `true`.
+    pub busy_poll: bool,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            busy_poll: true,
+        }
+    }
+}
+
+/// Errors of the client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The address could not be parsed or resolved.
+    #[error("invalid server address {0:?}")]
+    BadAddress(String),
+    /// The server did not answer the connect.
+    #[error("server {addr} not reachable")]
+    Unreachable {
+        /// The server address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: RpcError,
+    },
+    /// No answer within the configured timeout.
+    #[error("no answer from the server within {0:?}")]
+    Timeout(Duration),
+    /// The key is longer than the server accepts.
+    #[error("key of {len} bytes exceeds the limit of {max} bytes")]
+    KeyTooLarge {
+        /// The key's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The value is longer than the server accepts.
+    #[error("value of {len} bytes exceeds the limit of {max} bytes")]
+    ValueTooLarge {
+        /// The value's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The server answered with an error status.
+    #[error("server error ({status}): {message}")]
+    Server {
+        /// The status.
+        status: Status,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server's answer could not be understood.
+    #[error("{0}")]
+    Protocol(#[from] protocol::ResponseError),
+    /// The server is not a compatible kv-service.
+    #[error("incompatible server: {0}")]
+    Incompatible(String),
+    /// The rpc layer failed (local queue full, session lost...).
+    #[error("rpc: {0}")]
+    Rpc(#[from] RpcError),
+}
+
+impl Error {
+    /// Whether this is [`Error::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout(_))
+    }
+}
+
+/// A request of the pipelined API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Read a key.
+    Get {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Insert or overwrite a key.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Delete a key.
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+/// The successful answer to a [`Command`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// GET: the value.
+    Value(Vec<u8>),
+    /// GET or DELETE: the key does not exist.
+    NotFound,
+    /// PUT: the write is durable.
+    Written,
+    /// DELETE: the key was deleted (durably).
+    Deleted,
+}
+
+/// What a response decodes to.
+enum Decoded {
+    Reply(Reply),
+    Scan(Vec<Item>, bool),
+    Info(ServerInfo),
+    Stats(ThreadStats),
+}
+
+#[derive(Clone, Copy)]
+enum Owner {
+    User(u64),
+    Sync,
+}
+
+struct InFlight {
+    owner: Owner,
+    op: u8,
+    deadline: Instant,
+}
+
+/// A connection to a kv-service server (all its threads). See the module docs.
+pub struct Client {
+    rpc: Rpc<UdpTransport, ()>,
+    sessions: Vec<SessionId>,
+    info: ServerInfo,
+    router: KeyRouter,
+    cfg: ClientConfig,
+    server: SocketAddr,
+    next_tag: u64,
+    inflight: HashMap<u64, InFlight>,
+    user_inflight: usize,
+    done: VecDeque<(u64, Result<Reply, Error>)>,
+    sync_done: HashMap<u64, Result<Decoded, Error>>,
+    next_expiry_check: Instant,
+    buf: Vec<u8>,
+    _nexus: Nexus,
+}
+
+/// How often in-flight requests are checked against their deadlines.
+const EXPIRY_CHECK: Duration = Duration::from_millis(5);
+
+impl Client {
+    /// Connects to the server whose listen (session-management) address is `addr`
+    /// (`host:port`): asks thread 0 for the server's thread count and partitioning, then
+    /// opens a session to every thread.
+    pub fn connect(addr: &str, cfg: ClientConfig) -> Result<Client, Error> {
+        let server = addr
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| Error::BadAddress(addr.to_string()))?;
+        let local_ip = local_ip_for(server).map_err(|_| Error::BadAddress(addr.to_string()))?;
+        let unreachable = |source| Error::Unreachable {
+            addr: server.to_string(),
+            source,
+        };
+        let nexus: Nexus = Nexus::new(&SocketAddr::new(local_ip, 0).to_string(), 0)?;
+        let udp = UdpTransport::new(UdpConfig {
+            bind: SocketAddr::new(local_ip, 0),
+            ..UdpConfig::default()
+        })
+        .map_err(RpcError::from)?;
+        let rpc_cfg = RpcConfig {
+            connect_timeout: cfg.connect_timeout,
+            busy_poll: cfg.busy_poll,
+            ..RpcConfig::default()
+        };
+        let mut rpc = Rpc::new(&nexus, 0, udp, (), rpc_cfg)?;
+        let uri = server.to_string();
+        let s0 = rpc.connect(&uri, 0).map_err(unreachable)?;
+        let mut client = Client {
+            rpc,
+            sessions: vec![s0],
+            info: ServerInfo {
+                threads: 1,
+                thread_id: 0,
+                partitioning: protocol::PARTITION_FNV1A64_MOD,
+                max_key: MAX_KEY_LEN as u32,
+                max_value: MAX_VALUE_LEN as u32,
+                max_scan: protocol::MAX_SCAN_ITEMS,
+            },
+            router: KeyRouter::new(1),
+            cfg,
+            server,
+            next_tag: 1,
+            inflight: HashMap::new(),
+            user_inflight: 0,
+            done: VecDeque::new(),
+            sync_done: HashMap::new(),
+            next_expiry_check: Instant::now(),
+            buf: Vec::new(),
+            _nexus: nexus,
+        };
+        let tag = client.send(0, &Request::Info, Owner::Sync)?;
+        let info = match client.wait_sync(tag)? {
+            Decoded::Info(i) => i,
+            _ => return Err(Error::Incompatible("unexpected INFO answer".into())),
+        };
+        if info.partitioning != protocol::PARTITION_FNV1A64_MOD {
+            return Err(Error::Incompatible(format!(
+                "unknown partitioning scheme {}",
+                info.partitioning
+            )));
+        }
+        if info.threads == 0 || info.threads > 255 {
+            return Err(Error::Incompatible(format!(
+                "server reports {} threads",
+                info.threads
+            )));
+        }
+        client.info = info;
+        client.router = KeyRouter::new(info.threads as usize);
+        for t in 1..info.threads {
+            let s = client.rpc.create_session(&uri, t as u8)?;
+            client.sessions.push(s);
+        }
+        let deadline = Instant::now() + client.cfg.connect_timeout + Duration::from_millis(500);
+        loop {
+            let mut pending = false;
+            for &s in &client.sessions {
+                match client.rpc.session_state(s) {
+                    Some(rpc::SessionState::Connected) => {}
+                    Some(rpc::SessionState::Connecting) => pending = true,
+                    Some(rpc::SessionState::Failed(f)) => {
+                        return Err(unreachable(connect_failure(f, t_of(&client.sessions, s))));
+                    }
+                    _ => return Err(unreachable(RpcError::InvalidSession(s))),
+                }
+            }
+            if !pending {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(unreachable(RpcError::Timeout));
+            }
+            client.rpc.run_once();
+        }
+        Ok(client)
+    }
+
+    /// What the server said about itself at connect time.
+    pub fn server_info(&self) -> ServerInfo {
+        self.info
+    }
+
+    /// The server's listen address.
+    pub fn server_addr(&self) -> SocketAddr {
+        self.server
+    }
+
+    /// The server thread that owns `key`.
+    pub fn thread_for(&self, key: &[u8]) -> usize {
+        self.router.worker_for(key)
+    }
+
+    /// The value of `key`, or `None` if it does not exist.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        match self.call(Request::Get { key })? {
+            Reply::Value(v) => Ok(Some(v)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Sets `key` to `value`; returns once the server's engine acknowledged the write.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), Error> {
+        self.call(Request::Put { key, value }).map(|_| ())
+    }
+
+    /// Deletes `key`; returns whether it existed.
+    pub fn delete(&mut self, key: &[u8]) -> Result<bool, Error> {
+        Ok(self.call(Request::Delete { key })? == Reply::Deleted)
+    }
+
+    /// Up to `max` items with key ≥ `start`, in key order. Fans out to every server thread
+    /// (each holds one partition) and merges; continues past the per-response caps until
+    /// `max` items are found or the key space is exhausted.
+    pub fn scan(&mut self, start: &[u8], max: usize) -> Result<Vec<Item>, Error> {
+        check_key(start)?;
+        let mut out: Vec<Item> = Vec::new();
+        let mut cursor = start.to_vec();
+        while out.len() < max {
+            let ask = (max - out.len()).min(self.info.max_scan.max(1) as usize) as u32;
+            let mut tags = Vec::with_capacity(self.sessions.len());
+            for t in 0..self.sessions.len() {
+                let req = Request::Scan {
+                    start: &cursor,
+                    max: ask,
+                };
+                tags.push(self.send(t, &req, Owner::Sync)?);
+            }
+            let mut parts = Vec::with_capacity(tags.len());
+            let mut bound: Option<Vec<u8>> = None;
+            let mut first_err = None;
+            for tag in tags {
+                match self.wait_sync(tag) {
+                    Ok(Decoded::Scan(items, more)) => {
+                        if more {
+                            let Some((last, _)) = items.last() else {
+                                return Err(Error::Incompatible(
+                                    "SCAN answer flagged more items but holds none".into(),
+                                ));
+                            };
+                            if !matches!(&bound, Some(b) if b <= last) {
+                                bound = Some(last.clone());
+                            }
+                        }
+                        parts.push(items);
+                    }
+                    Ok(_) => {
+                        first_err
+                            .get_or_insert(Error::Incompatible("unexpected SCAN answer".into()));
+                    }
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = first_err {
+                return Err(e);
+            }
+            // Below `bound`, every partition returned all its items; above it, some did not.
+            let mut merged = merge_scan(parts, max - out.len());
+            if let Some(b) = &bound {
+                merged.retain(|(k, _)| k <= b);
+            }
+            out.extend(merged);
+            match bound.as_deref().map(successor) {
+                Some(Some(next)) => cursor = next,
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The counters of every server thread (thread `i` at index `i`).
+    pub fn stats(&mut self) -> Result<Vec<ThreadStats>, Error> {
+        let mut tags = Vec::new();
+        for t in 0..self.sessions.len() {
+            tags.push(self.send(t, &Request::Stats, Owner::Sync)?);
+        }
+        let mut out = Vec::new();
+        for tag in tags {
+            match self.wait_sync(tag)? {
+                Decoded::Stats(s) => out.push(s),
+                _ => return Err(Error::Incompatible("unexpected STATS answer".into())),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pipelined API: sends `cmd` without waiting; its outcome comes out of
+    /// [`Client::poll`] or [`Client::wait`] with `tag`. Errors here (key or value too large,
+    /// local queue full) mean the request was not sent. Requests in flight at the same time
+    /// may execute in any order: do not pipeline two writes of one key if their order
+    /// matters.
+    pub fn submit(&mut self, cmd: Command, tag: u64) -> Result<(), Error> {
+        let req = match &cmd {
+            Command::Get { key } => Request::Get { key },
+            Command::Put { key, value } => Request::Put { key, value },
+            Command::Delete { key } => Request::Delete { key },
+        };
+        self.send_routed(&req, Owner::User(tag))?;
+        self.user_inflight += 1;
+        Ok(())
+    }
+
+    /// Pipelined requests submitted and not yet returned by `poll` / `wait`.
+    pub fn in_flight(&self) -> usize {
+        self.user_inflight + self.done.len()
+    }
+
+    /// Pipelined API: runs the event loop once (never blocks) and returns a finished
+    /// request, if any.
+    pub fn poll(&mut self) -> Option<(u64, Result<Reply, Error>)> {
+        if self.done.is_empty() {
+            self.pump(Duration::ZERO);
+        }
+        self.done.pop_front()
+    }
+
+    /// Pipelined API: waits for the next finished request; `None` if none is in flight.
+    /// Bounded by the request timeout.
+    pub fn wait(&mut self) -> Option<(u64, Result<Reply, Error>)> {
+        loop {
+            if let Some(d) = self.done.pop_front() {
+                return Some(d);
+            }
+            if self.user_inflight == 0 {
+                return None;
+            }
+            self.pump(Duration::from_millis(1));
+        }
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    fn call(&mut self, req: Request<'_>) -> Result<Reply, Error> {
+        let tag = self.send_routed(&req, Owner::Sync)?;
+        match self.wait_sync(tag)? {
+            Decoded::Reply(r) => Ok(r),
+            _ => Err(Error::Incompatible("unexpected answer".into())),
+        }
+    }
+
+    fn send_routed(&mut self, req: &Request<'_>, owner: Owner) -> Result<u64, Error> {
+        let key = req.key().unwrap_or(&[]);
+        check_key(key)?;
+        if let Request::Put { value, .. } = req {
+            if value.len() > self.info.max_value as usize {
+                return Err(Error::ValueTooLarge {
+                    len: value.len(),
+                    max: self.info.max_value as usize,
+                });
+            }
+        }
+        let t = self.router.worker_for(key);
+        self.send(t, req, owner)
+    }
+
+    fn send(&mut self, thread: usize, req: &Request<'_>, owner: Owner) -> Result<u64, Error> {
+        let session = *self
+            .sessions
+            .get(thread)
+            .ok_or_else(|| Error::Incompatible(format!("no session to thread {thread}")))?;
+        protocol::encode_request(req, &mut self.buf);
+        let ctx = self.rpc.ctx();
+        let m = ctx.msg_from(&self.buf);
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.rpc.enqueue_request(session, req.op(), m, tag)?;
+        self.inflight.insert(
+            tag,
+            InFlight {
+                owner,
+                op: req.op(),
+                deadline: Instant::now() + self.cfg.timeout,
+            },
+        );
+        Ok(tag)
+    }
+
+    fn wait_sync(&mut self, tag: u64) -> Result<Decoded, Error> {
+        loop {
+            if let Some(r) = self.sync_done.remove(&tag) {
+                return r;
+            }
+            if !self.inflight.contains_key(&tag) {
+                return Err(Error::Timeout(self.cfg.timeout));
+            }
+            self.pump(Duration::from_millis(1));
+        }
+    }
+
+    /// Runs the event loop (once, or up to `max` when not busy-polling), routes
+    /// completions and expires overdue requests.
+    fn pump(&mut self, max: Duration) {
+        let mut got: Vec<Completion> = Vec::new();
+        if self.cfg.busy_poll || max.is_zero() {
+            self.rpc.run_once();
+            while let Some(c) = self.rpc.poll_completion() {
+                got.push(c);
+            }
+        } else {
+            self.rpc.run_until(
+                |r| {
+                    while let Some(c) = r.poll_completion() {
+                        got.push(c);
+                    }
+                    !got.is_empty()
+                },
+                max,
+            );
+        }
+        for c in got {
+            self.route(c);
+        }
+        let now = Instant::now();
+        if now >= self.next_expiry_check {
+            self.next_expiry_check = now + EXPIRY_CHECK;
+            let expired: Vec<u64> = self
+                .inflight
+                .iter()
+                .filter(|(_, f)| f.deadline <= now)
+                .map(|(t, _)| *t)
+                .collect();
+            for t in expired {
+                if let Some(f) = self.inflight.remove(&t) {
+                    self.finish(t, f.owner, Err(Error::Timeout(self.cfg.timeout)));
+                }
+            }
+        }
+    }
+
+    fn route(&mut self, c: Completion) {
+        let ctx = self.rpc.ctx();
+        ctx.free_msg(c.req);
+        let Some(f) = self.inflight.remove(&c.tag) else {
+            // Answer to a request that already timed out.
+            if let Ok(m) = c.result {
+                self.rpc.ctx().free_msg(m);
+            }
+            return;
+        };
+        let result = match c.result {
+            Ok(m) => {
+                let r = decode(f.op, &m);
+                self.rpc.ctx().free_msg(m);
+                r
+            }
+            Err(e) => Err(Error::Rpc(e)),
+        };
+        self.finish(c.tag, f.owner, result);
+    }
+
+    fn finish(&mut self, tag: u64, owner: Owner, result: Result<Decoded, Error>) {
+        match owner {
+            Owner::Sync => {
+                self.sync_done.insert(tag, result);
+            }
+            Owner::User(user) => {
+                self.user_inflight = self.user_inflight.saturating_sub(1);
+                let r = result.and_then(|d| match d {
+                    Decoded::Reply(r) => Ok(r),
+                    _ => Err(Error::Incompatible("unexpected answer".into())),
+                });
+                self.done.push_back((user, r));
+            }
+        }
+    }
+}
+
+/// Index of session `s` in `sessions` (= the server thread it leads to).
+fn t_of(sessions: &[SessionId], s: SessionId) -> u8 {
+    sessions.iter().position(|&x| x == s).unwrap_or(0) as u8
+}
+
+/// The [`RpcError`] for a failed connect (`rpc::ConnectFailure::to_error` is crate-private).
+fn connect_failure(f: rpc::ConnectFailure, remote_rpc: u8) -> RpcError {
+    use rpc::ConnectFailure as F;
+    match f {
+        F::NoSuchRemoteRpc => RpcError::NoSuchRemoteRpc(remote_rpc),
+        F::TooManySessions => RpcError::TooManySessions,
+        F::RingExhausted => RpcError::RingExhausted,
+        F::TransportMismatch => RpcError::TransportMismatch {
+            remote: "a different transport".into(),
+        },
+        F::RoutingResolution => RpcError::RoutingResolution("see the server's log".into()),
+        F::BadConfig => RpcError::BadSessionConfig,
+        F::Timeout => RpcError::Timeout,
+    }
+}
+
+fn check_key(key: &[u8]) -> Result<(), Error> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(Error::KeyTooLarge {
+            len: key.len(),
+            max: MAX_KEY_LEN,
+        });
+    }
+    Ok(())
+}
+
+/// The smallest key (of at most [`MAX_KEY_LEN`] bytes) greater than `key`, if any.
+fn successor(key: &[u8]) -> Option<Vec<u8>> {
+    let mut k = key.to_vec();
+    if k.len() < MAX_KEY_LEN {
+        k.push(0);
+        return Some(k);
+    }
+    while let Some(&last) = k.last() {
+        if last == u8::MAX {
+            k.pop();
+        } else {
+            if let Some(b) = k.last_mut() {
+                *b += 1;
+            }
+            return Some(k);
+        }
+    }
+    None
+}
+
+/// Decodes the response `m` to a request of type `op`.
+fn decode(op: u8, m: &MsgBuf) -> Result<Decoded, Error> {
+    let r = protocol::parse_response(m.as_slice())?;
+    match r.status {
+        Status::Ok => {}
+        Status::NotFound if op == op::GET || op == op::DELETE => {
+            return Ok(Decoded::Reply(Reply::NotFound))
+        }
+        Status::KeyTooLarge => {
+            return Err(Error::KeyTooLarge {
+                len: 0,
+                max: MAX_KEY_LEN,
+            })
+        }
+        Status::ValueTooLarge => {
+            return Err(Error::ValueTooLarge {
+                len: 0,
+                max: MAX_VALUE_LEN,
+            })
+        }
+        status => {
+            return Err(Error::Server {
+                status,
+                message: r.message(),
+            })
+        }
+    }
+    Ok(match op {
+        op::GET => Decoded::Reply(Reply::Value(r.body.to_vec())),
+        op::PUT => Decoded::Reply(Reply::Written),
+        op::DELETE => Decoded::Reply(Reply::Deleted),
+        op::SCAN => Decoded::Scan(
+            protocol::parse_scan_items(r.body, r.count)?,
+            r.flags & protocol::RESP_FLAG_MORE != 0,
+        ),
+        op::INFO => Decoded::Info(ServerInfo::parse(r.body)?),
+        op::STATS => Decoded::Stats(ThreadStats::parse(r.body)?),
+        _ => return Err(Error::Incompatible(format!("unknown request type {op}"))),
+    })
+}
+
+/// The local IP the OS would use to reach `server`.
+fn local_ip_for(server: SocketAddr) -> std::io::Result<std::net::IpAddr> {
+    let any: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0".parse().map_err(std::io::Error::other)?
+    } else {
+        "[::]:0".parse().map_err(std::io::Error::other)?
+    };
+    let s = UdpSocket::bind(any)?;
+    s.connect(server)?;
+    Ok(s.local_addr()?.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn successor_is_the_next_key() {
+        assert_eq!(successor(b"a"), Some(b"a\0".to_vec()));
+        let max = vec![7u8; MAX_KEY_LEN];
+        let mut next = max.clone();
+        if let Some(b) = next.last_mut() {
+            *b = 8;
+        }
+        assert_eq!(successor(&max), Some(next));
+        let mut ff = vec![1u8; MAX_KEY_LEN];
+        ff[MAX_KEY_LEN - 1] = 0xff;
+        ff[MAX_KEY_LEN - 2] = 0xff;
+        let mut want = vec![1u8; MAX_KEY_LEN - 2];
+        want[MAX_KEY_LEN - 3] = 2;
+        assert_eq!(successor(&ff), Some(want));
+        assert_eq!(successor(&vec![0xffu8; MAX_KEY_LEN]), None);
+    }
+}

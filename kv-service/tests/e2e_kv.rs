@@ -1,0 +1,706 @@
+//! End-to-end tests: the real `kv-service` and `kv-cli` binaries on 127.0.0.1 with a free
+//! port and a temporary data directory. Every wait is bounded; children are killed on drop.
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use kv_service::client::{Client, ClientConfig, Command as KvCommand, Reply};
+use kv_service::protocol::{self, op, Request, Status};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_kv-service");
+const CLI: &str = env!("CARGO_BIN_EXE_kv-cli");
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+fn free_port() -> u16 {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().port()
+}
+
+/// A running kv-service process.
+struct ServerProc {
+    child: Child,
+    addr: String,
+    data: Vec<SocketAddr>,
+    startup: Vec<String>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl ServerProc {
+    fn start(dir: &Path, port: u16) -> ServerProc {
+        let mut child = Command::new(SERVER)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--threads", "2"])
+            .args(["--cache-mb", "16", "--spin-ms", "20", "--log-level", "warn"])
+            .arg("--data-dir")
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut startup = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let l = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("server not ready; output so far: {startup:?}"));
+            let ready = l.starts_with("ready");
+            startup.push(l);
+            if ready {
+                break;
+            }
+        }
+        let data = startup
+            .iter()
+            .filter_map(|l| l.split("data socket ").nth(1))
+            .map(|a| a.parse().unwrap())
+            .collect::<Vec<SocketAddr>>();
+        assert_eq!(data.len(), 2, "{startup:?}");
+        ServerProc {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+            data,
+            startup,
+            lines: rx,
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let r = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(r, 0);
+    }
+
+    /// SIGTERM and wait (bounded) for a clean exit.
+    fn terminate(mut self) -> Vec<String> {
+        self.signal(libc::SIGTERM);
+        let status = wait_timeout(&mut self.child, Duration::from_secs(20));
+        assert!(status.success(), "kv-service exited with {status}");
+        self.lines.try_iter().collect()
+    }
+
+    fn kill9(mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = wait_timeout(&mut self.child, Duration::from_secs(10));
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_timeout(child: &mut Child, d: Duration) -> ExitStatus {
+    let end = Instant::now() + d;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("child did not exit within {d:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+struct CliOut {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+/// Runs kv-cli with `args` (and `input` on stdin), bounded to 30 s.
+fn cli(addr: &str, args: &[&str], input: Option<&[u8]>) -> CliOut {
+    let start = Instant::now();
+    let mut child = Command::new(CLI)
+        .args(["--server", addr])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.map(<[u8]>::to_vec);
+    let feeder = std::thread::spawn(move || {
+        if let Some(i) = input {
+            let _ = stdin.write_all(&i);
+        }
+    });
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let o = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut s);
+        s
+    });
+    let e = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut s);
+        s
+    });
+    let status = wait_timeout(&mut child, Duration::from_secs(30));
+    feeder.join().unwrap();
+    CliOut {
+        status,
+        stdout: o.join().unwrap(),
+        stderr: e.join().unwrap(),
+        took: start.elapsed(),
+    }
+}
+
+fn ok(o: &CliOut) -> &str {
+    assert!(
+        o.status.success(),
+        "kv-cli failed: {} {}",
+        o.stdout,
+        o.stderr
+    );
+    o.stdout.trim_end_matches('\n')
+}
+
+fn client(addr: &str) -> Client {
+    Client::connect(addr, ClientConfig::default()).unwrap()
+}
+
+#[test]
+fn cli_one_shot_commands_and_error_exits() {
+    let dir = tempdir();
+    let s = ServerProc::start(dir.path(), free_port());
+    let a = s.addr.as_str();
+    assert_eq!(ok(&cli(a, &["put", "apple", "red"], None)), "OK");
+    assert_eq!(ok(&cli(a, &["put", "banana", "yellow fruit"], None)), "OK");
+    assert_eq!(ok(&cli(a, &["get", "apple"], None)), "red");
+    assert_eq!(ok(&cli(a, &["get", "banana"], None)), "yellow fruit");
+    // Binary-safe through escapes, and through --hex.
+    assert_eq!(
+        ok(&cli(a, &["put", "bin\\x00key", "\\x00\\xff\\n\\\\"], None)),
+        "OK"
+    );
+    assert_eq!(
+        ok(&cli(a, &["get", "bin\\x00key"], None)),
+        "\\x00\\xff\\n\\\\"
+    );
+    assert_eq!(
+        ok(&cli(a, &["--hex", "get", "62696e006b6579"], None)),
+        "00ff0a5c"
+    );
+    assert_eq!(
+        ok(&cli(a, &["--hex", "put", "ff00", "286e696c29"], None)),
+        "OK"
+    );
+    assert_eq!(ok(&cli(a, &["get", "\\xff\\x00"], None)), "\\x28nil)");
+    // A value that starts with '(' cannot be mistaken for "(not found)".
+    assert_eq!(ok(&cli(a, &["put", "paren", "(not found)"], None)), "OK");
+    assert_eq!(ok(&cli(a, &["get", "paren"], None)), "\\x28not found)");
+    assert_eq!(
+        ok(&cli(a, &["scan", "b", "2"], None)),
+        "banana yellow\\x20fruit\nbin\\x00key \\x00\\xff\\n\\\\"
+    );
+    assert_eq!(ok(&cli(a, &["scan", "\\xff\\x01"], None)), "(empty)");
+    let stats = cli(a, &["stats"], None);
+    let stats = ok(&stats);
+    assert!(stats.starts_with("threads=2 items=5 "), "{stats}");
+    assert_eq!(stats.lines().count(), 3, "{stats}");
+    assert_eq!(ok(&cli(a, &["del", "apple"], None)), "OK");
+    // Not found: exit status 1.
+    let nf = cli(a, &["get", "apple"], None);
+    assert_eq!(nf.status.code(), Some(1));
+    assert_eq!(nf.stdout, "(not found)\n");
+    assert_eq!(cli(a, &["del", "apple"], None).status.code(), Some(1));
+    // Errors: exit status 2 with a message.
+    let long_key = "k".repeat(2000);
+    let e = cli(a, &["put", &long_key, "v"], None);
+    assert_eq!(e.status.code(), Some(2));
+    assert!(e.stderr.contains("exceeds the limit"), "{}", e.stderr);
+    let e = cli(a, &["get", "bad\\q"], None);
+    assert_eq!(e.status.code(), Some(2));
+    assert!(e.stderr.contains("unknown escape"), "{}", e.stderr);
+    // No server there: a clear error within a few seconds.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let e = cli(&dead, &["--connect-timeout", "1", "get", "x"], None);
+    assert_eq!(e.status.code(), Some(2));
+    assert!(e.stderr.contains("not reachable"), "{}", e.stderr);
+    assert!(e.took < Duration::from_secs(5), "took {:?}", e.took);
+    s.terminate();
+}
+
+#[test]
+fn cli_pipe_mode_answers_every_line_in_order() {
+    let dir = tempdir();
+    let s = ServerProc::start(dir.path(), free_port());
+    let mut input = String::new();
+    let mut want = Vec::new();
+    for i in 0..300 {
+        input.push_str(&format!("put key{i:03} value\\x00{i}\n"));
+        want.push("OK".to_string());
+    }
+    // Commands on one key stay in order even though they are pipelined.
+    for (cmd, w) in [
+        ("put same 1", "OK"),
+        ("get same", "1"),
+        ("put same 2", "OK"),
+        ("get same", "2"),
+        ("del same", "OK"),
+        ("get same", "(not found)"),
+        ("del same", "(not found)"),
+        ("", ""),
+        ("# a comment", ""),
+        ("scan key298", "key298 value\\x00298 key299 value\\x00299"),
+        ("put \"\" \\sempty\\sval", "OK"),
+        ("get \"\"", " empty val"),
+        ("scan key299 1", "key299 value\\x00299"),
+        (
+            "bogus cmd",
+            "(error) unknown command \"bogus\" (get, put, del, scan, stats)",
+        ),
+        ("get", "(error) get: missing argument"),
+    ] {
+        input.push_str(cmd);
+        input.push('\n');
+        if !w.is_empty() {
+            want.push(w.to_string());
+        }
+    }
+    for i in (0..300).step_by(7) {
+        input.push_str(&format!("get key{i:03}\n"));
+        want.push(format!("value\\x00{i}"));
+    }
+    input.push_str("stats\n");
+    let o = cli(&s.addr, &[], Some(input.as_bytes()));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "an error line makes the exit status 2"
+    );
+    let got: Vec<&str> = o.stdout.lines().collect();
+    assert_eq!(got.len(), want.len() + 1, "{}", o.stdout);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "line {i}");
+    }
+    assert!(
+        got.last().unwrap().starts_with("threads=2 items=301 "),
+        "{got:?}"
+    );
+    // A clean pipe run exits 0.
+    let o = cli(&s.addr, &[], Some(b"put a b\nget a\n"));
+    assert_eq!(ok(&o), "OK\nb");
+    s.terminate();
+}
+
+#[test]
+fn clean_restart_keeps_all_data() {
+    let dir = tempdir();
+    let port = free_port();
+    let s = ServerProc::start(dir.path(), port);
+    let mut model = BTreeMap::new();
+    {
+        let mut c = client(&s.addr);
+        for i in 0..600u64 {
+            let key = format!("r{i:04}").into_bytes();
+            let value = vec![(i % 251) as u8; (i as usize * 37) % 3000];
+            c.submit(
+                KvCommand::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                },
+                i,
+            )
+            .unwrap();
+            model.insert(key, value);
+            if c.in_flight() >= 32 {
+                let (_, r) = c.wait().unwrap();
+                assert_eq!(r.unwrap(), Reply::Written);
+            }
+        }
+        while let Some((_, r)) = c.wait() {
+            assert_eq!(r.unwrap(), Reply::Written);
+        }
+        for i in (0..600u64).step_by(5) {
+            let key = format!("r{i:04}").into_bytes();
+            assert!(c.delete(&key).unwrap());
+            model.remove(&key);
+        }
+    }
+    let tail = s.terminate();
+    assert!(
+        tail.iter().any(|l| l.contains("stopped cleanly")),
+        "{tail:?}"
+    );
+    let s = ServerProc::start(dir.path(), port);
+    assert!(
+        s.startup
+            .iter()
+            .any(|l| l.starts_with(&format!("recovery: {} items", model.len()))),
+        "{:?}",
+        s.startup
+    );
+    let mut c = client(&s.addr);
+    for (k, v) in &model {
+        assert_eq!(c.get(k).unwrap().as_ref(), Some(v));
+    }
+    for i in (0..600u64).step_by(5) {
+        assert_eq!(c.get(format!("r{i:04}").as_bytes()).unwrap(), None);
+    }
+    let all = c.scan(b"", 10_000).unwrap();
+    assert_eq!(all, model.into_iter().collect::<Vec<_>>());
+    s.terminate();
+}
+
+fn crash_value(i: usize) -> String {
+    format!("v{i}-{}", "x".repeat(i % 97))
+}
+
+#[test]
+fn sigkill_keeps_every_acknowledged_write() {
+    let dir = tempdir();
+    let port = free_port();
+    let s = ServerProc::start(dir.path(), port);
+    let mut writer = Command::new(CLI)
+        .args(["--server", &s.addr, "--timeout", "2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdin: ChildStdin = writer.stdin.take().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut stdin = stdin;
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) && i < 200_000 {
+                if writeln!(stdin, "put crash{i:06} {}", crash_value(i)).is_err() {
+                    break;
+                }
+                i += 1;
+            }
+        })
+    };
+    let (tx, rx) = mpsc::channel();
+    let out = writer.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lines.len() < 1500 && Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            lines.push(l);
+        }
+    }
+    assert!(lines.len() >= 1500, "only {} lines", lines.len());
+    s.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let _ = writer.kill();
+    let _ = writer.wait();
+    let _ = feeder.join();
+    lines.extend(rx.try_iter());
+    let acked: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| *l == "OK")
+        .map(|(i, _)| i)
+        .collect();
+    assert!(acked.len() >= 1500);
+    let s = ServerProc::start(dir.path(), port);
+    let mut c = client(&s.addr);
+    for i in acked {
+        let v = c.get(format!("crash{i:06}").as_bytes()).unwrap();
+        assert_eq!(
+            v,
+            Some(crash_value(i).into_bytes()),
+            "acknowledged write {i} lost"
+        );
+    }
+    s.terminate();
+}
+
+/// Tiny deterministic PRNG for the tests.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Random gets / puts / deletes on this thread's own keys, pipelined and blocking, checked
+/// against a model. Returns the model.
+fn model_workload(addr: &str, t: u64, ops: usize) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut c = client(addr);
+    let mut rng = Rng(0x9E37_79B9 ^ ((t + 1) * 7919));
+    let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let mut done = 0;
+    while done < ops {
+        // A pipelined batch on distinct keys, then a few blocking calls.
+        let batch = 1 + rng.below(32) as usize;
+        let mut keys = std::collections::HashSet::new();
+        let mut expect = BTreeMap::new();
+        for tag in 0..batch as u64 {
+            let key = format!("m{t}-{:03}", rng.below(150)).into_bytes();
+            if !keys.insert(key.clone()) {
+                continue;
+            }
+            let (cmd, want) = match rng.below(3) {
+                0 => {
+                    let want = model
+                        .get(&key)
+                        .map_or(Reply::NotFound, |v| Reply::Value(v.clone()));
+                    (KvCommand::Get { key }, want)
+                }
+                1 => {
+                    let value = vec![rng.below(256) as u8; rng.below(2000) as usize];
+                    model.insert(key.clone(), value.clone());
+                    (KvCommand::Put { key, value }, Reply::Written)
+                }
+                _ => {
+                    let want = if model.remove(&key).is_some() {
+                        Reply::Deleted
+                    } else {
+                        Reply::NotFound
+                    };
+                    (KvCommand::Delete { key }, want)
+                }
+            };
+            c.submit(cmd, tag).unwrap();
+            expect.insert(tag, want);
+        }
+        while let Some((tag, r)) = c.wait() {
+            assert_eq!(
+                r.unwrap(),
+                expect.remove(&tag).unwrap(),
+                "thread {t} tag {tag}"
+            );
+            done += 1;
+        }
+        assert!(expect.is_empty());
+        let key = format!("m{t}-{:03}", rng.below(150)).into_bytes();
+        assert_eq!(c.get(&key).unwrap().as_ref(), model.get(&key));
+        done += 1;
+    }
+    let prefix = format!("m{t}-").into_bytes();
+    let mut end = prefix.clone();
+    *end.last_mut().unwrap() += 1;
+    let scanned: Vec<_> = c
+        .scan(&prefix, 1000)
+        .unwrap()
+        .into_iter()
+        .take_while(|(k, _)| k < &end)
+        .collect();
+    assert_eq!(
+        scanned,
+        model.clone().into_iter().collect::<Vec<_>>(),
+        "thread {t} scan"
+    );
+    model
+}
+
+#[test]
+fn many_clients_match_a_model() {
+    let dir = tempdir();
+    let s = ServerProc::start(dir.path(), free_port());
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let addr = s.addr.clone();
+            std::thread::spawn(move || model_workload(&addr, t, 800))
+        })
+        .collect();
+    let mut all = BTreeMap::new();
+    for t in threads {
+        all.extend(t.join().unwrap());
+    }
+    let mut c = client(&s.addr);
+    assert_eq!(
+        c.scan(b"", 100_000).unwrap(),
+        all.clone().into_iter().collect::<Vec<_>>()
+    );
+    let items: u64 = c.stats().unwrap().iter().map(|s| s.items).sum();
+    assert_eq!(items, all.len() as u64);
+    s.terminate();
+}
+
+/// Raw rpc access to one server thread, bypassing the client library's routing.
+struct Raw {
+    rpc: rpc::Rpc<transports::udp::UdpTransport>,
+    sessions: Vec<rpc::SessionId>,
+    _nexus: rpc::Nexus,
+}
+
+impl Raw {
+    fn connect(addr: &str) -> Raw {
+        let nexus: rpc::Nexus = rpc::Nexus::new("127.0.0.1:0", 0).unwrap();
+        let udp = transports::udp::UdpTransport::new(Default::default()).unwrap();
+        let mut rpc = rpc::Rpc::new(&nexus, 0, udp, (), rpc::RpcConfig::default()).unwrap();
+        let sessions = (0..2).map(|t| rpc.connect(addr, t).unwrap()).collect();
+        Raw {
+            rpc,
+            sessions,
+            _nexus: nexus,
+        }
+    }
+
+    fn call(&mut self, thread: usize, req_type: u8, msg: &[u8]) -> (Status, Vec<u8>) {
+        let resp = self
+            .rpc
+            .call(self.sessions[thread], req_type, msg, Duration::from_secs(5))
+            .unwrap();
+        let r = protocol::parse_response(resp.as_slice()).unwrap();
+        (r.status, r.body.to_vec())
+    }
+
+    fn req(&mut self, thread: usize, req: &Request<'_>) -> (Status, Vec<u8>) {
+        let mut m = Vec::new();
+        protocol::encode_request(req, &mut m);
+        self.call(thread, req.op(), &m)
+    }
+}
+
+#[test]
+fn wrong_thread_requests_are_forwarded_and_bad_requests_rejected() {
+    let dir = tempdir();
+    let s = ServerProc::start(dir.path(), free_port());
+    let mut raw = Raw::connect(&s.addr);
+    // Every key written through thread 0 and read through thread 1: half of them are on the
+    // other thread either way.
+    for i in 0..40 {
+        let key = format!("fwd{i}");
+        let value = format!("value{i}");
+        let put = Request::Put {
+            key: key.as_bytes(),
+            value: value.as_bytes(),
+        };
+        assert_eq!(raw.req(0, &put).0, Status::Ok);
+        let get = Request::Get {
+            key: key.as_bytes(),
+        };
+        assert_eq!(raw.req(1, &get), (Status::Ok, value.into_bytes()));
+    }
+    let mut c = client(&s.addr);
+    let forwarded: u64 = c.stats().unwrap().iter().map(|s| s.forwarded).sum();
+    assert!(forwarded >= 30, "forwarded {forwarded}");
+    // Malformed and oversized requests: an error status, and the server keeps serving.
+    let big_key = vec![b'k'; 2000];
+    assert_eq!(
+        raw.req(0, &Request::Get { key: &big_key }).0,
+        Status::KeyTooLarge
+    );
+    let big_value = vec![0u8; (1 << 20) + 1];
+    let put = Request::Put {
+        key: b"k",
+        value: &big_value,
+    };
+    assert_eq!(raw.req(1, &put).0, Status::ValueTooLarge);
+    assert_eq!(raw.call(0, op::GET, b"garbage").0, Status::BadRequest);
+    assert_eq!(raw.call(1, op::PUT, &[1u8; 16]).0, Status::BadRequest);
+    // An unknown request type is refused by the rpc layer itself.
+    let unknown = raw
+        .rpc
+        .call(raw.sessions[0], 77, &[0u8; 3], Duration::from_secs(5));
+    assert!(
+        matches!(unknown, Err(rpc::RpcError::NoHandler(77))),
+        "{unknown:?}"
+    );
+    let mut v9 = Vec::new();
+    protocol::encode_request(&Request::Stats, &mut v9);
+    v9[0] = 9;
+    assert_eq!(raw.call(0, op::STATS, &v9).0, Status::UnsupportedVersion);
+    assert_eq!(c.get(b"fwd3").unwrap(), Some(b"value3".to_vec()));
+    s.terminate();
+}
+
+#[test]
+fn garbage_datagrams_do_not_disturb_clients() {
+    let dir = tempdir();
+    let s = ServerProc::start(dir.path(), free_port());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut targets: Vec<SocketAddr> = s.data.clone();
+    targets.push(s.addr.parse().unwrap());
+    let noise = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut rng = Rng(12345);
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let to = targets[rng.below(targets.len() as u64) as usize];
+                let mut pkt = match rng.below(3) {
+                    // Random bytes.
+                    0 => (0..rng.below(1500))
+                        .map(|_| rng.next() as u8)
+                        .collect::<Vec<u8>>(),
+                    // A well-formed rpc header with random fields (mutated real traffic).
+                    _ => {
+                        let info = rpc::pkthdr::PktInfo {
+                            pkt_type: rpc::pkthdr::PktType::from_u8(1 + rng.below(4) as u8)
+                                .unwrap(),
+                            req_type: rng.below(8) as u8,
+                            dest_session: rng.below(16) as u32,
+                            pkt_num: rng.below(4) as u32,
+                            msg_size: rng.below(5000) as u32,
+                            req_num: rng.below(64),
+                            token: rng.next() as u32,
+                            status: rng.below(8) as u8,
+                        };
+                        let mut p = rpc::pkthdr::PktHdr::new(&info).as_bytes().to_vec();
+                        p.extend((0..rng.below(100)).map(|_| rng.next() as u8));
+                        p
+                    }
+                };
+                if rng.below(4) == 0 && !pkt.is_empty() {
+                    let i = rng.below(pkt.len() as u64) as usize;
+                    pkt[i] ^= 1 << rng.below(8);
+                }
+                let _ = sock.send_to(&pkt, to);
+                sent += 1;
+                if sent & 63 == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            sent
+        })
+    };
+    let model = model_workload(&s.addr, 9, 1500);
+    stop.store(true, Ordering::Relaxed);
+    let sent = noise.join().unwrap();
+    assert!(sent > 1000, "sent {sent}");
+    // Still serving, with every item in place.
+    let mut c = client(&s.addr);
+    for (k, v) in &model {
+        assert_eq!(c.get(k).unwrap().as_ref(), Some(v));
+    }
+    s.terminate();
+}
