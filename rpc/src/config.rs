@@ -30,6 +30,18 @@ pub struct RpcConfig {
     pub rx_batch: usize,
     /// Seed for session tokens; `None` draws one from the OS.
     pub seed: Option<u64>,
+    /// Deadline of a request that names none (`Ctx::enqueue_request`): past it the request
+    /// completes with [`RpcError::DeadlineExceeded`](crate::RpcError::DeadlineExceeded).
+    /// `None`: no default deadline.
+    pub default_deadline: Option<Duration>,
+    /// A session whose peer has been silent this long is declared failed: a client end is
+    /// reset (every pending request completes with
+    /// [`RpcError::PeerFailed`](crate::RpcError::PeerFailed)), a server end is freed. An end
+    /// that has not heard from its peer for a quarter of this sends it a ping over the SM
+    /// channel. `None` disables failure detection.
+    pub failure_timeout: Option<Duration>,
+    /// Most server-end sessions one remote Nexus may hold at this Rpc.
+    pub max_sessions_per_peer: usize,
 }
 
 impl Default for RpcConfig {
@@ -47,6 +59,9 @@ impl Default for RpcConfig {
             busy_poll: true,
             rx_batch: 64,
             seed: None,
+            default_deadline: Some(Duration::from_secs(30)),
+            failure_timeout: Some(Duration::from_secs(1)),
+            max_sessions_per_peer: 4096,
         }
     }
 }
@@ -62,8 +77,20 @@ impl RpcConfig {
         if self.max_msg_size > (1 << 31) {
             return Err(format!("max_msg_size {} over 2 GiB", self.max_msg_size));
         }
-        if self.rto.is_zero() || self.rx_batch == 0 || self.max_sessions == 0 {
-            return Err("rto, rx_batch and max_sessions must be non-zero".into());
+        if self.rto.is_zero()
+            || self.rx_batch == 0
+            || self.max_sessions == 0
+            || self.max_sessions_per_peer == 0
+        {
+            return Err(
+                "rto, rx_batch, max_sessions and max_sessions_per_peer must be non-zero".into(),
+            );
+        }
+        if self
+            .failure_timeout
+            .is_some_and(|t| t < Duration::from_millis(4))
+        {
+            return Err("failure_timeout under 4 ms".into());
         }
         Ok(())
     }

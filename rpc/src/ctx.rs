@@ -126,6 +126,8 @@ pub struct Ctx {
     free_ids: Vec<u32>,
     num_sessions: usize,
     conn_index: HashMap<ConnKey, u32>,
+    /// Server-end sessions per remote Nexus (for `max_sessions_per_peer`).
+    peer_sessions: HashMap<SmAddr, usize>,
     pub(crate) pool: BufPool,
     pub(crate) txq: Vec<TxItem>,
     pub(crate) sm_out: Vec<(SmAddr, SmMsg)>,
@@ -159,6 +161,7 @@ impl Ctx {
             free_ids: Vec::new(),
             num_sessions: 0,
             conn_index: HashMap::new(),
+            peer_sessions: HashMap::new(),
             txq: Vec::with_capacity(256),
             sm_out: Vec::new(),
             routes_to_free: Vec::new(),
@@ -258,6 +261,9 @@ impl Ctx {
     ///
     /// Beyond the window, requests wait in a bounded backlog; when that is full this answers
     /// [`RpcError::Overloaded`]. On error the buffer goes back to the pool.
+    ///
+    /// The request gets the Rpc's default deadline ([`RpcConfig::default_deadline`]); see
+    /// [`Ctx::enqueue_request_with_deadline`] to choose one.
     pub fn enqueue_request(
         &mut self,
         session: SessionId,
@@ -265,7 +271,65 @@ impl Ctx {
         req: MsgBuf,
         tag: u64,
     ) -> Result<(), RpcError> {
-        self.enqueue_inner(session, req_type, req, tag, false)
+        let d = self.cfg.default_deadline;
+        self.enqueue_inner(session, req_type, req, tag, false, d)
+    }
+
+    /// Like [`Ctx::enqueue_request`] with an explicit deadline, counted from now (`None`: no
+    /// deadline). Past it the request completes with [`RpcError::DeadlineExceeded`]; its slot
+    /// and credits are recovered and the session keeps working.
+    pub fn enqueue_request_with_deadline(
+        &mut self,
+        session: SessionId,
+        req_type: u8,
+        req: MsgBuf,
+        tag: u64,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<(), RpcError> {
+        self.enqueue_inner(session, req_type, req, tag, false, deadline)
+    }
+
+    /// Cancels the first pending request on `session` that carries `tag`: it completes with
+    /// [`RpcError::Cancelled`] (its slot and credits are recovered; a server that already
+    /// received it may still run its handler once). Returns whether a request was found.
+    pub fn cancel_request(&mut self, session: SessionId, tag: u64) -> bool {
+        self.cancel_inner(session, tag, false)
+    }
+
+    pub(crate) fn cancel_inner(&mut self, session: SessionId, tag: u64, internal: bool) -> bool {
+        let Some(c) = self.client_mut(session) else {
+            return false;
+        };
+        if let Some(i) = c
+            .slots
+            .iter()
+            .position(|s| s.active && s.tag == tag && s.internal == internal)
+        {
+            self.stats.cancelled += 1;
+            self.complete_slot(session, i, Err(RpcError::Cancelled));
+            return true;
+        }
+        if let Some(i) = c
+            .backlog
+            .iter()
+            .position(|p| p.tag == tag && p.internal == internal)
+        {
+            if let Some(p) = c.backlog.remove(i) {
+                self.stats.cancelled += 1;
+                self.fail_pending(session, p, RpcError::Cancelled);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Counters and the RTT estimate of a client session.
+    pub fn session_stats(&self, session: SessionId) -> Option<crate::stats::SessionStats> {
+        self.client(session).map(|c| c.stats)
+    }
+
+    pub(crate) fn set_now(&mut self, now: u64) {
+        self.now = now;
     }
 
     pub(crate) fn enqueue_inner(
@@ -275,6 +339,7 @@ impl Ctx {
         req: MsgBuf,
         tag: u64,
         internal: bool,
+        deadline: Option<std::time::Duration>,
     ) -> Result<(), RpcError> {
         let limit = self.cfg.backlog_limit;
         let now = self.now;
@@ -304,15 +369,20 @@ impl Ctx {
             }
         };
         self.stats.requests_sent += 1;
+        let deadline = deadline.map_or(u64::MAX, |d| {
+            now.saturating_add(d.as_nanos().min(u128::from(u64::MAX)) as u64)
+        });
         let pending = Pending {
             req_type,
             req,
             tag,
             internal,
+            deadline,
         };
         let Some(c) = self.client_mut(session) else {
             return Ok(());
         };
+        c.stats.requests += 1;
         let free_slot = if connected && c.backlog.is_empty() {
             c.slots.iter().position(|s| !s.active)
         } else {
@@ -426,6 +496,9 @@ impl Ctx {
         slot.num_tx = 0;
         slot.num_rx = 0;
         slot.progress = now;
+        slot.deadline = p.deadline;
+        slot.started = now;
+        slot.retransmitted = false;
         c.active_slots += 1;
         self.pump_slot(session, slot_idx);
     }
@@ -548,6 +621,19 @@ impl Ctx {
             result: result.and_then(|()| resp.ok_or(RpcError::HandlerFailed)),
         };
         let internal = slot.internal;
+        if completion.result.is_ok() {
+            c.stats.completed += 1;
+            if !slot.retransmitted {
+                let sample = now.saturating_sub(slot.started);
+                c.stats.rtt_ns = if c.stats.rtt_ns == 0 {
+                    sample
+                } else {
+                    (c.stats.rtt_ns * 7 + sample) / 8
+                };
+            }
+        } else {
+            c.stats.failed += 1;
+        }
         self.push_completion(completion, internal);
         self.start_from_backlog(session, slot_idx, now);
         self.pump_session(session);
@@ -586,17 +672,26 @@ impl Ctx {
                 return;
             }
             let size = p.req.len();
-            self.push_completion(
-                Completion {
-                    session,
-                    tag: p.tag,
-                    req_type: p.req_type,
-                    req: p.req,
-                    result: Err(RpcError::MsgTooLarge { size, max }),
-                },
-                p.internal,
-            );
+            self.fail_pending(session, p, RpcError::MsgTooLarge { size, max });
         }
+    }
+
+    /// Completes a request that never got a slot with `err`.
+    fn fail_pending(&mut self, session: u32, p: Pending, err: RpcError) {
+        if let Some(c) = self.client_mut(session) {
+            c.stats.failed += 1;
+        }
+        let internal = p.internal;
+        self.push_completion(
+            Completion {
+                session,
+                tag: p.tag,
+                req_type: p.req_type,
+                req: p.req,
+                result: Err(err),
+            },
+            internal,
+        );
     }
 
     // ------------------------------------------------------------------ server: sending
@@ -754,6 +849,12 @@ impl Ctx {
         };
         self.stats.rx_pkts += 1;
         let sid = info.dest_session;
+        let now = self.now;
+        match self.sessions.get_mut(sid as usize).and_then(|s| s.as_mut()) {
+            Some(Session::Client(c)) if c.local_token == info.token => c.last_heard = now,
+            Some(Session::Server(s)) if s.local_token == info.token => s.last_heard = now,
+            _ => {}
+        }
         match self.sessions.get(sid as usize).and_then(|s| s.as_ref()) {
             Some(Session::Client(c))
                 if c.local_token == info.token
@@ -1019,6 +1120,8 @@ impl Ctx {
         let rto = self.cfg.rto.as_nanos() as u64;
         let retry = self.cfg.sm_retry.as_nanos() as u64;
         for sid in 0..self.sessions.len() as u32 {
+            self.expire_deadlines(sid, now);
+            self.check_liveness(sid, now);
             let Some(Some(Session::Client(c))) = self.sessions.get_mut(sid as usize) else {
                 continue;
             };
@@ -1036,6 +1139,8 @@ impl Ctx {
                             c.credits += slot.num_tx - slot.num_rx;
                             slot.num_tx = slot.num_rx;
                             slot.progress = now;
+                            slot.retransmitted = true;
+                            c.stats.retransmissions += 1;
                             self.stats.retransmissions += 1;
                             rewound = true;
                         }
@@ -1058,6 +1163,179 @@ impl Ctx {
                 ClientState::Failed(_) => {}
             }
         }
+    }
+
+    /// Completes the requests of a client session whose deadline passed.
+    fn expire_deadlines(&mut self, sid: u32, now: u64) {
+        let Some(c) = self.client_mut(sid) else {
+            return;
+        };
+        let mut expired = 0u64;
+        let due: Vec<usize> = (0..c.slots.len())
+            .filter(|&i| {
+                c.slots
+                    .get(i)
+                    .is_some_and(|s| s.active && s.deadline <= now)
+            })
+            .collect();
+        for i in due {
+            expired += 1;
+            self.complete_slot(sid, i, Err(RpcError::DeadlineExceeded));
+        }
+        let Some(c) = self.client_mut(sid) else {
+            return;
+        };
+        if c.backlog.iter().any(|p| p.deadline <= now) {
+            let (due, keep): (VecDeque<Pending>, VecDeque<Pending>) =
+                c.backlog.drain(..).partition(|p| p.deadline <= now);
+            c.backlog = keep;
+            for p in due {
+                expired += 1;
+                self.fail_pending(sid, p, RpcError::DeadlineExceeded);
+            }
+        }
+        if expired > 0 {
+            self.stats.deadline_exceeded += expired;
+            if let Some(c) = self.client_mut(sid) {
+                c.stats.deadline_exceeded += expired;
+            }
+        }
+    }
+
+    /// Pings a silent peer; declares it failed after `failure_timeout` of silence.
+    fn check_liveness(&mut self, sid: u32, now: u64) {
+        let Some(timeout) = self.cfg.failure_timeout else {
+            return;
+        };
+        let timeout = timeout.as_nanos() as u64;
+        let interval = timeout / 4;
+        let kind = self.kind;
+        let rpc_id = self.rpc_id;
+        match self.sessions.get_mut(sid as usize).and_then(|s| s.as_mut()) {
+            Some(Session::Client(c)) if matches!(c.state, ClientState::Connected) => {
+                let silent = now.saturating_sub(c.last_heard);
+                if silent >= timeout {
+                    tracing::info!(session = sid, "peer failed: resetting the session");
+                    self.reset_client(sid);
+                } else if silent >= interval && now.saturating_sub(c.last_ping) >= interval {
+                    c.last_ping = now;
+                    if let Some((to, mut m)) = self.client_sm_msg_any(sid) {
+                        m.msg_type = SmType::ClientPing;
+                        self.stats.pings_sent += 1;
+                        self.sm_out.push((to, m));
+                    }
+                }
+            }
+            Some(Session::Server(s)) => {
+                let silent = now.saturating_sub(s.last_heard);
+                if silent >= timeout {
+                    tracing::info!(session = sid, "client failed: freeing its session");
+                    self.stats.server_sessions_reaped += 1;
+                    self.free_server(sid);
+                } else if silent >= interval && now.saturating_sub(s.last_ping) >= interval {
+                    s.last_ping = now;
+                    let m = SmMsg {
+                        msg_type: SmType::ServerPing,
+                        transport: kind,
+                        status: SmStatus::Ok,
+                        client_rpc: s.client_rpc,
+                        server_rpc: rpc_id,
+                        client_session: s.client_session,
+                        server_session: sid,
+                        client_token: s.client_token,
+                        server_token: s.local_token,
+                        seq: 0,
+                        max_pkt_size: (s.dpp + HDR_SIZE) as u32,
+                        max_msg_size: s.max_msg as u32,
+                        credits: s.credits,
+                        window: s.slots.len() as u32,
+                        routing: s.local_routing,
+                    };
+                    self.stats.pings_sent += 1;
+                    self.sm_out.push((s.client.clone(), m));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A connected client session's peer failed: every pending request completes with
+    /// `PeerFailed` (exactly once), and the session waits in `Failed(PeerFailed)` for
+    /// `reconnect` or `destroy_session`.
+    fn reset_client(&mut self, sid: u32) {
+        let credits = self.cfg.credits as usize;
+        let Some(c) = self.client_mut(sid) else {
+            return;
+        };
+        match c.state {
+            ClientState::Connected => {}
+            ClientState::Disconnecting => {
+                self.free_client(sid);
+                return;
+            }
+            _ => return,
+        }
+        c.state = ClientState::Failed(ConnectFailure::PeerFailed);
+        c.stats.resets += 1;
+        let active: Vec<usize> = (0..c.slots.len())
+            .filter(|&i| c.slots.get(i).is_some_and(|s| s.active))
+            .collect();
+        let backlog: Vec<Pending> = c.backlog.drain(..).collect();
+        self.stats.sessions_reset += 1;
+        self.ring_reserved = self.ring_reserved.saturating_sub(credits);
+        for i in active {
+            self.complete_slot(sid, i, Err(RpcError::PeerFailed));
+        }
+        for p in backlog {
+            self.fail_pending(sid, p, RpcError::PeerFailed);
+        }
+    }
+
+    /// Reopens a failed client session (after a peer failure, or a failed connect) with a
+    /// new handshake; requests may be enqueued while it connects.
+    pub(crate) fn reconnect(&mut self, now: u64, sid: u32) -> Result<(), RpcError> {
+        self.now = now;
+        let credits = self.cfg.credits;
+        match self.client(sid) {
+            None => return Err(RpcError::InvalidSession(sid)),
+            Some(c) if !matches!(c.state, ClientState::Failed(_)) => {
+                return Err(RpcError::Config(format!(
+                    "session {sid} is not failed; only failed sessions reconnect"
+                )))
+            }
+            Some(_) => {}
+        }
+        // The session itself is already counted; only its ring share is re-admitted.
+        if self.ring_reserved + credits as usize > self.ring_size {
+            return Err(RpcError::RingExhausted);
+        }
+        let token = self.rand32();
+        let seq = u64::from(self.rand32());
+        let retry = self.cfg.sm_retry.as_nanos() as u64;
+        let timeout = self.cfg.connect_timeout.as_nanos() as u64;
+        let max_msg = self.cfg.max_msg_size;
+        let dpp = self.max_pkt.saturating_sub(HDR_SIZE);
+        let Some(c) = self.client_mut(sid) else {
+            return Err(RpcError::InvalidSession(sid));
+        };
+        c.state = ClientState::Connecting;
+        c.local_token = token;
+        c.sm_seq = seq;
+        c.sm_retry_at = now + retry;
+        c.sm_deadline = now + timeout;
+        c.credits = credits;
+        c.stalled = false;
+        c.dpp = dpp;
+        c.max_msg = max_msg;
+        c.remote_session = 0;
+        c.remote_token = 0;
+        c.last_heard = now;
+        c.last_ping = now;
+        self.ring_reserved += credits as usize;
+        if let Some(m) = self.client_sm_msg(sid) {
+            self.sm_out.push(m);
+        }
+        Ok(())
     }
 
     // ------------------------------------------------------------------ session management
@@ -1095,6 +1373,9 @@ impl Ctx {
                 num_tx: 0,
                 num_rx: 0,
                 progress: 0,
+                deadline: u64::MAX,
+                started: 0,
+                retransmitted: false,
             })
             .collect();
         let c = ClientSession {
@@ -1116,6 +1397,9 @@ impl Ctx {
             sm_seq: seq,
             sm_retry_at: now + self.cfg.sm_retry.as_nanos() as u64,
             sm_deadline: now + self.cfg.connect_timeout.as_nanos() as u64,
+            last_heard: now,
+            last_ping: now,
+            stats: Default::default(),
         };
         if let Some(slot) = self.sessions.get_mut(id as usize) {
             *slot = Some(Session::Client(Box::new(c)));
@@ -1131,10 +1415,21 @@ impl Ctx {
     /// The SM message a client session in Connecting/Disconnecting state (re)sends.
     fn client_sm_msg(&self, sid: u32) -> Option<(SmAddr, SmMsg)> {
         let c = self.client(sid)?;
+        if !matches!(
+            c.state,
+            ClientState::Connecting | ClientState::Disconnecting
+        ) {
+            return None;
+        }
+        self.client_sm_msg_any(sid)
+    }
+
+    /// An SM message describing a client session (type by state; callers may retype it).
+    fn client_sm_msg_any(&self, sid: u32) -> Option<(SmAddr, SmMsg)> {
+        let c = self.client(sid)?;
         let msg_type = match c.state {
-            ClientState::Connecting => SmType::ConnectReq,
             ClientState::Disconnecting => SmType::DisconnectReq,
-            _ => return None,
+            _ => SmType::ConnectReq,
         };
         Some((
             c.remote.clone(),
@@ -1201,14 +1496,7 @@ impl Ctx {
         let pending: Vec<Pending> = c.backlog.drain(..).collect();
         self.ring_reserved = self.ring_reserved.saturating_sub(credits);
         for p in pending {
-            let c = Completion {
-                session: sid,
-                tag: p.tag,
-                req_type: p.req_type,
-                req: p.req,
-                result: Err(why.to_error(remote_rpc)),
-            };
-            self.push_completion(c, p.internal);
+            self.fail_pending(sid, p, why.to_error(remote_rpc));
         }
     }
 
@@ -1239,6 +1527,74 @@ impl Ctx {
             SmType::ConnectReq => self.server_connect(from, msg, routes),
             SmType::DisconnectReq => self.server_disconnect(from, msg),
             SmType::ConnectResp => self.client_connect_resp(msg, routes),
+            SmType::ClientPing => {
+                let sid = msg.server_session;
+                let ok = self.server(sid).is_some_and(|s| {
+                    s.local_token == msg.server_token
+                        && s.client == from
+                        && s.client_session == msg.client_session
+                });
+                let status = if ok {
+                    if let Some(s) = self.server_mut(sid) {
+                        s.last_heard = now;
+                    }
+                    SmStatus::Ok
+                } else {
+                    SmStatus::InvalidSession
+                };
+                self.sm_out.push((from, msg.reply(status)));
+            }
+            SmType::ServerPing => {
+                let sid = msg.client_session;
+                let ok = self.client(sid).is_some_and(|c| {
+                    c.local_token == msg.client_token
+                        && c.remote_session == msg.server_session
+                        && matches!(c.state, ClientState::Connected | ClientState::Disconnecting)
+                });
+                let status = if ok {
+                    if let Some(c) = self.client_mut(sid) {
+                        c.last_heard = now;
+                    }
+                    SmStatus::Ok
+                } else {
+                    SmStatus::InvalidSession
+                };
+                self.sm_out.push((from, msg.reply(status)));
+            }
+            SmType::ServerPong => {
+                let sid = msg.client_session;
+                let ok = self.client(sid).is_some_and(|c| {
+                    c.local_token == msg.client_token
+                        && c.remote_session == msg.server_session
+                        && matches!(c.state, ClientState::Connected)
+                });
+                if ok {
+                    if msg.status == SmStatus::Ok {
+                        if let Some(c) = self.client_mut(sid) {
+                            c.last_heard = now;
+                        }
+                    } else {
+                        tracing::info!(session = sid, status = ?msg.status, "server lost the session");
+                        self.reset_client(sid);
+                    }
+                }
+            }
+            SmType::ClientPong => {
+                let sid = msg.server_session;
+                let ok = self.server(sid).is_some_and(|s| {
+                    s.local_token == msg.server_token && s.client_session == msg.client_session
+                });
+                if ok {
+                    if msg.status == SmStatus::Ok {
+                        if let Some(s) = self.server_mut(sid) {
+                            s.last_heard = now;
+                        }
+                    } else {
+                        self.stats.server_sessions_reaped += 1;
+                        self.free_server(sid);
+                    }
+                }
+            }
             SmType::DisconnectResp => {
                 let ok = self.client(msg.client_session).is_some_and(|c| {
                     matches!(c.state, ClientState::Disconnecting)
@@ -1267,7 +1623,13 @@ impl Ctx {
             return;
         }
         let refuse = |status| (from.clone(), msg.reply(status));
+        if self.peer_sessions.get(&from).copied().unwrap_or(0) >= self.cfg.max_sessions_per_peer {
+            self.stats.connects_refused += 1;
+            self.sm_out.push(refuse(SmStatus::TooManySessions));
+            return;
+        }
         if msg.transport != self.kind {
+            self.stats.connects_refused += 1;
             self.sm_out.push(refuse(SmStatus::TransportMismatch));
             return;
         }
@@ -1279,10 +1641,12 @@ impl Ctx {
             || msg.credits > 65_536
             || (msg.max_pkt_size as usize) < min_pkt
         {
+            self.stats.connects_refused += 1;
             self.sm_out.push(refuse(SmStatus::BadConfig));
             return;
         }
         if let Err(status) = self.admit(msg.credits) {
+            self.stats.connects_refused += 1;
             self.sm_out.push(refuse(status));
             return;
         }
@@ -1290,6 +1654,7 @@ impl Ctx {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "route allocation failed");
+                self.stats.connects_refused += 1;
                 self.sm_out.push(refuse(SmStatus::RoutingResolution));
                 return;
             }
@@ -1297,6 +1662,7 @@ impl Ctx {
         if let Err(e) = routes.resolve(route.0, &msg.routing) {
             tracing::warn!(error = %e, "cannot resolve a client's routing info");
             routes.free(route.0);
+            self.stats.connects_refused += 1;
             self.sm_out.push(refuse(SmStatus::RoutingResolution));
             return;
         }
@@ -1328,6 +1694,8 @@ impl Ctx {
                     status: 0,
                 })
                 .collect(),
+            last_heard: self.now,
+            last_ping: self.now,
         };
         if let Some(slot) = self.sessions.get_mut(id as usize) {
             *slot = Some(Session::Server(Box::new(s)));
@@ -1335,6 +1703,7 @@ impl Ctx {
         self.num_sessions += 1;
         self.ring_reserved += msg.credits as usize;
         self.conn_index.insert(key, id);
+        *self.peer_sessions.entry(from.clone()).or_insert(0) += 1;
         if let Some(reply) = self.server_connect_reply(id, &msg) {
             self.sm_out.push((from, reply));
         }
@@ -1362,21 +1731,7 @@ impl Ctx {
         });
         match matches {
             Some(true) => {
-                if let Some(Session::Server(s)) = self.release_session(sid) {
-                    self.ring_reserved = self.ring_reserved.saturating_sub(s.credits as usize);
-                    self.conn_index.remove(&(
-                        s.client.clone(),
-                        s.client_rpc,
-                        s.client_session,
-                        s.client_token,
-                    ));
-                    self.routes_to_free.push(s.route);
-                    for slot in s.slots {
-                        for b in [slot.req, slot.resp].into_iter().flatten() {
-                            self.pool.free(b);
-                        }
-                    }
-                }
+                self.free_server(sid);
                 self.sm_out.push((from, msg.reply(SmStatus::Ok)));
             }
             Some(false) => self
@@ -1384,6 +1739,31 @@ impl Ctx {
                 .push((from, msg.reply(SmStatus::InvalidSession))),
             // Already gone (a retry after our answer was lost): confirm again.
             None => self.sm_out.push((from, msg.reply(SmStatus::Ok))),
+        }
+    }
+
+    /// Frees a server-end session and everything it holds.
+    fn free_server(&mut self, sid: u32) {
+        if let Some(Session::Server(s)) = self.release_session(sid) {
+            self.ring_reserved = self.ring_reserved.saturating_sub(s.credits as usize);
+            self.conn_index.remove(&(
+                s.client.clone(),
+                s.client_rpc,
+                s.client_session,
+                s.client_token,
+            ));
+            if let Some(n) = self.peer_sessions.get_mut(&s.client) {
+                *n -= 1;
+                if *n == 0 {
+                    self.peer_sessions.remove(&s.client);
+                }
+            }
+            self.routes_to_free.push(s.route);
+            for slot in s.slots {
+                for b in [slot.req, slot.resp].into_iter().flatten() {
+                    self.pool.free(b);
+                }
+            }
         }
     }
 
@@ -1429,6 +1809,8 @@ impl Ctx {
             return;
         };
         c.state = ClientState::Connected;
+        c.last_heard = now;
+        c.last_ping = now;
         c.remote_session = msg.server_session;
         c.remote_token = msg.server_token;
         c.dpp = max_pkt - HDR_SIZE;

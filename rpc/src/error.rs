@@ -61,6 +61,16 @@ pub enum RpcError {
     /// The server's handler failed or its response was too large.
     #[error("the server's handler failed")]
     HandlerFailed,
+    /// The request's deadline passed before its response arrived.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
+    /// The request was cancelled.
+    #[error("request cancelled")]
+    Cancelled,
+    /// The peer stopped answering (or lost the session, e.g. it restarted): the session was
+    /// reset. Reconnect with `Rpc::reconnect`.
+    #[error("peer failed: session reset")]
+    PeerFailed,
     /// The session was closed or failed with the request pending.
     #[error("session closed with the request pending")]
     SessionClosed,

@@ -71,4 +71,4 @@ pub use nexus::{BgHandler, FgHandler, Handler, Nexus};
 pub use rpc::{Continuation, Rpc};
 pub use session::{ConnectFailure, SessionId, SessionState};
 pub use sm::LocalHub;
-pub use stats::RpcStats;
+pub use stats::{RpcStats, SessionStats};

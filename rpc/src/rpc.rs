@@ -283,7 +283,22 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
         req: MsgBuf,
         tag: u64,
     ) -> Result<(), RpcError> {
+        self.ctx.set_now(self.clock.now());
         self.ctx.enqueue_request(session, req_type, req, tag)
+    }
+
+    /// Issues a request with its own deadline; see [`Ctx::enqueue_request_with_deadline`].
+    pub fn enqueue_request_with_deadline(
+        &mut self,
+        session: SessionId,
+        req_type: u8,
+        req: MsgBuf,
+        tag: u64,
+        deadline: Option<Duration>,
+    ) -> Result<(), RpcError> {
+        self.ctx.set_now(self.clock.now());
+        self.ctx
+            .enqueue_request_with_deadline(session, req_type, req, tag, deadline)
     }
 
     /// Takes the next completion (when no continuation is set).
@@ -291,9 +306,10 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
         self.ctx.completions.pop_front()
     }
 
-    /// Sends one request and runs the event loop until its response arrives, or `timeout`
-    /// passes ([`RpcError::Timeout`]; the request then stays in flight and its late outcome is
-    /// discarded). Completions of other requests are delivered as usual.
+    /// Sends one request and runs the event loop until its response arrives or `timeout`
+    /// passes: the request's deadline is `timeout`, so it then fails with
+    /// [`RpcError::DeadlineExceeded`] and leaves nothing behind. Completions of other requests
+    /// are delivered as usual.
     pub fn call(
         &mut self,
         session: SessionId,
@@ -304,7 +320,9 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let tag = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let req = self.ctx.msg_from(data);
-        self.ctx.enqueue_inner(session, req_type, req, tag, true)?;
+        self.ctx.set_now(self.clock.now());
+        self.ctx
+            .enqueue_inner(session, req_type, req, tag, true, Some(timeout))?;
         let start = Instant::now();
         loop {
             if let Some(i) = self.ctx.sync_done.iter().position(|c| c.tag == tag) {
@@ -312,11 +330,30 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
                 self.ctx.free_msg(c.req);
                 return c.result;
             }
-            if start.elapsed() >= timeout {
-                return Err(RpcError::Timeout);
+            // The deadline ends the request on the Rpc's own clock; this guards against a
+            // clock that does not move (a virtual one).
+            if start.elapsed() >= timeout + Duration::from_secs(1) {
+                self.ctx.cancel_inner(session, tag, true);
+                self.ctx.sync_done.retain(|c| c.tag != tag);
+                return Err(RpcError::DeadlineExceeded);
             }
             self.run_once();
         }
+    }
+
+    /// Cancels the first pending request on `session` carrying `tag`; see
+    /// [`Ctx::cancel_request`].
+    pub fn cancel_request(&mut self, session: SessionId, tag: u64) -> bool {
+        self.ctx.cancel_request(session, tag)
+    }
+
+    /// Reopens a failed session — after a peer failure (`SessionState::Failed(PeerFailed)`,
+    /// e.g. the server restarted) or a failed connect — with a new handshake. Returns at once;
+    /// requests may be enqueued meanwhile. Sessions never reconnect on their own.
+    pub fn reconnect(&mut self, session: SessionId) -> Result<(), RpcError> {
+        self.ctx.reconnect(self.clock.now(), session)?;
+        self.flush_sm();
+        Ok(())
     }
 
     /// Runs the event loop for `d` of wall-clock time.

@@ -47,6 +47,9 @@ pub enum ConnectFailure {
     BadConfig,
     /// No answer within the connect timeout.
     Timeout,
+    /// The session was connected, then its peer stopped answering or lost the session (e.g.
+    /// it restarted). Reconnect with `Rpc::reconnect`, or destroy the session.
+    PeerFailed,
 }
 
 impl ConnectFailure {
@@ -63,6 +66,7 @@ impl ConnectFailure {
             Self::RoutingResolution => E::RoutingResolution("see the server's log".into()),
             Self::BadConfig => E::BadSessionConfig,
             Self::Timeout => E::Timeout,
+            Self::PeerFailed => E::PeerFailed,
         }
     }
 }
@@ -73,6 +77,8 @@ pub(crate) struct Pending {
     pub req: MsgBuf,
     pub tag: u64,
     pub internal: bool,
+    /// Absolute deadline (ns), `u64::MAX` for none.
+    pub deadline: u64,
 }
 
 /// One client slot.
@@ -95,6 +101,12 @@ pub(crate) struct ClientSlot {
     pub num_rx: u32,
     /// When this slot last made progress (ns).
     pub progress: u64,
+    /// Absolute deadline (ns), `u64::MAX` for none.
+    pub deadline: u64,
+    /// When the request started (ns), for the RTT estimate.
+    pub started: u64,
+    /// Whether the request was retransmitted (its RTT sample would be wrong).
+    pub retransmitted: bool,
 }
 
 pub(crate) enum ClientState {
@@ -127,6 +139,10 @@ pub(crate) struct ClientSession {
     pub sm_seq: u64,
     pub sm_retry_at: u64,
     pub sm_deadline: u64,
+    /// Liveness: when the peer was last heard from, when we last pinged it (ns).
+    pub last_heard: u64,
+    pub last_ping: u64,
+    pub stats: crate::stats::SessionStats,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +178,9 @@ pub(crate) struct ServerSession {
     pub max_msg: usize,
     pub credits: u32,
     pub slots: Vec<ServerSlot>,
+    /// Liveness: when the client was last heard from, when we last pinged it (ns).
+    pub last_heard: u64,
+    pub last_ping: u64,
 }
 
 pub(crate) enum Session {

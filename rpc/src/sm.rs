@@ -33,6 +33,14 @@ pub enum SmType {
     DisconnectReq = 3,
     /// Server confirms a disconnect.
     DisconnectResp = 4,
+    /// Liveness ping from a client end to its server end.
+    ClientPing = 5,
+    /// The server end's answer to a [`SmType::ClientPing`].
+    ServerPong = 6,
+    /// Liveness ping from a server end to its client end.
+    ServerPing = 7,
+    /// The client end's answer to a [`SmType::ServerPing`].
+    ClientPong = 8,
 }
 
 impl SmType {
@@ -42,6 +50,10 @@ impl SmType {
             2 => Self::ConnectResp,
             3 => Self::DisconnectReq,
             4 => Self::DisconnectResp,
+            5 => Self::ClientPing,
+            6 => Self::ServerPong,
+            7 => Self::ServerPing,
+            8 => Self::ClientPong,
             _ => return None,
         })
     }
@@ -235,8 +247,14 @@ impl SmMsg {
     /// The Rpc id this message is addressed to.
     pub fn dest_rpc(&self) -> u8 {
         match self.msg_type {
-            SmType::ConnectReq | SmType::DisconnectReq => self.server_rpc,
-            SmType::ConnectResp | SmType::DisconnectResp => self.client_rpc,
+            SmType::ConnectReq
+            | SmType::DisconnectReq
+            | SmType::ClientPing
+            | SmType::ClientPong => self.server_rpc,
+            SmType::ConnectResp
+            | SmType::DisconnectResp
+            | SmType::ServerPing
+            | SmType::ServerPong => self.client_rpc,
         }
     }
 
@@ -245,6 +263,8 @@ impl SmMsg {
         let msg_type = match self.msg_type {
             SmType::ConnectReq => SmType::ConnectResp,
             SmType::DisconnectReq => SmType::DisconnectResp,
+            SmType::ClientPing => SmType::ServerPong,
+            SmType::ServerPing => SmType::ClientPong,
             other => other,
         };
         Self {
@@ -336,14 +356,18 @@ impl SmRouter {
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             },
-            None => {
-                if msg.msg_type == SmType::ConnectReq {
+            None => match msg.msg_type {
+                // The addressed Rpc does not exist (any more): say so, so that a peer of a
+                // dead Rpc learns it at once instead of waiting for its failure timeout.
+                SmType::ConnectReq | SmType::ClientPing | SmType::ServerPing => {
                     self.channel.send(&from, &msg.reply(SmStatus::NoSuchRpc));
-                } else if msg.msg_type == SmType::DisconnectReq {
+                }
+                SmType::DisconnectReq => {
                     self.channel
                         .send(&from, &msg.reply(SmStatus::InvalidSession));
                 }
-            }
+                _ => {}
+            },
         }
     }
 }

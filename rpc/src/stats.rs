@@ -31,8 +31,40 @@ pub struct RpcStats {
     pub tx_dropped: u64,
     /// Packets the transport discarded on receive (empty, truncated, oversized).
     pub rx_dropped_transport: u64,
+    /// Requests that completed with `DeadlineExceeded`.
+    pub deadline_exceeded: u64,
+    /// Requests cancelled.
+    pub cancelled: u64,
+    /// Client sessions reset because their peer failed.
+    pub sessions_reset: u64,
+    /// Server sessions freed because their client failed.
+    pub server_sessions_reaped: u64,
+    /// Liveness pings sent.
+    pub pings_sent: u64,
+    /// Connect requests refused (limits, mismatches, bad parameters).
+    pub connects_refused: u64,
     /// Session-management messages received.
     pub sm_rx: u64,
     /// Session-management messages sent (including retries).
     pub sm_tx: u64,
+}
+
+/// Counters and estimates of one client session, from [`Ctx::session_stats`](crate::Ctx::session_stats).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Requests enqueued.
+    pub requests: u64,
+    /// Requests completed with a response.
+    pub completed: u64,
+    /// Requests completed with an error.
+    pub failed: u64,
+    /// Go-back-N rewinds.
+    pub retransmissions: u64,
+    /// Requests that hit their deadline.
+    pub deadline_exceeded: u64,
+    /// Times the session was reset after a peer failure.
+    pub resets: u64,
+    /// Smoothed round-trip estimate (ns) of requests answered without retransmission; 0 until
+    /// the first sample.
+    pub rtt_ns: u64,
 }
