@@ -97,6 +97,8 @@ struct State {
     delivered: u64,
     dropped: u64,
     duplicated: u64,
+    /// Copies of every packet sent while capturing: (destination node, bytes).
+    capture: Option<Vec<(u32, Vec<u8>)>>,
 }
 
 impl State {
@@ -189,6 +191,7 @@ impl SimFabric {
                     delivered: 0,
                     dropped: 0,
                     duplicated: 0,
+                    capture: None,
                 }),
                 clock,
             }),
@@ -286,6 +289,17 @@ impl SimFabric {
             ring: VecDeque::new(),
             stats: TransportStats::default(),
         }
+    }
+
+    /// Starts recording a copy of every packet sent (before fault injection), e.g. to replay
+    /// them later with [`SimFabric::inject`].
+    pub fn start_capture(&self) {
+        self.lock().capture = Some(Vec::new());
+    }
+
+    /// Stops recording and returns what was captured: (destination node, packet bytes).
+    pub fn take_capture(&self) -> Vec<(u32, Vec<u8>)> {
+        self.lock().capture.take().unwrap_or_default()
     }
 
     /// Injects a raw packet towards node `to`, as if it came from the wire (for tests that
@@ -422,6 +436,12 @@ impl Transport for SimTransport {
                 }
             };
             sent += 1;
+            if let Some(cap) = s.capture.as_mut() {
+                let mut copy = Vec::with_capacity(size);
+                copy.extend_from_slice(p.hdr);
+                copy.extend_from_slice(p.data);
+                cap.push((dst, copy));
+            }
             let faults = s
                 .links
                 .get(&(self.id, dst))
