@@ -2,7 +2,7 @@
 //! served over the `rpc` crate.
 //!
 //! - [`engine`]: the storage engine (shared-nothing workers, slabs, io_uring).
-//! - [`protocol`]: the KV wire format inside rpc messages (`docs/KV-PROTOCOL.md`).
+//! - [`protocol`]: the KV wire format inside rpc messages (`docs/PROTOCOL.md, Part II`).
 //! - [`server`]: the server behind the `kv-service` binary: one thread per engine worker,
 //!   each polling its own Rpc and its own worker (`docs/KV-SERVICE.md`).
 //! - [`client`]: the client library, blocking and pipelined; `kv-cli` is built on it.

@@ -1,5 +1,5 @@
 //! The KV wire format carried inside rpc messages (the byte-level description with every
-//! field is in `docs/KV-PROTOCOL.md`).
+//! field is in `docs/PROTOCOL.md, Part II`).
 //!
 //! Each KV operation is one rpc request whose one-byte rpc request type is the operation
 //! ([`op`]); the request message is a 16-byte [`ReqHeader`] followed by the key and the
@@ -27,7 +27,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::engine::{MAX_KEY_LEN, MAX_VALUE_LEN};
 
 /// Version of this wire format, first byte of every request and response header.
-/// Version 1: the format described in `docs/KV-PROTOCOL.md`.
+/// Version 1: the format described in `docs/PROTOCOL.md, Part II`.
 pub const VERSION: u8 = 1;
 
 /// Size of [`ReqHeader`] and of [`RespHeader`] in bytes.
