@@ -275,7 +275,7 @@ impl Client {
                     Some(rpc::SessionState::Connected) => {}
                     Some(rpc::SessionState::Connecting) => pending = true,
                     Some(rpc::SessionState::Failed(f)) => {
-                        return Err(unreachable(connect_failure(f, t_of(&client.sessions, s))));
+                        return Err(unreachable(f.to_error(t_of(&client.sessions, s))));
                     }
                     _ => return Err(unreachable(RpcError::InvalidSession(s))),
                 }
@@ -585,22 +585,6 @@ impl Client {
 /// Index of session `s` in `sessions` (= the server thread it leads to).
 fn t_of(sessions: &[SessionId], s: SessionId) -> u8 {
     sessions.iter().position(|&x| x == s).unwrap_or(0) as u8
-}
-
-/// The [`RpcError`] for a failed connect (`rpc::ConnectFailure::to_error` is crate-private).
-fn connect_failure(f: rpc::ConnectFailure, remote_rpc: u8) -> RpcError {
-    use rpc::ConnectFailure as F;
-    match f {
-        F::NoSuchRemoteRpc => RpcError::NoSuchRemoteRpc(remote_rpc),
-        F::TooManySessions => RpcError::TooManySessions,
-        F::RingExhausted => RpcError::RingExhausted,
-        F::TransportMismatch => RpcError::TransportMismatch {
-            remote: "a different transport".into(),
-        },
-        F::RoutingResolution => RpcError::RoutingResolution("see the server's log".into()),
-        F::BadConfig => RpcError::BadSessionConfig,
-        F::Timeout => RpcError::Timeout,
-    }
 }
 
 fn check_key(key: &[u8]) -> Result<(), Error> {

@@ -25,6 +25,13 @@ use crate::sm::{SmAddr, SmMsg, SmStatus, SmType};
 use crate::stats::RpcStats;
 use crate::RpcError;
 
+/// Whether a silence may be called a failure: a ping went out during it (after the peer was
+/// last heard) at least three quarters of the failure timeout ago. Silence alone is not
+/// enough: this end may itself have been paused (not polling), and must ask first.
+fn probe_expired(probe_since: u64, last_heard: u64, now: u64, timeout: u64) -> bool {
+    probe_since > last_heard && now.saturating_sub(probe_since) >= timeout / 4 * 3
+}
+
 /// Route operations the core needs from the transport while handling SM messages.
 pub(crate) trait Routes {
     fn alloc(&mut self) -> Result<(RouteId, RoutingInfo), TransportError>;
@@ -132,6 +139,9 @@ pub struct Ctx {
     pub(crate) txq: Vec<TxItem>,
     pub(crate) sm_out: Vec<(SmAddr, SmMsg)>,
     pub(crate) routes_to_free: Vec<RouteId>,
+    /// Changes to the sessions the Nexus answers pings for: (session, Some(token)) when a
+    /// session end becomes live, (session, None) when it stops being live.
+    pub(crate) liveness_changes: Vec<(u32, Option<u32>)>,
     pub(crate) ready: VecDeque<ReqHandle>,
     pub(crate) completions: VecDeque<Completion>,
     pub(crate) sync_done: Vec<Completion>,
@@ -165,6 +175,7 @@ impl Ctx {
             txq: Vec::with_capacity(256),
             sm_out: Vec::new(),
             routes_to_free: Vec::new(),
+            liveness_changes: Vec::new(),
             ready: VecDeque::new(),
             completions: VecDeque::new(),
             sync_done: Vec::new(),
@@ -1214,11 +1225,14 @@ impl Ctx {
         match self.sessions.get_mut(sid as usize).and_then(|s| s.as_mut()) {
             Some(Session::Client(c)) if matches!(c.state, ClientState::Connected) => {
                 let silent = now.saturating_sub(c.last_heard);
-                if silent >= timeout {
+                if silent >= timeout && probe_expired(c.probe_since, c.last_heard, now, timeout) {
                     tracing::info!(session = sid, "peer failed: resetting the session");
                     self.reset_client(sid);
                 } else if silent >= interval && now.saturating_sub(c.last_ping) >= interval {
                     c.last_ping = now;
+                    if c.probe_since <= c.last_heard {
+                        c.probe_since = now;
+                    }
                     if let Some((to, mut m)) = self.client_sm_msg_any(sid) {
                         m.msg_type = SmType::ClientPing;
                         self.stats.pings_sent += 1;
@@ -1228,12 +1242,15 @@ impl Ctx {
             }
             Some(Session::Server(s)) => {
                 let silent = now.saturating_sub(s.last_heard);
-                if silent >= timeout {
+                if silent >= timeout && probe_expired(s.probe_since, s.last_heard, now, timeout) {
                     tracing::info!(session = sid, "client failed: freeing its session");
                     self.stats.server_sessions_reaped += 1;
                     self.free_server(sid);
                 } else if silent >= interval && now.saturating_sub(s.last_ping) >= interval {
                     s.last_ping = now;
+                    if s.probe_since <= s.last_heard {
+                        s.probe_since = now;
+                    }
                     let m = SmMsg {
                         msg_type: SmType::ServerPing,
                         transport: kind,
@@ -1281,6 +1298,7 @@ impl Ctx {
             .filter(|&i| c.slots.get(i).is_some_and(|s| s.active))
             .collect();
         let backlog: Vec<Pending> = c.backlog.drain(..).collect();
+        self.liveness_changes.push((sid, None));
         self.stats.sessions_reset += 1;
         self.ring_reserved = self.ring_reserved.saturating_sub(credits);
         for i in active {
@@ -1331,6 +1349,7 @@ impl Ctx {
         c.remote_token = 0;
         c.last_heard = now;
         c.last_ping = now;
+        c.probe_since = 0;
         self.ring_reserved += credits as usize;
         if let Some(m) = self.client_sm_msg(sid) {
             self.sm_out.push(m);
@@ -1399,6 +1418,7 @@ impl Ctx {
             sm_deadline: now + self.cfg.connect_timeout.as_nanos() as u64,
             last_heard: now,
             last_ping: now,
+            probe_since: 0,
             stats: Default::default(),
         };
         if let Some(slot) = self.sessions.get_mut(id as usize) {
@@ -1478,6 +1498,7 @@ impl Ctx {
     }
 
     fn free_client(&mut self, sid: u32) {
+        self.liveness_changes.push((sid, None));
         if let Some(Session::Client(c)) = self.release_session(sid) {
             if !matches!(c.state, ClientState::Failed(_)) {
                 self.ring_reserved = self.ring_reserved.saturating_sub(self.cfg.credits as usize);
@@ -1527,40 +1548,10 @@ impl Ctx {
             SmType::ConnectReq => self.server_connect(from, msg, routes),
             SmType::DisconnectReq => self.server_disconnect(from, msg),
             SmType::ConnectResp => self.client_connect_resp(msg, routes),
-            SmType::ClientPing => {
-                let sid = msg.server_session;
-                let ok = self.server(sid).is_some_and(|s| {
-                    s.local_token == msg.server_token
-                        && s.client == from
-                        && s.client_session == msg.client_session
-                });
-                let status = if ok {
-                    if let Some(s) = self.server_mut(sid) {
-                        s.last_heard = now;
-                    }
-                    SmStatus::Ok
-                } else {
-                    SmStatus::InvalidSession
-                };
-                self.sm_out.push((from, msg.reply(status)));
-            }
-            SmType::ServerPing => {
-                let sid = msg.client_session;
-                let ok = self.client(sid).is_some_and(|c| {
-                    c.local_token == msg.client_token
-                        && c.remote_session == msg.server_session
-                        && matches!(c.state, ClientState::Connected | ClientState::Disconnecting)
-                });
-                let status = if ok {
-                    if let Some(c) = self.client_mut(sid) {
-                        c.last_heard = now;
-                    }
-                    SmStatus::Ok
-                } else {
-                    SmStatus::InvalidSession
-                };
-                self.sm_out.push((from, msg.reply(status)));
-            }
+            // Pings are answered by the Nexus's SM router on the Rpc's behalf (see
+            // `SmRouter::route`), so a client that is not running its event loop right now
+            // still counts as alive; they never reach an Rpc.
+            SmType::ClientPing | SmType::ServerPing => {}
             SmType::ServerPong => {
                 let sid = msg.client_session;
                 let ok = self.client(sid).is_some_and(|c| {
@@ -1696,6 +1687,7 @@ impl Ctx {
                 .collect(),
             last_heard: self.now,
             last_ping: self.now,
+            probe_since: 0,
         };
         if let Some(slot) = self.sessions.get_mut(id as usize) {
             *slot = Some(Session::Server(Box::new(s)));
@@ -1703,6 +1695,7 @@ impl Ctx {
         self.num_sessions += 1;
         self.ring_reserved += msg.credits as usize;
         self.conn_index.insert(key, id);
+        self.liveness_changes.push((id, Some(token)));
         *self.peer_sessions.entry(from.clone()).or_insert(0) += 1;
         if let Some(reply) = self.server_connect_reply(id, &msg) {
             self.sm_out.push((from, reply));
@@ -1744,6 +1737,7 @@ impl Ctx {
 
     /// Frees a server-end session and everything it holds.
     fn free_server(&mut self, sid: u32) {
+        self.liveness_changes.push((sid, None));
         if let Some(Session::Server(s)) = self.release_session(sid) {
             self.ring_reserved = self.ring_reserved.saturating_sub(s.credits as usize);
             self.conn_index.remove(&(
@@ -1809,6 +1803,11 @@ impl Ctx {
             return;
         };
         c.state = ClientState::Connected;
+        let token = c.local_token;
+        self.liveness_changes.push((sid, Some(token)));
+        let Some(c) = self.client_mut(sid) else {
+            return;
+        };
         c.last_heard = now;
         c.last_ping = now;
         c.remote_session = msg.server_session;

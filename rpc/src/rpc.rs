@@ -586,6 +586,12 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
         for r in self.ctx.routes_to_free.drain(..) {
             self.transport.route_free(r);
         }
+        if !self.ctx.liveness_changes.is_empty() {
+            let router = self.nexus.router();
+            for (session, token) in self.ctx.liveness_changes.drain(..) {
+                router.set_live(self.ctx.rpc_id, session, token);
+            }
+        }
     }
 }
 

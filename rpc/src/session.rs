@@ -142,6 +142,8 @@ pub(crate) struct ClientSession {
     /// Liveness: when the peer was last heard from, when we last pinged it (ns).
     pub last_heard: u64,
     pub last_ping: u64,
+    /// When the first ping of the current silence went out (ignored if `<= last_heard`).
+    pub probe_since: u64,
     pub stats: crate::stats::SessionStats,
 }
 
@@ -181,6 +183,8 @@ pub(crate) struct ServerSession {
     /// Liveness: when the client was last heard from, when we last pinged it (ns).
     pub last_heard: u64,
     pub last_ping: u64,
+    /// When the first ping of the current silence went out (ignored if `<= last_heard`).
+    pub probe_since: u64,
 }
 
 pub(crate) enum Session {

@@ -296,6 +296,9 @@ pub struct SmIn {
 /// Routes incoming SM messages of one Nexus to its Rpcs.
 pub struct SmRouter {
     rpcs: Mutex<HashMap<u8, Sender<SmIn>>>,
+    /// Live session ends of this Nexus's Rpcs, (rpc id, session) -> token: the router answers
+    /// liveness pings for them, so an Rpc that is not polling right now still counts as alive.
+    live: Mutex<HashMap<(u8, u32), u32>>,
     channel: SmChannel,
     dropped: std::sync::atomic::AtomicU64,
 }
@@ -304,6 +307,7 @@ impl SmRouter {
     pub(crate) fn new(channel: SmChannel) -> Self {
         Self {
             rpcs: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
             channel,
             dropped: Default::default(),
         }
@@ -329,6 +333,24 @@ impl SmRouter {
 
     pub(crate) fn unregister(&self, rpc_id: u8) {
         self.lock().remove(&rpc_id);
+        self.live_lock().retain(|(r, _), _| *r != rpc_id);
+    }
+
+    fn live_lock(&self) -> MutexGuard<'_, HashMap<(u8, u32), u32>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks a session end of Rpc `rpc_id` live with `token` (`Some`) or not live (`None`).
+    pub(crate) fn set_live(&self, rpc_id: u8, session: u32, token: Option<u32>) {
+        let mut live = self.live_lock();
+        match token {
+            Some(t) => {
+                live.insert((rpc_id, session), t);
+            }
+            None => {
+                live.remove(&(rpc_id, session));
+            }
+        }
     }
 
     /// SM messages dropped (malformed, or the Rpc's queue was full).
@@ -347,6 +369,10 @@ impl SmRouter {
                 return;
             }
         };
+        if matches!(msg.msg_type, SmType::ClientPing | SmType::ServerPing) {
+            self.answer_ping(&from, &msg);
+            return;
+        }
         let tx = self.lock().get(&msg.dest_rpc()).cloned();
         match tx {
             Some(tx) => match tx.try_send(SmIn { from, msg }) {
@@ -359,7 +385,7 @@ impl SmRouter {
             None => match msg.msg_type {
                 // The addressed Rpc does not exist (any more): say so, so that a peer of a
                 // dead Rpc learns it at once instead of waiting for its failure timeout.
-                SmType::ConnectReq | SmType::ClientPing | SmType::ServerPing => {
+                SmType::ConnectReq => {
                     self.channel.send(&from, &msg.reply(SmStatus::NoSuchRpc));
                 }
                 SmType::DisconnectReq => {
@@ -369,6 +395,25 @@ impl SmRouter {
                 _ => {}
             },
         }
+    }
+}
+
+impl SmRouter {
+    /// Answers a liveness ping: `Ok` if the addressed session end is live with that token,
+    /// `NoSuchRpc` if the Rpc is gone, `InvalidSession` otherwise.
+    fn answer_ping(&self, from: &SmAddr, msg: &SmMsg) {
+        let (rpc, session, token) = match msg.msg_type {
+            SmType::ClientPing => (msg.server_rpc, msg.server_session, msg.server_token),
+            _ => (msg.client_rpc, msg.client_session, msg.client_token),
+        };
+        let status = if !self.lock().contains_key(&rpc) {
+            SmStatus::NoSuchRpc
+        } else if self.live_lock().get(&(rpc, session)) == Some(&token) {
+            SmStatus::Ok
+        } else {
+            SmStatus::InvalidSession
+        };
+        self.channel.send(from, &msg.reply(status));
     }
 }
 

@@ -465,3 +465,22 @@ fn a_killed_server_process_is_detected() {
     let done = completions(&mut rpc, 1);
     assert!(matches!(done[0].result, Err(RpcError::PeerFailed)));
 }
+
+#[test]
+fn a_client_that_does_not_poll_for_a_while_keeps_its_session() {
+    let _serial = serial();
+    // Liveness is the process's and the Rpc's, not the event loop's: the Nexus answers pings
+    // for its Rpcs, so a client that computes for a while (no polling) is not declared dead.
+    let mut server = Server::start("127.0.0.1:0", 50);
+    let (mut rpc, _n) = client(50);
+    let s = rpc.connect(&server.uri, 0).unwrap();
+    rpc.call(s, ECHO, b"before", Duration::from_secs(2))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let resp = rpc.call(s, ECHO, b"after", Duration::from_secs(2)).unwrap();
+    assert_eq!(resp.as_slice(), b"after");
+    assert_eq!(rpc.stats().sessions_reset, 0);
+    let (stats, _) = server.stop_rpc();
+    assert_eq!(stats.server_sessions_reaped, 0);
+    assert!(stats.pings_sent > 0, "the server pinged its silent client");
+}
