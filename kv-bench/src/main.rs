@@ -3,9 +3,12 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod baseline;
+mod compare;
 mod engine_bench;
+mod plot;
 mod report;
 mod rpc_bench;
+mod ycsb;
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +30,11 @@ enum Cmd {
     },
     /// The storage engine in-process (no network), YCSB workloads, with the device's limit.
     Engine(engine_bench::EngineArgs),
+    /// YCSB A-F and KVell's production mix against kv-service (embedded or --server), with
+    /// an optional same-run Redis baseline (--baseline redis).
+    Ycsb(ycsb::YcsbArgs),
+    /// One workload in-process and over each transport: the networking overhead.
+    Compare(compare::CompareArgs),
 }
 
 fn main() -> Result<()> {
@@ -41,5 +49,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Rpc { which } => rpc_bench::run(which),
         Cmd::Engine(args) => engine_bench::run(args),
+        Cmd::Ycsb(args) => ycsb::run(args),
+        Cmd::Compare(args) => compare::run(args),
     }
 }

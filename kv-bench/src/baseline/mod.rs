@@ -1,2 +1,3 @@
 //! Same-run baselines.
 pub mod raw_udp;
+pub mod redis;

@@ -1,0 +1,718 @@
+//! `kv-bench ycsb`: YCSB workloads A–F and KVell's production mix against kv-service (a
+//! running server or an embedded one), optionally against Redis in the same run.
+//!
+//! Concurrency: `--threads` driver threads, each owning `--sessions` connections (a
+//! kv-service `Client`, or a Redis TCP connection), each keeping `--window` requests in
+//! flight (closed loop). "50 clients, pipeline 16" = `--threads 1 --sessions 50 --window 16`
+//! for both systems.
+pub mod driver;
+pub mod gen;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use kv_service::client::{Client, ClientConfig};
+use kv_service::server::{IdleMode, Server, ServerConfig};
+use serde::Serialize;
+
+use crate::baseline::redis::RedisServer;
+use crate::report::{say, write_json};
+use driver::{Backend, Conns, Control, Factory, KvBackend, RedisBackend, Stats};
+use gen::{Distribution, InsertCounter, OpGen, OpKind, Workload};
+
+/// Arguments of `kv-bench ycsb`.
+#[derive(clap::Args, Debug)]
+pub struct YcsbArgs {
+    /// Workload: a (50/50 read/update), b (95/5), c (reads), d (95/5 read/insert, latest),
+    /// e (95/5 scan/insert), f (50/50 read/read-modify-write), production (KVell's).
+    #[arg(long, value_enum, default_value = "c")]
+    pub workload: Workload,
+    /// Key distribution (default: latest for d, zipfian for the others).
+    #[arg(long, value_enum)]
+    pub distribution: Option<Distribution>,
+    /// Items loaded before the run.
+    #[arg(long, default_value_t = 100_000)]
+    pub records: u64,
+    /// Value size in bytes (keys: 8 bytes; production uses its own size mix).
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+    /// Run this many operations (per system and round).
+    #[arg(long)]
+    pub ops: Option<u64>,
+    /// Run this many seconds (per system and round; default 10 when --ops is not given).
+    #[arg(long, conflicts_with = "ops")]
+    pub duration: Option<f64>,
+    /// Driver threads (client side).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Connections per thread (kv-service clients / Redis connections).
+    #[arg(long, default_value_t = 1)]
+    pub sessions: usize,
+    /// Requests in flight per connection (pipeline depth).
+    #[arg(long, default_value_t = 16)]
+    pub window: usize,
+    /// A running kv-service (its listen address). Default: an embedded server.
+    #[arg(long, conflicts_with = "embedded")]
+    pub server: Option<String>,
+    /// Start an embedded server in a temporary directory under the current one (default).
+    #[arg(long)]
+    pub embedded: bool,
+    /// Embedded server: threads (engine workers).
+    #[arg(long, default_value_t = 1)]
+    pub server_threads: usize,
+    /// Embedded server: page cache in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub cache_mb: usize,
+    /// Embedded server: spin even when idle (default: spin 100 ms after the last request,
+    /// then sleep, so the server leaves the CPU to Redis during the baseline's turn).
+    #[arg(long)]
+    pub server_busy_poll: bool,
+    /// Embedded server: data directory (default: a temporary one, removed afterwards).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Same-run baseline: `redis` (starts redis-server on a free loopback port) or
+    /// `redis=HOST:PORT` (a running one; the bench writes its keys into database 0).
+    #[arg(long)]
+    pub baseline: Option<String>,
+    /// Rounds; each round runs every system once, alternating the order (default 1, or 2
+    /// with a baseline).
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Skip the load phase (the server already holds the records).
+    #[arg(long)]
+    pub skip_load: bool,
+    /// Write every figure as JSON to this file (`-` = stdout).
+    #[arg(long)]
+    pub json: Option<String>,
+    /// Draw the latency CDF of the run (all systems) to this SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub mean_us: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+}
+
+impl Percentiles {
+    /// From a histogram in nanoseconds.
+    pub fn of(h: &Histogram<u64>) -> Self {
+        let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        Self {
+            count: h.len(),
+            mean_us: h.mean() / 1000.0,
+            p50_us: us(0.5),
+            p90_us: us(0.9),
+            p99_us: us(0.99),
+            p999_us: us(0.999),
+            max_us: h.max() as f64 / 1000.0,
+        }
+    }
+}
+
+/// One system's results.
+#[derive(Serialize, Default)]
+pub struct SystemReport {
+    pub system: String,
+    pub version: String,
+    pub load_ops_per_s: f64,
+    pub ops: u64,
+    pub duration_s: f64,
+    pub ops_per_s: f64,
+    pub round_ops_per_s: Vec<f64>,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub not_found: u64,
+    pub skipped: u64,
+    pub all: Percentiles,
+    pub per_op: BTreeMap<String, Percentiles>,
+}
+
+impl SystemReport {
+    fn fill(&mut self, s: &Stats) {
+        self.ops = s.ops();
+        self.duration_s = s.elapsed.as_secs_f64();
+        self.ops_per_s = s.ops_per_s();
+        self.errors = s.errors;
+        self.first_error.clone_from(&s.first_error);
+        self.not_found = s.not_found;
+        self.skipped = s.skipped;
+        self.all = Percentiles::of(&s.all);
+        self.per_op = OpKind::ALL
+            .iter()
+            .filter(|k| !s.hists[k.index()].is_empty())
+            .map(|k| (k.name().to_string(), Percentiles::of(&s.hists[k.index()])))
+            .collect();
+    }
+}
+
+#[derive(Serialize)]
+struct Ratios {
+    /// kv-service ops/s ÷ Redis ops/s.
+    throughput: f64,
+    /// kv-service p50 ÷ Redis p50, all operations.
+    p50: f64,
+    /// kv-service read p50 ÷ Redis read p50 (when both read).
+    read_p50: Option<f64>,
+    /// False when Redis skipped part of the mix (scans): the ratios then compare different
+    /// work.
+    comparable: bool,
+}
+
+#[derive(Serialize)]
+struct YcsbReport {
+    note: String,
+    workload: String,
+    distribution: String,
+    records: u64,
+    value_size: usize,
+    threads: usize,
+    sessions: usize,
+    window: usize,
+    in_flight: usize,
+    target: String,
+    server_threads: Option<usize>,
+    rounds: usize,
+    systems: Vec<SystemReport>,
+    ratio_kv_over_redis: Option<Ratios>,
+}
+
+/// A system under test with its connections (per thread, per session).
+pub struct System {
+    pub name: String,
+    pub version: String,
+    pub pool: driver::Pool,
+    pub gen: OpGen,
+    pub stats: Option<Stats>,
+    pub report: SystemReport,
+}
+
+/// A temporary data directory under the current directory (O_DIRECT needs a real file
+/// system; /tmp may be tmpfs).
+pub fn temp_data_dir(prefix: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(std::env::current_dir()?)
+        .context("creating a temporary data directory")
+}
+
+/// Starts an in-process kv-service on a free loopback port.
+pub fn start_embedded(
+    dir: &Path,
+    threads: usize,
+    cache_mb: usize,
+    busy_poll: bool,
+) -> Result<Server> {
+    Server::start(ServerConfig {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.to_path_buf(),
+        threads,
+        cache_bytes: cache_mb << 20,
+        idle: if busy_poll {
+            IdleMode::BusyPoll
+        } else {
+            IdleMode::default()
+        },
+        ..ServerConfig::default()
+    })
+    .context("starting the embedded kv-service")
+}
+
+/// `threads` × `sessions` kv-service client connections, made on the driver threads.
+pub fn kv_conns(addr: &str, threads: usize, sessions: usize) -> Conns {
+    let addr = addr.to_string();
+    let factory: Factory = std::sync::Arc::new(move || {
+        let c = Client::connect(&addr, ClientConfig::default())
+            .with_context(|| format!("connecting to kv-service at {addr}"))?;
+        Ok(Box::new(KvBackend::new(c)) as Box<dyn Backend>)
+    });
+    Conns::Connect {
+        factory,
+        threads,
+        sessions,
+    }
+}
+
+/// `threads` × `sessions` Redis connections, made on the driver threads.
+pub fn redis_conns(addr: &str, threads: usize, sessions: usize) -> Conns {
+    let addr = addr.to_string();
+    let factory: Factory =
+        std::sync::Arc::new(
+            move || Ok(Box::new(RedisBackend::connect(&addr)?) as Box<dyn Backend>),
+        );
+    Conns::Connect {
+        factory,
+        threads,
+        sessions,
+    }
+}
+
+fn bar(label: &str, len: u64, unit: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    let template =
+        format!("{{prefix:>22}} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} {unit} {{msg}}");
+    if let Ok(style) = ProgressStyle::with_template(&template) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_prefix(label.to_string());
+    pb
+}
+
+/// What a phase does on each thread.
+pub enum PhaseKind<'a> {
+    /// Insert the items of the shuffled `order`.
+    Load { order: &'a [u64] },
+    /// The workload, until `--ops` or `--duration`.
+    Run {
+        ops: Option<u64>,
+        duration: Option<Duration>,
+    },
+}
+
+/// Runs one phase on `sys`: on each of its driver threads, with a progress bar.
+pub fn run_phase(
+    sys: &mut System,
+    window: usize,
+    kind: PhaseKind<'_>,
+    workload: Workload,
+    value_size: usize,
+    seed: u64,
+) -> Result<Stats> {
+    let threads = sys.pool.threads();
+    let (ctl, pb) = match &kind {
+        PhaseKind::Load { order } => (
+            Control::new(None, None),
+            bar(&format!("load {}", sys.name), order.len() as u64, "items"),
+        ),
+        PhaseKind::Run { ops, duration } => {
+            let pb = match (ops, duration) {
+                (Some(n), _) => bar(&format!("run {}", sys.name), *n, "ops"),
+                (None, Some(d)) => bar(&format!("run {}", sys.name), d.as_millis() as u64, "ms"),
+                _ => bar("run", 0, ""),
+            };
+            (Control::new(*ops, *duration), pb)
+        }
+    };
+    let ctl = Arc::new(ctl);
+    let salt = seed | 1;
+    let start = Instant::now();
+    let (tx, rx) = mpsc::channel::<Result<Stats>>();
+    for t in 0..threads {
+        let ctl = ctl.clone();
+        let tx = tx.clone();
+        let mut g = sys.gen.reseed(seed.wrapping_add(t as u64 * 7919));
+        let mut load_iter = match &kind {
+            PhaseKind::Load { order } => {
+                let mine: Vec<u64> = order.iter().skip(t).step_by(threads).copied().collect();
+                Some(driver::load_ops(mine, workload, value_size))
+            }
+            PhaseKind::Run { .. } => None,
+        };
+        sys.pool.send(
+            t,
+            Box::new(move |conns| {
+                let mut next = || match load_iter.as_mut() {
+                    Some(it) => it.next(),
+                    None => ctl.may_issue().then(|| g.next_op()),
+                };
+                let _ = tx.send(driver::drive(conns, window, &mut next, &ctl, salt));
+            }),
+        )?;
+    }
+    drop(tx);
+    let mut total = Stats::new();
+    let mut got = 0;
+    while got < threads {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(r) => {
+                total.merge_parallel(&r?)?;
+                got += 1;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("a driver thread died"),
+        }
+        let done = ctl.completed.load(Ordering::Relaxed);
+        let secs = start.elapsed().as_secs_f64();
+        match &kind {
+            PhaseKind::Run { ops: None, .. } => pb.set_position(start.elapsed().as_millis() as u64),
+            _ => pb.set_position(done),
+        }
+        pb.set_message(format!("{:.0} ops/s", done as f64 / secs.max(1e-9)));
+    }
+    pb.finish_and_clear();
+    Ok(total)
+}
+
+/// Loads `sys` in shuffled order and fills its load figure.
+pub fn load_system(
+    sys: &mut System,
+    records: u64,
+    window: usize,
+    workload: Workload,
+    value_size: usize,
+    json: Option<&str>,
+) -> Result<()> {
+    let order = gen::load_order(records, 0xDEAD_BEEF);
+    let st = run_phase(
+        sys,
+        window,
+        PhaseKind::Load { order: &order },
+        workload,
+        value_size,
+        1,
+    )?;
+    if st.errors > 0 {
+        bail!(
+            "loading {}: {} of {} inserts failed (first: {})",
+            sys.name,
+            st.errors,
+            records,
+            st.first_error.as_deref().unwrap_or("?")
+        );
+    }
+    sys.report.load_ops_per_s = st.ops_per_s();
+    say!(
+        json,
+        "loaded {} items into {} at {:.0} items/s",
+        records,
+        sys.name,
+        sys.report.load_ops_per_s
+    );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+/// Runs the measured rounds, alternating the systems' order, and fills their reports.
+pub fn run_rounds(
+    systems: &mut [System],
+    rounds: usize,
+    window: usize,
+    ops: Option<u64>,
+    duration: Option<Duration>,
+    workload: Workload,
+    value_size: usize,
+    json: Option<&str>,
+) -> Result<()> {
+    for r in 0..rounds {
+        let mut order: Vec<usize> = (0..systems.len()).collect();
+        if r % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let sys = &mut systems[i];
+            let st = run_phase(
+                sys,
+                window,
+                PhaseKind::Run { ops, duration },
+                workload,
+                value_size,
+                1000 + r as u64,
+            )?;
+            say!(
+                json,
+                "round {}/{} {:<12} {:>10.0} ops/s  p50 {:.1} us  p99 {:.1} us  errors {}",
+                r + 1,
+                rounds,
+                sys.name,
+                st.ops_per_s(),
+                st.all.value_at_quantile(0.5) as f64 / 1000.0,
+                st.all.value_at_quantile(0.99) as f64 / 1000.0,
+                st.errors
+            );
+            sys.report.round_ops_per_s.push(st.ops_per_s());
+            match sys.stats.as_mut() {
+                Some(total) => total.merge_serial(&st)?,
+                None => sys.stats = Some(st),
+            }
+        }
+    }
+    for sys in systems.iter_mut() {
+        if let Some(st) = &sys.stats {
+            sys.report.fill(st);
+        }
+    }
+    Ok(())
+}
+
+fn print_system(r: &SystemReport, json: Option<&str>) {
+    say!(
+        json,
+        "{}{}: {:.0} ops/s ({} ops in {:.2} s), errors {}, not found {}, skipped {}",
+        r.system,
+        if r.version.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", r.version)
+        },
+        r.ops_per_s,
+        r.ops,
+        r.duration_s,
+        r.errors,
+        r.not_found,
+        r.skipped
+    );
+    if let Some(e) = &r.first_error {
+        say!(json, "  first error: {e}");
+    }
+    say!(
+        json,
+        "  {:<8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "op",
+        "count",
+        "p50 us",
+        "p90 us",
+        "p99 us",
+        "p99.9 us",
+        "max us"
+    );
+    let rows = r
+        .per_op
+        .iter()
+        .map(|(k, p)| (k.as_str(), p))
+        .chain(std::iter::once(("all", &r.all)));
+    for (name, p) in rows {
+        say!(
+            json,
+            "  {:<8} {:>10} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            name,
+            p.count,
+            p.p50_us,
+            p.p90_us,
+            p.p99_us,
+            p.p999_us,
+            p.max_us
+        );
+    }
+}
+
+/// Runs `kv-bench ycsb`.
+pub fn run(args: YcsbArgs) -> Result<()> {
+    if args.records == 0 || args.threads == 0 || args.sessions == 0 || args.window == 0 {
+        bail!("--records, --threads, --sessions and --window must be positive");
+    }
+    let json = args.json.as_deref();
+    let distribution = args
+        .distribution
+        .unwrap_or(args.workload.default_distribution());
+    let duration = match (args.ops, args.duration) {
+        (Some(_), _) => None,
+        (None, d) => Some(Duration::from_secs_f64(d.unwrap_or(10.0).max(0.01))),
+    };
+    let redis_addr: Option<Option<String>> = match args.baseline.as_deref() {
+        None => None,
+        Some("redis") => Some(None),
+        Some(b) => match b.strip_prefix("redis=") {
+            Some(addr) if !addr.is_empty() => Some(Some(addr.to_string())),
+            _ => bail!("--baseline takes redis or redis=HOST:PORT, not {b:?}"),
+        },
+    };
+    let rounds = args
+        .rounds
+        .unwrap_or(if redis_addr.is_some() { 2 } else { 1 })
+        .max(1);
+
+    // The kv-service under test.
+    let mut temp = None;
+    let mut server = None;
+    let (addr, target) = match &args.server {
+        Some(a) => (a.clone(), a.clone()),
+        None => {
+            let dir = match &args.data_dir {
+                Some(d) => d.clone(),
+                None => {
+                    let t = temp_data_dir("kv-bench-ycsb-")?;
+                    let p = t.path().to_path_buf();
+                    temp = Some(t);
+                    p
+                }
+            };
+            let s = start_embedded(
+                &dir,
+                args.server_threads,
+                args.cache_mb,
+                args.server_busy_poll,
+            )?;
+            let a = s.listen_addr().to_string();
+            server = Some(s);
+            (a, "embedded".to_string())
+        }
+    };
+    let mut redis_server = None;
+    let redis = match redis_addr {
+        None => None,
+        Some(Some(a)) => Some((a, String::new())),
+        Some(None) => {
+            let s = RedisServer::start()?;
+            let a = (s.addr.clone(), s.version.clone());
+            redis_server = Some(s);
+            Some(a)
+        }
+    };
+
+    let new_gen = |inserts| {
+        OpGen::new(
+            args.workload,
+            distribution,
+            args.records,
+            args.value_size,
+            inserts,
+            42,
+        )
+    };
+    let mut systems = Vec::new();
+    let inserts = InsertCounter::new(args.records);
+    systems.push(System {
+        name: "kv-service".into(),
+        version: format!("kv-service {} (udp)", env!("CARGO_PKG_VERSION")),
+        pool: driver::Pool::start(kv_conns(&addr, args.threads, args.sessions))?,
+        gen: new_gen(inserts),
+        stats: None,
+        report: SystemReport::default(),
+    });
+    if let Some((raddr, version)) = &redis {
+        let conns = redis_conns(raddr, args.threads, args.sessions);
+        let inserts = InsertCounter::new(args.records);
+        systems.push(System {
+            name: "redis".into(),
+            version: version.clone(),
+            pool: driver::Pool::start(conns)?,
+            gen: new_gen(inserts),
+            stats: None,
+            report: SystemReport::default(),
+        });
+    }
+    say!(
+        json,
+        "YCSB-{} {} | {} items x {} B | {} thread(s) x {} session(s) x window {} = {} in flight | kv-service: {}{}",
+        args.workload.name().to_uppercase(),
+        distribution.name(),
+        args.records,
+        args.value_size,
+        args.threads,
+        args.sessions,
+        args.window,
+        args.threads * args.sessions * args.window,
+        target,
+        if server.is_some() { format!(" ({} server thread(s))", args.server_threads) } else { String::new() }
+    );
+    if let Some((a, v)) = &redis {
+        say!(json, "baseline: Redis at {a} {v}");
+        if args.workload.has_scans() {
+            say!(json, "note: Redis has no ordered scan over plain keys: scans are skipped for Redis (not counted), so the ratios compare different work");
+        }
+    }
+    if !args.skip_load {
+        for sys in systems.iter_mut() {
+            load_system(
+                sys,
+                args.records,
+                args.window.max(32),
+                args.workload,
+                args.value_size,
+                json,
+            )?;
+        }
+    }
+    run_rounds(
+        &mut systems,
+        rounds,
+        args.window,
+        args.ops,
+        duration,
+        args.workload,
+        args.value_size,
+        json,
+    )?;
+
+    for sys in &mut systems {
+        sys.report.system.clone_from(&sys.name);
+        sys.report.version.clone_from(&sys.version);
+        print_system(&sys.report, json);
+    }
+    let ratio = match systems.as_slice() {
+        [kv, rd] => {
+            let read_p50 = match (kv.report.per_op.get("read"), rd.report.per_op.get("read")) {
+                (Some(a), Some(b)) => Some(a.p50_us / b.p50_us.max(1e-9)),
+                _ => None,
+            };
+            let r = Ratios {
+                throughput: kv.report.ops_per_s / rd.report.ops_per_s.max(1e-9),
+                p50: kv.report.all.p50_us / rd.report.all.p50_us.max(1e-9),
+                read_p50,
+                comparable: rd.report.skipped == 0,
+            };
+            say!(
+                json,
+                "ratio kv-service / redis: throughput {:.2}x, p50 {:.2}x{}{}",
+                r.throughput,
+                r.p50,
+                r.read_p50
+                    .map(|x| format!(", read p50 {x:.2}x"))
+                    .unwrap_or_default(),
+                if r.comparable {
+                    ""
+                } else {
+                    " (not comparable: Redis skipped the scans)"
+                }
+            );
+            Some(r)
+        }
+        _ => None,
+    };
+    if let Some(path) = &args.plot {
+        let series: Vec<(String, &Histogram<u64>)> = systems
+            .iter()
+            .filter_map(|s| s.stats.as_ref().map(|st| (s.name.clone(), &st.all)))
+            .collect();
+        crate::plot::latency_cdf(
+            path,
+            &format!("YCSB-{} latency CDF", args.workload.name().to_uppercase()),
+            &series,
+        )?;
+        say!(json, "plot written to {}", path.display());
+    }
+    let errors: u64 = systems.iter().map(|s| s.report.errors).sum();
+    let report = YcsbReport {
+        note: "same-run comparison; absolute numbers drift between runs".into(),
+        workload: args.workload.name().into(),
+        distribution: distribution.name().into(),
+        records: args.records,
+        value_size: args.value_size,
+        threads: args.threads,
+        sessions: args.sessions,
+        window: args.window,
+        in_flight: args.threads * args.sessions * args.window,
+        target,
+        server_threads: server.is_some().then_some(args.server_threads),
+        rounds,
+        systems: systems.into_iter().map(|s| s.report).collect(),
+        ratio_kv_over_redis: ratio,
+    };
+    write_json(json, &report)?;
+    drop(redis_server);
+    if let Some(s) = server {
+        s.shutdown().context("stopping the embedded server")?;
+    }
+    drop(temp);
+    if errors > 0 {
+        bail!("{errors} operations failed");
+    }
+    Ok(())
+}
