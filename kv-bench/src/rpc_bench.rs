@@ -28,6 +28,9 @@ pub enum RpcCmd {
     Latency(LatencyArgs),
     /// Small-RPC throughput with many requests in flight.
     Tput(TputArgs),
+    /// Open-loop overload: offer a multiple of the measured peak rate and report goodput and
+    /// memory (the backlog is bounded, so excess requests are refused at once).
+    Overload(OverloadArgs),
     /// Large-message goodput.
     Bw(BwArgs),
 }
@@ -86,6 +89,18 @@ pub struct TputArgs {
 }
 
 #[derive(clap::Args)]
+pub struct OverloadArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Client sessions to the server.
+    #[arg(long, default_value_t = 4)]
+    sessions: usize,
+    /// Offered load as a multiple of the peak measured first (closed loop, window 8).
+    #[arg(long, default_value_t = 10.0)]
+    factor: f64,
+}
+
+#[derive(clap::Args)]
 pub struct BwArgs {
     #[command(flatten)]
     common: Common,
@@ -102,6 +117,7 @@ pub fn run(cmd: RpcCmd) -> Result<()> {
         RpcCmd::Latency(a) => latency(a),
         RpcCmd::Tput(a) => tput(a),
         RpcCmd::Bw(a) => bw(a),
+        RpcCmd::Overload(a) => overload(a),
     }
 }
 
@@ -515,6 +531,134 @@ fn bw(a: BwArgs) -> Result<()> {
     say!(json,
         "rpc bw: {} B messages, {} in flight, MTU {}: {:.2} Gbit/s goodput ({} messages); {} retransmissions",
         a.size, a.window, mtu, gbit, done, report.client_retransmissions
+    );
+    write_json(json, &report)
+}
+
+#[derive(Serialize)]
+struct OverloadReport {
+    bench: &'static str,
+    sessions: usize,
+    factor: f64,
+    peak_mrps: f64,
+    offered_mrps: f64,
+    accepted_mrps: f64,
+    goodput_mrps: f64,
+    goodput_ratio: f64,
+    refused_overloaded: u64,
+    failed: u64,
+    rss_mb_start: f64,
+    rss_mb_end: f64,
+    latency: Latency,
+}
+
+/// Resident set size of this process in MiB (Linux), 0 if unknown.
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<f64>().ok())
+        })
+        .map_or(0.0, |pages| pages * 4096.0 / (1 << 20) as f64)
+}
+
+fn overload(a: OverloadArgs) -> Result<()> {
+    let json = a.common.json.clone();
+    let json = json.as_deref();
+    let d = a.common.duration()?;
+    if a.sessions == 0 || !(a.factor > 0.0 && a.factor <= 1000.0) {
+        bail!("--sessions must be at least 1 and --factor in (0, 1000]");
+    }
+    let mtu = a.common.mtu;
+    let server = Server::start(mtu, a.common.gro)?;
+    let (mut client, sessions) = Client::connect(&server, mtu, a.common.gro, a.sessions)?;
+    let rpc = &mut client.rpc;
+    // 1. The peak: closed loop, a full window per session.
+    let (done, secs, _) = closed_loop(rpc, &sessions, 8, 32, 32, d / 3)?;
+    let peak = done as f64 / secs.max(1e-9);
+    // 2. Open loop at factor x peak.
+    let offered_rate = peak * a.factor;
+    let rss_start = rss_mb();
+    let mut hist = new_histogram();
+    let mut sent_at: std::collections::HashMap<u64, Instant> = std::collections::HashMap::new();
+    let (mut offered, mut accepted, mut refused, mut good, mut failed) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let start = Instant::now();
+    let end = start + d;
+    let mut next_tag = 0u64;
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        let due = (offered_rate * (now - start).as_secs_f64()) as u64;
+        let mut burst = 0;
+        while offered < due && burst < 256 {
+            let s = sessions[(offered % sessions.len() as u64) as usize];
+            offered += 1;
+            burst += 1;
+            let req = rpc.ctx().alloc_msg(32);
+            match rpc.enqueue_request(s, BENCH_REQ, req, next_tag) {
+                Ok(()) => {
+                    accepted += 1;
+                    sent_at.insert(next_tag, now);
+                    next_tag += 1;
+                }
+                Err(rpc::RpcError::Overloaded) => refused += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        rpc.run_once();
+        let now = Instant::now();
+        while let Some(c) = rpc.poll_completion() {
+            if let Some(t) = sent_at.remove(&c.tag) {
+                hist.saturating_record((now - t).as_nanos() as u64);
+            }
+            rpc.ctx().free_msg(c.req);
+            match c.result {
+                Ok(m) => {
+                    good += 1;
+                    rpc.ctx().free_msg(m);
+                }
+                Err(_) => failed += 1,
+            }
+        }
+    }
+    let secs = (Instant::now() - start).as_secs_f64();
+    let rss_end = rss_mb();
+    drop(client);
+    server.finish()?;
+    let report = OverloadReport {
+        bench: "rpc overload",
+        sessions: a.sessions,
+        factor: a.factor,
+        peak_mrps: peak / 1e6,
+        offered_mrps: offered as f64 / secs / 1e6,
+        accepted_mrps: accepted as f64 / secs / 1e6,
+        goodput_mrps: good as f64 / secs / 1e6,
+        goodput_ratio: good as f64 / secs / peak.max(1e-9),
+        refused_overloaded: refused,
+        failed,
+        rss_mb_start: rss_start,
+        rss_mb_end: rss_end,
+        latency: Latency::from_ns(&hist),
+    };
+    say!(
+        json,
+        "rpc overload: peak {:.3} M/s; offered {:.3} M/s ({}x); goodput {:.3} M/s = {:.2} of peak; {} refused (Overloaded), {} failed; latency p50 {:.0} µs p99 {:.0} µs; client RSS {:.1} -> {:.1} MiB",
+        report.peak_mrps,
+        report.offered_mrps,
+        a.factor,
+        report.goodput_mrps,
+        report.goodput_ratio,
+        refused,
+        failed,
+        report.latency.p50_us,
+        report.latency.p99_us,
+        rss_start,
+        rss_end
     );
     write_json(json, &report)
 }
