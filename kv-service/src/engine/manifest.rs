@@ -56,6 +56,12 @@ pub fn decode(b: &[u8]) -> Result<u32> {
     if crc32c::crc32c(b.get(0..20).unwrap_or_default()) != crc {
         return Err(Error::UnknownFormat("MANIFEST checksum mismatch".into()));
     }
+    if b.get(16..20) != Some(&[0u8; 4][..]) {
+        // Found by fuzzing: a later format using these bytes must bump the version.
+        return Err(Error::UnknownFormat(
+            "MANIFEST reserved bytes not zero".into(),
+        ));
+    }
     let version = u32::from_le_bytes(field(8..12)?);
     if version != FORMAT_VERSION {
         return Err(Error::UnknownFormat(format!(
@@ -104,6 +110,17 @@ pub(crate) fn check_or_create(dir: &Path, workers: u32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nonzero_reserved_bytes_are_refused_even_with_a_valid_crc() {
+        // The input the fuzzer found: reserved bytes set, CRC recomputed.
+        let mut b = encode(1);
+        b[16] = 0x26;
+        let crc = crc32c::crc32c(&b[0..20]);
+        b[20..24].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(decode(&b), Err(Error::UnknownFormat(_))));
+        assert_eq!(decode(&encode(1)).unwrap(), 1);
+    }
 
     #[test]
     fn golden_manifest() {
