@@ -594,19 +594,31 @@ fn overload(a: OverloadArgs) -> Result<()> {
             break;
         }
         let due = (offered_rate * (now - start).as_secs_f64()) as u64;
-        let mut burst = 0;
-        while offered < due && burst < 256 {
-            let s = sessions[(offered % sessions.len() as u64) as usize];
+        // Offer what is due, session by session. A session that answers Overloaded refuses
+        // the rest of its share of this round too, as a client backing off would have it.
+        let mut full = vec![false; sessions.len()];
+        while offered < due {
+            let i = (offered % sessions.len() as u64) as usize;
             offered += 1;
-            burst += 1;
+            if full[i] {
+                refused += 1;
+                if full.iter().all(|&f| f) {
+                    refused += due - offered;
+                    offered = due;
+                }
+                continue;
+            }
             let req = rpc.ctx().alloc_msg(32);
-            match rpc.enqueue_request(s, BENCH_REQ, req, next_tag) {
+            match rpc.enqueue_request(sessions[i], BENCH_REQ, req, next_tag) {
                 Ok(()) => {
                     accepted += 1;
                     sent_at.insert(next_tag, now);
                     next_tag += 1;
                 }
-                Err(rpc::RpcError::Overloaded) => refused += 1,
+                Err(rpc::RpcError::Overloaded) => {
+                    refused += 1;
+                    full[i] = true;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
