@@ -401,7 +401,10 @@ impl Ctx {
         };
         match free_slot {
             Some(i) => self.start_request(session, i, pending, now),
-            None => c.backlog.push_back(pending),
+            None => {
+                c.backlog_min_deadline = c.backlog_min_deadline.min(pending.deadline);
+                c.backlog.push_back(pending);
+            }
         }
         Ok(())
     }
@@ -1196,9 +1199,12 @@ impl Ctx {
         let Some(c) = self.client_mut(sid) else {
             return;
         };
-        if c.backlog.iter().any(|p| p.deadline <= now) {
+        // The backlog can be long: look at it only when its earliest deadline may have passed
+        // (the bound is exact after a scan and only too early after removals).
+        if c.backlog_min_deadline <= now {
             let (due, keep): (VecDeque<Pending>, VecDeque<Pending>) =
                 c.backlog.drain(..).partition(|p| p.deadline <= now);
+            c.backlog_min_deadline = keep.iter().map(|p| p.deadline).min().unwrap_or(u64::MAX);
             c.backlog = keep;
             for p in due {
                 expired += 1;
@@ -1413,6 +1419,7 @@ impl Ctx {
             slots,
             active_slots: 0,
             backlog: VecDeque::new(),
+            backlog_min_deadline: u64::MAX,
             sm_seq: seq,
             sm_retry_at: now + self.cfg.sm_retry.as_nanos() as u64,
             sm_deadline: now + self.cfg.connect_timeout.as_nanos() as u64,

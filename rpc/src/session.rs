@@ -135,6 +135,8 @@ pub(crate) struct ClientSession {
     pub slots: Vec<ClientSlot>,
     pub active_slots: usize,
     pub backlog: VecDeque<Pending>,
+    /// No backlogged request has a deadline before this (ns); `u64::MAX` when empty.
+    pub backlog_min_deadline: u64,
     /// SM exchange in progress: request id, next retry, deadline.
     pub sm_seq: u64,
     pub sm_retry_at: u64,
