@@ -564,62 +564,75 @@ fn rss_mb() -> f64 {
         .map_or(0.0, |pages| pages * 4096.0 / (1 << 20) as f64)
 }
 
-fn overload(a: OverloadArgs) -> Result<()> {
-    let json = a.common.json.clone();
-    let json = json.as_deref();
-    let d = a.common.duration()?;
-    if a.sessions == 0 || !(a.factor > 0.0 && a.factor <= 1000.0) {
-        bail!("--sessions must be at least 1 and --factor in (0, 1000]");
-    }
-    let mtu = a.common.mtu;
-    let server = Server::start(mtu, a.common.gro)?;
-    let (mut client, sessions) = Client::connect(&server, mtu, a.common.gro, a.sessions)?;
-    let rpc = &mut client.rpc;
-    // 1. The peak: closed loop, a full window per session.
-    let (done, secs, _) = closed_loop(rpc, &sessions, 8, 32, 32, d / 3)?;
-    let peak = done as f64 / secs.max(1e-9);
-    // 2. Open loop at factor x peak.
-    let offered_rate = peak * a.factor;
-    let rss_start = rss_mb();
-    let mut hist = new_histogram();
+/// Counters of the open-loop phases.
+#[derive(Default)]
+struct OpenLoop {
+    offered: u64,
+    accepted: u64,
+    refused: u64,
+    good: u64,
+    failed: u64,
+    secs: f64,
+    next_tag: u64,
+}
+
+/// Offers `rate` requests/s for `d` (see `overload`), then drains what is still queued.
+fn open_loop(
+    rpc: &mut Rpc<UdpTransport>,
+    sessions: &[SessionId],
+    rate: f64,
+    d: Duration,
+    hist: &mut Histogram<u64>,
+    st: &mut OpenLoop,
+) -> Result<()> {
     let mut sent_at: std::collections::HashMap<u64, Instant> = std::collections::HashMap::new();
-    let (mut offered, mut accepted, mut refused, mut good, mut failed) =
-        (0u64, 0u64, 0u64, 0u64, 0u64);
     let start = Instant::now();
     let end = start + d;
-    let mut next_tag = 0u64;
+    let mut offered = 0u64;
+    let mut good_at_end = None;
     loop {
         let now = Instant::now();
-        if now >= end {
-            break;
+        if now >= end && good_at_end.is_none() {
+            good_at_end = Some(st.good);
+            st.secs += (now - start).as_secs_f64();
         }
-        let due = (offered_rate * (now - start).as_secs_f64()) as u64;
-        // Offer what is due, session by session. A session that answers Overloaded refuses
-        // the rest of its share of this round too, as a client backing off would have it.
-        let mut full = vec![false; sessions.len()];
-        while offered < due {
-            let i = (offered % sessions.len() as u64) as usize;
-            offered += 1;
-            if full[i] {
-                refused += 1;
-                if full.iter().all(|&f| f) {
-                    refused += due - offered;
-                    offered = due;
-                }
-                continue;
+        if good_at_end.is_some() {
+            // Drain: the next phase starts with empty sessions (these completions are not
+            // counted as goodput).
+            if sessions.iter().all(|&s| rpc.ctx().pending_requests(s) == 0) {
+                break;
             }
-            let req = rpc.ctx().alloc_msg(32);
-            match rpc.enqueue_request(sessions[i], BENCH_REQ, req, next_tag) {
-                Ok(()) => {
-                    accepted += 1;
-                    sent_at.insert(next_tag, now);
-                    next_tag += 1;
+        } else {
+            let due = (rate * (now - start).as_secs_f64()) as u64;
+            // Offer what is due, session by session. A session that answers Overloaded
+            // refuses the rest of its share of this round too, as a client backing off would.
+            let mut full = vec![false; sessions.len()];
+            while offered < due {
+                let i = (offered % sessions.len() as u64) as usize;
+                offered += 1;
+                st.offered += 1;
+                if full[i] {
+                    st.refused += 1;
+                    if full.iter().all(|&f| f) {
+                        st.refused += due - offered;
+                        st.offered += due - offered;
+                        offered = due;
+                    }
+                    continue;
                 }
-                Err(rpc::RpcError::Overloaded) => {
-                    refused += 1;
-                    full[i] = true;
+                let req = rpc.ctx().alloc_msg(32);
+                match rpc.enqueue_request(sessions[i], BENCH_REQ, req, st.next_tag) {
+                    Ok(()) => {
+                        st.accepted += 1;
+                        sent_at.insert(st.next_tag, now);
+                        st.next_tag += 1;
+                    }
+                    Err(rpc::RpcError::Overloaded) => {
+                        st.refused += 1;
+                        full[i] = true;
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) => return Err(e.into()),
             }
         }
         rpc.run_once();
@@ -631,14 +644,48 @@ fn overload(a: OverloadArgs) -> Result<()> {
             rpc.ctx().free_msg(c.req);
             match c.result {
                 Ok(m) => {
-                    good += 1;
+                    if good_at_end.is_none() {
+                        st.good += 1;
+                    }
                     rpc.ctx().free_msg(m);
                 }
-                Err(_) => failed += 1,
+                Err(_) => st.failed += 1,
             }
         }
     }
-    let secs = (Instant::now() - start).as_secs_f64();
+    Ok(())
+}
+
+fn overload(a: OverloadArgs) -> Result<()> {
+    let json = a.common.json.clone();
+    let json = json.as_deref();
+    let d = a.common.duration()?;
+    if a.sessions == 0 || !(a.factor > 0.0 && a.factor <= 1000.0) {
+        bail!("--sessions must be at least 1 and --factor in (0, 1000]");
+    }
+    let mtu = a.common.mtu;
+    let server = Server::start(mtu, a.common.gro)?;
+    let (mut client, sessions) = Client::connect(&server, mtu, a.common.gro, a.sessions)?;
+    let rpc = &mut client.rpc;
+    // Alternate closed-loop (peak) and open-loop (factor x peak) phases, 3 rounds, so machine
+    // drift hits both alike.
+    let rounds = 3;
+    let phase = d / (2 * rounds);
+    let rss_start = rss_mb();
+    let mut hist = new_histogram();
+    let mut st = OpenLoop::default();
+    let (mut peak_done, mut peak_secs) = (0u64, 0f64);
+    for _ in 0..rounds {
+        let (done, secs, _) = closed_loop(rpc, &sessions, 8, 32, 32, phase)?;
+        peak_done += done;
+        peak_secs += secs;
+        let peak = peak_done as f64 / peak_secs.max(1e-9);
+        open_loop(rpc, &sessions, peak * a.factor, phase, &mut hist, &mut st)?;
+    }
+    let peak = peak_done as f64 / peak_secs.max(1e-9);
+    let (offered, accepted, refused, good, failed) =
+        (st.offered, st.accepted, st.refused, st.good, st.failed);
+    let secs = st.secs;
     let rss_end = rss_mb();
     drop(client);
     server.finish()?;
