@@ -30,6 +30,32 @@ fn warmup(duration: Duration) -> Duration {
     (duration / 10).min(Duration::from_millis(200))
 }
 
+/// Records one round trip (`None`: lost) after the warm-up; fails after `MAX_LOSSES` losses in
+/// a row.
+fn account(
+    rtt: Option<Duration>,
+    warm: bool,
+    hist: &mut Histogram<u64>,
+    losses: &mut u32,
+    what: &str,
+) -> Result<()> {
+    match rtt {
+        Some(rtt) => {
+            *losses = 0;
+            if warm {
+                record(hist, rtt.as_nanos());
+            }
+        }
+        None => {
+            *losses += 1;
+            if *losses >= MAX_LOSSES {
+                bail!("{MAX_LOSSES} {what} round trips lost in a row");
+            }
+        }
+    }
+    Ok(())
+}
+
 fn record(hist: &mut Histogram<u64>, ns: u128) {
     // Values above the histogram's 10 s range are clamped, not lost.
     hist.saturating_record(ns.min(u64::MAX as u128) as u64);
@@ -163,20 +189,7 @@ pub fn raw_ping_pong(
             }
         };
         let now = Instant::now();
-        match rtt {
-            Some(rtt) => {
-                losses = 0;
-                if now >= warm_end {
-                    record(&mut hist, rtt.as_nanos());
-                }
-            }
-            None => {
-                losses += 1;
-                if losses >= MAX_LOSSES {
-                    bail!("{MAX_LOSSES} ping-pong round trips lost in a row");
-                }
-            }
-        }
+        account(rtt, now >= warm_end, &mut hist, &mut losses, "ping-pong")?;
         if now >= end {
             break;
         }
@@ -275,20 +288,13 @@ pub fn transport_ping_pong(
             }
         };
         let now = Instant::now();
-        match rtt {
-            Some(rtt) => {
-                losses = 0;
-                if now >= warm_end {
-                    record(&mut hist, rtt.as_nanos());
-                }
-            }
-            None => {
-                losses += 1;
-                if losses >= MAX_LOSSES {
-                    bail!("{MAX_LOSSES} transport ping-pong round trips lost in a row");
-                }
-            }
-        }
+        account(
+            rtt,
+            now >= warm_end,
+            &mut hist,
+            &mut losses,
+            "transport ping-pong",
+        )?;
         if now >= end {
             break;
         }
