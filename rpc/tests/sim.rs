@@ -20,6 +20,22 @@ const EMPTY: u8 = 2;
 const MTU: usize = 1024;
 const RING: usize = 4096;
 
+/// Rpc 0 of `nexus` on a new endpoint of `fabric`, with deterministic tokens from `seed`, on the
+/// fabric's virtual clock when it has one.
+fn sim_rpc<S: 'static>(
+    nexus: &Nexus<S>,
+    fabric: &SimFabric,
+    ring: usize,
+    state: S,
+    cfg: RpcConfig,
+) -> Rpc<SimTransport, S> {
+    let mut rpc = Rpc::new(nexus, 0, fabric.transport(MTU, ring), state, cfg).unwrap();
+    if let Some(clock) = fabric.virtual_clock() {
+        rpc.use_virtual_clock(clock);
+    }
+    rpc
+}
+
 /// Per-thread state of the test servers: how often the handler ran for each request id.
 #[derive(Default)]
 struct Server {
@@ -64,18 +80,8 @@ fn net(seed: u64, server_cfg: RpcConfig, client_cfg: RpcConfig) -> Net {
     let hub = LocalHub::new();
     let sn = server_nexus(&hub, "server");
     let cn: Nexus<()> = Nexus::new_local(&hub, "client", 0).unwrap();
-    let mut server = Rpc::new(
-        &sn,
-        0,
-        fabric.transport(MTU, RING),
-        Server::default(),
-        server_cfg,
-    )
-    .unwrap();
-    let mut client = Rpc::new(&cn, 0, fabric.transport(MTU, RING), (), client_cfg).unwrap();
-    let clock = fabric.virtual_clock().unwrap();
-    server.use_virtual_clock(clock.clone());
-    client.use_virtual_clock(clock);
+    let server = sim_rpc(&sn, &fabric, RING, Server::default(), server_cfg);
+    let client = sim_rpc(&cn, &fabric, RING, (), client_cfg);
     Net {
         fabric,
         _hub: hub,
@@ -330,25 +336,8 @@ fn continuation_issues_requests_beyond_the_window() {
     let hub = LocalHub::new();
     let sn = server_nexus(&hub, "server");
     let cn: Nexus<Client> = Nexus::new_local(&hub, "client", 0).unwrap();
-    let clock = fabric.virtual_clock().unwrap();
-    let mut server = Rpc::new(
-        &sn,
-        0,
-        fabric.transport(MTU, RING),
-        Server::default(),
-        sim_config(1),
-    )
-    .unwrap();
-    let mut client = Rpc::new(
-        &cn,
-        0,
-        fabric.transport(MTU, RING),
-        Client::default(),
-        sim_config(2),
-    )
-    .unwrap();
-    server.use_virtual_clock(clock.clone());
-    client.use_virtual_clock(clock);
+    let mut server = sim_rpc(&sn, &fabric, RING, Server::default(), sim_config(1));
+    let mut client = sim_rpc(&cn, &fabric, RING, Client::default(), sim_config(2));
     const TOTAL: u64 = 300;
     client.set_continuation(|st: &mut Client, ctx, c| {
         assert!(check(c.result.unwrap().as_slice(), !c.tag));
@@ -403,27 +392,9 @@ fn nested_rpc_from_a_handler() {
     })
     .unwrap();
     let cn: Nexus<()> = Nexus::new_local(&hub, "client", 0).unwrap();
-    let clock = fabric.virtual_clock().unwrap();
-    let mut backend = Rpc::new(
-        &bn,
-        0,
-        fabric.transport(MTU, RING),
-        Server::default(),
-        sim_config(1),
-    )
-    .unwrap();
-    let mut middle = Rpc::new(
-        &mn,
-        0,
-        fabric.transport(MTU, RING),
-        Middle::default(),
-        sim_config(2),
-    )
-    .unwrap();
-    let mut client = Rpc::new(&cn, 0, fabric.transport(MTU, RING), (), sim_config(3)).unwrap();
-    for r in [&mut backend as &mut dyn Clocked, &mut middle, &mut client] {
-        r.set_clock(clock.clone());
-    }
+    let mut backend = sim_rpc(&bn, &fabric, RING, Server::default(), sim_config(1));
+    let mut middle = sim_rpc(&mn, &fabric, RING, Middle::default(), sim_config(2));
+    let mut client = sim_rpc(&cn, &fabric, RING, (), sim_config(3));
     middle.set_continuation(|st: &mut Middle, ctx, c| {
         let h = st.waiting.remove(&c.tag).unwrap();
         let resp = c.result.unwrap();
@@ -451,15 +422,6 @@ fn nested_rpc_from_a_handler() {
     assert_eq!(backend.state().runs.len(), 20);
 }
 
-trait Clocked {
-    fn set_clock(&mut self, c: transports::sim::VirtualClock);
-}
-impl<S: 'static> Clocked for Rpc<SimTransport, S> {
-    fn set_clock(&mut self, c: transports::sim::VirtualClock) {
-        self.use_virtual_clock(c);
-    }
-}
-
 #[test]
 fn background_handlers_run_on_nexus_threads() {
     let fabric = SimFabric::new_realtime(9);
@@ -475,8 +437,8 @@ fn background_handlers_run_on_nexus_threads() {
     })
     .unwrap();
     let cn: Nexus<()> = Nexus::new_local(&hub, "client", 0).unwrap();
-    let mut server = Rpc::new(&sn, 0, fabric.transport(MTU, RING), (), sim_config(1)).unwrap();
-    let mut client = Rpc::new(&cn, 0, fabric.transport(MTU, RING), (), sim_config(2)).unwrap();
+    let mut server = sim_rpc(&sn, &fabric, RING, (), sim_config(1));
+    let mut client = sim_rpc(&cn, &fabric, RING, (), sim_config(2));
     let s = client.create_session("local:server", 0).unwrap();
     for i in 0..16u64 {
         let data: Vec<u8> = (0..3000).map(|j| (j as u64 * i) as u8).collect();
@@ -597,9 +559,9 @@ fn connect_error_matrix() {
         max_sessions: 3,
         ..sim_config(1)
     };
-    let mut server = Rpc::new(&sn, 0, fabric.transport(MTU, RING), Server::default(), cfg).unwrap();
+    let mut server = sim_rpc(&sn, &fabric, RING, Server::default(), cfg);
     let cn: Nexus<()> = Nexus::new_local(&hub, "client", 0).unwrap();
-    let mut client = Rpc::new(&cn, 0, fabric.transport(MTU, RING), (), sim_config(2)).unwrap();
+    let mut client = sim_rpc(&cn, &fabric, RING, (), sim_config(2));
 
     // No such remote Rpc.
     assert_eq!(
@@ -625,14 +587,7 @@ fn connect_error_matrix() {
     let xn: Nexus<()> = Nexus::new_local(&hub, "odd", 0).unwrap();
     let mut tcp = Rpc::new(&xn, 0, FakeTransport(TransportKind::Tcp), (), sim_config(3)).unwrap();
     let sn2 = server_nexus(&hub, "server2");
-    let mut server2 = Rpc::new(
-        &sn2,
-        0,
-        fabric.transport(MTU, RING),
-        Server::default(),
-        sim_config(4),
-    )
-    .unwrap();
+    let mut server2 = sim_rpc(&sn2, &fabric, RING, Server::default(), sim_config(4));
     assert_eq!(
         try_connect(&mut server2, &mut tcp, "local:server2", 0),
         Err(ConnectFailure::TransportMismatch)
@@ -646,14 +601,7 @@ fn connect_error_matrix() {
 
     // Ring exhausted: a 64-entry ring admits two 32-credit sessions.
     let sn3 = server_nexus(&hub, "server3");
-    let mut small = Rpc::new(
-        &sn3,
-        0,
-        fabric.transport(MTU, 64),
-        Server::default(),
-        sim_config(6),
-    )
-    .unwrap();
+    let mut small = sim_rpc(&sn3, &fabric, 64, Server::default(), sim_config(6));
     for _ in 0..2 {
         try_connect(&mut small, &mut client, "local:server3", 0).unwrap();
     }
@@ -664,7 +612,7 @@ fn connect_error_matrix() {
 
     // The client's own ring and session limits are checked locally.
     let ln: Nexus<()> = Nexus::new_local(&hub, "tiny", 0).unwrap();
-    let mut tiny = Rpc::new(&ln, 0, fabric.transport(MTU, 32), (), sim_config(7)).unwrap();
+    let mut tiny = sim_rpc(&ln, &fabric, 32, (), sim_config(7));
     try_connect(&mut server2, &mut tiny, "local:server2", 0).unwrap();
     assert!(matches!(
         tiny.create_session("local:server2", 0),
@@ -673,21 +621,14 @@ fn connect_error_matrix() {
 
     // Timeout: the remote Rpc exists but never runs its event loop.
     let dn = server_nexus(&hub, "dead");
-    let _dead = Rpc::new(
-        &dn,
-        0,
-        fabric.transport(MTU, RING),
-        Server::default(),
-        sim_config(8),
-    )
-    .unwrap();
+    let _dead = sim_rpc(&dn, &fabric, RING, Server::default(), sim_config(8));
     let tn: Nexus<()> = Nexus::new_local(&hub, "impatient", 0).unwrap();
     let cfg = RpcConfig {
         connect_timeout: Duration::from_millis(150),
         sm_retry: Duration::from_millis(20),
         ..sim_config(9)
     };
-    let mut impatient = Rpc::new(&tn, 0, fabric.transport(MTU, RING), (), cfg).unwrap();
+    let mut impatient = sim_rpc(&tn, &fabric, RING, (), cfg);
     assert_eq!(
         try_connect(&mut server, &mut impatient, "local:dead", 0),
         Err(ConnectFailure::Timeout)
@@ -703,16 +644,9 @@ fn requests_on_a_failed_session_complete_with_errors() {
     let fabric = SimFabric::new_realtime(12);
     let hub = LocalHub::new();
     let sn = server_nexus(&hub, "server");
-    let mut server = Rpc::new(
-        &sn,
-        0,
-        fabric.transport(MTU, RING),
-        Server::default(),
-        sim_config(1),
-    )
-    .unwrap();
+    let mut server = sim_rpc(&sn, &fabric, RING, Server::default(), sim_config(1));
     let cn: Nexus<()> = Nexus::new_local(&hub, "client", 0).unwrap();
-    let mut client = Rpc::new(&cn, 0, fabric.transport(MTU, RING), (), sim_config(2)).unwrap();
+    let mut client = sim_rpc(&cn, &fabric, RING, (), sim_config(2));
     let s = client.create_session("local:server", 42).unwrap();
     for i in 0..3 {
         client
@@ -1036,11 +970,8 @@ fn a_panicking_handler_fails_its_request_only() {
     })
     .unwrap();
     let cn: Nexus<()> = Nexus::new_local(&hub, "client", 0).unwrap();
-    let clock = fabric.virtual_clock().unwrap();
-    let mut server = Rpc::new(&sn, 0, fabric.transport(MTU, RING), (), sim_config(1)).unwrap();
-    let mut client = Rpc::new(&cn, 0, fabric.transport(MTU, RING), (), sim_config(2)).unwrap();
-    server.use_virtual_clock(clock.clone());
-    client.use_virtual_clock(clock);
+    let mut server = sim_rpc(&sn, &fabric, RING, (), sim_config(1));
+    let mut client = sim_rpc(&cn, &fabric, RING, (), sim_config(2));
     let s = client.create_session("local:server", 0).unwrap();
     for (i, m) in [&b"ok"[..], b"boom", b"fine"].iter().enumerate() {
         client
