@@ -46,10 +46,10 @@ pub struct Common {
     /// Maximum UDP packet size (RPC header + payload).
     #[arg(long, default_value_t = 1472)]
     mtu: usize,
-    /// Receive with UDP GRO (coalesced datagrams: fewer trips through the stack, a little
-    /// more latency per receive).
+    /// Receive without UDP GRO (on by default: coalesced datagrams make receiving a burst
+    /// cheap; off shows the per-datagram cost of the kernel stack).
     #[arg(long)]
-    gro: bool,
+    no_gro: bool,
 }
 
 impl Common {
@@ -98,6 +98,12 @@ pub struct OverloadArgs {
     /// Offered load as a multiple of the peak measured first (closed loop, window 8).
     #[arg(long, default_value_t = 10.0)]
     factor: f64,
+    /// Service time of the server's handler in nanoseconds (it spins that long per request
+    /// before answering). 0 measures the rpc layer alone, where the client's thread does as
+    /// much work per request as the server's and the load generator itself limits the open
+    /// loop; a few µs makes the server the bottleneck, the situation overload control is for.
+    #[arg(long, default_value_t = 0)]
+    work_ns: u64,
 }
 
 #[derive(clap::Args)]
@@ -130,8 +136,19 @@ struct Server {
 
 impl Server {
     fn start(mtu: usize, gro: bool) -> Result<Self> {
+        Self::start_with_work(mtu, gro, Duration::ZERO)
+    }
+
+    /// A server whose handler spins `work` per request before answering.
+    fn start_with_work(mtu: usize, gro: bool, work: Duration) -> Result<Self> {
         let nexus: Nexus = Nexus::new("127.0.0.1:0", 0)?;
-        nexus.register(BENCH_REQ, |_, ctx, req| {
+        nexus.register(BENCH_REQ, move |_, ctx, req| {
+            if !work.is_zero() {
+                let t = Instant::now();
+                while t.elapsed() < work {
+                    std::hint::spin_loop();
+                }
+            }
             let size = match req.data.get(..4) {
                 Some(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize,
                 None => req.data.len(),
@@ -266,8 +283,8 @@ fn latency(a: LatencyArgs) -> Result<()> {
     }
     let rounds = a.rounds.max(1);
     let slice = total / (3 * rounds);
-    let server = Server::start(mtu, a.common.gro)?;
-    let (mut client, sessions) = Client::connect(&server, mtu, a.common.gro, 1)?;
+    let server = Server::start(mtu, !a.common.no_gro)?;
+    let (mut client, sessions) = Client::connect(&server, mtu, !a.common.no_gro, 1)?;
     let session = sessions[0];
     let mut h_rpc = new_histogram();
     let mut h_raw = new_histogram();
@@ -458,8 +475,8 @@ fn tput(a: TputArgs) -> Result<()> {
     if a.sessions == 0 || a.window == 0 {
         bail!("--sessions and --window must be at least 1");
     }
-    let server = Server::start(mtu, a.common.gro)?;
-    let (mut client, sessions) = Client::connect(&server, mtu, a.common.gro, a.sessions)?;
+    let server = Server::start(mtu, !a.common.no_gro)?;
+    let (mut client, sessions) = Client::connect(&server, mtu, !a.common.no_gro, a.sessions)?;
     let (done, secs, hist) = closed_loop(&mut client.rpc, &sessions, a.window, a.size, a.size, d)?;
     let cstats = client.rpc.stats();
     drop(client);
@@ -509,8 +526,8 @@ fn bw(a: BwArgs) -> Result<()> {
     if a.size > 8 << 20 || a.window == 0 {
         bail!("--size must be at most 8 MiB and --window at least 1");
     }
-    let server = Server::start(mtu, a.common.gro)?;
-    let (mut client, sessions) = Client::connect(&server, mtu, a.common.gro, 1)?;
+    let server = Server::start(mtu, !a.common.no_gro)?;
+    let (mut client, sessions) = Client::connect(&server, mtu, !a.common.no_gro, 1)?;
     let (done, secs, hist) = closed_loop(&mut client.rpc, &sessions, a.window, a.size, 32, d)?;
     let cstats = client.rpc.stats();
     drop(client);
@@ -550,6 +567,15 @@ struct OverloadReport {
     rss_mb_start: f64,
     rss_mb_end: f64,
     latency: Latency,
+    work_ns: u64,
+    /// Each round's closed-loop rate and open-loop goodput.
+    phases: Vec<Phase>,
+}
+
+#[derive(Serialize)]
+struct Phase {
+    closed_mrps: f64,
+    open_goodput_mrps: f64,
 }
 
 /// Resident set size of this process in MiB (Linux), 0 if unknown.
@@ -573,7 +599,6 @@ struct OpenLoop {
     good: u64,
     failed: u64,
     secs: f64,
-    next_tag: u64,
 }
 
 /// Offers `rate` requests/s for `d` (see `overload`), then drains what is still queued.
@@ -585,11 +610,12 @@ fn open_loop(
     hist: &mut Histogram<u64>,
     st: &mut OpenLoop,
 ) -> Result<()> {
-    let mut sent_at: std::collections::HashMap<u64, Instant> = std::collections::HashMap::new();
+    // A request's tag is its send time (ns since `start`): no per-request bookkeeping.
     let start = Instant::now();
     let end = start + d;
     let mut offered = 0u64;
     let mut good_at_end = None;
+    let mut full: Vec<bool> = Vec::with_capacity(sessions.len());
     loop {
         let now = Instant::now();
         if now >= end && good_at_end.is_none() {
@@ -606,7 +632,8 @@ fn open_loop(
             let due = (rate * (now - start).as_secs_f64()) as u64;
             // Offer what is due, session by session. A session that answers Overloaded
             // refuses the rest of its share of this round too, as a client backing off would.
-            let mut full = vec![false; sessions.len()];
+            full.clear();
+            full.resize(sessions.len(), false);
             while offered < due {
                 let i = (offered % sessions.len() as u64) as usize;
                 offered += 1;
@@ -620,13 +647,14 @@ fn open_loop(
                     }
                     continue;
                 }
-                let req = rpc.ctx().alloc_msg(32);
-                match rpc.enqueue_request(sessions[i], BENCH_REQ, req, st.next_tag) {
-                    Ok(()) => {
-                        st.accepted += 1;
-                        sent_at.insert(st.next_tag, now);
-                        st.next_tag += 1;
-                    }
+                // The same request and response as the closed loop's: 32 B each.
+                let mut req = rpc.ctx().alloc_msg(32);
+                if let Some(h) = req.as_mut_slice().get_mut(..4) {
+                    h.copy_from_slice(&32u32.to_le_bytes());
+                }
+                let tag = (now - start).as_nanos() as u64;
+                match rpc.enqueue_request(sessions[i], BENCH_REQ, req, tag) {
+                    Ok(()) => st.accepted += 1,
                     Err(rpc::RpcError::Overloaded) => {
                         st.refused += 1;
                         full[i] = true;
@@ -638,9 +666,8 @@ fn open_loop(
         rpc.run_once();
         let now = Instant::now();
         while let Some(c) = rpc.poll_completion() {
-            if let Some(t) = sent_at.remove(&c.tag) {
-                hist.saturating_record((now - t).as_nanos() as u64);
-            }
+            let age = (now - start).as_nanos() as u64;
+            hist.saturating_record(age.saturating_sub(c.tag));
             rpc.ctx().free_msg(c.req);
             match c.result {
                 Ok(m) => {
@@ -664,8 +691,8 @@ fn overload(a: OverloadArgs) -> Result<()> {
         bail!("--sessions must be at least 1 and --factor in (0, 1000]");
     }
     let mtu = a.common.mtu;
-    let server = Server::start(mtu, a.common.gro)?;
-    let (mut client, sessions) = Client::connect(&server, mtu, a.common.gro, a.sessions)?;
+    let server = Server::start_with_work(mtu, !a.common.no_gro, Duration::from_nanos(a.work_ns))?;
+    let (mut client, sessions) = Client::connect(&server, mtu, !a.common.no_gro, a.sessions)?;
     let rpc = &mut client.rpc;
     // Alternate closed-loop (peak) and open-loop (factor x peak) phases, 3 rounds, so machine
     // drift hits both alike.
@@ -675,12 +702,18 @@ fn overload(a: OverloadArgs) -> Result<()> {
     let mut hist = new_histogram();
     let mut st = OpenLoop::default();
     let (mut peak_done, mut peak_secs) = (0u64, 0f64);
+    let mut phases = Vec::new();
     for _ in 0..rounds {
         let (done, secs, _) = closed_loop(rpc, &sessions, 8, 32, 32, phase)?;
         peak_done += done;
         peak_secs += secs;
         let peak = peak_done as f64 / peak_secs.max(1e-9);
+        let (good, secs0) = (st.good, st.secs);
         open_loop(rpc, &sessions, peak * a.factor, phase, &mut hist, &mut st)?;
+        phases.push(Phase {
+            closed_mrps: done as f64 / secs.max(1e-9) / 1e6,
+            open_goodput_mrps: (st.good - good) as f64 / (st.secs - secs0).max(1e-9) / 1e6,
+        });
     }
     let peak = peak_done as f64 / peak_secs.max(1e-9);
     let (offered, accepted, refused, good, failed) =
@@ -703,6 +736,8 @@ fn overload(a: OverloadArgs) -> Result<()> {
         rss_mb_start: rss_start,
         rss_mb_end: rss_end,
         latency: Latency::from_ns(&hist),
+        work_ns: a.work_ns,
+        phases,
     };
     say!(
         json,

@@ -119,6 +119,53 @@ fn batch_of_100_mixed_sizes() {
     }
 }
 
+/// Sessions own routes of their own; a burst that interleaves two routes to one peer still
+/// goes out as GSO runs (and in order), while a route to another peer breaks the run.
+#[test]
+fn gso_coalesces_across_routes_to_one_peer() {
+    let mut a = transport(cfg());
+    let mut b = transport(cfg());
+    let mut c = transport(cfg());
+    let r1 = connect(&mut a, &b);
+    let r2 = connect(&mut a, &b);
+    let rc = connect(&mut a, &c);
+    assert_ne!(r1, r2);
+    let bodies: Vec<Vec<u8>> = (0..40).map(|i| payload(i, 64)).collect();
+    // 0..20 alternate r1/r2 (to b), 20 goes to c, 21..40 alternate again.
+    let route = |i: usize| {
+        if i == 20 {
+            rc
+        } else if i.is_multiple_of(2) {
+            r1
+        } else {
+            r2
+        }
+    };
+    let pkts: Vec<TxPkt<'_>> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, b)| TxPkt {
+            route: route(i),
+            hdr: &b[..32],
+            data: &b[32..],
+        })
+        .collect();
+    assert_eq!(a.tx_burst(&pkts).unwrap(), 40);
+    let to_b: Vec<Vec<u8>> = bodies
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != 20)
+        .map(|(_, b)| b.clone())
+        .collect();
+    assert_eq!(drain(&mut b, 39), to_b);
+    assert_eq!(drain(&mut c, 1), vec![bodies[20].clone()]);
+    if a.gso_enabled() {
+        let u = a.udp_stats();
+        // Two runs to b (20 + 19 packets) and a lone packet to c.
+        assert_eq!((u.gso_datagrams, u.gso_segments), (2, 39), "{u:?}");
+    }
+}
+
 /// 64 equal segments plus a shorter last one, to receivers with and without GRO.
 #[test]
 fn gso_super_datagram_arrives_as_separate_packets() {
