@@ -7,7 +7,7 @@
 #![no_main]
 
 use kv_service::protocol::{
-    encode_response, parse_response, parse_scan_items, ServerInfo, ThreadStats, HDR_LEN,
+    encode_response, parse_batch_responses, parse_response, parse_scan_items, ServerInfo, ThreadStats, HDR_LEN,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -27,4 +27,5 @@ fuzz_target!(|data: &[u8]| {
     let _ = parse_scan_items(r.body, r.count);
     let _ = ServerInfo::parse(r.body);
     let _ = ThreadStats::parse(r.body);
+    let _ = parse_batch_responses(r.body, r.count);
 });

@@ -44,6 +44,13 @@ pub struct ClientConfig {
     /// Spin while waiting (lowest latency) instead of sleeping in the socket's wait.
     /// Default `true`.
     pub busy_poll: bool,
+    /// Pipelined API: most requests [`Client::submit`] coalesces into one BATCH message per
+    /// server thread (capped by what the server advertises). Submitted requests wait in a
+    /// per-thread buffer until it is full or the next [`Client::poll`] / [`Client::wait`] /
+    /// [`Client::flush`], so one message, one response and one trip through both kernels carry
+    /// many requests, as Redis pipelining does. A buffer holding a single request goes out as
+    /// a plain request. `0` or `1` sends every request on its own. Default 32.
+    pub batch: usize,
 }
 
 impl Default for ClientConfig {
@@ -52,6 +59,7 @@ impl Default for ClientConfig {
             timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
             busy_poll: true,
+            batch: 32,
         }
     }
 }
@@ -157,13 +165,27 @@ enum Decoded {
     Scan(Vec<Item>, bool),
     Info(ServerInfo),
     Stats(ThreadStats),
+    /// Each entry's outcome, in order.
+    Batch(Vec<Result<Reply, Error>>),
 }
 
-#[derive(Clone, Copy)]
 enum Owner {
     User(u64),
     Sync,
+    /// A BATCH message: the user tag and operation of each entry, in order.
+    Batch(Vec<(u64, u8)>),
 }
+
+/// Requests submitted for one server thread and not sent yet (a BATCH message in the
+/// making: header first, then each request's encoding).
+#[derive(Default)]
+struct Pending {
+    msg: Vec<u8>,
+    tags: Vec<(u64, u8)>,
+}
+
+/// A BATCH message is sent once its encoding reaches this size, whatever its count.
+const BATCH_BYTES: usize = 64 << 10;
 
 struct InFlight {
     owner: Owner,
@@ -186,6 +208,12 @@ pub struct Client {
     sync_done: HashMap<u64, Result<Decoded, Error>>,
     next_expiry_check: Instant,
     buf: Vec<u8>,
+    /// Effective batch size (1: no batching).
+    batch: usize,
+    /// Per server thread: submitted requests not sent yet.
+    pending: Vec<Pending>,
+    /// Tag vectors of finished batches, reused.
+    spare_tags: Vec<Vec<(u64, u8)>>,
     _nexus: Nexus,
 }
 
@@ -231,6 +259,7 @@ impl Client {
                 max_key: MAX_KEY_LEN as u32,
                 max_value: MAX_VALUE_LEN as u32,
                 max_scan: protocol::MAX_SCAN_ITEMS,
+                max_batch: 0,
             },
             router: KeyRouter::new(1),
             cfg,
@@ -242,6 +271,9 @@ impl Client {
             sync_done: HashMap::new(),
             next_expiry_check: Instant::now(),
             buf: Vec::new(),
+            batch: 1,
+            pending: Vec::new(),
+            spare_tags: Vec::new(),
             _nexus: nexus,
         };
         let tag = client.send(0, &Request::Info, Owner::Sync)?;
@@ -263,6 +295,12 @@ impl Client {
         }
         client.info = info;
         client.router = KeyRouter::new(info.threads as usize);
+        client.batch = client
+            .cfg
+            .batch
+            .min(info.max_batch.min(protocol::MAX_BATCH) as usize)
+            .max(1);
+        client.pending = (0..info.threads).map(|_| Pending::default()).collect();
         for t in 1..info.threads {
             let s = client.rpc.create_session(&uri, t as u8)?;
             client.sessions.push(s);
@@ -401,20 +439,47 @@ impl Client {
         Ok(out)
     }
 
-    /// Pipelined API: sends `cmd` without waiting; its outcome comes out of
+    /// Pipelined API: issues `cmd` without waiting; its outcome comes out of
     /// [`Client::poll`] or [`Client::wait`] with `tag`. Errors here (key or value too large,
-    /// local queue full) mean the request was not sent. Requests in flight at the same time
-    /// may execute in any order: do not pipeline two writes of one key if their order
-    /// matters.
+    /// local queue full) mean the request was not issued. With batching
+    /// ([`ClientConfig::batch`]) the request may wait in a buffer until the next
+    /// `poll` / `wait` / [`Client::flush`]; if sending it then fails, the failure is its
+    /// outcome. Requests in flight at the same time may execute in any order: do not
+    /// pipeline two writes of one key if their order matters.
     pub fn submit(&mut self, cmd: Command, tag: u64) -> Result<(), Error> {
         let req = match &cmd {
             Command::Get { key } => Request::Get { key },
             Command::Put { key, value } => Request::Put { key, value },
             Command::Delete { key } => Request::Delete { key },
         };
-        self.send_routed(&req, Owner::User(tag))?;
+        if self.batch <= 1 {
+            self.send_routed(&req, Owner::User(tag))?;
+            self.user_inflight += 1;
+            return Ok(());
+        }
+        let t = self.check_and_route(&req)?;
+        let batch = self.batch;
+        let Some(p) = self.pending.get_mut(t) else {
+            return Err(Error::Incompatible(format!("no session to thread {t}")));
+        };
+        if p.tags.is_empty() {
+            protocol::begin_batch(&mut p.msg);
+        }
+        protocol::append_request(&req, &mut p.msg);
+        p.tags.push((tag, req.op()));
         self.user_inflight += 1;
+        if p.tags.len() >= batch || p.msg.len() >= BATCH_BYTES {
+            self.flush_thread(t);
+        }
         Ok(())
+    }
+
+    /// Pipelined API: sends every submitted request still waiting in a batch buffer (`poll`
+    /// and `wait` do this themselves).
+    pub fn flush(&mut self) {
+        for t in 0..self.pending.len() {
+            self.flush_thread(t);
+        }
     }
 
     /// Pipelined requests submitted and not yet returned by `poll` / `wait`.
@@ -455,7 +520,8 @@ impl Client {
         }
     }
 
-    fn send_routed(&mut self, req: &Request<'_>, owner: Owner) -> Result<u64, Error> {
+    /// Checks the key and value sizes; returns the server thread that owns the key.
+    fn check_and_route(&self, req: &Request<'_>) -> Result<usize, Error> {
         let key = req.key().unwrap_or(&[]);
         check_key(key)?;
         if let Request::Put { value, .. } = req {
@@ -466,26 +532,73 @@ impl Client {
                 });
             }
         }
-        let t = self.router.worker_for(key);
+        Ok(self.router.worker_for(key))
+    }
+
+    fn send_routed(&mut self, req: &Request<'_>, owner: Owner) -> Result<u64, Error> {
+        let t = self.check_and_route(req)?;
         self.send(t, req, owner)
     }
 
     fn send(&mut self, thread: usize, req: &Request<'_>, owner: Owner) -> Result<u64, Error> {
-        let session = *self
-            .sessions
-            .get(thread)
-            .ok_or_else(|| Error::Incompatible(format!("no session to thread {thread}")))?;
         protocol::encode_request(req, &mut self.buf);
+        let msg = std::mem::take(&mut self.buf);
+        let r = self.send_msg(thread, req.op(), &msg, owner);
+        self.buf = msg;
+        r
+    }
+
+    /// Sends the batch buffer of `thread`: a BATCH message, or a plain request if it holds
+    /// one. If that fails, every request in it completes with the error.
+    fn flush_thread(&mut self, thread: usize) {
+        let Some(p) = self.pending.get_mut(thread) else {
+            return;
+        };
+        if p.tags.is_empty() {
+            return;
+        }
+        let spare = self.spare_tags.pop().unwrap_or_default();
+        let tags = std::mem::replace(&mut p.tags, spare);
+        let mut msg = std::mem::take(&mut p.msg);
+        if let [(tag, op)] = tags.as_slice() {
+            let (tag, op) = (*tag, *op);
+            self.recycle(tags);
+            let one = msg.get(protocol::HDR_LEN..).unwrap_or(&[]);
+            if let Err(e) = self.send_msg(thread, op, one, Owner::User(tag)) {
+                self.finish(0, Owner::User(tag), Err(e));
+            }
+        } else {
+            protocol::finish_batch(&mut msg, tags.len() as u32);
+            // On failure, send_msg completes the entries itself.
+            let _ = self.send_msg(thread, op::BATCH, &msg, Owner::Batch(tags));
+        }
+        if let Some(p) = self.pending.get_mut(thread) {
+            p.msg = msg;
+        }
+    }
+
+    /// Enqueues the encoded request `msg` of rpc type `op` to `thread`; returns its rpc tag.
+    /// If it cannot be sent, a BATCH owner's entries complete with the error here.
+    fn send_msg(&mut self, thread: usize, op: u8, msg: &[u8], owner: Owner) -> Result<u64, Error> {
+        let session = match self.sessions.get(thread) {
+            Some(s) => *s,
+            None => {
+                let e = Error::Incompatible(format!("no session to thread {thread}"));
+                return Err(self.fail_owner(owner, e));
+            }
+        };
         let ctx = self.rpc.ctx();
-        let m = ctx.msg_from(&self.buf);
+        let m = ctx.msg_from(msg);
         let tag = self.next_tag;
         self.next_tag += 1;
-        self.rpc.enqueue_request(session, req.op(), m, tag)?;
+        if let Err(e) = self.rpc.enqueue_request(session, op, m, tag) {
+            return Err(self.fail_owner(owner, Error::Rpc(e)));
+        }
         self.inflight.insert(
             tag,
             InFlight {
                 owner,
-                op: req.op(),
+                op,
                 deadline: Instant::now() + self.cfg.timeout,
             },
         );
@@ -507,6 +620,7 @@ impl Client {
     /// Runs the event loop (once, or up to `max` when not busy-polling), routes
     /// completions and expires overdue requests.
     fn pump(&mut self, max: Duration) {
+        self.flush();
         let mut got: Vec<Completion> = Vec::new();
         if self.cfg.busy_poll || max.is_zero() {
             self.rpc.run_once();
@@ -556,7 +670,10 @@ impl Client {
         };
         let result = match c.result {
             Ok(m) => {
-                let r = decode(f.op, &m);
+                let r = match &f.owner {
+                    Owner::Batch(tags) => decode_batch(tags, &m),
+                    _ => decode(f.op, &m),
+                };
                 self.rpc.ctx().free_msg(m);
                 r
             }
@@ -565,8 +682,48 @@ impl Client {
         self.finish(c.tag, f.owner, result);
     }
 
+    /// A request that could not be sent: a BATCH's entries complete with (a copy of) `e`
+    /// now; `e` is returned for the caller of a single request.
+    fn fail_owner(&mut self, owner: Owner, e: Error) -> Error {
+        if let Owner::Batch(tags) = owner {
+            for &(tag, _) in &tags {
+                self.finish(0, Owner::User(tag), Err(share(&e)));
+            }
+            self.recycle(tags);
+        }
+        e
+    }
+
+    fn recycle(&mut self, mut tags: Vec<(u64, u8)>) {
+        if self.spare_tags.len() < 64 {
+            tags.clear();
+            self.spare_tags.push(tags);
+        }
+    }
+
     fn finish(&mut self, tag: u64, owner: Owner, result: Result<Decoded, Error>) {
         match owner {
+            Owner::Batch(tags) => {
+                match result {
+                    Ok(Decoded::Batch(mut replies)) if replies.len() == tags.len() => {
+                        for (&(user, _), r) in tags.iter().zip(replies.drain(..)) {
+                            self.finish(0, Owner::User(user), r.map(Decoded::Reply));
+                        }
+                    }
+                    Ok(_) => {
+                        let e = Error::Incompatible("BATCH answer of the wrong shape".into());
+                        for &(user, _) in &tags {
+                            self.finish(0, Owner::User(user), Err(share(&e)));
+                        }
+                    }
+                    Err(e) => {
+                        for &(user, _) in &tags {
+                            self.finish(0, Owner::User(user), Err(share(&e)));
+                        }
+                    }
+                }
+                self.recycle(tags);
+            }
             Owner::Sync => {
                 self.sync_done.insert(tag, result);
             }
@@ -620,6 +777,11 @@ fn successor(key: &[u8]) -> Option<Vec<u8>> {
 /// Decodes the response `m` to a request of type `op`.
 fn decode(op: u8, m: &MsgBuf) -> Result<Decoded, Error> {
     let r = protocol::parse_response(m.as_slice())?;
+    decode_parsed(op, &r)
+}
+
+/// Decodes a parsed response to a request of type `op`.
+fn decode_parsed(op: u8, r: &protocol::Response<'_>) -> Result<Decoded, Error> {
     match r.status {
         Status::Ok => {}
         Status::NotFound if op == op::GET || op == op::DELETE => {
@@ -656,6 +818,77 @@ fn decode(op: u8, m: &MsgBuf) -> Result<Decoded, Error> {
         op::STATS => Decoded::Stats(ThreadStats::parse(r.body)?),
         _ => return Err(Error::Incompatible(format!("unknown request type {op}"))),
     })
+}
+
+/// Decodes the response to a BATCH whose entries had the operations in `tags`.
+fn decode_batch(tags: &[(u64, u8)], m: &MsgBuf) -> Result<Decoded, Error> {
+    let r = protocol::parse_response(m.as_slice())?;
+    if r.status != Status::Ok {
+        return Err(Error::Server {
+            status: r.status,
+            message: r.message(),
+        });
+    }
+    if r.count as usize != tags.len() {
+        return Err(Error::Incompatible(format!(
+            "BATCH of {} answered with {} entries",
+            tags.len(),
+            r.count
+        )));
+    }
+    let parts = protocol::parse_batch_responses(r.body, r.count)?;
+    let replies = tags
+        .iter()
+        .zip(parts)
+        .map(|(&(_, op), part)| {
+            decode_parsed(op, &part).and_then(|d| match d {
+                Decoded::Reply(r) => Ok(r),
+                _ => Err(Error::Incompatible("unexpected BATCH entry".into())),
+            })
+        })
+        .collect();
+    Ok(Decoded::Batch(replies))
+}
+
+/// A copy of `e` for each request of a batch that failed as a whole (rpc errors that hold
+/// OS errors are copied as their message).
+fn share(e: &Error) -> Error {
+    match e {
+        Error::BadAddress(a) => Error::BadAddress(a.clone()),
+        Error::Timeout(d) => Error::Timeout(*d),
+        Error::KeyTooLarge { len, max } => Error::KeyTooLarge {
+            len: *len,
+            max: *max,
+        },
+        Error::ValueTooLarge { len, max } => Error::ValueTooLarge {
+            len: *len,
+            max: *max,
+        },
+        Error::Server { status, message } => Error::Server {
+            status: *status,
+            message: message.clone(),
+        },
+        Error::Protocol(p) => Error::Protocol(p.clone()),
+        Error::Incompatible(s) => Error::Incompatible(s.clone()),
+        Error::Rpc(r) | Error::Unreachable { source: r, .. } => Error::Rpc(match r {
+            RpcError::Overloaded => RpcError::Overloaded,
+            RpcError::RemoteOverloaded => RpcError::RemoteOverloaded,
+            RpcError::DeadlineExceeded => RpcError::DeadlineExceeded,
+            RpcError::PeerFailed => RpcError::PeerFailed,
+            RpcError::SessionClosed => RpcError::SessionClosed,
+            RpcError::HandlerFailed => RpcError::HandlerFailed,
+            RpcError::Cancelled => RpcError::Cancelled,
+            RpcError::Timeout => RpcError::Timeout,
+            RpcError::NoHandler(t) => RpcError::NoHandler(*t),
+            RpcError::NotConnected(s) => RpcError::NotConnected(*s),
+            RpcError::InvalidSession(s) => RpcError::InvalidSession(*s),
+            RpcError::MsgTooLarge { size, max } => RpcError::MsgTooLarge {
+                size: *size,
+                max: *max,
+            },
+            other => RpcError::Io(std::io::Error::other(other.to_string())),
+        }),
+    }
 }
 
 /// The local IP the OS would use to reach `server`.

@@ -62,7 +62,14 @@ pub mod op {
     pub const SCAN: u8 = 5;
     /// STATS: the receiving thread's counters.
     pub const STATS: u8 = 6;
+    /// BATCH: several GET / PUT / DELETE requests in one message, answered by one message
+    /// holding their responses in the same order (see [`super::parse_batch`]).
+    pub const BATCH: u8 = 7;
 }
+
+/// Most requests in one BATCH. A server advertises what it accepts in
+/// [`ServerInfo::max_batch`] (0: no BATCH support).
+pub const MAX_BATCH: u32 = 256;
 
 /// A 16-bit little-endian integer with alignment 1.
 #[repr(transparent)]
@@ -333,6 +340,11 @@ pub struct ResponseError(pub &'static str);
 /// Encodes `req` into `out` (cleared first).
 pub fn encode_request(req: &Request<'_>, out: &mut Vec<u8>) {
     out.clear();
+    append_request(req, out);
+}
+
+/// Appends the encoding of `req` to `out` (how BATCH messages are built).
+pub fn append_request(req: &Request<'_>, out: &mut Vec<u8>) {
     out.reserve(req.encoded_len());
     let (k, v) = req.lens();
     let hdr = ReqHeader {
@@ -353,6 +365,158 @@ pub fn encode_request(req: &Request<'_>, out: &mut Vec<u8>) {
     if let Request::Put { value, .. } = req {
         out.extend_from_slice(value);
     }
+}
+
+/// Starts a BATCH message in `out` (cleared first): its header, with a count that
+/// [`finish_batch`] sets once the requests are appended with [`append_request`].
+pub fn begin_batch(out: &mut Vec<u8>) {
+    out.clear();
+    let hdr = ReqHeader {
+        version: VERSION,
+        op: op::BATCH,
+        ..ReqHeader::default()
+    };
+    out.extend_from_slice(bytemuck::bytes_of(&hdr));
+}
+
+/// Sets the request count of a BATCH message started with [`begin_batch`].
+pub fn finish_batch(out: &mut [u8], count: u32) {
+    if let Some(c) = out.get_mut(12..16) {
+        c.copy_from_slice(&count.to_le_bytes());
+    }
+}
+
+/// The requests of a BATCH message, in order, each with its own encoding (which is a
+/// complete single-request message, e.g. to forward it). Made by [`parse_batch`], which has
+/// checked every request already, so iterating cannot fail.
+#[derive(Clone, Debug)]
+pub struct BatchRequests<'a> {
+    rest: &'a [u8],
+    left: u32,
+}
+
+impl<'a> BatchRequests<'a> {
+    /// Requests not yet returned.
+    pub fn len(&self) -> usize {
+        self.left as usize
+    }
+
+    /// Whether every request was returned.
+    pub fn is_empty(&self) -> bool {
+        self.left == 0
+    }
+}
+
+impl<'a> Iterator for BatchRequests<'a> {
+    type Item = (Request<'a>, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let (req, raw, rest) = split_request(self.rest).ok()?;
+        self.rest = rest;
+        Some((req, raw))
+    }
+}
+
+/// The first request encoded at the start of `data`: (request, its bytes, what follows).
+fn split_request(data: &[u8]) -> Result<(Request<'_>, &[u8], &[u8]), RequestError> {
+    let hdr_bytes = data
+        .get(..HDR_LEN)
+        .ok_or(RequestError::Malformed("batch entry shorter than a header"))?;
+    let hdr: &ReqHeader = bytemuck::try_from_bytes(hdr_bytes)
+        .map_err(|_| RequestError::Malformed("header not readable"))?;
+    let len = HDR_LEN as u64 + u64::from(hdr.key_len.get()) + u64::from(hdr.val_len.get());
+    if hdr.key_len.get() as usize > MAX_KEY_LEN {
+        return Err(RequestError::KeyTooLarge(hdr.key_len.get().into()));
+    }
+    if hdr.val_len.get() as usize > MAX_VALUE_LEN {
+        return Err(RequestError::ValueTooLarge(hdr.val_len.get().into()));
+    }
+    if len > data.len() as u64 {
+        return Err(RequestError::Malformed("batch entry runs past the message"));
+    }
+    let (raw, rest) = data.split_at(len as usize);
+    let req = parse_request(hdr.op, raw)?;
+    Ok((req, raw, rest))
+}
+
+/// Parses a BATCH message (rpc request type [`op::BATCH`]): a request header with
+/// `op` = BATCH, `count` = n (1..=[`MAX_BATCH`]) and no key or value, followed by n
+/// GET / PUT / DELETE requests, each encoded as its own message would be. The whole message
+/// is checked before anything is returned: one bad entry rejects the batch, so a server
+/// executes all of it or none of it.
+pub fn parse_batch(data: &[u8]) -> Result<BatchRequests<'_>, RequestError> {
+    let hdr_bytes = data
+        .get(..HDR_LEN)
+        .ok_or(RequestError::Malformed("shorter than the 16-byte header"))?;
+    let hdr: &ReqHeader = bytemuck::try_from_bytes(hdr_bytes)
+        .map_err(|_| RequestError::Malformed("header not readable"))?;
+    if hdr.version != VERSION {
+        return Err(RequestError::UnsupportedVersion(hdr.version));
+    }
+    if hdr.op != op::BATCH {
+        return Err(RequestError::Malformed(
+            "header op differs from the rpc request type",
+        ));
+    }
+    if hdr.flags.get() != 0 || hdr.key_len.get() != 0 || hdr.val_len.get() != 0 {
+        return Err(RequestError::Malformed(
+            "a BATCH header carries no flags, key or value",
+        ));
+    }
+    let n = hdr.count.get();
+    if n == 0 || n > MAX_BATCH {
+        return Err(RequestError::Malformed("BATCH count must be 1..=256"));
+    }
+    let body = data.get(HDR_LEN..).unwrap_or(&[]);
+    let mut rest = body;
+    for _ in 0..n {
+        let (req, _, r) = split_request(rest)?;
+        if !matches!(
+            req,
+            Request::Get { .. } | Request::Put { .. } | Request::Delete { .. }
+        ) {
+            return Err(RequestError::Malformed(
+                "a BATCH holds only GET, PUT and DELETE",
+            ));
+        }
+        rest = r;
+    }
+    if !rest.is_empty() {
+        return Err(RequestError::Malformed("bytes after the last BATCH entry"));
+    }
+    Ok(BatchRequests {
+        rest: body,
+        left: n,
+    })
+}
+
+/// Parses the `n` responses in the body of a successful BATCH response (each a complete
+/// response message: header + body), in request order. They must fill the body exactly.
+pub fn parse_batch_responses(body: &[u8], n: u32) -> Result<Vec<Response<'_>>, ResponseError> {
+    let mut out = Vec::with_capacity((n as usize).min(body.len() / HDR_LEN));
+    let mut rest = body;
+    for _ in 0..n {
+        let hdr_bytes = rest
+            .get(..HDR_LEN)
+            .ok_or(ResponseError("truncated BATCH entry"))?;
+        let hdr: &RespHeader = bytemuck::try_from_bytes(hdr_bytes)
+            .map_err(|_| ResponseError("header not readable"))?;
+        let len = HDR_LEN as u64 + u64::from(hdr.body_len.get());
+        if len > rest.len() as u64 {
+            return Err(ResponseError("BATCH entry runs past the message"));
+        }
+        let (one, r) = rest.split_at(len as usize);
+        out.push(parse_response(one)?);
+        rest = r;
+    }
+    if !rest.is_empty() {
+        return Err(ResponseError("bytes after the last BATCH entry"));
+    }
+    Ok(out)
 }
 
 /// Parses the request message `data` received with rpc request type `req_type`.
@@ -571,7 +735,8 @@ pub fn parse_scan_items(body: &[u8], count: u32) -> Result<Vec<Item>, ResponseEr
 /// | 12 | 4 | `max_key`: largest key in bytes |
 /// | 16 | 4 | `max_value`: largest value in bytes |
 /// | 20 | 4 | `max_scan`: most items per SCAN response |
-/// | 24 | 8 | reserved, 0 |
+/// | 24 | 4 | `max_batch`: most requests per BATCH; 0 = BATCH not supported |
+/// | 28 | 4 | reserved, 0 |
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct InfoBody {
@@ -587,8 +752,10 @@ pub struct InfoBody {
     pub max_value: Le32,
     /// Most items per SCAN response.
     pub max_scan: Le32,
+    /// Most requests per BATCH (0: none).
+    pub max_batch: Le32,
     /// Reserved.
-    pub reserved: Le64,
+    pub reserved: Le32,
 }
 
 /// What a server says about itself in its INFO response.
@@ -606,6 +773,8 @@ pub struct ServerInfo {
     pub max_value: u32,
     /// Most items per SCAN response.
     pub max_scan: u32,
+    /// Most requests per BATCH message; 0 if the server does not take BATCH.
+    pub max_batch: u32,
 }
 
 impl ServerInfo {
@@ -618,7 +787,8 @@ impl ServerInfo {
             max_key: Le32::new(self.max_key),
             max_value: Le32::new(self.max_value),
             max_scan: Le32::new(self.max_scan),
-            reserved: Le64::new(0),
+            max_batch: Le32::new(self.max_batch),
+            reserved: Le32::new(0),
         }
     }
 
@@ -633,6 +803,7 @@ impl ServerInfo {
             max_key: b.max_key.get(),
             max_value: b.max_value.get(),
             max_scan: b.max_scan.get(),
+            max_batch: b.max_batch.get(),
         })
     }
 }

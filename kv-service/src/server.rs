@@ -193,7 +193,15 @@ impl Server {
                 source: e,
             })?;
         let nexus: Nexus<ThreadState> = Nexus::new(&listen.to_string(), 0)?;
-        for t in [op::INFO, op::GET, op::PUT, op::DELETE, op::SCAN, op::STATS] {
+        for t in [
+            op::INFO,
+            op::GET,
+            op::PUT,
+            op::DELETE,
+            op::SCAN,
+            op::STATS,
+            op::BATCH,
+        ] {
             nexus.register(t, |st: &mut ThreadState, ctx, req| st.on_request(ctx, req))?;
         }
         let sm_addr: SocketAddr = nexus
@@ -366,9 +374,32 @@ struct ThreadArgs {
     shutdown: Arc<Shutdown>,
 }
 
+/// Where the answer to one operation goes.
+#[derive(Clone, Copy, Debug)]
+enum Dest {
+    /// A request of its own: answered with a response message.
+    Single(ReqHandle),
+    /// Entry `pos` of BATCH `id` (a key of [`ThreadState::batches`]).
+    Batch { id: usize, pos: usize },
+}
+
+/// One entry's answer inside a BATCH response.
+#[derive(Default)]
+struct Part {
+    status: Option<Status>,
+    body: Vec<u8>,
+}
+
+/// A BATCH whose entries are not all answered yet.
+struct PendingBatch {
+    handle: ReqHandle,
+    left: usize,
+    parts: Vec<Part>,
+}
+
 /// An operation submitted to the worker, waiting for its completion.
 struct PendingOp {
-    handle: ReqHandle,
+    dest: Dest,
     op: u8,
     /// SCAN: the item count asked for (after the server's cap).
     scan_max: u32,
@@ -381,7 +412,8 @@ struct ThreadState {
     worker: Worker,
     next_tag: u64,
     ops: HashMap<u64, PendingOp>,
-    forwards: HashMap<u64, ReqHandle>,
+    forwards: HashMap<u64, Dest>,
+    batches: slab::Slab<PendingBatch>,
     peers: Vec<Option<SessionId>>,
     stopping: bool,
     stats: ThreadStats,
@@ -413,6 +445,7 @@ fn thread_main(a: ThreadArgs) -> Result<(), ServerError> {
         next_tag: 1,
         ops: HashMap::new(),
         forwards: HashMap::new(),
+        batches: slab::Slab::new(),
         peers: vec![None; threads],
         stopping: false,
         stats: ThreadStats {
@@ -561,6 +594,10 @@ impl ThreadState {
 
     fn on_request(&mut self, ctx: &mut Ctx, req: RpcRequest<'_>) {
         let h = req.handle;
+        if req.req_type == op::BATCH {
+            self.on_batch(ctx, h, req.data);
+            return;
+        }
         let parsed = match protocol::parse_request(req.req_type, req.data) {
             Ok(r) => r,
             Err(e) => {
@@ -574,8 +611,7 @@ impl ThreadState {
             self.respond_err(ctx, h, Status::ShuttingDown, "the server is shutting down");
             return;
         }
-        let mut scan_max = 0;
-        let (op, key) = match parsed {
+        match parsed {
             Request::Info => {
                 let info = protocol::ServerInfo {
                     threads: self.router.workers() as u32,
@@ -584,10 +620,10 @@ impl ThreadState {
                     max_key: engine::MAX_KEY_LEN as u32,
                     max_value: engine::MAX_VALUE_LEN as u32,
                     max_scan: protocol::MAX_SCAN_ITEMS,
+                    max_batch: protocol::MAX_BATCH,
                 }
                 .encode();
                 self.respond(ctx, h, Status::Ok, 0, 0, bytemuck::bytes_of(&info));
-                return;
             }
             Request::Stats => {
                 let ws = self.worker.stats();
@@ -602,15 +638,50 @@ impl ThreadState {
                 s.sessions = ctx.num_sessions() as u64;
                 let body = s.encode();
                 self.respond(ctx, h, Status::Ok, 0, 0, bytemuck::bytes_of(&body));
+            }
+            Request::Scan { max: 0, .. } => {
+                self.stats.scans += 1;
+                self.respond(ctx, h, Status::Ok, 0, 0, b"");
+            }
+            other => self.execute(ctx, Dest::Single(h), other, req.data),
+        }
+    }
+
+    /// A BATCH: every entry is checked before any runs (a bad one rejects the whole
+    /// message); then each runs like a request of its own (forwarded if another thread owns
+    /// its key) and the response goes out when the last entry is answered.
+    fn on_batch(&mut self, ctx: &mut Ctx, h: ReqHandle, data: &[u8]) {
+        let reqs = match protocol::parse_batch(data) {
+            Ok(r) => r,
+            Err(e) => {
+                self.stats.bad_requests += 1;
+                tracing::debug!(thread = self.id, error = %e, "bad batch");
+                self.respond_err(ctx, h, e.status(), &e.to_string());
                 return;
             }
+        };
+        if self.stopping {
+            self.respond_err(ctx, h, Status::ShuttingDown, "the server is shutting down");
+            return;
+        }
+        let n = reqs.len();
+        let id = self.batches.insert(PendingBatch {
+            handle: h,
+            left: n,
+            parts: (0..n).map(|_| Part::default()).collect(),
+        });
+        for (pos, (r, raw)) in reqs.enumerate() {
+            self.execute(ctx, Dest::Batch { id, pos }, r, raw);
+        }
+    }
+
+    /// Runs a GET / PUT / DELETE / SCAN (`raw`: its encoding, for forwarding).
+    fn execute(&mut self, ctx: &mut Ctx, dest: Dest, parsed: Request<'_>, raw: &[u8]) {
+        let req_type = parsed.op();
+        let mut scan_max = 0;
+        let (op, key) = match parsed {
             Request::Scan { start, max } => {
                 let max = max.min(protocol::MAX_SCAN_ITEMS);
-                if max == 0 {
-                    self.stats.scans += 1;
-                    self.respond(ctx, h, Status::Ok, 0, 0, b"");
-                    return;
-                }
                 scan_max = max;
                 (
                     Op::Scan {
@@ -629,11 +700,15 @@ impl ThreadState {
                 },
                 Some(key),
             ),
+            Request::Info | Request::Stats => {
+                self.answer(ctx, dest, Status::BadRequest, b"not allowed here".to_vec());
+                return;
+            }
         };
         if let Some(key) = key {
             let owner = self.router.worker_for(key);
             if owner != self.id {
-                self.forward(ctx, h, owner, req.req_type, req.data);
+                self.forward(ctx, dest, owner, req_type, raw);
                 return;
             }
         }
@@ -642,22 +717,72 @@ impl ThreadState {
         self.ops.insert(
             tag,
             PendingOp {
-                handle: h,
-                op: req.req_type,
+                dest,
+                op: req_type,
                 scan_max,
             },
         );
         self.worker.submit(op, tag);
     }
 
-    fn forward(&mut self, ctx: &mut Ctx, h: ReqHandle, owner: usize, req_type: u8, data: &[u8]) {
+    /// Answers a GET / PUT / DELETE (no flags, no count): a response of its own, or an entry
+    /// of a BATCH (sent when it is the last one).
+    fn answer(&mut self, ctx: &mut Ctx, dest: Dest, status: Status, body: Vec<u8>) {
+        let id = match dest {
+            Dest::Single(h) => {
+                self.respond(ctx, h, status, 0, 0, &body);
+                return;
+            }
+            Dest::Batch { id, pos } => {
+                let Some(b) = self.batches.get_mut(id) else {
+                    return;
+                };
+                if let Some(p) = b.parts.get_mut(pos) {
+                    if p.status.is_none() {
+                        b.left -= 1;
+                    }
+                    *p = Part {
+                        status: Some(status),
+                        body,
+                    };
+                }
+                if status != Status::Ok && status != Status::NotFound {
+                    self.stats.errors += 1;
+                }
+                if b.left > 0 {
+                    return;
+                }
+                id
+            }
+        };
+        let Some(b) = self.batches.try_remove(id) else {
+            return;
+        };
+        let body_len: usize = b.parts.iter().map(|p| HDR_LEN + p.body.len()).sum();
+        let mut m = ctx.alloc_msg(HDR_LEN + body_len);
+        let buf = m.as_mut_slice();
+        protocol::write_resp_header(buf, Status::Ok, 0, b.parts.len() as u32, body_len);
+        let mut off = HDR_LEN;
+        for p in &b.parts {
+            let status = p.status.unwrap_or(Status::Internal);
+            if let Some(dst) = buf.get_mut(off..) {
+                protocol::write_resp_header(dst, status, 0, 0, p.body.len());
+            }
+            off += HDR_LEN;
+            if let Some(dst) = buf.get_mut(off..off + p.body.len()) {
+                dst.copy_from_slice(&p.body);
+            }
+            off += p.body.len();
+        }
+        if let Err(e) = ctx.respond(b.handle, m) {
+            tracing::debug!(thread = self.id, error = %e, "batch response not sent");
+        }
+    }
+
+    fn forward(&mut self, ctx: &mut Ctx, dest: Dest, owner: usize, req_type: u8, data: &[u8]) {
         let Some(session) = self.peers.get(owner).copied().flatten() else {
-            self.respond_err(
-                ctx,
-                h,
-                Status::Internal,
-                "no session to the key's owner thread",
-            );
+            let msg = b"no session to the key's owner thread".to_vec();
+            self.answer(ctx, dest, Status::Internal, msg);
             return;
         };
         let tag = self.next_tag;
@@ -666,35 +791,47 @@ impl ThreadState {
         match ctx.enqueue_request(session, req_type, m, tag) {
             Ok(()) => {
                 self.stats.forwarded += 1;
-                self.forwards.insert(tag, h);
+                self.forwards.insert(tag, dest);
             }
             Err(RpcError::Overloaded) => {
-                self.respond_err(ctx, h, Status::Overloaded, "forwarding queue full");
+                let msg = b"forwarding queue full".to_vec();
+                self.answer(ctx, dest, Status::Overloaded, msg);
             }
             Err(e) => {
                 let msg = format!("forwarding to thread {owner} failed: {e}");
-                self.respond_err(ctx, h, Status::Internal, &msg);
+                self.answer(ctx, dest, Status::Internal, msg.into_bytes());
             }
         }
     }
 
     fn on_forwarded(&mut self, ctx: &mut Ctx, c: RpcCompletion) {
         ctx.free_msg(c.req);
-        let Some(h) = self.forwards.remove(&c.tag) else {
+        let Some(dest) = self.forwards.remove(&c.tag) else {
             if let Ok(m) = c.result {
                 ctx.free_msg(m);
             }
             return;
         };
-        match c.result {
-            Ok(resp) => {
+        match (c.result, dest) {
+            (Ok(resp), Dest::Single(h)) => {
                 if let Err(e) = ctx.respond(h, resp) {
                     tracing::debug!(thread = self.id, error = %e, "forwarded response not sent");
                 }
             }
-            Err(e) => {
+            (Ok(resp), Dest::Batch { .. }) => {
+                let (status, body) = match protocol::parse_response(resp.as_slice()) {
+                    Ok(r) => (r.status, r.body.to_vec()),
+                    Err(e) => (
+                        Status::Internal,
+                        format!("forwarded request: {e}").into_bytes(),
+                    ),
+                };
+                ctx.free_msg(resp);
+                self.answer(ctx, dest, status, body);
+            }
+            (Err(e), dest) => {
                 let msg = format!("forwarded request failed: {e}");
-                self.respond_err(ctx, h, Status::Internal, &msg);
+                self.answer(ctx, dest, Status::Internal, msg.into_bytes());
             }
         }
     }
@@ -709,37 +846,20 @@ impl ThreadState {
             op::DELETE => self.stats.deletes += 1,
             _ => self.stats.scans += 1,
         }
-        let h = p.handle;
-        match c.result {
-            Ok(Output::Value(v)) => self.respond(ctx, h, Status::Ok, 0, 0, &v),
-            Ok(Output::Written | Output::Deleted) => self.respond(ctx, h, Status::Ok, 0, 0, b""),
-            Ok(Output::Items(items)) => {
-                let mut body = std::mem::take(&mut self.scratch);
-                body.clear();
-                let mut count = 0u32;
-                let mut more = false;
-                for (k, v) in &items {
-                    if body.len() + protocol::scan_item_len(k, v) > protocol::MAX_SCAN_BODY
-                        && count > 0
-                    {
-                        more = true;
-                        break;
-                    }
-                    protocol::encode_scan_item(k, v, &mut body);
-                    count += 1;
-                }
-                // The client got all the items it asked for: there may be more.
-                more |= count >= p.scan_max;
-                let flags = if more { protocol::RESP_FLAG_MORE } else { 0 };
-                self.respond(ctx, h, Status::Ok, flags, count, &body);
-                body.clear();
-                if body.capacity() <= protocol::MAX_SCAN_BODY {
-                    self.scratch = body;
-                }
+        let result = match (c.result, p.dest) {
+            (Ok(Output::Items(items)), Dest::Single(h)) => {
+                self.respond_scan(ctx, h, &items, p.scan_max);
+                return;
             }
+            (r, _) => r,
+        };
+        let (status, body) = match result {
+            Ok(Output::Value(v)) => (Status::Ok, v),
+            Ok(Output::Written | Output::Deleted) => (Status::Ok, Vec::new()),
+            Ok(Output::Items(_)) => (Status::Internal, b"scan inside a batch".to_vec()),
             Err(engine::Error::NotFound) => {
                 self.stats.not_found += 1;
-                self.respond(ctx, h, Status::NotFound, 0, 0, b"");
+                (Status::NotFound, Vec::new())
             }
             Err(e) => {
                 let status = match &e {
@@ -751,8 +871,32 @@ impl ThreadState {
                 if status == Status::Internal {
                     tracing::warn!(thread = self.id, error = %e, "engine error");
                 }
-                self.respond_err(ctx, h, status, &e.to_string());
+                (status, e.to_string().into_bytes())
             }
+        };
+        self.answer(ctx, p.dest, status, body);
+    }
+
+    fn respond_scan(&mut self, ctx: &mut Ctx, h: ReqHandle, items: &[protocol::Item], max: u32) {
+        let mut body = std::mem::take(&mut self.scratch);
+        body.clear();
+        let mut count = 0u32;
+        let mut more = false;
+        for (k, v) in items {
+            if body.len() + protocol::scan_item_len(k, v) > protocol::MAX_SCAN_BODY && count > 0 {
+                more = true;
+                break;
+            }
+            protocol::encode_scan_item(k, v, &mut body);
+            count += 1;
+        }
+        // The client got all the items it asked for: there may be more.
+        more |= count >= max;
+        let flags = if more { protocol::RESP_FLAG_MORE } else { 0 };
+        self.respond(ctx, h, Status::Ok, flags, count, &body);
+        body.clear();
+        if body.capacity() <= protocol::MAX_SCAN_BODY {
+            self.scratch = body;
         }
     }
 }

@@ -460,8 +460,14 @@ impl Rng {
 
 /// Random gets / puts / deletes on this thread's own keys, pipelined and blocking, checked
 /// against a model. Returns the model.
+/// Even `t`: the client coalesces pipelined requests into BATCH messages (the default);
+/// odd `t`: one message per request.
 fn model_workload(addr: &str, t: u64, ops: usize) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let mut c = client(addr);
+    let cfg = ClientConfig {
+        batch: if t.is_multiple_of(2) { 32 } else { 1 },
+        ..ClientConfig::default()
+    };
+    let mut c = Client::connect(addr, cfg).unwrap();
     let mut rng = Rng(0x9E37_79B9 ^ ((t + 1) * 7919));
     let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let mut done = 0;
@@ -639,6 +645,121 @@ fn wrong_thread_requests_are_forwarded_and_bad_requests_rejected() {
     v9[0] = 9;
     assert_eq!(raw.call(0, op::STATS, &v9).0, Status::UnsupportedVersion);
     assert_eq!(c.get(b"fwd3").unwrap(), Some(b"value3".to_vec()));
+    s.terminate();
+}
+
+/// A BATCH message built from `reqs`.
+fn batch_msg(reqs: &[Request<'_>]) -> Vec<u8> {
+    let mut m = Vec::new();
+    protocol::begin_batch(&mut m);
+    for r in reqs {
+        protocol::append_request(r, &mut m);
+    }
+    protocol::finish_batch(&mut m, reqs.len() as u32);
+    m
+}
+
+#[test]
+fn batch_entries_answer_in_order_across_threads_and_bad_batches_run_nothing() {
+    let dir = tempdir();
+    let s = ServerProc::start(dir.path(), free_port());
+    let mut raw = Raw::connect(&s.addr);
+    let keys: Vec<String> = (0..40).map(|i| format!("batch{i}")).collect();
+    let values: Vec<String> = (0..40).map(|i| format!("v{}", i * 37)).collect();
+    // 40 PUTs through thread 0: about half of the keys belong to thread 1 (forwarded).
+    let puts: Vec<Request<'_>> = keys
+        .iter()
+        .zip(&values)
+        .map(|(k, v)| Request::Put {
+            key: k.as_bytes(),
+            value: v.as_bytes(),
+        })
+        .collect();
+    let (status, body) = raw.call(0, op::BATCH, &batch_msg(&puts));
+    assert_eq!(status, Status::Ok);
+    let parts = protocol::parse_batch_responses(&body, 40).unwrap();
+    assert!(parts
+        .iter()
+        .all(|p| p.status == Status::Ok && p.body.is_empty()));
+    // GETs (hits and misses) and DELETEs mixed, through thread 1, answered in order.
+    let mut mixed = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        mixed.push(Request::Get { key: k.as_bytes() });
+        if i % 10 == 0 {
+            mixed.push(Request::Get {
+                key: b"batch-missing",
+            });
+        }
+    }
+    mixed.push(Request::Delete {
+        key: keys[3].as_bytes(),
+    });
+    mixed.push(Request::Delete { key: b"nope" });
+    let resp = raw
+        .rpc
+        .call(
+            raw.sessions[1],
+            op::BATCH,
+            &batch_msg(&mixed),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    let top = protocol::parse_response(resp.as_slice()).unwrap();
+    assert_eq!((top.status, top.count as usize), (Status::Ok, mixed.len()));
+    let parts = protocol::parse_batch_responses(top.body, top.count).unwrap();
+    let mut vi = 0;
+    for (req, part) in mixed.iter().zip(&parts) {
+        match req {
+            Request::Get { key } if *key == b"batch-missing" => {
+                assert_eq!(part.status, Status::NotFound)
+            }
+            Request::Get { .. } => {
+                assert_eq!(
+                    (part.status, part.body),
+                    (Status::Ok, values[vi].as_bytes())
+                );
+                vi += 1;
+            }
+            Request::Delete { key } if *key == b"nope" => {
+                assert_eq!(part.status, Status::NotFound)
+            }
+            _ => assert_eq!(part.status, Status::Ok),
+        }
+    }
+    assert_eq!(vi, 40);
+    // All or nothing: a valid PUT followed by a malformed entry runs neither.
+    let mut bad = batch_msg(&[Request::Put {
+        key: b"atomic",
+        value: b"x",
+    }]);
+    bad.extend_from_slice(&[1, op::GET, 0, 0, 200, 0, 0, 0]);
+    protocol::finish_batch(&mut bad, 2);
+    assert_eq!(raw.call(0, op::BATCH, &bad).0, Status::BadRequest);
+    // Nested requests other than GET / PUT / DELETE, an empty batch, too many entries.
+    assert_eq!(
+        raw.call(0, op::BATCH, &batch_msg(&[Request::Info])).0,
+        Status::BadRequest
+    );
+    assert_eq!(
+        raw.call(1, op::BATCH, &batch_msg(&[])).0,
+        Status::BadRequest
+    );
+    let many: Vec<Request<'_>> = (0..=protocol::MAX_BATCH)
+        .map(|_| Request::Get { key: b"atomic" })
+        .collect();
+    assert_eq!(
+        raw.call(0, op::BATCH, &batch_msg(&many)).0,
+        Status::BadRequest
+    );
+    let mut c = client(&s.addr);
+    assert_eq!(c.get(b"atomic").unwrap(), None);
+    assert_eq!(c.get(keys[3].as_bytes()).unwrap(), None);
+    assert_eq!(
+        c.get(keys[4].as_bytes()).unwrap(),
+        Some(values[4].clone().into_bytes())
+    );
+    let bad_requests: u64 = c.stats().unwrap().iter().map(|s| s.bad_requests).sum();
+    assert_eq!(bad_requests, 4);
     s.terminate();
 }
 

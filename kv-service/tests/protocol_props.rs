@@ -51,6 +51,63 @@ proptest! {
     }
 
     #[test]
+    fn batch_parsers_are_total(data in prop::collection::vec(any::<u8>(), 0..200), count in 0u32..300) {
+        let _ = protocol::parse_batch(&data).map(|b| b.count());
+        // The same bytes behind a valid BATCH header, so the entries' parser is reached.
+        let mut m = Vec::new();
+        protocol::begin_batch(&mut m);
+        m.extend_from_slice(&data);
+        protocol::finish_batch(&mut m, count);
+        let _ = protocol::parse_batch(&m).map(|b| b.count());
+        let _ = protocol::parse_batch_responses(&data, count);
+    }
+
+    #[test]
+    fn batch_round_trips(reqs in prop::collection::vec(any_request(), 1..40)) {
+        let reqs: Vec<Request<'_>> = reqs
+            .iter()
+            .map(|(t, k, v, c)| match *t % 3 {
+                0 => build(op::GET, k, v, *c),
+                1 => build(op::PUT, k, v, *c),
+                _ => build(op::DELETE, k, v, *c),
+            })
+            .collect();
+        let mut m = Vec::new();
+        protocol::begin_batch(&mut m);
+        for r in &reqs {
+            protocol::append_request(r, &mut m);
+        }
+        protocol::finish_batch(&mut m, reqs.len() as u32);
+        let parsed = protocol::parse_batch(&m).unwrap();
+        prop_assert_eq!(parsed.len(), reqs.len());
+        let mut one = Vec::new();
+        for ((got, raw), want) in parsed.zip(&reqs) {
+            prop_assert_eq!(&got, want);
+            protocol::encode_request(want, &mut one);
+            prop_assert_eq!(raw, &one[..]);
+        }
+        // One byte more or less anywhere at the end rejects the whole batch.
+        m.push(0);
+        prop_assert!(protocol::parse_batch(&m).is_err());
+        m.truncate(m.len() - 2);
+        prop_assert!(protocol::parse_batch(&m).is_err());
+        // Responses: each entry a full response, in order.
+        let mut body = Vec::new();
+        let mut one = Vec::new();
+        for (i, r) in reqs.iter().enumerate() {
+            let status = if i % 2 == 0 { Status::Ok } else { Status::NotFound };
+            protocol::encode_response(status, 0, 0, r.key().unwrap_or(&[]), &mut one);
+            body.extend_from_slice(&one);
+        }
+        let parts = protocol::parse_batch_responses(&body, reqs.len() as u32).unwrap();
+        for (i, (p, r)) in parts.iter().zip(&reqs).enumerate() {
+            prop_assert_eq!(p.status, if i % 2 == 0 { Status::Ok } else { Status::NotFound });
+            prop_assert_eq!(p.body, r.key().unwrap_or(&[]));
+        }
+        prop_assert!(protocol::parse_batch_responses(&body, reqs.len() as u32 + 1).is_err());
+    }
+
+    #[test]
     fn request_round_trips((t, key, value, count) in any_request()) {
         let req = build(t, &key, &value, count);
         let mut buf = Vec::new();
@@ -107,7 +164,7 @@ proptest! {
     }
 
     #[test]
-    fn stats_and_info_round_trip(v in prop::collection::vec(any::<u64>(), 17), w in prop::collection::vec(any::<u32>(), 6)) {
+    fn stats_and_info_round_trip(v in prop::collection::vec(any::<u64>(), 17), w in prop::collection::vec(any::<u32>(), 7)) {
         let s = ThreadStats {
             thread_id: v[0], items: v[1], gets: v[2], puts: v[3], deletes: v[4], scans: v[5],
             not_found: v[6], errors: v[7], bad_requests: v[8], forwarded: v[9],
@@ -115,7 +172,7 @@ proptest! {
             file_bytes: v[14], index_bytes: v[15], sessions: v[16],
         };
         prop_assert_eq!(ThreadStats::parse(bytemuck::bytes_of(&s.encode())).unwrap(), s);
-        let i = ServerInfo { threads: w[0], thread_id: w[1], partitioning: w[2], max_key: w[3], max_value: w[4], max_scan: w[5] };
+        let i = ServerInfo { threads: w[0], thread_id: w[1], partitioning: w[2], max_key: w[3], max_value: w[4], max_scan: w[5], max_batch: w[6] };
         prop_assert_eq!(ServerInfo::parse(bytemuck::bytes_of(&i.encode())).unwrap(), i);
     }
 }

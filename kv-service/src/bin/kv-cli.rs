@@ -272,6 +272,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         timeout: secs(args.timeout)?,
         connect_timeout: secs(args.connect_timeout)?,
         busy_poll: true,
+        ..ClientConfig::default()
     };
     // Parse the command before connecting, so usage errors do not wait for the network.
     let line = match &args.cmd {
