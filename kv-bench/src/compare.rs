@@ -121,7 +121,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     .context("opening the in-process engine")?;
     let engine = EngineBackend::new(opened.workers, opened.router);
     let remote_dir = temp_data_dir("kv-bench-compare-udp-")?;
-    let server = start_embedded(remote_dir.path(), args.workers, args.cache_mb, false)?;
+    let server = start_embedded(remote_dir.path(), args.workers, args.cache_mb, false, true)?;
     let addr = server.listen_addr().to_string();
 
     // The in-process system has one "session" (the engine) with the whole window.
@@ -143,7 +143,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
             System {
                 name: "udp".into(),
                 version: "kv-service over rpc + kernel UDP, loopback".into(),
-                pool: Pool::start(kv_conns(&addr, 1, args.sessions))?,
+                pool: Pool::start(kv_conns(&addr, 1, args.sessions, 32, true))?,
                 gen: new_gen(),
                 stats: None,
                 report: SystemReport::default(),

@@ -51,6 +51,17 @@ pub struct ClientConfig {
     /// many requests, as Redis pipelining does. A buffer holding a single request goes out as
     /// a plain request. `0` or `1` sends every request on its own. Default 32.
     pub batch: usize,
+    /// Receive with UDP GRO (`transports::udp::UdpConfig::gro`). Default `true`.
+    pub udp_gro: bool,
+    /// Largest UDP packet; `None` (default): the path MTU toward the server less the
+    /// headers, at most 8972 (`transports::udp::max_pkt_size_toward`). A session uses the
+    /// smaller of this and the server's.
+    pub max_pkt_size: Option<usize>,
+    /// Receive ring of the client's socket, in packets (preallocated: times the packet
+    /// size). It must hold the credits of one session per server thread (32 each), so the
+    /// default 1024 serves servers of up to 32 threads; connecting to a bigger one fails
+    /// with `Unreachable` (ring exhausted) unless this is raised.
+    pub rx_ring_size: usize,
 }
 
 impl Default for ClientConfig {
@@ -60,6 +71,9 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(2),
             busy_poll: true,
             batch: 32,
+            udp_gro: true,
+            max_pkt_size: None,
+            rx_ring_size: 1024,
         }
     }
 }
@@ -238,6 +252,11 @@ impl Client {
         let nexus: Nexus = Nexus::new(&SocketAddr::new(local_ip, 0).to_string(), 0)?;
         let udp = UdpTransport::new(UdpConfig {
             bind: SocketAddr::new(local_ip, 0),
+            gro: cfg.udp_gro,
+            max_pkt_size: cfg
+                .max_pkt_size
+                .unwrap_or_else(|| transports::udp::max_pkt_size_toward(server.ip())),
+            rx_ring_size: cfg.rx_ring_size,
             ..UdpConfig::default()
         })
         .map_err(RpcError::from)?;

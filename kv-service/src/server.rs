@@ -94,6 +94,14 @@ pub struct ServerConfig {
     pub idle: IdleMode,
     /// Longest the shutdown waits for in-flight requests. Default 10 s.
     pub drain_timeout: Duration,
+    /// Receive with UDP GRO ([`UdpConfig::gro`]). Default `true`.
+    pub udp_gro: bool,
+    /// Largest UDP packet of the threads' sockets. Default
+    /// [`transports::udp::MAX_AUTO_PKT_SIZE`] (8972): each session uses the smaller of this
+    /// and its client's size, which the client library derives from the path MTU (so 8972 on
+    /// loopback and 1472 across a 1500-byte Ethernet). Each thread's receive ring
+    /// preallocates 4096 packets of this size.
+    pub max_pkt_size: usize,
 }
 
 impl Default for ServerConfig {
@@ -106,6 +114,8 @@ impl Default for ServerConfig {
             sync: SyncMode::None,
             idle: IdleMode::default(),
             drain_timeout: Duration::from_secs(10),
+            udp_gro: true,
+            max_pkt_size: transports::udp::MAX_AUTO_PKT_SIZE,
         }
     }
 }
@@ -226,6 +236,8 @@ impl Server {
             let ready_tx = ready_tx.clone();
             let router = opened.router;
             let idle = cfg.idle;
+            let gro = cfg.udp_gro;
+            let max_pkt = cfg.max_pkt_size;
             let bind = SocketAddr::new(listen.ip(), 0);
             let spawned = std::thread::Builder::new()
                 .name(format!("kv-{id}"))
@@ -237,6 +249,8 @@ impl Server {
                         nexus,
                         bind,
                         idle,
+                        gro,
+                        max_pkt,
                         barrier: thread_barrier,
                         ready: ready_tx,
                         shutdown: shutdown.clone(),
@@ -369,6 +383,8 @@ struct ThreadArgs {
     nexus: Nexus<ThreadState>,
     bind: SocketAddr,
     idle: IdleMode,
+    gro: bool,
+    max_pkt: usize,
     barrier: Arc<Barrier>,
     ready: std::sync::mpsc::Sender<(usize, Result<SocketAddr, String>)>,
     shutdown: Arc<Shutdown>,
@@ -433,6 +449,8 @@ fn thread_main(a: ThreadArgs) -> Result<(), ServerError> {
         nexus,
         bind,
         idle,
+        gro,
+        max_pkt,
         barrier,
         ready,
         shutdown,
@@ -461,6 +479,8 @@ fn thread_main(a: ThreadArgs) -> Result<(), ServerError> {
     };
     let made = UdpTransport::new(UdpConfig {
         bind,
+        gro,
+        max_pkt_size: max_pkt,
         ..UdpConfig::default()
     })
     .map_err(ServerError::from)

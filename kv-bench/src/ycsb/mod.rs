@@ -58,6 +58,13 @@ pub struct YcsbArgs {
     /// Requests in flight per connection (pipeline depth).
     #[arg(long, default_value_t = 16)]
     pub window: usize,
+    /// kv-service client: most pipelined requests per BATCH message (1 = one message per
+    /// request; see ClientConfig::batch).
+    #[arg(long, default_value_t = 32)]
+    pub kv_batch: usize,
+    /// kv-service client and embedded server: receive without UDP GRO.
+    #[arg(long)]
+    pub no_gro: bool,
     /// A running kv-service (its listen address). Default: an embedded server.
     #[arg(long, conflicts_with = "embedded")]
     pub server: Option<String>,
@@ -184,6 +191,7 @@ struct YcsbReport {
     sessions: usize,
     window: usize,
     in_flight: usize,
+    kv_batch: usize,
     target: String,
     server_threads: Option<usize>,
     rounds: usize,
@@ -216,6 +224,7 @@ pub fn start_embedded(
     threads: usize,
     cache_mb: usize,
     busy_poll: bool,
+    udp_gro: bool,
 ) -> Result<Server> {
     Server::start(ServerConfig {
         listen: "127.0.0.1:0".into(),
@@ -227,16 +236,23 @@ pub fn start_embedded(
         } else {
             IdleMode::default()
         },
+        udp_gro,
         ..ServerConfig::default()
     })
     .context("starting the embedded kv-service")
 }
 
 /// `threads` × `sessions` kv-service client connections, made on the driver threads.
-pub fn kv_conns(addr: &str, threads: usize, sessions: usize) -> Conns {
+/// `batch`: [`ClientConfig::batch`]; `udp_gro`: [`ClientConfig::udp_gro`].
+pub fn kv_conns(addr: &str, threads: usize, sessions: usize, batch: usize, udp_gro: bool) -> Conns {
     let addr = addr.to_string();
     let factory: Factory = std::sync::Arc::new(move || {
-        let c = Client::connect(&addr, ClientConfig::default())
+        let cfg = ClientConfig {
+            batch,
+            udp_gro,
+            ..ClientConfig::default()
+        };
+        let c = Client::connect(&addr, cfg)
             .with_context(|| format!("connecting to kv-service at {addr}"))?;
         Ok(Box::new(KvBackend::new(c)) as Box<dyn Backend>)
     });
@@ -548,6 +564,7 @@ pub fn run(args: YcsbArgs) -> Result<()> {
                 args.server_threads,
                 args.cache_mb,
                 args.server_busy_poll,
+                !args.no_gro,
             )?;
             let a = s.listen_addr().to_string();
             server = Some(s);
@@ -581,7 +598,13 @@ pub fn run(args: YcsbArgs) -> Result<()> {
     systems.push(System {
         name: "kv-service".into(),
         version: format!("kv-service {} (udp)", env!("CARGO_PKG_VERSION")),
-        pool: driver::Pool::start(kv_conns(&addr, args.threads, args.sessions))?,
+        pool: driver::Pool::start(kv_conns(
+            &addr,
+            args.threads,
+            args.sessions,
+            args.kv_batch,
+            !args.no_gro,
+        ))?,
         gen: new_gen(inserts),
         stats: None,
         report: SystemReport::default(),
@@ -600,7 +623,7 @@ pub fn run(args: YcsbArgs) -> Result<()> {
     }
     say!(
         json,
-        "YCSB-{} {} | {} items x {} B | {} thread(s) x {} session(s) x window {} = {} in flight | kv-service: {}{}",
+        "YCSB-{} {} | {} items x {} B | {} thread(s) x {} session(s) x window {} = {} in flight | kv-service (batch {}): {}{}",
         args.workload.name().to_uppercase(),
         distribution.name(),
         args.records,
@@ -609,6 +632,7 @@ pub fn run(args: YcsbArgs) -> Result<()> {
         args.sessions,
         args.window,
         args.threads * args.sessions * args.window,
+        args.kv_batch,
         target,
         if server.is_some() { format!(" ({} server thread(s))", args.server_threads) } else { String::new() }
     );
@@ -699,6 +723,7 @@ pub fn run(args: YcsbArgs) -> Result<()> {
         sessions: args.sessions,
         window: args.window,
         in_flight: args.threads * args.sessions * args.window,
+        kv_batch: args.kv_batch,
         target,
         server_threads: server.is_some().then_some(args.server_threads),
         rounds,

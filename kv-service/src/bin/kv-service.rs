@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! kv-service [--listen 127.0.0.1:31850] [--data-dir ./kv-data] [--threads N] [--cache-mb 64]
-//!            [--sync] [--transport udp] [--busy-poll | --spin-ms 100] [--log-level info]
+//!            [--sync] [--transport udp] [--busy-poll | --spin-ms 100] [--no-gro] [--log-level info]
 //! ```
 use std::io::Write;
 use std::path::PathBuf;
@@ -46,6 +46,10 @@ struct Args {
     /// until the next packet.
     #[arg(long, default_value_t = 100)]
     spin_ms: u64,
+    /// Receive without UDP GRO (on by default: cheaper bursts, ~0.5 µs more per lone
+    /// request on this kernel).
+    #[arg(long)]
+    no_gro: bool,
     /// Log level (error, warn, info, debug, trace) when RUST_LOG is not set.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -89,6 +93,7 @@ fn main() -> anyhow::Result<()> {
                 spin: Duration::from_millis(args.spin_ms),
             }
         },
+        udp_gro: !args.no_gro,
         ..ServerConfig::default()
     };
     let server = Server::start(cfg).with_context(|| {

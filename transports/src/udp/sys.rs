@@ -376,6 +376,33 @@ pub(super) fn disconnect(fd: RawFd) -> io::Result<()> {
     }
 }
 
+/// The path MTU the kernel knows for a connected socket (`IP_MTU` / `IPV6_MTU`).
+pub(super) fn path_mtu(fd: RawFd, v6: bool) -> io::Result<usize> {
+    let (level, name) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_MTU)
+    };
+    let mut value: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
+    // SAFETY: passes a pointer to a live local `c_int` and its size; the kernel writes at
+    // most `len` bytes and updates `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            ptr::from_mut(&mut value).cast::<c_void>(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        Err(last_error())
+    } else {
+        Ok(usize::try_from(value).unwrap_or(0))
+    }
+}
+
 /// `setsockopt` with an `int` value.
 pub(super) fn set_int_opt(fd: RawFd, level: c_int, name: c_int, value: c_int) -> io::Result<()> {
     // SAFETY: passes a pointer to a live local `c_int` and its exact size.
