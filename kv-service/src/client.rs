@@ -224,7 +224,9 @@ pub struct Client {
     buf: Vec<u8>,
     /// Effective batch size (1: no batching).
     batch: usize,
-    /// Per server thread: submitted requests not sent yet.
+    /// Submitted requests not sent yet: buffer `2 t` holds thread `t`'s reads, `2 t + 1` its
+    /// writes (a BATCH is answered when its slowest entry is done, and a write waits for the
+    /// disk: reads batched with writes would wait for it too).
     pending: Vec<Pending>,
     /// Tag vectors of finished batches, reused.
     spare_tags: Vec<Vec<(u64, u8)>>,
@@ -319,7 +321,7 @@ impl Client {
             .batch
             .min(info.max_batch.min(protocol::MAX_BATCH) as usize)
             .max(1);
-        client.pending = (0..info.threads).map(|_| Pending::default()).collect();
+        client.pending = (0..2 * info.threads).map(|_| Pending::default()).collect();
         for t in 1..info.threads {
             let s = client.rpc.create_session(&uri, t as u8)?;
             client.sessions.push(s);
@@ -478,7 +480,8 @@ impl Client {
         }
         let t = self.check_and_route(&req)?;
         let batch = self.batch;
-        let Some(p) = self.pending.get_mut(t) else {
+        let b = 2 * t + usize::from(!matches!(req, Request::Get { .. }));
+        let Some(p) = self.pending.get_mut(b) else {
             return Err(Error::Incompatible(format!("no session to thread {t}")));
         };
         if p.tags.is_empty() {
@@ -488,7 +491,7 @@ impl Client {
         p.tags.push((tag, req.op()));
         self.user_inflight += 1;
         if p.tags.len() >= batch || p.msg.len() >= BATCH_BYTES {
-            self.flush_thread(t);
+            self.flush_buffer(b);
         }
         Ok(())
     }
@@ -496,8 +499,8 @@ impl Client {
     /// Pipelined API: sends every submitted request still waiting in a batch buffer (`poll`
     /// and `wait` do this themselves).
     pub fn flush(&mut self) {
-        for t in 0..self.pending.len() {
-            self.flush_thread(t);
+        for b in 0..self.pending.len() {
+            self.flush_buffer(b);
         }
     }
 
@@ -567,10 +570,11 @@ impl Client {
         r
     }
 
-    /// Sends the batch buffer of `thread`: a BATCH message, or a plain request if it holds
-    /// one. If that fails, every request in it completes with the error.
-    fn flush_thread(&mut self, thread: usize) {
-        let Some(p) = self.pending.get_mut(thread) else {
+    /// Sends batch buffer `b` (see `pending`): a BATCH message, or a plain request if it
+    /// holds one. If that fails, every request in it completes with the error.
+    fn flush_buffer(&mut self, b: usize) {
+        let thread = b / 2;
+        let Some(p) = self.pending.get_mut(b) else {
             return;
         };
         if p.tags.is_empty() {
@@ -591,7 +595,7 @@ impl Client {
             // On failure, send_msg completes the entries itself.
             let _ = self.send_msg(thread, op::BATCH, &msg, Owner::Batch(tags));
         }
-        if let Some(p) = self.pending.get_mut(thread) {
+        if let Some(p) = self.pending.get_mut(b) {
             p.msg = msg;
         }
     }
