@@ -364,11 +364,13 @@ struct Slot {
 }
 
 /// Runs a closed loop on one thread: every session keeps `window` requests in flight
-/// while `next` yields operations; returns when all have completed.
+/// while `next` yields operations; returns when all have completed. `inserted` is told the
+/// id of every insert that completed (for the "latest" distribution).
 pub fn drive<B: Backend + ?Sized>(
     sessions: &mut [Box<B>],
     window: usize,
     next: &mut dyn FnMut() -> Option<Op>,
+    inserted: &dyn Fn(u64),
     ctl: &Control,
     salt: u64,
 ) -> Result<Stats> {
@@ -457,6 +459,9 @@ pub fn drive<B: Backend + ?Sized>(
                             stats.first_error = Some(e);
                         }
                     }
+                }
+                if let Op::Insert(id, _) = sl.op {
+                    inserted(id);
                 }
                 *slot = None;
                 free[s].push(k);

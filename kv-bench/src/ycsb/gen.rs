@@ -3,8 +3,9 @@
 //! KVell's production mix, value sizes, and the shuffled load order.
 //!
 //! Self-contained (std only) so that the criterion benches can include it with `#[path]`.
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// YCSB's zipfian constant.
 pub const ZIPF_THETA: f64 = 0.99;
@@ -272,10 +273,19 @@ impl Op {
 }
 
 /// Inserted-item counters shared by every generator of a run (workloads D and E insert).
+///
+/// Like YCSB's acknowledged-counter generator, "latest" reads draw from the items whose insert
+/// has been *acknowledged* (every id below [`InsertCounter::acked`]), not from every id handed
+/// out: with many inserts in flight, reading an id whose insert is still on its way would
+/// measure a miss that no client could have expected to hit.
 #[derive(Debug)]
 pub struct InsertCounter {
     /// Next id to insert.
     pub next: AtomicU64,
+    /// Every id below this has been acknowledged.
+    acked: AtomicU64,
+    /// Acknowledged ids above `acked` (out-of-order completions).
+    early: Mutex<BTreeSet<u64>>,
 }
 
 impl InsertCounter {
@@ -283,7 +293,31 @@ impl InsertCounter {
     pub fn new(records: u64) -> Arc<Self> {
         Arc::new(Self {
             next: AtomicU64::new(records),
+            acked: AtomicU64::new(records),
+            early: Mutex::new(BTreeSet::new()),
         })
+    }
+
+    /// Records that the insert of `id` completed (successfully or not).
+    pub fn ack(&self, id: u64) {
+        if id < self.acked.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(mut early) = self.early.lock() else {
+            return;
+        };
+        early.insert(id);
+        let mut limit = self.acked.load(Ordering::Acquire);
+        while early.first() == Some(&limit) {
+            early.pop_first();
+            limit += 1;
+        }
+        self.acked.store(limit, Ordering::Release);
+    }
+
+    /// Every id below this has been inserted and acknowledged.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Acquire)
     }
 }
 
@@ -325,6 +359,11 @@ impl OpGen {
         }
     }
 
+    /// The insert counter this generator shares.
+    pub fn inserts(&self) -> Arc<InsertCounter> {
+        self.inserts.clone()
+    }
+
     /// A copy with another random seed (shares the insert counter).
     pub fn reseed(&self, seed: u64) -> Self {
         Self {
@@ -348,8 +387,8 @@ impl OpGen {
             }
             Distribution::ZipfianUnscrambled => self.zipf_rank(self.records),
             Distribution::Latest => {
-                // Ids below `next` exist or are being inserted; rank 0 = the newest.
-                let max = self.inserts.next.load(Ordering::Relaxed).max(1);
+                // Ids below `acked` exist; rank 0 = the newest.
+                let max = self.inserts.acked().max(1);
                 let rank = self.zipf_rank(max);
                 max - 1 - rank.min(max - 1)
             }
@@ -564,7 +603,14 @@ mod tests {
         );
         let high = (0..10_000).filter(|_| g.item() >= 9_900).count();
         assert!(high > 4_500, "{high}");
+        // Inserts handed out but not acknowledged are not read; acknowledged ones are, even
+        // when they complete out of order.
         inserts.next.store(20_000, Ordering::Relaxed);
+        assert!((0..1_000).all(|_| g.item() < 10_000));
+        for id in (10_000..20_000).rev() {
+            inserts.ack(id);
+        }
+        assert_eq!(inserts.acked(), 20_000);
         let newest = (0..10_000).filter(|_| g.item() >= 19_900).count();
         assert!(newest > 4_500, "{newest}");
         assert!((0..10_000).all(|_| g.item() < 20_000));

@@ -334,6 +334,7 @@ pub fn run_phase(
         let ctl = ctl.clone();
         let tx = tx.clone();
         let mut g = sys.gen.reseed(seed.wrapping_add(t as u64 * 7919));
+        let inserts = g.inserts();
         let mut load_iter = match &kind {
             PhaseKind::Load { order } => {
                 let mine: Vec<u64> = order.iter().skip(t).step_by(threads).copied().collect();
@@ -348,7 +349,8 @@ pub fn run_phase(
                     Some(it) => it.next(),
                     None => ctl.may_issue().then(|| g.next_op()),
                 };
-                let _ = tx.send(driver::drive(conns, window, &mut next, &ctl, salt));
+                let acked = |id| inserts.ack(id);
+                let _ = tx.send(driver::drive(conns, window, &mut next, &acked, &ctl, salt));
             }),
         )?;
     }
