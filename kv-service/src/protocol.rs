@@ -65,6 +65,8 @@ pub mod op {
     /// BATCH: several GET / PUT / DELETE requests in one message, answered by one message
     /// holding their responses in the same order (see [`super::parse_batch`]).
     pub const BATCH: u8 = 7;
+    /// Every request type, in order.
+    pub const ALL: [u8; 7] = [INFO, GET, PUT, DELETE, SCAN, STATS, BATCH];
 }
 
 /// Most requests in one BATCH. A server advertises what it accepts in
@@ -449,19 +451,7 @@ fn split_request(data: &[u8]) -> Result<(Request<'_>, &[u8], &[u8]), RequestErro
 /// is checked before anything is returned: one bad entry rejects the batch, so a server
 /// executes all of it or none of it.
 pub fn parse_batch(data: &[u8]) -> Result<BatchRequests<'_>, RequestError> {
-    let hdr_bytes = data
-        .get(..HDR_LEN)
-        .ok_or(RequestError::Malformed("shorter than the 16-byte header"))?;
-    let hdr: &ReqHeader = bytemuck::try_from_bytes(hdr_bytes)
-        .map_err(|_| RequestError::Malformed("header not readable"))?;
-    if hdr.version != VERSION {
-        return Err(RequestError::UnsupportedVersion(hdr.version));
-    }
-    if hdr.op != op::BATCH {
-        return Err(RequestError::Malformed(
-            "header op differs from the rpc request type",
-        ));
-    }
+    let hdr = read_header(op::BATCH, data)?;
     if hdr.flags.get() != 0 || hdr.key_len.get() != 0 || hdr.val_len.get() != 0 {
         return Err(RequestError::Malformed(
             "a BATCH header carries no flags, key or value",
@@ -519,8 +509,9 @@ pub fn parse_batch_responses(body: &[u8], n: u32) -> Result<Vec<Response<'_>>, R
     Ok(out)
 }
 
-/// Parses the request message `data` received with rpc request type `req_type`.
-pub fn parse_request(req_type: u8, data: &[u8]) -> Result<Request<'_>, RequestError> {
+/// The request header at the start of `data`, checked for its version and for naming
+/// `req_type`.
+fn read_header(req_type: u8, data: &[u8]) -> Result<&ReqHeader, RequestError> {
     let hdr_bytes = data
         .get(..HDR_LEN)
         .ok_or(RequestError::Malformed("shorter than the 16-byte header"))?;
@@ -534,6 +525,12 @@ pub fn parse_request(req_type: u8, data: &[u8]) -> Result<Request<'_>, RequestEr
             "header op differs from the rpc request type",
         ));
     }
+    Ok(hdr)
+}
+
+/// Parses the request message `data` received with rpc request type `req_type`.
+pub fn parse_request(req_type: u8, data: &[u8]) -> Result<Request<'_>, RequestError> {
+    let hdr = read_header(req_type, data)?;
     if hdr.flags.get() != 0 {
         return Err(RequestError::Malformed("unknown flags"));
     }

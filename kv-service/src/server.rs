@@ -203,15 +203,7 @@ impl Server {
                 source: e,
             })?;
         let nexus: Nexus<ThreadState> = Nexus::new(&listen.to_string(), 0)?;
-        for t in [
-            op::INFO,
-            op::GET,
-            op::PUT,
-            op::DELETE,
-            op::SCAN,
-            op::STATS,
-            op::BATCH,
-        ] {
+        for t in op::ALL {
             nexus.register(t, |st: &mut ThreadState, ctx, req| st.on_request(ctx, req))?;
         }
         let sm_addr: SocketAddr = nexus
