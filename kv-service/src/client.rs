@@ -1,8 +1,11 @@
 //! The client library: connects to every thread of a `kv-service` server, routes each key
 //! to the thread that owns it, and offers a blocking API ([`Client::get`], [`Client::put`],
 //! [`Client::delete`], [`Client::scan`], [`Client::stats`]) and a pipelined one
-//! ([`Client::submit`] many requests with your own tags, then [`Client::poll`] /
-//! [`Client::wait`] for their [`Reply`]s, in any order).
+//! ([`Client::submit`] many requests — GET, PUT, DELETE and SCAN — with your own tags, then
+//! [`Client::poll`] / [`Client::wait`] for their [`Reply`]s, in any order). Pipelined GETs,
+//! PUTs and DELETEs to one server thread travel together in BATCH messages
+//! ([`ClientConfig::batch`]); a scan fans out to every server thread and merges the parts as
+//! they arrive.
 //!
 //! Every wait is bounded: a request without an answer within [`ClientConfig::timeout`]
 //! completes with [`Error::Timeout`]. A `Client` is one rpc endpoint driven by the calling
@@ -158,6 +161,14 @@ pub enum Command {
         /// The key.
         key: Vec<u8>,
     },
+    /// Up to `max` items with key ≥ `start`, in key order (as [`Client::scan`]: one SCAN per
+    /// server thread, merged, continued past the per-response caps).
+    Scan {
+        /// First key (inclusive).
+        start: Vec<u8>,
+        /// Most items wanted.
+        max: usize,
+    },
 }
 
 /// The successful answer to a [`Command`].
@@ -171,6 +182,8 @@ pub enum Reply {
     Written,
     /// DELETE: the key was deleted (durably).
     Deleted,
+    /// SCAN: the items, in key order.
+    Items(Vec<Item>),
 }
 
 /// What a response decodes to.
@@ -188,6 +201,29 @@ enum Owner {
     Sync,
     /// A BATCH message: the user tag and operation of each entry, in order.
     Batch(Vec<(u64, u8)>),
+    /// One server thread's part of scan `id` (a key of `Client::scans`).
+    ScanPart(u64),
+}
+
+/// Who waits for a scan.
+#[derive(Clone, Copy)]
+enum ScanOwner {
+    User(u64),
+    Sync(u64),
+}
+
+/// A scan in progress: one round asks every server thread for its items from `cursor`.
+struct ScanOp {
+    owner: ScanOwner,
+    max: usize,
+    cursor: Vec<u8>,
+    out: Vec<Item>,
+    parts: Vec<Vec<Item>>,
+    /// Parts of this round still to come.
+    left: usize,
+    /// Smallest last key among parts that may hold more items.
+    bound: Option<Vec<u8>>,
+    err: Option<Error>,
 }
 
 /// Requests submitted for one server thread and not sent yet (a BATCH message in the
@@ -230,6 +266,8 @@ pub struct Client {
     pending: Vec<Pending>,
     /// Tag vectors of finished batches, reused.
     spare_tags: Vec<Vec<(u64, u8)>>,
+    /// Scans in progress, by id.
+    scans: HashMap<u64, ScanOp>,
     _nexus: Nexus,
 }
 
@@ -295,6 +333,7 @@ impl Client {
             batch: 1,
             pending: Vec::new(),
             spare_tags: Vec::new(),
+            scans: HashMap::new(),
             _nexus: nexus,
         };
         let tag = client.send(0, &Request::Info, Owner::Sync)?;
@@ -388,60 +427,13 @@ impl Client {
     /// `max` items are found or the key space is exhausted.
     pub fn scan(&mut self, start: &[u8], max: usize) -> Result<Vec<Item>, Error> {
         check_key(start)?;
-        let mut out: Vec<Item> = Vec::new();
-        let mut cursor = start.to_vec();
-        while out.len() < max {
-            let ask = (max - out.len()).min(self.info.max_scan.max(1) as usize) as u32;
-            let mut tags = Vec::with_capacity(self.sessions.len());
-            for t in 0..self.sessions.len() {
-                let req = Request::Scan {
-                    start: &cursor,
-                    max: ask,
-                };
-                tags.push(self.send(t, &req, Owner::Sync)?);
-            }
-            let mut parts = Vec::with_capacity(tags.len());
-            let mut bound: Option<Vec<u8>> = None;
-            let mut first_err = None;
-            for tag in tags {
-                match self.wait_sync(tag) {
-                    Ok(Decoded::Scan(items, more)) => {
-                        if more {
-                            let Some((last, _)) = items.last() else {
-                                return Err(Error::Incompatible(
-                                    "SCAN answer flagged more items but holds none".into(),
-                                ));
-                            };
-                            if !matches!(&bound, Some(b) if b <= last) {
-                                bound = Some(last.clone());
-                            }
-                        }
-                        parts.push(items);
-                    }
-                    Ok(_) => {
-                        first_err
-                            .get_or_insert(Error::Incompatible("unexpected SCAN answer".into()));
-                    }
-                    Err(e) => {
-                        first_err.get_or_insert(e);
-                    }
-                }
-            }
-            if let Some(e) = first_err {
-                return Err(e);
-            }
-            // Below `bound`, every partition returned all its items; above it, some did not.
-            let mut merged = merge_scan(parts, max - out.len());
-            if let Some(b) = &bound {
-                merged.retain(|(k, _)| k <= b);
-            }
-            out.extend(merged);
-            match bound.as_deref().map(successor) {
-                Some(Some(next)) => cursor = next,
-                _ => break,
-            }
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.start_scan(ScanOwner::Sync(tag), start.to_vec(), max);
+        match self.wait_sync(tag)? {
+            Decoded::Reply(Reply::Items(items)) => Ok(items),
+            _ => Err(Error::Incompatible("unexpected SCAN answer".into())),
         }
-        Ok(out)
     }
 
     /// The counters of every server thread (thread `i` at index `i`).
@@ -472,6 +464,12 @@ impl Client {
             Command::Get { key } => Request::Get { key },
             Command::Put { key, value } => Request::Put { key, value },
             Command::Delete { key } => Request::Delete { key },
+            Command::Scan { start, max } => {
+                check_key(start)?;
+                self.user_inflight += 1;
+                self.start_scan(ScanOwner::User(tag), start.clone(), *max);
+                return Ok(());
+            }
         };
         if self.batch <= 1 {
             self.send_routed(&req, Owner::User(tag))?;
@@ -633,7 +631,11 @@ impl Client {
             if let Some(r) = self.sync_done.remove(&tag) {
                 return r;
             }
-            if !self.inflight.contains_key(&tag) {
+            let scanning = self
+                .scans
+                .values()
+                .any(|s| matches!(s.owner, ScanOwner::Sync(t) if t == tag));
+            if !scanning && !self.inflight.contains_key(&tag) {
                 return Err(Error::Timeout(self.cfg.timeout));
             }
             self.pump(Duration::from_millis(1));
@@ -705,6 +707,124 @@ impl Client {
         self.finish(c.tag, f.owner, result);
     }
 
+    /// Starts a scan: a SCAN of the rest to every server thread.
+    fn start_scan(&mut self, owner: ScanOwner, start: Vec<u8>, max: usize) {
+        let id = self.next_tag;
+        self.next_tag += 1;
+        self.scans.insert(
+            id,
+            ScanOp {
+                owner,
+                max,
+                cursor: start,
+                out: Vec::new(),
+                parts: Vec::new(),
+                left: 0,
+                bound: None,
+                err: None,
+            },
+        );
+        self.scan_round(id);
+    }
+
+    /// Sends scan `id`'s next round, or completes it if it has all its items.
+    fn scan_round(&mut self, id: u64) {
+        let Some(sc) = self.scans.get_mut(&id) else {
+            return;
+        };
+        if sc.out.len() >= sc.max {
+            self.end_scan(id);
+            return;
+        }
+        let ask = (sc.max - sc.out.len()).min(self.info.max_scan.max(1) as usize) as u32;
+        let cursor = std::mem::take(&mut sc.cursor);
+        let threads = self.sessions.len();
+        sc.left = threads;
+        sc.parts.clear();
+        sc.bound = None;
+        for t in 0..threads {
+            let req = Request::Scan {
+                start: &cursor,
+                max: ask,
+            };
+            if let Err(e) = self.send(t, &req, Owner::ScanPart(id)) {
+                self.on_scan_part(id, Err(e));
+            }
+        }
+        if let Some(sc) = self.scans.get_mut(&id) {
+            sc.cursor = cursor;
+        }
+    }
+
+    /// One thread's answer to scan `id`'s current round.
+    fn on_scan_part(&mut self, id: u64, result: Result<Decoded, Error>) {
+        let Some(sc) = self.scans.get_mut(&id) else {
+            return;
+        };
+        match result {
+            Ok(Decoded::Scan(items, more)) => {
+                if more {
+                    match items.last() {
+                        Some((last, _)) => {
+                            if !matches!(&sc.bound, Some(b) if b <= last) {
+                                sc.bound = Some(last.clone());
+                            }
+                        }
+                        None => {
+                            sc.err.get_or_insert(Error::Incompatible(
+                                "SCAN answer flagged more items but holds none".into(),
+                            ));
+                        }
+                    }
+                }
+                sc.parts.push(items);
+            }
+            Ok(_) => {
+                sc.err
+                    .get_or_insert(Error::Incompatible("unexpected SCAN answer".into()));
+            }
+            Err(e) => {
+                sc.err.get_or_insert(e);
+            }
+        }
+        sc.left = sc.left.saturating_sub(1);
+        if sc.left > 0 {
+            return;
+        }
+        if sc.err.is_some() {
+            self.end_scan(id);
+            return;
+        }
+        // Below `bound`, every partition returned all its items; above it, some did not.
+        let parts = std::mem::take(&mut sc.parts);
+        let mut merged = merge_scan(parts, sc.max - sc.out.len());
+        if let Some(b) = &sc.bound {
+            merged.retain(|(k, _)| k <= b);
+        }
+        sc.out.extend(merged);
+        match sc.bound.as_deref().map(successor) {
+            Some(Some(next)) if sc.out.len() < sc.max => {
+                sc.cursor = next;
+                self.scan_round(id);
+            }
+            _ => self.end_scan(id),
+        }
+    }
+
+    fn end_scan(&mut self, id: u64) {
+        let Some(sc) = self.scans.remove(&id) else {
+            return;
+        };
+        let result = match sc.err {
+            Some(e) => Err(e),
+            None => Ok(Decoded::Reply(Reply::Items(sc.out))),
+        };
+        match sc.owner {
+            ScanOwner::Sync(tag) => self.finish(tag, Owner::Sync, result),
+            ScanOwner::User(tag) => self.finish(0, Owner::User(tag), result),
+        }
+    }
+
     /// A request that could not be sent: a BATCH's entries complete with (a copy of) `e`
     /// now; `e` is returned for the caller of a single request.
     fn fail_owner(&mut self, owner: Owner, e: Error) -> Error {
@@ -750,6 +870,7 @@ impl Client {
             Owner::Sync => {
                 self.sync_done.insert(tag, result);
             }
+            Owner::ScanPart(id) => self.on_scan_part(id, result),
             Owner::User(user) => {
                 self.user_inflight = self.user_inflight.saturating_sub(1);
                 let r = result.and_then(|d| match d {

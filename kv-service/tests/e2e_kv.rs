@@ -648,6 +648,70 @@ fn wrong_thread_requests_are_forwarded_and_bad_requests_rejected() {
     s.terminate();
 }
 
+#[test]
+fn pipelined_scans_continue_past_the_per_thread_caps() {
+    let dir = tempdir();
+    let s = ServerProc::start(dir.path(), free_port());
+    let mut c = client(&s.addr);
+    // 3000 items over 2 threads: each thread holds ~1500 > 1024 (one SCAN answer's cap), so
+    // a full scan needs a second round.
+    let mut model = BTreeMap::new();
+    for i in 0..3000u64 {
+        let key = format!("s{i:05}").into_bytes();
+        let value = format!("v{}", i * 7).into_bytes();
+        c.submit(
+            KvCommand::Put {
+                key: key.clone(),
+                value: value.clone(),
+            },
+            i,
+        )
+        .unwrap();
+        model.insert(key, value);
+        if c.in_flight() >= 64 {
+            assert_eq!(c.wait().unwrap().1.unwrap(), Reply::Written);
+        }
+    }
+    while let Some((_, r)) = c.wait() {
+        assert_eq!(r.unwrap(), Reply::Written);
+    }
+    let all: Vec<_> = model.clone().into_iter().collect();
+    assert_eq!(c.scan(b"", 5000).unwrap(), all);
+    // Several scans and a GET in flight at once, through the pipelined API.
+    let range = |from: &str, n: usize| -> Vec<(Vec<u8>, Vec<u8>)> {
+        model
+            .range(from.as_bytes().to_vec()..)
+            .take(n)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let asks = [("s01000", 1500usize), ("s02990", 100), ("", 0), ("t", 10)];
+    for (i, (from, n)) in asks.iter().enumerate() {
+        let cmd = KvCommand::Scan {
+            start: from.as_bytes().to_vec(),
+            max: *n,
+        };
+        c.submit(cmd, i as u64).unwrap();
+    }
+    c.submit(
+        KvCommand::Get {
+            key: b"s00042".to_vec(),
+        },
+        99,
+    )
+    .unwrap();
+    let mut seen = 0;
+    while let Some((tag, r)) = c.wait() {
+        seen += 1;
+        match asks.get(tag as usize) {
+            Some((from, n)) => assert_eq!(r.unwrap(), Reply::Items(range(from, *n)), "scan {tag}"),
+            None => assert_eq!(r.unwrap(), Reply::Value(b"v294".to_vec())),
+        }
+    }
+    assert_eq!(seen, asks.len() + 1);
+    s.terminate();
+}
+
 /// A BATCH message built from `reqs`.
 fn batch_msg(reqs: &[Request<'_>]) -> Vec<u8> {
     let mut m = Vec::new();

@@ -73,17 +73,7 @@ impl Backend for KvBackend {
         let cmd = match req {
             Req::Get(key) => Command::Get { key },
             Req::Set(key, value) => Command::Put { key, value },
-            Req::Scan(start, n) => {
-                // The client library's scan is blocking (fan-out + merge); pipelined
-                // requests of this client keep completing meanwhile.
-                let r = self
-                    .client
-                    .scan(&start, n)
-                    .map(|items| Outcome::Items(items.len()))
-                    .map_err(|e| e.to_string());
-                self.local.push((tag, r));
-                return;
-            }
+            Req::Scan(start, max) => Command::Scan { start, max },
         };
         if let Err(e) = self.client.submit(cmd, tag) {
             self.local.push((tag, Err(e.to_string())));
@@ -97,6 +87,7 @@ impl Backend for KvBackend {
                 Ok(Reply::Value(_)) => Ok(Outcome::Found),
                 Ok(Reply::NotFound) => Ok(Outcome::NotFound),
                 Ok(Reply::Written) => Ok(Outcome::Written),
+                Ok(Reply::Items(items)) => Ok(Outcome::Items(items.len())),
                 Ok(other) => Err(format!("unexpected reply {other:?}")),
                 Err(e) => Err(e.to_string()),
             };

@@ -345,17 +345,7 @@ fn one_shot(client: &mut Client, codec: &Codec, line: Line) -> anyhow::Result<Ex
 /// Result line of a blocking scan / stats in pipe mode.
 fn blocking_line(client: &mut Client, codec: &Codec, line: &Line) -> (String, bool) {
     match line {
-        Line::Scan(start, count) => match client.scan(start, *count) {
-            Ok(items) if items.is_empty() => ("(empty)".into(), true),
-            Ok(items) => {
-                let parts: Vec<String> = items
-                    .iter()
-                    .map(|(k, v)| format!("{} {}", codec.encode(k, true), codec.encode(v, true)))
-                    .collect();
-                (parts.join(" "), true)
-            }
-            Err(e) => (format!("(error) {e}"), false),
-        },
+        Line::Scan(start, count) => reply_line(codec, client.scan(start, *count).map(Reply::Items)),
         Line::Stats => match client.stats() {
             Ok(s) => (stats_total(&s), true),
             Err(e) => (format!("(error) {e}"), false),
@@ -369,6 +359,14 @@ fn reply_line(codec: &Codec, r: Result<Reply, Error>) -> (String, bool) {
         Ok(Reply::Value(v)) => (codec.encode(&v, false), true),
         Ok(Reply::NotFound) => ("(not found)".into(), true),
         Ok(Reply::Written | Reply::Deleted) => ("OK".into(), true),
+        Ok(Reply::Items(items)) if items.is_empty() => ("(empty)".into(), true),
+        Ok(Reply::Items(items)) => {
+            let parts: Vec<String> = items
+                .iter()
+                .map(|(k, v)| format!("{} {}", codec.encode(k, true), codec.encode(v, true)))
+                .collect();
+            (parts.join(" "), true)
+        }
         Err(e) => (format!("(error) {e}"), false),
     }
 }
