@@ -65,6 +65,12 @@ pub struct ClientConfig {
     /// default 1024 serves servers of up to 32 threads; connecting to a bigger one fails
     /// with `Unreachable` (ring exhausted) unless this is raised.
     pub rx_ring_size: usize,
+    /// Reconnect a session whose server end failed (the server restarted or died) when the
+    /// next request needs it. Requests that were in flight when the failure was detected
+    /// complete with `Error::Rpc(PeerFailed)` (they may or may not have run: they are not
+    /// retried); later ones go out on the new session, or fail with the connect error while
+    /// the server is down. Default `true`.
+    pub auto_reconnect: bool,
 }
 
 impl Default for ClientConfig {
@@ -77,6 +83,7 @@ impl Default for ClientConfig {
             udp_gro: true,
             max_pkt_size: None,
             rx_ring_size: 1024,
+            auto_reconnect: true,
         }
     }
 }
@@ -608,6 +615,17 @@ impl Client {
                 return Err(self.fail_owner(owner, e));
             }
         };
+        if self.cfg.auto_reconnect
+            && matches!(
+                self.rpc.session_state(session),
+                Some(rpc::SessionState::Failed(_))
+            )
+        {
+            // Requests enqueued now wait for the new handshake (or fail with it).
+            if let Err(e) = self.rpc.reconnect(session) {
+                tracing::debug!(thread, error = %e, "reconnect refused");
+            }
+        }
         let ctx = self.rpc.ctx();
         let m = ctx.msg_from(msg);
         let tag = self.next_tag;

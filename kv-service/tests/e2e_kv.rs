@@ -649,6 +649,49 @@ fn wrong_thread_requests_are_forwarded_and_bad_requests_rejected() {
 }
 
 #[test]
+fn client_reconnects_after_the_server_restarts() {
+    let dir = tempdir();
+    let port = free_port();
+    let s = ServerProc::start(dir.path(), port);
+    let mut c = client(&s.addr);
+    c.put(b"survivor", b"v1").unwrap();
+    s.kill9();
+    let s = ServerProc::start(dir.path(), port);
+    // The first request may still go out on the old session and fail (PeerFailed once the
+    // restarted server answers the liveness ping); the next ones reconnect.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut failures = Vec::new();
+    let got = loop {
+        match c.get(b"survivor") {
+            Ok(v) => break v,
+            Err(e) => {
+                failures.push(e.to_string());
+                assert!(
+                    Instant::now() < deadline,
+                    "never reconnected: {} failures, first {:?}",
+                    failures.len(),
+                    &failures[..failures.len().min(3)]
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    assert_eq!(got, Some(b"v1".to_vec()));
+    assert!(failures.len() <= 2, "{failures:?}");
+    c.put(b"survivor", b"v2").unwrap();
+    c.submit(
+        KvCommand::Get {
+            key: b"survivor".to_vec(),
+        },
+        1,
+    )
+    .unwrap();
+    assert_eq!(c.wait().unwrap().1.unwrap(), Reply::Value(b"v2".to_vec()));
+    assert_eq!(c.scan(b"", 10).unwrap().len(), 1);
+    s.terminate();
+}
+
+#[test]
 fn pipelined_scans_continue_past_the_per_thread_caps() {
     let dir = tempdir();
     let s = ServerProc::start(dir.path(), free_port());
