@@ -604,20 +604,25 @@ impl Worker {
         }
     }
 
+    /// Puts a put's state back in its slot (to wait, or before finishing it).
+    fn park_put(&mut self, id: u32, key: Vec<u8>, value: Vec<u8>, hash: u64, phase: PutPhase) {
+        self.put_st(
+            id,
+            St::Put {
+                key,
+                value,
+                hash,
+                phase,
+            },
+        );
+    }
+
     fn run_put(&mut self, id: u32, key: Vec<u8>, value: Vec<u8>, hash: u64, phase: PutPhase) {
         match phase {
             PutPhase::Start => {
                 let Some(class) = slab::class_for(key.len(), value.len()) else {
                     let len = value.len();
-                    self.put_st(
-                        id,
-                        St::Put {
-                            key,
-                            value,
-                            hash,
-                            phase,
-                        },
-                    );
+                    self.park_put(id, key, value, hash, phase);
                     self.finish(
                         id,
                         Err(Error::ValueTooLarge {
@@ -639,15 +644,7 @@ impl Worker {
                             a.fresh_block,
                         ),
                         Err(e) => {
-                            self.put_st(
-                                id,
-                                St::Put {
-                                    key,
-                                    value,
-                                    hash,
-                                    phase,
-                                },
-                            );
+                            self.park_put(id, key, value, hash, phase);
                             self.finish(id, Err(e));
                             return;
                         }
@@ -669,15 +666,7 @@ impl Worker {
             } => {
                 let (block, _) = Geometry::of(target.class).locate(target.slot);
                 let Some(e) = self.acquire(target.class, block, id, true, fresh) else {
-                    self.put_st(
-                        id,
-                        St::Put {
-                            key,
-                            value,
-                            hash,
-                            phase,
-                        },
-                    );
+                    self.park_put(id, key, value, hash, phase);
                     return;
                 };
                 let seq = self.next_seq;
@@ -687,15 +676,7 @@ impl Worker {
                     .and_then(|b| record::encode_live(b, seq, &key, &value));
                 let Some(used) = used else {
                     let err = self.corrupt(target);
-                    self.put_st(
-                        id,
-                        St::Put {
-                            key,
-                            value,
-                            hash,
-                            phase,
-                        },
-                    );
+                    self.park_put(id, key, value, hash, phase);
                     self.fail(id, err);
                     return;
                 };
@@ -707,15 +688,7 @@ impl Worker {
                     old,
                     applied: true,
                 };
-                self.put_st(
-                    id,
-                    St::Put {
-                        key,
-                        value,
-                        hash,
-                        phase,
-                    },
-                );
+                self.park_put(id, key, value, hash, phase);
             }
             PutPhase::Tombstone {
                 old,
@@ -723,15 +696,7 @@ impl Worker {
             } => {
                 let (block, _) = Geometry::of(old.class).locate(old.slot);
                 let Some(e) = self.acquire(old.class, block, id, true, false) else {
-                    self.put_st(
-                        id,
-                        St::Put {
-                            key,
-                            value,
-                            hash,
-                            phase,
-                        },
-                    );
+                    self.park_put(id, key, value, hash, phase);
                     return;
                 };
                 let seq = self.next_seq;
@@ -742,26 +707,10 @@ impl Worker {
                     .unwrap_or(record::HEADER_LEN);
                 self.mark_write(e, old, used, id);
                 let phase = PutPhase::Tombstone { old, applied: true };
-                self.put_st(
-                    id,
-                    St::Put {
-                        key,
-                        value,
-                        hash,
-                        phase,
-                    },
-                );
+                self.park_put(id, key, value, hash, phase);
             }
             // Applied phases wait for their write; nothing to run.
-            _ => self.put_st(
-                id,
-                St::Put {
-                    key,
-                    value,
-                    hash,
-                    phase,
-                },
-            ),
+            _ => self.park_put(id, key, value, hash, phase),
         }
     }
 
@@ -823,15 +772,7 @@ impl Worker {
                         old,
                         applied: false,
                     };
-                    self.put_st(
-                        id,
-                        St::Put {
-                            key,
-                            value,
-                            hash,
-                            phase,
-                        },
-                    );
+                    self.park_put(id, key, value, hash, phase);
                     self.runnable.push_back(id);
                 }
                 _ => {
