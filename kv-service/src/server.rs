@@ -604,25 +604,39 @@ impl ThreadState {
         self.respond(ctx, h, status, 0, 0, msg.as_bytes());
     }
 
+    /// A parsed request may run: answers a malformed one with its error status (counted in
+    /// `bad_requests`) and any one with SHUTTING_DOWN once the server is stopping.
+    fn admit<T>(
+        &mut self,
+        ctx: &mut Ctx,
+        h: ReqHandle,
+        parsed: Result<T, protocol::RequestError>,
+    ) -> Option<T> {
+        match parsed {
+            Err(e) => {
+                self.stats.bad_requests += 1;
+                tracing::debug!(thread = self.id, error = %e, "bad request");
+                self.respond_err(ctx, h, e.status(), &e.to_string());
+                None
+            }
+            Ok(_) if self.stopping => {
+                self.respond_err(ctx, h, Status::ShuttingDown, "the server is shutting down");
+                None
+            }
+            Ok(r) => Some(r),
+        }
+    }
+
     fn on_request(&mut self, ctx: &mut Ctx, req: RpcRequest<'_>) {
         let h = req.handle;
         if req.req_type == op::BATCH {
             self.on_batch(ctx, h, req.data);
             return;
         }
-        let parsed = match protocol::parse_request(req.req_type, req.data) {
-            Ok(r) => r,
-            Err(e) => {
-                self.stats.bad_requests += 1;
-                tracing::debug!(thread = self.id, error = %e, "bad request");
-                self.respond_err(ctx, h, e.status(), &e.to_string());
-                return;
-            }
-        };
-        if self.stopping {
-            self.respond_err(ctx, h, Status::ShuttingDown, "the server is shutting down");
+        let parsed = protocol::parse_request(req.req_type, req.data);
+        let Some(parsed) = self.admit(ctx, h, parsed) else {
             return;
-        }
+        };
         match parsed {
             Request::Info => {
                 let info = protocol::ServerInfo {
@@ -663,19 +677,9 @@ impl ThreadState {
     /// message); then each runs like a request of its own (forwarded if another thread owns
     /// its key) and the response goes out when the last entry is answered.
     fn on_batch(&mut self, ctx: &mut Ctx, h: ReqHandle, data: &[u8]) {
-        let reqs = match protocol::parse_batch(data) {
-            Ok(r) => r,
-            Err(e) => {
-                self.stats.bad_requests += 1;
-                tracing::debug!(thread = self.id, error = %e, "bad batch");
-                self.respond_err(ctx, h, e.status(), &e.to_string());
-                return;
-            }
-        };
-        if self.stopping {
-            self.respond_err(ctx, h, Status::ShuttingDown, "the server is shutting down");
+        let Some(reqs) = self.admit(ctx, h, protocol::parse_batch(data)) else {
             return;
-        }
+        };
         let n = reqs.len();
         let id = self.batches.insert(PendingBatch {
             handle: h,
