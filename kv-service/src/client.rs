@@ -61,10 +61,11 @@ pub struct ClientConfig {
     /// smaller of this and the server's.
     pub max_pkt_size: Option<usize>,
     /// Receive ring of the client's socket, in packets (preallocated: times the packet
-    /// size). It must hold the credits of one session per server thread (32 each), so the
-    /// default 1024 serves servers of up to 32 threads; connecting to a bigger one fails
-    /// with `Unreachable` (ring exhausted) unless this is raised.
-    pub rx_ring_size: usize,
+    /// size). It must hold the credits of one session per server thread (32 each). `None`
+    /// (default): 1024 packets, enough for servers of up to 32 threads; for a bigger server
+    /// the client reopens its endpoint with a ring sized for it while connecting. A fixed
+    /// size too small for the server fails the connect with `Error::Rpc(RingExhausted)`.
+    pub rx_ring_size: Option<usize>,
     /// Reconnect a session whose server end failed (the server restarted or died) when the
     /// next request needs it. Requests that were in flight when the failure was detected
     /// complete with `Error::Rpc(PeerFailed)` (they may or may not have run: they are not
@@ -82,7 +83,7 @@ impl Default for ClientConfig {
             batch: 32,
             udp_gro: true,
             max_pkt_size: None,
-            rx_ring_size: 1024,
+            rx_ring_size: None,
             auto_reconnect: true,
         }
     }
@@ -278,6 +279,37 @@ pub struct Client {
     _nexus: Nexus,
 }
 
+/// Receive ring of a client whose `ClientConfig::rx_ring_size` is `None`, unless the
+/// server has more than 32 threads.
+const DEFAULT_RX_RING: usize = 1024;
+
+/// The client's rpc endpoint: rpc `id` of `nexus` on a UDP socket bound to `local_ip`.
+fn open_rpc(
+    nexus: &Nexus,
+    id: u8,
+    local_ip: std::net::IpAddr,
+    server: SocketAddr,
+    cfg: &ClientConfig,
+    ring: usize,
+) -> Result<Rpc<UdpTransport, ()>, Error> {
+    let udp = UdpTransport::new(UdpConfig {
+        bind: SocketAddr::new(local_ip, 0),
+        gro: cfg.udp_gro,
+        max_pkt_size: cfg
+            .max_pkt_size
+            .unwrap_or_else(|| transports::udp::max_pkt_size_toward(server.ip())),
+        rx_ring_size: ring,
+        ..UdpConfig::default()
+    })
+    .map_err(RpcError::from)?;
+    let rpc_cfg = RpcConfig {
+        connect_timeout: cfg.connect_timeout,
+        busy_poll: cfg.busy_poll,
+        ..RpcConfig::default()
+    };
+    Ok(Rpc::new(nexus, id, udp, (), rpc_cfg)?)
+}
+
 /// How often in-flight requests are checked against their deadlines.
 const EXPIRY_CHECK: Duration = Duration::from_millis(5);
 
@@ -297,22 +329,8 @@ impl Client {
             source,
         };
         let nexus: Nexus = Nexus::new(&SocketAddr::new(local_ip, 0).to_string(), 0)?;
-        let udp = UdpTransport::new(UdpConfig {
-            bind: SocketAddr::new(local_ip, 0),
-            gro: cfg.udp_gro,
-            max_pkt_size: cfg
-                .max_pkt_size
-                .unwrap_or_else(|| transports::udp::max_pkt_size_toward(server.ip())),
-            rx_ring_size: cfg.rx_ring_size,
-            ..UdpConfig::default()
-        })
-        .map_err(RpcError::from)?;
-        let rpc_cfg = RpcConfig {
-            connect_timeout: cfg.connect_timeout,
-            busy_poll: cfg.busy_poll,
-            ..RpcConfig::default()
-        };
-        let mut rpc = Rpc::new(&nexus, 0, udp, (), rpc_cfg)?;
+        let ring = cfg.rx_ring_size.unwrap_or(DEFAULT_RX_RING);
+        let mut rpc = open_rpc(&nexus, 0, local_ip, server, &cfg, ring)?;
         let uri = server.to_string();
         let s0 = rpc.connect(&uri, 0).map_err(unreachable)?;
         let mut client = Client {
@@ -359,6 +377,17 @@ impl Client {
                 "server reports {} threads",
                 info.threads
             )));
+        }
+        let need = (info.threads as usize * RpcConfig::default().credits as usize + 64)
+            .next_power_of_two();
+        if client.cfg.rx_ring_size.is_none() && need > ring {
+            // Too many server threads for the default ring: reopen the endpoint (as rpc id 1
+            // of this Nexus, the old one still exists) with a ring that holds them all.
+            let _ = client.rpc.disconnect(s0);
+            let mut rpc = open_rpc(&client._nexus, 1, local_ip, server, &client.cfg, need)?;
+            let s0 = rpc.connect(&uri, 0).map_err(unreachable)?;
+            client.rpc = rpc;
+            client.sessions = vec![s0];
         }
         client.info = info;
         client.router = KeyRouter::new(info.threads as usize);
