@@ -309,34 +309,38 @@ fn cli_pipe_mode_answers_every_line_in_order() {
     s.terminate();
 }
 
+/// Writes every item of `items` with up to `depth` PUTs in flight; each must succeed.
+fn put_pipelined(c: &mut Client, items: &BTreeMap<Vec<u8>, Vec<u8>>, depth: usize) {
+    for (i, (key, value)) in items.iter().enumerate() {
+        let cmd = KvCommand::Put {
+            key: key.clone(),
+            value: value.clone(),
+        };
+        c.submit(cmd, i as u64).unwrap();
+        if c.in_flight() >= depth {
+            let (tag, r) = c.wait().unwrap();
+            assert_eq!(r.unwrap(), Reply::Written, "put {tag}");
+        }
+    }
+    while let Some((tag, r)) = c.wait() {
+        assert_eq!(r.unwrap(), Reply::Written, "put {tag}");
+    }
+}
+
 #[test]
 fn clean_restart_keeps_all_data() {
     let dir = tempdir();
     let port = free_port();
     let s = ServerProc::start(dir.path(), port);
-    let mut model = BTreeMap::new();
+    let mut model: BTreeMap<Vec<u8>, Vec<u8>> = (0..600u64)
+        .map(|i| {
+            let key = format!("r{i:04}").into_bytes();
+            (key, vec![(i % 251) as u8; (i as usize * 37) % 3000])
+        })
+        .collect();
     {
         let mut c = client(&s.addr);
-        for i in 0..600u64 {
-            let key = format!("r{i:04}").into_bytes();
-            let value = vec![(i % 251) as u8; (i as usize * 37) % 3000];
-            c.submit(
-                KvCommand::Put {
-                    key: key.clone(),
-                    value: value.clone(),
-                },
-                i,
-            )
-            .unwrap();
-            model.insert(key, value);
-            if c.in_flight() >= 32 {
-                let (_, r) = c.wait().unwrap();
-                assert_eq!(r.unwrap(), Reply::Written);
-            }
-        }
-        while let Some((_, r)) = c.wait() {
-            assert_eq!(r.unwrap(), Reply::Written);
-        }
+        put_pipelined(&mut c, &model, 32);
         for i in (0..600u64).step_by(5) {
             let key = format!("r{i:04}").into_bytes();
             assert!(c.delete(&key).unwrap());
@@ -698,26 +702,13 @@ fn pipelined_scans_continue_past_the_per_thread_caps() {
     let mut c = client(&s.addr);
     // 3000 items over 2 threads: each thread holds ~1500 > 1024 (one SCAN answer's cap), so
     // a full scan needs a second round.
-    let mut model = BTreeMap::new();
-    for i in 0..3000u64 {
-        let key = format!("s{i:05}").into_bytes();
-        let value = format!("v{}", i * 7).into_bytes();
-        c.submit(
-            KvCommand::Put {
-                key: key.clone(),
-                value: value.clone(),
-            },
-            i,
-        )
-        .unwrap();
-        model.insert(key, value);
-        if c.in_flight() >= 64 {
-            assert_eq!(c.wait().unwrap().1.unwrap(), Reply::Written);
-        }
-    }
-    while let Some((_, r)) = c.wait() {
-        assert_eq!(r.unwrap(), Reply::Written);
-    }
+    let model: BTreeMap<Vec<u8>, Vec<u8>> = (0..3000u64)
+        .map(|i| {
+            let key = format!("s{i:05}").into_bytes();
+            (key, format!("v{}", i * 7).into_bytes())
+        })
+        .collect();
+    put_pipelined(&mut c, &model, 64);
     let all: Vec<_> = model.clone().into_iter().collect();
     assert_eq!(c.scan(b"", 5000).unwrap(), all);
     // Several scans and a GET in flight at once, through the pipelined API.

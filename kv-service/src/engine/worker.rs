@@ -776,15 +776,7 @@ impl Worker {
                     self.runnable.push_back(id);
                 }
                 _ => {
-                    self.put_st(
-                        id,
-                        St::Put {
-                            key,
-                            value,
-                            hash,
-                            phase: PutPhase::Start,
-                        },
-                    );
+                    self.park_put(id, key, value, hash, PutPhase::Start);
                     self.finish(id, Ok(Output::Written));
                 }
             },
@@ -795,15 +787,7 @@ impl Worker {
                 phase: PutPhase::Tombstone { old, applied: true },
             } => {
                 self.release_slot(old);
-                self.put_st(
-                    id,
-                    St::Put {
-                        key,
-                        value,
-                        hash,
-                        phase: PutPhase::Start,
-                    },
-                );
+                self.park_put(id, key, value, hash, PutPhase::Start);
                 self.finish(id, Ok(Output::Written));
             }
             St::Delete {
