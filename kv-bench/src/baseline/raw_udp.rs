@@ -112,6 +112,14 @@ fn nonblocking_pair(connected: bool) -> Result<(UdpSocket, UdpSocket)> {
     Ok((a, b))
 }
 
+/// A ping-pong message must fit one UDP datagram.
+fn check_msg_size(msg_size: usize) -> Result<()> {
+    if msg_size == 0 || msg_size > transports::udp::MAX_UDP_PAYLOAD {
+        bail!("msg_size must be 1..=65507 bytes, got {msg_size}");
+    }
+    Ok(())
+}
+
 /// Busy-polled UDP ping-pong of `msg_size`-byte datagrams for `duration`; returns the round
 /// trip times in nanoseconds (warm-up excluded).
 pub fn ping_pong(duration: Duration, msg_size: usize) -> Result<Histogram<u64>> {
@@ -125,9 +133,7 @@ pub fn raw_ping_pong(
     msg_size: usize,
     connected: bool,
 ) -> Result<Histogram<u64>> {
-    if msg_size == 0 || msg_size > transports::udp::MAX_UDP_PAYLOAD {
-        bail!("msg_size must be 1..=65507 bytes, got {msg_size}");
-    }
+    check_msg_size(msg_size)?;
     let (client, server_sock) = nonblocking_pair(connected)?;
     let server_addr = server_sock.local_addr()?;
     let server = Server::spawn(move |stop| {
@@ -216,9 +222,7 @@ pub fn transport_ping_pong(
     msg_size: usize,
     cfg: UdpConfig,
 ) -> Result<Histogram<u64>> {
-    if msg_size == 0 || msg_size > transports::udp::MAX_UDP_PAYLOAD {
-        bail!("msg_size must be 1..=65507 bytes, got {msg_size}");
-    }
+    check_msg_size(msg_size)?;
     let mut client = UdpTransport::new(cfg.clone())?;
     let mut server_t = UdpTransport::new(cfg)?;
     let (to_server, _) = client.route_alloc()?;
