@@ -53,7 +53,7 @@ fn config(workers: usize) -> EngineConfig {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 40, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(testkit::proptest_config(40, "proptest-regressions/engine_model.txt"))]
 
     #[test]
     fn engine_matches_btreemap(workers in 1usize..4, actions in prop::collection::vec(action(), 1..80)) {

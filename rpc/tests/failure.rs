@@ -37,6 +37,12 @@ fn cfg(failure_ms: u64) -> RpcConfig {
     }
 }
 
+/// How soon a 50 ms failure timeout must have fired, in these tests. Far above the timeout
+/// (a loaded CI machine may not schedule the client for tens of milliseconds) and far below
+/// anything else that could end a session here (no deadlines, 30 s defaults): it shows the
+/// failure timeout did the work. Detection latency itself is a benchmark figure, not an assert.
+const DETECTED_WITHIN: Duration = Duration::from_secs(1);
+
 /// The tests of this file run one at a time (they time failure detection).
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -174,11 +180,8 @@ fn deadlines_end_requests_and_the_session_keeps_working() {
         .unwrap();
     }
     let done = completions(&mut rpc, 12);
-    assert!(
-        t0.elapsed() < Duration::from_millis(500),
-        "{:?}",
-        t0.elapsed()
-    );
+    // 50 ms deadlines, not the 30 s default, ended them (margin for a loaded machine).
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
     assert!(done
         .iter()
         .all(|c| matches!(c.result, Err(RpcError::DeadlineExceeded))));
@@ -270,7 +273,7 @@ fn a_stopped_server_rpc_is_detected_and_pending_requests_fail_once() {
     rpc.run_for(Duration::from_millis(5));
     server.stop_rpc();
     let took = time_to_failure(&mut rpc, s);
-    assert!(took < Duration::from_millis(100), "detected after {took:?}");
+    assert!(took < DETECTED_WITHIN, "detected after {took:?}");
     assert_eq!(
         rpc.session_state(s),
         Some(SessionState::Failed(ConnectFailure::PeerFailed))
@@ -298,7 +301,7 @@ fn a_vanished_server_process_is_detected_by_timeout() {
     rpc.call(s, ECHO, b"hi", Duration::from_secs(2)).unwrap();
     drop(server);
     let took = time_to_failure(&mut rpc, s);
-    assert!(took < Duration::from_millis(100), "detected after {took:?}");
+    assert!(took < DETECTED_WITHIN, "detected after {took:?}");
 }
 
 #[test]
@@ -346,7 +349,8 @@ fn the_server_frees_the_sessions_of_a_dead_client() {
         }
         // The client Rpc and its Nexus disappear without disconnecting.
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // 20x the 50 ms failure timeout: enough for the server's reaper on a loaded machine.
+    std::thread::sleep(Duration::from_secs(1));
     let (stats, _) = server.stop_rpc();
     assert_eq!(stats.server_sessions_reaped, 3, "{stats:?}");
 }
@@ -461,7 +465,7 @@ fn a_killed_server_process_is_detected() {
     rpc.run_for(Duration::from_millis(5));
     child.0.kill().unwrap(); // SIGKILL
     let took = time_to_failure(&mut rpc, s);
-    assert!(took < Duration::from_millis(100), "detected after {took:?}");
+    assert!(took < DETECTED_WITHIN, "detected after {took:?}");
     let done = completions(&mut rpc, 1);
     assert!(matches!(done[0].result, Err(RpcError::PeerFailed)));
 }
@@ -471,12 +475,14 @@ fn a_client_that_does_not_poll_for_a_while_keeps_its_session() {
     let _serial = serial();
     // Liveness is the process's and the Rpc's, not the event loop's: the Nexus answers pings
     // for its Rpcs, so a client that computes for a while (no polling) is not declared dead.
-    let mut server = Server::start("127.0.0.1:0", 50);
-    let (mut rpc, _n) = client(50);
+    // A 200 ms timeout, so that a loaded machine starving the Nexus threads for a few time
+    // slices cannot fail the session; the client is silent for 4x that.
+    let mut server = Server::start("127.0.0.1:0", 200);
+    let (mut rpc, _n) = client(200);
     let s = rpc.connect(&server.uri, 0).unwrap();
     rpc.call(s, ECHO, b"before", Duration::from_secs(2))
         .unwrap();
-    std::thread::sleep(Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(800));
     let resp = rpc.call(s, ECHO, b"after", Duration::from_secs(2)).unwrap();
     assert_eq!(resp.as_slice(), b"after");
     assert_eq!(rpc.stats().sessions_reset, 0);
