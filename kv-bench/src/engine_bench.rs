@@ -44,8 +44,9 @@ pub enum Workload {
 pub enum Distribution {
     /// Every item equally likely.
     Uniform,
-    /// Scrambled zipfian, θ = 0.99 (YCSB's).
-    Zipf,
+    /// Scrambled zipfian, θ = 0.99 (YCSB's). Spelled as in `kv-bench ycsb`; `zipf` is an alias.
+    #[value(alias = "zipf")]
+    Zipfian,
 }
 
 /// Arguments of `kv-bench engine`.
@@ -438,7 +439,7 @@ impl Generator {
     fn new(args: &EngineArgs, seed: u64) -> Self {
         Self {
             rng: Rng(0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0xA24B_AED4_963E_E407)),
-            zipf: (args.distribution == Distribution::Zipf).then(|| Zipf::new(args.records)),
+            zipf: (args.distribution == Distribution::Zipfian).then(|| Zipf::new(args.records)),
             records: args.records,
             next_insert: args.records,
             value_size: args.value_size,
@@ -753,4 +754,25 @@ fn index_rss_per_item(records: u64) -> f64 {
     let per = after.saturating_sub(before) as f64 / records.max(1) as f64;
     drop(std::hint::black_box(map));
     per
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: EngineArgs,
+    }
+
+    #[test]
+    fn zipfian_is_spelled_as_in_ycsb_and_zipf_is_an_alias() {
+        for spelling in ["zipfian", "zipf"] {
+            let cli = Cli::try_parse_from(["engine", "--distribution", spelling]).unwrap();
+            assert_eq!(cli.args.distribution, Distribution::Zipfian, "{spelling}");
+        }
+        assert!(Cli::try_parse_from(["engine", "--distribution", "zipfy"]).is_err());
+    }
 }
