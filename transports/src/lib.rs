@@ -44,6 +44,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub mod sim;
+mod sockaddr;
 pub mod udp;
 
 /// Identifies one resolved route (a remote endpoint) inside one transport instance.
@@ -205,6 +206,13 @@ pub struct TransportStats {
 ///   arrival order; `rx_release(k)` frees the first `k` of them.
 /// * `wait` blocks until input may be available or the timeout passes (spurious wake-ups are
 ///   allowed); busy-polling callers never call it.
+/// * A *reliable* transport ([`Transport::is_reliable`]) delivers every packet it took from
+///   `tx_burst` on a route exactly once and in order, unless that route's connection fails.
+///   A failure is reported once per route by [`Transport::poll_route_failure`] (a route freed
+///   before it is polled is not reported); from then on `tx_burst` takes nothing for that route
+///   (its packets are dropped and counted) until it is resolved again or freed. Packets
+///   received before the failure stay readable. A reliable transport still drops and counts
+///   packets that are too large, for unknown routes, or beyond a documented queue bound.
 pub trait Transport {
     /// The kind of this transport.
     fn kind(&self) -> TransportKind;
@@ -248,4 +256,17 @@ pub trait Transport {
 
     /// The transport's counters.
     fn stats(&self) -> TransportStats;
+
+    /// Whether packets of one route arrive reliably and in order, exactly once (TCP, InfiniBand RC).
+    /// The rpc layer then skips go-back-N retransmission (at-most-once and deadlines stay).
+    fn is_reliable(&self) -> bool {
+        false
+    }
+
+    /// The next route whose underlying connection failed (closed, reset, QP in error) since the
+    /// last call; the rpc layer resets that route's sessions at once instead of waiting for
+    /// the liveness timeout. `None` when there is nothing to report.
+    fn poll_route_failure(&mut self) -> Option<RouteId> {
+        None
+    }
 }

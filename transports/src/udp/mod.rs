@@ -66,7 +66,7 @@
 mod sys;
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::Duration;
 
@@ -553,22 +553,7 @@ impl UdpTransport {
 
     /// Encodes a socket address as UDP routing info (see the [module docs](self)).
     pub fn encode_routing_info(addr: SocketAddr) -> RoutingInfo {
-        let mut b = [0u8; 23];
-        let n = match addr {
-            SocketAddr::V4(a) => {
-                b[0] = 4;
-                b[1..5].copy_from_slice(&a.ip().octets());
-                b[5..7].copy_from_slice(&a.port().to_be_bytes());
-                7
-            }
-            SocketAddr::V6(a) => {
-                b[0] = 6;
-                b[1..17].copy_from_slice(&a.ip().octets());
-                b[17..19].copy_from_slice(&a.port().to_be_bytes());
-                b[19..23].copy_from_slice(&a.scope_id().to_be_bytes());
-                23
-            }
-        };
+        let (b, n) = crate::sockaddr::encode(addr);
         // 23 bytes always fit in ROUTING_INFO_MAX (64).
         RoutingInfo::new(&b[..n]).unwrap_or_else(|| unreachable!())
     }
@@ -576,30 +561,8 @@ impl UdpTransport {
     /// Decodes UDP routing info into a peer address; rejects malformed bytes, port 0 and
     /// unspecified or multicast addresses.
     pub fn decode_routing_info(info: &RoutingInfo) -> Result<SocketAddr, TransportError> {
-        let b = info.as_bytes();
-        let bad = |why: &str| TransportError::Resolve(format!("UDP routing info {info:?}: {why}"));
-        let addr = match (b.first(), b.len()) {
-            (Some(4), 7) => {
-                let ip = Ipv4Addr::new(b[1], b[2], b[3], b[4]);
-                SocketAddr::from((ip, u16::from_be_bytes([b[5], b[6]])))
-            }
-            (Some(6), 23) => {
-                let mut ip = [0u8; 16];
-                ip.copy_from_slice(&b[1..17]);
-                let port = u16::from_be_bytes([b[17], b[18]]);
-                let scope = u32::from_be_bytes([b[19], b[20], b[21], b[22]]);
-                SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, 0, scope))
-            }
-            (Some(4 | 6), _) => return Err(bad("wrong length")),
-            _ => return Err(bad("unknown address family")),
-        };
-        if addr.port() == 0 {
-            return Err(bad("port 0"));
-        }
-        if addr.ip().is_unspecified() || addr.ip().is_multicast() {
-            return Err(bad("address not routable"));
-        }
-        Ok(addr)
+        crate::sockaddr::decode(info.as_bytes())
+            .map_err(|why| TransportError::Resolve(format!("UDP routing info {info:?}: {why}")))
     }
 
     fn route_addr(&self, route: RouteId) -> Option<&SockAddr> {
