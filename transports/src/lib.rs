@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | [`udp::UdpTransport`] | a peer socket address | the local socket address |
 //! | [`sim::SimTransport`] | a peer node of the in-process fabric | the node id |
-//! | TCP (later) | one connected stream | the listening address |
+//! | [`tcp::TcpTransport`] | a remote endpoint (one connection, shared by its routes) | the listening address and an instance id |
 //! | InfiniBand UD (later) | an address handle + remote QPN/QKey | LID/GID, QPN, QKey |
 //! | InfiniBand RC (later) | one connected queue pair per remote | a fresh QP's LID/GID, QPN, PSN |
 //!
@@ -45,6 +45,7 @@ use std::time::Duration;
 
 pub mod sim;
 mod sockaddr;
+pub mod tcp;
 pub mod udp;
 
 /// Identifies one resolved route (a remote endpoint) inside one transport instance.
