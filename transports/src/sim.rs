@@ -485,14 +485,20 @@ impl Transport for SimTransport {
         let mut s = self.fabric.lock();
         s.deliver_due(now);
         let before = self.ring.len();
+        let mut oversize = Vec::new();
         if let Some(node) = s.nodes.get_mut(&self.id) {
             while self.ring.len() < self.ring_size {
                 match node.inbox.pop_front() {
+                    // Larger than this endpoint takes (injected, or from a sender with a larger
+                    // max_pkt_size): dropped and counted, as a NIC drops frames above its MTU.
+                    Some(p) if p.len() > self.max_pkt_size => oversize.push(p),
                     Some(p) => self.ring.push_back(p),
                     None => break,
                 }
             }
         }
+        self.stats.rx_dropped += oversize.len() as u64;
+        s.spare.append(&mut oversize);
         let got = self.ring.len() - before;
         if got > 0 {
             self.stats.rx_pkts += got as u64;
