@@ -676,6 +676,16 @@ impl TcpTransport {
         let Some(c) = self.conn_mut(slot) else {
             return Err(HsError::Closed);
         };
+        // A connection that ends inside a handshake frame sent a malformed one.
+        let closed = |c: &Conn| {
+            if c.hs_len > 0 {
+                HsError::Malformed(wire::Malformed(
+                    "connection closed inside a handshake frame",
+                ))
+            } else {
+                HsError::Closed
+            }
+        };
         loop {
             let want = if c.hs_len < LEN_BYTES {
                 LEN_BYTES
@@ -692,14 +702,14 @@ impl TcpTransport {
                 return Err(HsError::Closed);
             };
             match (&c.stream).read(dst) {
-                Ok(0) => return Err(HsError::Closed),
+                Ok(0) => return Err(closed(c)),
                 Ok(n) => c.hs_len += n,
                 Err(e) if would_block(&e) => {
                     c.readable = false;
                     return Ok(None);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Err(HsError::Closed),
+                Err(_) => return Err(closed(c)),
             }
         }
     }
