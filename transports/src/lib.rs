@@ -43,6 +43,7 @@
 use std::fmt;
 use std::time::Duration;
 
+pub mod conformance;
 pub mod sim;
 mod sockaddr;
 pub mod tcp;
@@ -214,6 +215,7 @@ pub struct TransportStats {
 ///   (its packets are dropped and counted) until it is resolved again or freed. Packets
 ///   received before the failure stay readable. A reliable transport still drops and counts
 ///   packets that are too large, for unknown routes, or beyond a documented queue bound.
+/// * The conformance suite ([`conformance`]) checks these rules for any transport.
 pub trait Transport {
     /// The kind of this transport.
     fn kind(&self) -> TransportKind;

@@ -1,0 +1,24 @@
+//! The transport conformance suite (`transports::conformance`) over every transport of this
+//! crate: one test per case and transport, from fixed seeds (`TEST_SEEDS` overrides them, as
+//! ci/soak does).
+
+mod sim {
+    transports::conformance_tests!(
+        transports::conformance::factories::SimFactory::new,
+        testkit::seeds(&[0x51_u64])
+    );
+}
+
+mod udp {
+    transports::conformance_tests!(
+        |_seed| transports::conformance::factories::UdpFactory::default(),
+        testkit::seeds(&[0x0d_u64])
+    );
+}
+
+mod tcp {
+    transports::conformance_tests!(
+        |_seed| transports::conformance::factories::TcpFactory::default(),
+        testkit::seeds(&[0x7c_u64])
+    );
+}
