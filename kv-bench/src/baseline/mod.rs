@@ -1,3 +1,4 @@
 //! Same-run baselines.
+pub mod raw_tcp;
 pub mod raw_udp;
 pub mod redis;

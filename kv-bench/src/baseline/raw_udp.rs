@@ -26,7 +26,7 @@ const LOSS_TIMEOUT: Duration = Duration::from_millis(200);
 const MAX_LOSSES: u32 = 20;
 
 /// Warm-up excluded from the histogram: a tenth of the run, at most 200 ms.
-fn warmup(duration: Duration) -> Duration {
+pub(super) fn warmup(duration: Duration) -> Duration {
     (duration / 10).min(Duration::from_millis(200))
 }
 
@@ -56,23 +56,26 @@ fn account(
     Ok(())
 }
 
-fn record(hist: &mut Histogram<u64>, ns: u128) {
+pub(super) fn record(hist: &mut Histogram<u64>, ns: u128) {
     // Values above the histogram's 10 s range are clamped, not lost.
     hist.saturating_record(ns.min(u64::MAX as u128) as u64);
 }
 
 /// Stops and joins the echo thread when dropped (also on error paths).
-struct Server {
+pub(super) struct Server {
     stop: Arc<AtomicBool>,
     handle: Option<thread::JoinHandle<Result<()>>>,
 }
 
 impl Server {
-    fn spawn(f: impl FnOnce(Arc<AtomicBool>) -> Result<()> + Send + 'static) -> Result<Self> {
+    pub(super) fn spawn(
+        name: &str,
+        f: impl FnOnce(Arc<AtomicBool>) -> Result<()> + Send + 'static,
+    ) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let handle = thread::Builder::new()
-            .name("raw-udp-echo".into())
+            .name(name.into())
             .spawn(move || f(s))
             .context("spawning the echo thread")?;
         Ok(Self {
@@ -81,7 +84,7 @@ impl Server {
         })
     }
 
-    fn finish(mut self) -> Result<()> {
+    pub(super) fn finish(mut self) -> Result<()> {
         self.stop.store(true, Ordering::Relaxed);
         match self.handle.take().map(thread::JoinHandle::join) {
             Some(Ok(r)) => r,
@@ -136,7 +139,7 @@ pub fn raw_ping_pong(
     check_msg_size(msg_size)?;
     let (client, server_sock) = nonblocking_pair(connected)?;
     let server_addr = server_sock.local_addr()?;
-    let server = Server::spawn(move |stop| {
+    let server = Server::spawn("raw-udp-echo", move |stop| {
         let mut buf = vec![0u8; 65_536];
         while !stop.load(Ordering::Relaxed) {
             let got = if connected {
@@ -230,7 +233,7 @@ pub fn transport_ping_pong(
     let (to_client, _) = server_t.route_alloc()?;
     server_t.resolve(to_client, &client.routing_info())?;
 
-    let server = Server::spawn(move |stop| {
+    let server = Server::spawn("raw-udp-echo", move |stop| {
         let mut t = server_t;
         let mut echo = vec![0u8; 65_536];
         while !stop.load(Ordering::Relaxed) {
