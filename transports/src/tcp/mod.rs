@@ -30,7 +30,8 @@
 //! last route there, it closes the connection after [`TcpConfig::linger`] (a new route in the
 //! meantime keeps it); the other end keeps its side until the peer closes it, and reports its
 //! own routes over it then. A route on a failed link stays failed: `tx_burst` drops and counts
-//! its packets until it is resolved again (which opens a new connection) or freed.
+//! its packets until it is resolved again (which opens a new connection) or freed. A peer host
+//! that vanishes without closing is found by TCP keepalive ([`TcpConfig::keepalive`]).
 //!
 //! # Framing
 //!
@@ -154,6 +155,11 @@ pub struct TcpConfig {
     pub handshake_timeout: Duration,
     /// How long a connection this end opened stays after its last route is freed. Default 1 s.
     pub linger: Duration,
+    /// Detects a peer host that vanished without closing: TCP keepalive probes after this much
+    /// silence (4 probes, a quarter of it apart) and `TCP_USER_TIMEOUT` of twice it for unacked
+    /// data, so such a connection fails (and is reported) within about twice this. `None`
+    /// leaves the kernel's defaults (hours). Default 10 s.
+    pub keepalive: Option<Duration>,
 }
 
 impl Default for TcpConfig {
@@ -173,6 +179,7 @@ impl Default for TcpConfig {
             connect_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(5),
             linger: Duration::from_secs(1),
+            keepalive: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -858,6 +865,15 @@ impl TcpTransport {
         }
         if let Some(b) = self.cfg.rcvbuf {
             s.set_recv_buffer_size(b)?;
+        }
+        if let Some(t) = self.cfg.keepalive {
+            let t = t.max(Duration::from_secs(1));
+            let probes = socket2::TcpKeepalive::new()
+                .with_time(t)
+                .with_interval((t / 4).max(Duration::from_secs(1)))
+                .with_retries(4);
+            s.set_tcp_keepalive(&probes)?;
+            s.set_tcp_user_timeout(Some(t * 2))?;
         }
         Ok(())
     }
