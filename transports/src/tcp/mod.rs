@@ -86,7 +86,13 @@
 //! assert_eq!(b.rx_pkt(0), b"hi there");
 //! b.rx_release(1);
 //! ```
-#![deny(unsafe_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![deny(
+    unsafe_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod ring;
 mod txq;
