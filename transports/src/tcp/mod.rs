@@ -152,7 +152,7 @@ pub struct TcpConfig {
     pub max_connections: usize,
     /// Connections with one remote IP address at most. Default 256.
     pub max_connections_per_host: usize,
-    /// Accepted connections whose `Hello` has not arrived yet, at most. Default 64.
+    /// Accepted connections whose `Hello` has not arrived yet, at most. Default 256.
     pub max_handshaking: usize,
     /// How long an outgoing connection may take to be accepted (TCP connect and handshake),
     /// and how long a `Reject(Simultaneous)` waits for the peer's connection. Default 5 s.
@@ -181,7 +181,7 @@ impl Default for TcpConfig {
             backlog: 128,
             max_connections: 1024,
             max_connections_per_host: 256,
-            max_handshaking: 64,
+            max_handshaking: 256,
             connect_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(5),
             linger: Duration::from_secs(1),
