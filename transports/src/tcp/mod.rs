@@ -1002,19 +1002,7 @@ impl TcpTransport {
                     self.on_connected(slot);
                 }
             }
-            Phase::OutHandshake => {
-                if c.writable {
-                    if let Err(e) = self.write_out(slot) {
-                        self.log_error("send failed", &e);
-                        self.tcp.closed += 1;
-                        self.conn_failed(slot);
-                        return;
-                    }
-                }
-                if self.conn(slot).is_some_and(|c| c.readable) {
-                    self.on_reply(slot);
-                }
-            }
+            Phase::OutHandshake => self.hello_progress(slot),
             Phase::Up => {
                 let link = c.link;
                 if readable {
@@ -1068,6 +1056,12 @@ impl TcpTransport {
             c.phase = Phase::OutHandshake;
             c.writable = true;
         }
+        self.hello_progress(slot);
+    }
+
+    /// Writes what is left of our `Hello` (if the socket takes it) and reads the reply if it is
+    /// there.
+    fn hello_progress(&mut self, slot: usize) {
         if let Err(e) = self.write_out(slot) {
             self.log_error("send failed", &e);
             self.tcp.closed += 1;
