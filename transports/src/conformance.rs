@@ -276,6 +276,18 @@ impl<'f, F: Factory> Net<'f, F> {
         }
     }
 
+    /// Sends one packet (all of it as the header) within capacity.
+    fn send_one(&mut self, a: usize, route: RouteId, p: &[u8]) {
+        self.send_all(
+            a,
+            &[TxPkt {
+                route,
+                hdr: p,
+                data: &[],
+            }],
+        );
+    }
+
     /// Sends within capacity: every packet must be taken.
     fn send_all(&mut self, a: usize, p: &[TxPkt<'_>]) {
         let n = self.send(a, p);
@@ -701,14 +713,7 @@ pub fn many_routes<F: Factory>(f: &mut F, seed: u64) {
     for seq in 0..EACH {
         for (i, &(p, to_hub, _)) in peers.iter().enumerate() {
             let body = make(i as u32, seq, rng.range(8, 200));
-            net.send_all(
-                p,
-                &[TxPkt {
-                    route: to_hub,
-                    hdr: &body,
-                    data: &[],
-                }],
-            );
+            net.send_one(p, to_hub, &body);
         }
     }
     let got = net.recv(hub, PEERS * EACH as usize);
@@ -789,14 +794,7 @@ pub fn garbage<F: Factory>(f: &mut F, seed: u64) {
     let mut legit = |net: &mut Net<'_, F>, from, to, route| {
         let p = make(1, seq, 64);
         seq += 1;
-        net.send_all(
-            from,
-            &[TxPkt {
-                route,
-                hdr: &p,
-                data: &[],
-            }],
-        );
+        net.send_one(from, route, &p);
         let got = net.recv(to, 1);
         net.expect_exact(&got, &[p], "a packet after garbage");
     };
@@ -925,24 +923,10 @@ pub fn peer_loss<F: Factory>(f: &mut F, seed: u64) {
         }
     }
     let p = make(4, 0, 100);
-    net.send_all(
-        a,
-        &[TxPkt {
-            route: ac,
-            hdr: &p,
-            data: &[],
-        }],
-    );
+    net.send_one(a, ac, &p);
     let got = net.recv(c, 1);
     net.expect_exact(&got, std::slice::from_ref(&p), "to a surviving peer");
-    net.send_all(
-        c,
-        &[TxPkt {
-            route: ca,
-            hdr: &p,
-            data: &[],
-        }],
-    );
+    net.send_one(c, ca, &p);
     let got = net.recv(a, 1);
     net.expect_exact(&got, &[p], "from a surviving peer");
 }
@@ -1045,14 +1029,7 @@ pub fn route_free<F: Factory>(f: &mut F, seed: u64) {
     let p = |s| make(1, s, 50);
     let one = |net: &mut Net<'_, F>, from, to, route, s| {
         let body = p(s);
-        net.send_all(
-            from,
-            &[TxPkt {
-                route,
-                hdr: &body,
-                data: &[],
-            }],
-        );
+        net.send_one(from, route, &body);
         let got = net.recv(to, 1);
         net.expect_exact(&got, &[body], &format!("packet {s}"));
     };
@@ -1132,14 +1109,7 @@ pub fn resolve_errors<F: Factory>(f: &mut F, seed: u64) {
     }
     // The route still resolves properly afterwards.
     net.ep(a).resolve(r, &info).unwrap_or_else(|e| net.fail(e));
-    net.send_all(
-        a,
-        &[TxPkt {
-            route: r,
-            hdr: &x,
-            data: &[],
-        }],
-    );
+    net.send_one(a, r, &x);
     let got = net.recv(b, 1);
     net.expect_exact(&got, &[x], "after resolve errors");
 }
@@ -1197,14 +1167,7 @@ pub fn wait_returns<F: Factory>(f: &mut F, seed: u64) {
         net.fail("wait(5 ms) took more than 20 s");
     }
     let x = make(1, 0, 30);
-    net.send_all(
-        a,
-        &[TxPkt {
-            route: ab,
-            hdr: &x,
-            data: &[],
-        }],
-    );
+    net.send_one(a, ab, &x);
     let deadline = Instant::now() + LIMIT;
     let mut got: HashMap<u32, Vec<u8>> = HashMap::new();
     while got.is_empty() {
