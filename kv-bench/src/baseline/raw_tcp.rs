@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use transports::tcp::{TcpConfig, TcpTransport};
-use transports::{Transport, TxPkt};
 
-use super::raw_udp::{record, warmup, Server};
+use super::raw_udp::{ping_pong_over, record, warmup, Server};
 
 /// A round trip this slow means the peer is stuck: the run fails instead of hanging.
 const STALL: Duration = Duration::from_secs(5);
@@ -130,7 +129,7 @@ pub fn ping_pong(duration: Duration, msg_size: usize) -> Result<Histogram<u64>> 
 
 /// The same ping-pong through two [`TcpTransport`]s (default configuration, packets of up to
 /// `msg_size.max(8192)` bytes; one packet per `tx_burst`, a 32-byte header plus the rest as
-/// payload), busy-polling `rx_burst`.
+/// payload), busy-polling `rx_burst` (the exchange of [`super::raw_udp::ping_pong_transport`]).
 pub fn ping_pong_transport(duration: Duration, msg_size: usize) -> Result<Histogram<u64>> {
     check_msg_size(msg_size)?;
     let cfg = TcpConfig {
@@ -138,90 +137,9 @@ pub fn ping_pong_transport(duration: Duration, msg_size: usize) -> Result<Histog
         max_pkt_size: msg_size.max(8192),
         ..TcpConfig::default()
     };
-    let mut client = TcpTransport::new(cfg.clone())?;
-    let mut server_t = TcpTransport::new(cfg)?;
-    let (to_server, client_info) = client.route_alloc()?;
-    let (to_client, server_info) = server_t.route_alloc()?;
-    server_t.resolve(to_client, &client_info)?;
-    client.resolve(to_server, &server_info)?;
-
-    let server = Server::spawn("tcp-transport-echo", move |stop| {
-        let mut t = server_t;
-        let mut echo = vec![0u8; msg_size];
-        while !stop.load(Ordering::Relaxed) {
-            let n = t.rx_burst();
-            if n == 0 {
-                std::hint::spin_loop();
-                continue;
-            }
-            for i in 0..n {
-                let p = t.rx_pkt(i);
-                let len = p.len().min(echo.len());
-                echo[..len].copy_from_slice(&p[..len]);
-                let (hdr, data) = echo[..len].split_at(len.min(32));
-                if t.tx_burst(&[TxPkt {
-                    route: to_client,
-                    hdr,
-                    data,
-                }])? != 1
-                {
-                    bail!("the echo transport did not take a packet");
-                }
-            }
-            t.rx_release(n);
-        }
-        Ok(())
-    })?;
-
-    let mut hist = crate::report::new_histogram();
-    let mut msg = vec![0u8; msg_size];
-    let start = Instant::now();
-    let (warm_end, end) = (start + warmup(duration), start + duration);
-    let mut seq: u64 = 0;
-    loop {
-        seq += 1;
-        let tag = seq.to_le_bytes();
-        let k = msg_size.min(8);
-        msg[..k].copy_from_slice(&tag[..k]);
-        let (hdr, data) = msg.split_at(msg_size.min(32));
-        let t0 = Instant::now();
-        if client.tx_burst(&[TxPkt {
-            route: to_server,
-            hdr,
-            data,
-        }])? != 1
-        {
-            bail!("the client transport did not take a packet");
-        }
-        let rtt = 'wait: loop {
-            let n = client.rx_burst();
-            for i in 0..n {
-                let p = client.rx_pkt(i);
-                if p.len() == msg_size && p[..k] == tag[..k] {
-                    let rtt = t0.elapsed();
-                    client.rx_release(n);
-                    break 'wait rtt;
-                }
-            }
-            client.rx_release(n);
-            if client.poll_route_failure().is_some() {
-                bail!("the connection to the echo server failed");
-            }
-            if t0.elapsed() > STALL {
-                bail!("no echo within {STALL:?}");
-            }
-            std::hint::spin_loop();
-        };
-        let now = Instant::now();
-        if now >= warm_end {
-            record(&mut hist, rtt.as_nanos());
-        }
-        if now >= end {
-            break;
-        }
-    }
-    server.finish()?;
-    Ok(hist)
+    let client = TcpTransport::new(cfg.clone())?;
+    let server = TcpTransport::new(cfg)?;
+    ping_pong_over(client, server, duration, msg_size)
 }
 
 #[cfg(test)]

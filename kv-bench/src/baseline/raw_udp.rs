@@ -226,16 +226,29 @@ pub fn transport_ping_pong(
     cfg: UdpConfig,
 ) -> Result<Histogram<u64>> {
     check_msg_size(msg_size)?;
-    let mut client = UdpTransport::new(cfg.clone())?;
-    let mut server_t = UdpTransport::new(cfg)?;
-    let (to_server, _) = client.route_alloc()?;
-    client.resolve(to_server, &server_t.routing_info())?;
-    let (to_client, _) = server_t.route_alloc()?;
-    server_t.resolve(to_client, &client.routing_info())?;
+    let client = UdpTransport::new(cfg.clone())?;
+    let server = UdpTransport::new(cfg)?;
+    ping_pong_over(client, server, duration, msg_size)
+}
 
-    let server = Server::spawn("raw-udp-echo", move |stop| {
+/// Ping-pong of `msg_size`-byte packets (a 32-byte header plus the rest as payload, one per
+/// `tx_burst`) between two transports for `duration`, both busy-polling `rx_burst`, the
+/// server end echoing from a thread of its own; a reply that takes longer than 200 ms counts
+/// as lost and the request is sent again. Routes are set up as an rpc connect does.
+pub(super) fn ping_pong_over<T: Transport + Send + 'static>(
+    mut client: T,
+    mut server_t: T,
+    duration: Duration,
+    msg_size: usize,
+) -> Result<Histogram<u64>> {
+    let (to_server, client_info) = client.route_alloc()?;
+    let (to_client, server_info) = server_t.route_alloc()?;
+    server_t.resolve(to_client, &client_info)?;
+    client.resolve(to_server, &server_info)?;
+    let name = format!("{}-transport-echo", client.kind());
+    let server = Server::spawn(&name, move |stop| {
         let mut t = server_t;
-        let mut echo = vec![0u8; 65_536];
+        let mut echo = vec![0u8; msg_size];
         while !stop.load(Ordering::Relaxed) {
             let n = t.rx_burst();
             if n == 0 {
@@ -244,8 +257,8 @@ pub fn transport_ping_pong(
             }
             for i in 0..n {
                 let p = t.rx_pkt(i);
-                let len = p.len();
-                echo[..len].copy_from_slice(p);
+                let len = p.len().min(echo.len());
+                echo[..len].copy_from_slice(&p[..len]);
                 let (hdr, data) = echo[..len].split_at(len.min(32));
                 t.tx_burst(&[TxPkt {
                     route: to_client,
@@ -287,6 +300,9 @@ pub fn transport_ping_pong(
                 }
             }
             client.rx_release(n);
+            if client.poll_route_failure().is_some() {
+                bail!("the connection to the echo server failed");
+            }
             if n == 0 {
                 if t0.elapsed() > LOSS_TIMEOUT {
                     break None;
