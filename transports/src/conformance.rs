@@ -244,6 +244,16 @@ impl<'f, F: Factory> Net<'f, F> {
         }
     }
 
+    /// Two new endpoints with routes both ways (see [`Net::connect`]), and the largest packet
+    /// both take.
+    fn pair(&mut self, spec: EndpointSpec) -> (usize, usize, RouteId, RouteId, usize) {
+        let a = self.add(spec);
+        let b = self.add(spec);
+        let (ab, ba) = self.connect(a, b);
+        let max = self.ep(a).max_pkt_size().min(self.ep(b).max_pkt_size());
+        (a, b, ab, ba, max)
+    }
+
     /// A one-way route `a -> b`.
     fn route(&mut self, a: usize, b: usize) -> RouteId {
         let info = self.ep(b).routing_info();
@@ -535,11 +545,8 @@ pub fn batching<F: Factory>(f: &mut F, seed: u64) {
         max_pkt_size: 1400,
         rx_ring_size: 64,
     };
-    let a = net.add(spec);
-    let b = net.add(spec);
-    let (ab, _) = net.connect(a, b);
+    let (a, b, ab, _, max) = net.pair(spec);
     let ring = net.ep(b).rx_ring_size();
-    let max = net.ep(a).max_pkt_size().min(net.ep(b).max_pkt_size());
 
     let full = bodies(&mut rng, 1, 0, ring, 8, max);
     let c = cuts(&mut rng, &full);
@@ -561,10 +568,7 @@ pub fn batching<F: Factory>(f: &mut F, seed: u64) {
         max_pkt_size: 32_000,
         rx_ring_size: 32,
     };
-    let c = net.add(big);
-    let d = net.add(big);
-    let (cd, _) = net.connect(c, d);
-    let max = net.ep(c).max_pkt_size().min(net.ep(d).max_pkt_size());
+    let (c, d, cd, _, max) = net.pair(big);
     for k in 0..4u32 {
         let want = bodies(&mut rng, 10 + k, 0, 32, max / 2, max);
         overload(
@@ -941,11 +945,8 @@ pub fn rx_release<F: Factory>(f: &mut F, seed: u64) {
         max_pkt_size: 1400,
         rx_ring_size: 16,
     };
-    let a = net.add(spec);
-    let b = net.add(spec);
-    let (ab, _) = net.connect(a, b);
+    let (a, b, ab, _, max) = net.pair(spec);
     let ring = net.ep(b).rx_ring_size();
-    let max = net.ep(a).max_pkt_size().min(net.ep(b).max_pkt_size());
     let first = bodies(&mut rng, 1, 0, 10.min(ring), 8, max);
     let n = first.len();
     let c = cuts(&mut rng, &first);

@@ -144,18 +144,8 @@ pub fn ping_pong_transport(duration: Duration, msg_size: usize) -> Result<Histog
 
 #[cfg(test)]
 mod tests {
+    use super::super::raw_udp::tests::show;
     use super::*;
-
-    fn show(name: &str, h: &Histogram<u64>) {
-        println!(
-            "{name}: n={} p50={:.2}us p99={:.2}us p99.9={:.2}us mean={:.2}us",
-            h.len(),
-            h.value_at_quantile(0.5) as f64 / 1e3,
-            h.value_at_quantile(0.99) as f64 / 1e3,
-            h.value_at_quantile(0.999) as f64 / 1e3,
-            h.mean() / 1e3
-        );
-    }
 
     #[test]
     fn short_runs_work() {

@@ -327,10 +327,10 @@ pub(super) fn ping_pong_over<T: Transport + Send + 'static>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn show(name: &str, h: &Histogram<u64>) {
+    pub(crate) fn show(name: &str, h: &Histogram<u64>) {
         println!(
             "{name}: n={} p50={:.2}us p99={:.2}us p99.9={:.2}us mean={:.2}us",
             h.len(),
