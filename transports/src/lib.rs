@@ -44,6 +44,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub mod conformance;
+mod rng;
 pub mod sim;
 mod sockaddr;
 pub mod tcp;

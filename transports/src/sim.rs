@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::rng::SplitMix64;
 use crate::{
     RouteId, RoutingInfo, Transport, TransportError, TransportKind, TransportStats, TxPkt,
 };
@@ -56,6 +57,16 @@ impl VirtualClock {
     pub fn now_ns(&self) -> u64 {
         self.0.load(Ordering::Acquire)
     }
+
+    /// Moves the clock forward by `ns`.
+    pub(crate) fn advance(&self, ns: u64) {
+        self.0.fetch_add(ns, Ordering::AcqRel);
+    }
+
+    /// Moves the clock to `ns` if that is later than now.
+    pub(crate) fn set_max(&self, ns: u64) {
+        self.0.fetch_max(ns, Ordering::AcqRel);
+    }
 }
 
 #[derive(PartialEq, Eq)]
@@ -86,7 +97,7 @@ struct Node {
 }
 
 struct State {
-    rng: u64,
+    rng: SplitMix64,
     seq: u64,
     next_node: u32,
     nodes: HashMap<u32, Node>,
@@ -103,16 +114,11 @@ struct State {
 
 impl State {
     fn next_rand(&mut self) -> u64 {
-        // splitmix64: small, fast, and good enough for fault injection.
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.rng.next_u64()
     }
 
     fn chance(&mut self, p: f64) -> bool {
-        p > 0.0 && ((self.next_rand() >> 11) as f64 / (1u64 << 53) as f64) < p
+        self.rng.chance(p)
     }
 
     fn deliver_due(&mut self, now: u64) {
@@ -180,7 +186,7 @@ impl SimFabric {
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
-                    rng: seed,
+                    rng: SplitMix64::new(seed),
                     seq: 0,
                     next_node: 1,
                     nodes: HashMap::new(),
@@ -225,14 +231,14 @@ impl SimFabric {
     /// Moves virtual time forward by `ns` (no effect on a real-time fabric).
     pub fn advance(&self, ns: u64) {
         if let Clock::Virtual(c) = &self.shared.clock {
-            c.0.fetch_add(ns, Ordering::AcqRel);
+            c.advance(ns);
         }
     }
 
     /// Sets virtual time to `ns` if that is later than now.
     pub fn set_now(&self, ns: u64) {
         if let Clock::Virtual(c) = &self.shared.clock {
-            c.0.fetch_max(ns, Ordering::AcqRel);
+            c.set_max(ns);
         }
     }
 
