@@ -44,6 +44,8 @@ use std::fmt;
 use std::time::Duration;
 
 pub mod conformance;
+#[cfg(feature = "rdma")]
+pub mod rdma;
 mod rng;
 pub mod sim;
 mod sockaddr;
