@@ -5,4 +5,5 @@
 
 pub mod dma;
 pub mod ibv;
+pub mod sim;
 pub mod verbs;
