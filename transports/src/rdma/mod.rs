@@ -3,7 +3,9 @@
 //! NIC through libibverbs ([`ibv`]) or the in-process simulated fabric ([`sim`]).
 #![deny(unsafe_code)]
 
+mod common;
 pub mod dma;
 pub mod ibv;
 pub mod sim;
+pub mod ud;
 pub mod verbs;
