@@ -6,6 +6,7 @@
 mod common;
 pub mod dma;
 pub mod ibv;
+pub mod rc;
 pub mod sim;
 pub mod ud;
 pub mod verbs;

@@ -69,6 +69,27 @@ pub fn recv_n<T: Transport>(net: &dyn Net, t: &mut T, n: usize, budget: usize) -
     out
 }
 
+/// Like [`recv_n`], while the sender's event loop keeps running too (`rx_burst` on it): a
+/// transport may need its owner's calls to make progress (RC posts backlogged packets as
+/// send completions come back).
+pub fn recv_from<T: Transport>(
+    net: &dyn Net,
+    b: &mut T,
+    sender: &mut T,
+    n: usize,
+    budget: usize,
+) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for _ in 0..budget {
+        sender.rx_burst();
+        out.extend(recv_n(net, b, usize::MAX, 1));
+        if out.len() >= n {
+            break;
+        }
+    }
+    out
+}
+
 /// Sends every packet, pumping between bursts the transport only partly took (never for
 /// longer than `budget` pumps); returns how many were accepted.
 pub fn send_all<T: Transport>(
@@ -133,7 +154,7 @@ pub fn check_order_and_batching<T: Transport>(net: &dyn Net, a: &mut T, b: &mut 
         i += burst as u32;
         all.extend(bodies);
         // Drain as we go so the receive ring never overflows.
-        let got = recv_n(net, b, burst, 10_000);
+        let got = recv_from(net, b, a, burst, 10_000);
         assert_eq!(got.len(), burst, "burst {burst} delivered");
         let start = all.len() - burst;
         for (k, g) in got.iter().enumerate() {
@@ -156,7 +177,7 @@ pub fn check_large_packets<T: Transport>(net: &dyn Net, a: &mut T, b: &mut T, ro
     let big = payload(7, max);
     let (hdr, data) = big.split_at(32.min(max));
     assert_eq!(a.tx_burst(&[TxPkt { route, hdr, data }]).unwrap(), 1);
-    let got = recv_n(net, b, 1, 10_000);
+    let got = recv_from(net, b, a, 1, 10_000);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0], big);
     let too_big = vec![1u8; max + 1];
@@ -205,7 +226,7 @@ pub fn check_caller_buffers_reusable<T: Transport>(
         buf.fill(0xEE); // scribble over the caller's buffer at once
         expect.push(p);
         if round % 16 == 15 {
-            let got = recv_n(net, b, 16, 10_000);
+            let got = recv_from(net, b, a, 16, 10_000);
             let start = expect.len() - 16;
             assert_eq!(got, expect[start..].to_vec(), "round {round}");
         }
@@ -267,12 +288,15 @@ pub fn check_many_routes<T: Transport>(net: &dyn Net, server: &mut T, clients: &
             if answered == (n + 1) * clients.len() as u32 {
                 break;
             }
+            for client in clients.iter_mut() {
+                client.rx_burst(); // their event loops keep running (no release: replies wait)
+            }
             net.pump();
         }
     }
     assert_eq!(answered, total);
     for (c, client) in clients.iter_mut().enumerate() {
-        let got = recv_n(net, client, per as usize, 10_000);
+        let got = recv_from(net, client, server, per as usize, 10_000);
         assert_eq!(got.len(), per as usize, "client {c}");
         for g in &got {
             assert_eq!(&g[..3], b"REP");
@@ -300,6 +324,7 @@ pub fn check_ring_semantics<T: Transport>(net: &dyn Net, a: &mut T, b: &mut T, r
     assert_eq!(send_all(net, a, &pkts, 10_000), 5);
     let mut n = 0;
     for _ in 0..10_000 {
+        a.rx_burst();
         n = b.rx_burst();
         if n == 5 {
             break;
