@@ -351,3 +351,6 @@ pub fn check_ring_semantics<T: Transport>(net: &dyn Net, a: &mut T, b: &mut T, r
     );
     assert_eq!(a.stats().tx_dropped, dropped + 1);
 }
+
+#[cfg(feature = "rdma")]
+pub mod node;
