@@ -154,7 +154,10 @@ pub struct UdTransport<D: VerbsDevice> {
     routes: Vec<Route>,
     free_routes: Vec<RouteId>,
     send_wcs: Vec<Wc>,
+    /// The QP is in ERROR and must be reset.
     broken: bool,
+    /// A CQ failed (overflow): the endpoint is unusable; nothing is sent or received.
+    dead: bool,
     stats: TransportStats,
     ud: UdStats,
 }
@@ -260,6 +263,7 @@ impl<D: VerbsDevice> UdTransport<D> {
             free_routes: Vec::new(),
             send_wcs: vec![Wc::default(); 64],
             broken: false,
+            dead: false,
             stats: TransportStats::default(),
             ud: UdStats::default(),
             cfg,
@@ -386,8 +390,7 @@ impl<D: VerbsDevice> UdTransport<D> {
             let n = match self.dev.poll_cq(self.send_cq, wcs) {
                 Ok(n) => n,
                 Err(e) => {
-                    tracing::error!(error = %e, "UD send CQ failed");
-                    self.broken = true;
+                    self.die(&e);
                     return;
                 }
             };
@@ -443,9 +446,23 @@ impl<D: VerbsDevice> UdTransport<D> {
     }
 
     fn check_health(&mut self) {
-        if self.broken {
+        if self.broken && !self.dead {
             self.recover();
         }
+    }
+
+    /// A CQ failed: resetting the QP cannot help (the CQs are sized so that this does not
+    /// happen); stop using the endpoint and say so once.
+    fn die(&mut self, e: &VerbsError) {
+        if !self.dead {
+            tracing::error!(error = %e, "UD completion queue failed; the endpoint is unusable");
+            self.dead = true;
+        }
+    }
+
+    /// Whether a completion queue failed and the endpoint no longer moves packets.
+    pub fn is_dead(&self) -> bool {
+        self.dead
     }
 }
 
@@ -540,6 +557,10 @@ impl<D: VerbsDevice> Transport for UdTransport<D> {
     fn tx_burst(&mut self, pkts: &[TxPkt<'_>]) -> Result<usize, TransportError> {
         self.reap_send();
         self.check_health();
+        if self.dead {
+            self.stats.tx_dropped += pkts.len() as u64;
+            return Ok(0);
+        }
         let mut sent = 0;
         let mut i = 0;
         let list = self.cfg.max_post_list.min(16);
@@ -622,6 +643,9 @@ impl<D: VerbsDevice> Transport for UdTransport<D> {
     }
 
     fn rx_burst(&mut self) -> usize {
+        if self.dead {
+            return self.rx.len();
+        }
         let mut broken = false;
         let res = self.rx.poll(&mut self.dev, |wc| {
             if wc.status != WcStatus::WrFlushErr {
@@ -630,8 +654,8 @@ impl<D: VerbsDevice> Transport for UdTransport<D> {
             broken = true;
         });
         if let Err(e) = res {
-            tracing::error!(error = %e, "UD receive CQ failed");
-            broken = true;
+            self.die(&e);
+            return self.rx.len();
         }
         if broken {
             self.broken = true;
