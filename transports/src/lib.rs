@@ -9,8 +9,8 @@
 //! | [`udp::UdpTransport`] | a peer socket address | the local socket address |
 //! | [`sim::SimTransport`] | a peer node of the in-process fabric | the node id |
 //! | [`tcp::TcpTransport`] | a remote endpoint (one connection, shared by its routes) | the listening address and an instance id |
-//! | InfiniBand UD (later) | an address handle + remote QPN/QKey | LID/GID, QPN, QKey |
-//! | InfiniBand RC (later) | one connected queue pair per remote | a fresh QP's LID/GID, QPN, PSN |
+//! | InfiniBand UD (`rdma::ud`, feature `rdma`) | an address handle + remote QPN/QKey | LID/GID, QPN, QKey |
+//! | InfiniBand RC (`rdma::rc`, feature `rdma`) | one connected queue pair per route | a fresh QP's LID/GID, QPN, PSN |
 //!
 //! Connecting is two steps so that connection-oriented transports fit: [`Transport::route_alloc`]
 //! creates the local end of a route and returns the routing info to send to the peer (for RC a

@@ -1,7 +1,7 @@
 //! Page-aligned memory shared with a (real or simulated) RDMA device.
 //!
 //! A [`DmaBuf`] is owned by one user (a transport), which reads and writes it through
-//! bounds-checked slices. A device that registers it keeps a [`DmaMem`] — a second reference
+//! bounds-checked slices. A device that registers it keeps a `DmaMem` — a second reference
 //! to the same allocation — so the memory outlives every registration: a device never reads
 //! or writes freed memory, whatever order things are dropped in.
 //!
