@@ -626,6 +626,10 @@ fn rc_recovers_injected_loss_in_order_and_exactly_once() {
         let s = f.stats();
         assert!(s.rc_lost_injected > 10, "{s:?}");
         assert!(s.rc_retransmits > 0, "{s:?}");
+        assert!(
+            s.rc_duplicates > 0,
+            "lost ACKs made the responder see duplicates: {s:?}"
+        );
     }
 }
 

@@ -840,7 +840,25 @@ impl Fabric {
     }
 
     fn respond(&mut self, p: &RcPacket, responder: (u32, u64), kind: RespKind, at: u64) {
+        self.respond_psn(p, responder, p.psn, kind, at);
+    }
+
+    /// Sends a response for `psn` back to the requester of `p`. Responses cross the reverse
+    /// link and may be lost too: the requester's ACK timeout then resends, and the responder
+    /// answers the duplicate without delivering it again.
+    fn respond_psn(
+        &mut self,
+        p: &RcPacket,
+        responder: (u32, u64),
+        psn: u32,
+        kind: RespKind,
+        at: u64,
+    ) {
         let faults = self.faults(p.dst_dev, p.src_dev);
+        if self.rng.chance(faults.drop) {
+            self.stats.rc_lost_injected += 1;
+            return;
+        }
         let Some(q) = self.qp_mut(responder.0, responder.1) else {
             return;
         };
@@ -852,7 +870,7 @@ impl Fabric {
             Event::RcResponse(Box::new(RcResp {
                 dev: p.src_dev,
                 qp: p.src_qp,
-                psn: p.psn,
+                psn,
                 gen: p.gen,
                 kind,
             })),
@@ -913,6 +931,7 @@ impl Fabric {
                     }
                     _ => RespKind::Ack,
                 };
+                self.stats.rc_duplicates += 1;
                 self.respond(&p, (d, h), kind, at);
             } else if let Some(q) = self.qp_mut(d, h) {
                 // Out of sequence: a packet before this one was lost. One NAK per gap makes the
@@ -921,20 +940,7 @@ impl Fabric {
                     q.nak_sent = true;
                     let epsn = q.epsn;
                     self.stats.rc_seq_naks += 1;
-                    let faults = self.faults(p.dst_dev, p.src_dev);
-                    let Some(q) = self.qp_mut(d, h) else { return };
-                    let when = (at + faults.delay_ns).max(q.last_resp_at);
-                    q.last_resp_at = when;
-                    self.schedule(
-                        when,
-                        Event::RcResponse(Box::new(RcResp {
-                            dev: p.src_dev,
-                            qp: p.src_qp,
-                            psn: epsn,
-                            gen: p.gen,
-                            kind: RespKind::SeqNak,
-                        })),
-                    );
+                    self.respond_psn(&p, (d, h), epsn, RespKind::SeqNak, at);
                 }
             }
             return;

@@ -43,7 +43,9 @@
 //!   `RNR_RETRY_EXC_ERR` and the QP enters ERROR. Lost packets (injected) and silent drops are
 //!   recovered by the requester's ACK timeout (`timeout`) with `retry_cnt` retries, then
 //!   `RETRY_EXC_ERR`; an out-of-sequence arrival gets a sequence NAK that rewinds the requester
-//!   at once (go-back-N, as the hardware does).
+//!   at once (go-back-N, as the hardware does). Responses cross the reverse link and can be
+//!   lost too; a resent request the responder already executed is acknowledged again, not
+//!   delivered twice.
 //! * **CQs** have the capacity asked for; a CQE that does not fit overflows the CQ, which is
 //!   fatal: `poll_cq` fails from then on with [`VerbsError::CqOverflow`] and every QP using the
 //!   CQ enters ERROR.
@@ -177,6 +179,9 @@ pub struct SimStats {
     pub rc_rnr_naks: u64,
     /// Sequence NAKs sent (out-of-order arrival after a loss).
     pub rc_seq_naks: u64,
+    /// Requests a responder saw again (their response was lost) and answered without
+    /// delivering them twice.
+    pub rc_duplicates: u64,
     /// ACK timeouts that led to a retry.
     pub rc_timeouts: u64,
     /// RC work requests transmitted again (after RNR, sequence NAK or timeout).
