@@ -141,9 +141,47 @@ impl State {
     }
 }
 
-enum Clock {
+/// The clock of a simulated fabric: virtual (it moves only when told to) or the wall clock.
+pub(crate) enum Clock {
     Virtual(VirtualClock),
     Real(Instant),
+}
+
+impl Clock {
+    /// Current time in nanoseconds.
+    pub(crate) fn now_ns(&self) -> u64 {
+        match self {
+            Clock::Virtual(c) => c.now_ns(),
+            Clock::Real(start) => start.elapsed().as_nanos() as u64,
+        }
+    }
+
+    /// The virtual clock, if this is one.
+    pub(crate) fn virtual_clock(&self) -> Option<VirtualClock> {
+        match self {
+            Clock::Virtual(c) => Some(c.clone()),
+            Clock::Real(_) => None,
+        }
+    }
+
+    /// Moves virtual time forward by `ns` (no effect on the wall clock).
+    pub(crate) fn advance(&self, ns: u64) {
+        if let Clock::Virtual(c) = self {
+            c.advance(ns);
+        }
+    }
+
+    /// Moves virtual time to `ns` if that is later (no effect on the wall clock).
+    pub(crate) fn set_now(&self, ns: u64) {
+        if let Clock::Virtual(c) = self {
+            c.set_max(ns);
+        }
+    }
+
+    /// Whether this is the wall clock.
+    pub(crate) fn is_real(&self) -> bool {
+        matches!(self, Clock::Real(_))
+    }
 }
 
 struct Shared {
@@ -214,32 +252,22 @@ impl SimFabric {
 
     /// The virtual clock, if this fabric uses virtual time.
     pub fn virtual_clock(&self) -> Option<VirtualClock> {
-        match &self.shared.clock {
-            Clock::Virtual(c) => Some(c.clone()),
-            Clock::Real(_) => None,
-        }
+        self.shared.clock.virtual_clock()
     }
 
     /// The fabric's current time in nanoseconds.
     pub fn now_ns(&self) -> u64 {
-        match &self.shared.clock {
-            Clock::Virtual(c) => c.now_ns(),
-            Clock::Real(start) => start.elapsed().as_nanos() as u64,
-        }
+        self.shared.clock.now_ns()
     }
 
     /// Moves virtual time forward by `ns` (no effect on a real-time fabric).
     pub fn advance(&self, ns: u64) {
-        if let Clock::Virtual(c) = &self.shared.clock {
-            c.advance(ns);
-        }
+        self.shared.clock.advance(ns);
     }
 
     /// Sets virtual time to `ns` if that is later than now.
     pub fn set_now(&self, ns: u64) {
-        if let Clock::Virtual(c) = &self.shared.clock {
-            c.set_max(ns);
-        }
+        self.shared.clock.set_now(ns);
     }
 
     /// When the next in-flight packet is due, if any.
@@ -528,7 +556,7 @@ impl Transport for SimTransport {
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), TransportError> {
-        if let Clock::Real(_) = self.fabric.shared.clock {
+        if self.fabric.shared.clock.is_real() {
             let t = timeout.unwrap_or(Duration::from_micros(100));
             std::thread::sleep(t.min(Duration::from_micros(100)));
         }

@@ -52,7 +52,7 @@ fn posting_before_rts_fails_with_einval() {
                 qkey: QKEY,
                 ..QpAttr::default()
             },
-            AttrMask::STATE | AttrMask::PKEY_INDEX | AttrMask::PORT | AttrMask::QKEY,
+            AttrMask::UD_INIT,
         )
         .unwrap();
     a.dev.post_recv(q.qp, &[rwr]).unwrap();
@@ -97,7 +97,7 @@ fn posting_before_rts_fails_with_einval() {
                 state: QpState::Rts,
                 ..QpAttr::default()
             },
-            AttrMask::STATE | AttrMask::SQ_PSN,
+            AttrMask::UD_RTS,
         )
         .unwrap();
     a.dev.post_send(q.qp, &[wr]).unwrap();

@@ -634,11 +634,7 @@ impl<D: VerbsDevice> Transport for RcTransport<D> {
             access: Access::NONE,
             ..QpAttr::default()
         };
-        if let Err(e) = self.dev.modify_qp(
-            qp.qp,
-            &init,
-            AttrMask::STATE | AttrMask::PKEY_INDEX | AttrMask::PORT | AttrMask::ACCESS_FLAGS,
-        ) {
+        if let Err(e) = self.dev.modify_qp(qp.qp, &init, AttrMask::RC_INIT) {
             let _ = self.dev.destroy_qp(qp.qp);
             self.free_routes.push(route);
             return Err(verbs_err("RC QP to INIT", e));
@@ -706,21 +702,8 @@ impl<D: VerbsDevice> Transport for RcTransport<D> {
             rnr_retry: self.cfg.rnr_retry,
             ..QpAttr::default()
         };
-        let rtr = AttrMask::STATE
-            | AttrMask::AV
-            | AttrMask::PATH_MTU
-            | AttrMask::DEST_QPN
-            | AttrMask::RQ_PSN
-            | AttrMask::MAX_DEST_RD_ATOMIC
-            | AttrMask::MIN_RNR_TIMER;
-        let rts = AttrMask::STATE
-            | AttrMask::SQ_PSN
-            | AttrMask::TIMEOUT
-            | AttrMask::RETRY_CNT
-            | AttrMask::RNR_RETRY
-            | AttrMask::MAX_QP_RD_ATOMIC;
         self.dev
-            .modify_qp(qp, &a, rtr)
+            .modify_qp(qp, &a, AttrMask::RC_RTR)
             .map_err(|e| TransportError::Resolve(format!("RC QP to RTR: {e}")))?;
         self.dev
             .modify_qp(
@@ -729,7 +712,7 @@ impl<D: VerbsDevice> Transport for RcTransport<D> {
                     state: QpState::Rts,
                     ..a
                 },
-                rts,
+                AttrMask::RC_RTS,
             )
             .map_err(|e| TransportError::Resolve(format!("RC QP to RTS: {e}")))?;
         if let Some(r) = self.routes.get_mut(route as usize) {

@@ -285,11 +285,7 @@ impl<D: VerbsDevice> UdTransport<D> {
         };
         let v = |what: &'static str| move |e| verbs_err(what, e);
         self.dev
-            .modify_qp(
-                qp,
-                &a,
-                AttrMask::STATE | AttrMask::PKEY_INDEX | AttrMask::PORT | AttrMask::QKEY,
-            )
+            .modify_qp(qp, &a, AttrMask::UD_INIT)
             .map_err(v("UD QP to INIT"))?;
         self.rx.repost(&mut self.dev, true).map_err(|e| {
             verbs_err(
@@ -315,7 +311,7 @@ impl<D: VerbsDevice> UdTransport<D> {
                     sq_psn: 0,
                     ..a
                 },
-                AttrMask::STATE | AttrMask::SQ_PSN,
+                AttrMask::UD_RTS,
             )
             .map_err(v("UD QP to RTS"))?;
         Ok(())

@@ -425,6 +425,36 @@ impl AttrMask {
     /// `dest_qp_num`.
     pub const DEST_QPN: AttrMask = AttrMask(1 << 20);
 
+    /// What RESET → INIT requires of a UD QP: state, P_Key index, port, qkey.
+    pub const UD_INIT: AttrMask =
+        AttrMask(Self::STATE.0 | Self::PKEY_INDEX.0 | Self::PORT.0 | Self::QKEY.0);
+    /// What RTR → RTS requires of a UD QP: state, send PSN.
+    pub const UD_RTS: AttrMask = AttrMask(Self::STATE.0 | Self::SQ_PSN.0);
+    /// What RESET → INIT requires of an RC QP: state, P_Key index, port, access flags.
+    pub const RC_INIT: AttrMask =
+        AttrMask(Self::STATE.0 | Self::PKEY_INDEX.0 | Self::PORT.0 | Self::ACCESS_FLAGS.0);
+    /// What INIT → RTR requires of an RC QP: state, address vector, path MTU, remote QPN,
+    /// receive PSN, responder READ depth, RNR timer.
+    pub const RC_RTR: AttrMask = AttrMask(
+        Self::STATE.0
+            | Self::AV.0
+            | Self::PATH_MTU.0
+            | Self::DEST_QPN.0
+            | Self::RQ_PSN.0
+            | Self::MAX_DEST_RD_ATOMIC.0
+            | Self::MIN_RNR_TIMER.0,
+    );
+    /// What RTR → RTS requires of an RC QP: state, send PSN, ACK timeout, retry counts,
+    /// requester READ depth.
+    pub const RC_RTS: AttrMask = AttrMask(
+        Self::STATE.0
+            | Self::SQ_PSN.0
+            | Self::TIMEOUT.0
+            | Self::RETRY_CNT.0
+            | Self::RNR_RETRY.0
+            | Self::MAX_QP_RD_ATOMIC.0,
+    );
+
     /// Whether every bit of `other` is set.
     pub fn contains(self, other: AttrMask) -> bool {
         self.0 & other.0 == other.0

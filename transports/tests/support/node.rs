@@ -121,11 +121,7 @@ pub fn ud_up(dev: &mut SimDevice, qp: Qp) -> Result<(), VerbsError> {
         qkey: QKEY,
         ..QpAttr::default()
     };
-    dev.modify_qp(
-        qp,
-        &a,
-        AttrMask::STATE | AttrMask::PKEY_INDEX | AttrMask::PORT | AttrMask::QKEY,
-    )?;
+    dev.modify_qp(qp, &a, AttrMask::UD_INIT)?;
     dev.modify_qp(
         qp,
         &QpAttr {
@@ -141,7 +137,7 @@ pub fn ud_up(dev: &mut SimDevice, qp: Qp) -> Result<(), VerbsError> {
             sq_psn: 0,
             ..a
         },
-        AttrMask::STATE | AttrMask::SQ_PSN,
+        AttrMask::UD_RTS,
     )
 }
 
@@ -174,7 +170,7 @@ pub fn rc_init(dev: &mut SimDevice, qp: Qp, access: Access) {
             access,
             ..QpAttr::default()
         },
-        AttrMask::STATE | AttrMask::PKEY_INDEX | AttrMask::PORT | AttrMask::ACCESS_FLAGS,
+        AttrMask::RC_INIT,
     )
     .unwrap();
 }
@@ -209,30 +205,14 @@ pub fn rc_connect(
         rnr_retry: p.rnr_retry,
         ..QpAttr::default()
     };
-    dev.modify_qp(
-        qp,
-        &a,
-        AttrMask::STATE
-            | AttrMask::AV
-            | AttrMask::PATH_MTU
-            | AttrMask::DEST_QPN
-            | AttrMask::RQ_PSN
-            | AttrMask::MAX_DEST_RD_ATOMIC
-            | AttrMask::MIN_RNR_TIMER,
-    )
-    .unwrap();
+    dev.modify_qp(qp, &a, AttrMask::RC_RTR).unwrap();
     dev.modify_qp(
         qp,
         &QpAttr {
             state: QpState::Rts,
             ..a
         },
-        AttrMask::STATE
-            | AttrMask::SQ_PSN
-            | AttrMask::TIMEOUT
-            | AttrMask::RETRY_CNT
-            | AttrMask::RNR_RETRY
-            | AttrMask::MAX_QP_RD_ATOMIC,
+        AttrMask::RC_RTS,
     )
     .unwrap();
 }

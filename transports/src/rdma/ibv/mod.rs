@@ -120,6 +120,30 @@ fn non_null<T>(op: &'static str, p: *mut T) -> Result<*mut T, VerbsError> {
     }
 }
 
+/// Allocates `n` (at least 1) work requests and their SGE arrays and links them once: request
+/// `i` gets its own SGE array and `next` = request `i + 1` (the last: NULL). The vectors may be
+/// moved (their heap buffers do not), so the links stay valid until they are dropped.
+fn linked<W>(
+    n: usize,
+    empty: impl Fn() -> W,
+    link: impl Fn(&mut W, *mut W, *mut ibv_sge),
+) -> (Vec<W>, Vec<[ibv_sge; MAX_SGE]>) {
+    let n = n.max(1);
+    let mut sges = vec![[ibv_sge::default(); MAX_SGE]; n];
+    let mut wrs: Vec<W> = (0..n).map(|_| empty()).collect();
+    let base = wrs.as_mut_ptr();
+    for (i, (wr, sg)) in wrs.iter_mut().zip(sges.iter_mut()).enumerate() {
+        let next = if i + 1 < n {
+            // SAFETY: `i + 1 < n`: the pointer stays inside the `n`-element buffer.
+            unsafe { base.add(i + 1) }
+        } else {
+            ptr::null_mut()
+        };
+        link(wr, next, sg.as_mut_ptr());
+    }
+    (wrs, sges)
+}
+
 /// An open libibverbs device context.
 pub struct IbvDevice {
     ctx: *mut ibv_context,
@@ -195,76 +219,45 @@ impl IbvDevice {
         Ok(me)
     }
 
-    /// (Re)allocates the send arrays for `n` requests and links them: `wr[i].next = &wr[i+1]`,
-    /// `wr[i].sg_list = sges[i]`.
+    /// (Re)allocates the send arrays for `n` requests, linked.
     fn grow_send(&mut self, n: usize) {
-        let n = n.max(1);
-        self.send_sges = vec![[ibv_sge::default(); MAX_SGE]; n];
-        self.send_wrs = (0..n)
-            .map(|_| ibv_send_wr {
-                wr_id: 0,
-                next: ptr::null_mut(),
-                sg_list: ptr::null_mut(),
-                num_sge: 0,
-                opcode: IBV_WR_SEND,
-                send_flags: 0,
-                imm_data: 0,
-                wr: send_wr_wr {
-                    atomic: atomic_t {
-                        remote_addr: 0,
-                        compare_add: 0,
-                        swap: 0,
-                        rkey: 0,
-                    },
+        let empty = || ibv_send_wr {
+            wr_id: 0,
+            next: ptr::null_mut(),
+            sg_list: ptr::null_mut(),
+            num_sge: 0,
+            opcode: IBV_WR_SEND,
+            send_flags: 0,
+            imm_data: 0,
+            wr: send_wr_wr {
+                atomic: atomic_t {
+                    remote_addr: 0,
+                    compare_add: 0,
+                    swap: 0,
+                    rkey: 0,
                 },
-                xrc_remote_srqn: 0,
-                bind_mw_or_tso: [0; 6],
-            })
-            .collect();
-        let base = self.send_wrs.as_mut_ptr();
-        for (i, (wr, sges)) in self
-            .send_wrs
-            .iter_mut()
-            .zip(self.send_sges.iter_mut())
-            .enumerate()
-        {
-            wr.sg_list = sges.as_mut_ptr();
-            wr.next = if i + 1 < n {
-                // SAFETY: `i + 1 < n`: the pointer stays inside the array, which is not
-                // reallocated until the next `grow_send` re-links everything.
-                unsafe { base.add(i + 1) }
-            } else {
-                ptr::null_mut()
-            };
-        }
+            },
+            xrc_remote_srqn: 0,
+            bind_mw_or_tso: [0; 6],
+        };
+        (self.send_wrs, self.send_sges) = linked(n, empty, |w, next, sg| {
+            w.next = next;
+            w.sg_list = sg;
+        });
     }
 
+    /// (Re)allocates the receive arrays for `n` requests, linked.
     fn grow_recv(&mut self, n: usize) {
-        let n = n.max(1);
-        self.recv_sges = vec![[ibv_sge::default(); MAX_SGE]; n];
-        self.recv_wrs = (0..n)
-            .map(|_| ibv_recv_wr {
-                wr_id: 0,
-                next: ptr::null_mut(),
-                sg_list: ptr::null_mut(),
-                num_sge: 0,
-            })
-            .collect();
-        let base = self.recv_wrs.as_mut_ptr();
-        for (i, (wr, sges)) in self
-            .recv_wrs
-            .iter_mut()
-            .zip(self.recv_sges.iter_mut())
-            .enumerate()
-        {
-            wr.sg_list = sges.as_mut_ptr();
-            wr.next = if i + 1 < n {
-                // SAFETY: as in `grow_send`.
-                unsafe { base.add(i + 1) }
-            } else {
-                ptr::null_mut()
-            };
-        }
+        let empty = || ibv_recv_wr {
+            wr_id: 0,
+            next: ptr::null_mut(),
+            sg_list: ptr::null_mut(),
+            num_sge: 0,
+        };
+        (self.recv_wrs, self.recv_sges) = linked(n, empty, |w, next, sg| {
+            w.next = next;
+            w.sg_list = sg;
+        });
     }
 
     fn ops(&self) -> &ibv_context_ops {

@@ -315,23 +315,8 @@ impl Fabric {
                 q.rq.push_back(*wr);
             }
         }
-        let (qpn, cq) = (q.qpn, q.recv_cq);
         for wr_id in flushed {
-            self.cq_push(
-                d,
-                cq,
-                Cqe {
-                    wc: Wc {
-                        wr_id,
-                        status: WcStatus::WrFlushErr,
-                        opcode: WcOpcode::Recv,
-                        qp_num: qpn,
-                        ..Wc::default()
-                    },
-                    qp: h,
-                    release: Release::Recv,
-                },
-            );
+            self.flush_recv(d, h, wr_id);
         }
         result
     }

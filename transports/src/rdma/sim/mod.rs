@@ -91,7 +91,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::rng::SplitMix64;
-use crate::sim::VirtualClock;
+use crate::sim::{Clock, VirtualClock};
 
 use super::dma::DmaMem;
 use super::verbs::*;
@@ -194,11 +194,6 @@ pub struct SimStats {
     pub events: u64,
 }
 
-enum Clock {
-    Virtual(VirtualClock),
-    Real(Instant),
-}
-
 struct Shared {
     fabric: Mutex<Fabric>,
     clock: Clock,
@@ -249,26 +244,18 @@ impl SimVerbs {
 
     /// The fabric's current time in nanoseconds.
     pub fn now_ns(&self) -> u64 {
-        match &self.shared.clock {
-            Clock::Virtual(c) => c.now_ns(),
-            Clock::Real(start) => start.elapsed().as_nanos() as u64,
-        }
+        self.shared.clock.now_ns()
     }
 
     /// The virtual clock, if the fabric uses virtual time.
     pub fn virtual_clock(&self) -> Option<VirtualClock> {
-        match &self.shared.clock {
-            Clock::Virtual(c) => Some(c.clone()),
-            Clock::Real(_) => None,
-        }
+        self.shared.clock.virtual_clock()
     }
 
     /// Moves virtual time forward by `ns` (no effect in real time). Events run at the next
     /// device call (or [`SimVerbs::progress`]).
     pub fn advance(&self, ns: u64) {
-        if let Clock::Virtual(c) = &self.shared.clock {
-            c.advance(ns);
-        }
+        self.shared.clock.advance(ns);
     }
 
     /// When the next pending event is due, if any.
@@ -282,9 +269,7 @@ impl SimVerbs {
         let Some(at) = self.next_event_at() else {
             return false;
         };
-        if let Clock::Virtual(c) = &self.shared.clock {
-            c.set_max(at);
-        }
+        self.shared.clock.set_now(at);
         self.progress();
         true
     }
@@ -870,25 +855,32 @@ impl Fabric {
             }
         }
         let flushed: Vec<RecvWr> = q.rq.drain(..).collect();
-        let (qpn, recv_cq) = (q.qpn, q.recv_cq);
         self.complete_ready(d, h);
         for r in flushed {
-            self.cq_push(
-                d,
-                recv_cq,
-                Cqe {
-                    wc: Wc {
-                        wr_id: r.wr_id,
-                        status: WcStatus::WrFlushErr,
-                        opcode: WcOpcode::Recv,
-                        qp_num: qpn,
-                        ..Wc::default()
-                    },
-                    qp: h,
-                    release: Release::Recv,
-                },
-            );
+            self.flush_recv(d, h, r.wr_id);
         }
+    }
+
+    /// Completes receive `wr_id` of QP `h` (no SRQ) with `WR_FLUSH_ERR`.
+    pub(super) fn flush_recv(&mut self, d: u32, h: u64, wr_id: u64) {
+        let Some(q) = self.qp(d, h) else { return };
+        let (qpn, cq) = (q.qpn, q.recv_cq);
+        let wc = Wc {
+            wr_id,
+            status: WcStatus::WrFlushErr,
+            opcode: WcOpcode::Recv,
+            qp_num: qpn,
+            ..Wc::default()
+        };
+        self.cq_push(
+            d,
+            cq,
+            Cqe {
+                wc,
+                qp: h,
+                release: Release::Recv,
+            },
+        );
     }
 
     /// Completes entry `seq` with `status` (earlier unfinished ones flush) and moves the QP to
@@ -1268,7 +1260,7 @@ impl VerbsDevice for SimDevice {
     }
 
     fn idle(&mut self, timeout: Option<Duration>) {
-        if let Clock::Real(_) = self.fabric.shared.clock {
+        if self.fabric.shared.clock.is_real() {
             let t = timeout.unwrap_or(Duration::from_micros(50));
             std::thread::sleep(t.min(Duration::from_micros(50)));
         }

@@ -190,7 +190,7 @@ mod tests {
     #[test]
     fn ud_bring_up_needs_exactly_the_documented_masks() {
         let p = port();
-        let init = AttrMask::STATE | AttrMask::PKEY_INDEX | AttrMask::PORT | AttrMask::QKEY;
+        let init = AttrMask::UD_INIT;
         let a = attr(QpState::Init);
         assert_eq!(
             check_modify(QpType::Ud, QpState::Reset, &a, init, &p),
@@ -220,13 +220,7 @@ mod tests {
             "RTS needs SQ_PSN"
         );
         assert_eq!(
-            check_modify(
-                QpType::Ud,
-                QpState::Rtr,
-                &a,
-                AttrMask::STATE | AttrMask::SQ_PSN,
-                &p
-            ),
+            check_modify(QpType::Ud, QpState::Rtr, &a, AttrMask::UD_RTS, &p),
             Ok(QpState::Rts)
         );
     }
@@ -234,13 +228,7 @@ mod tests {
     #[test]
     fn rc_rtr_and_rts_masks() {
         let p = port();
-        let rtr = AttrMask::STATE
-            | AttrMask::AV
-            | AttrMask::PATH_MTU
-            | AttrMask::DEST_QPN
-            | AttrMask::RQ_PSN
-            | AttrMask::MAX_DEST_RD_ATOMIC
-            | AttrMask::MIN_RNR_TIMER;
+        let rtr = AttrMask::RC_RTR;
         let a = attr(QpState::Rtr);
         assert_eq!(
             check_modify(QpType::Rc, QpState::Init, &a, rtr, &p),
@@ -261,12 +249,7 @@ mod tests {
                 "{missing:?}"
             );
         }
-        let rts = AttrMask::STATE
-            | AttrMask::SQ_PSN
-            | AttrMask::TIMEOUT
-            | AttrMask::RETRY_CNT
-            | AttrMask::RNR_RETRY
-            | AttrMask::MAX_QP_RD_ATOMIC;
+        let rts = AttrMask::RC_RTS;
         let a = attr(QpState::Rts);
         assert_eq!(
             check_modify(QpType::Rc, QpState::Rtr, &a, rts, &p),
@@ -318,7 +301,7 @@ mod tests {
         }
         let mut bad_port = attr(QpState::Init);
         bad_port.port_num = 2;
-        let init = AttrMask::STATE | AttrMask::PKEY_INDEX | AttrMask::PORT | AttrMask::QKEY;
+        let init = AttrMask::UD_INIT;
         assert_eq!(
             check_modify(QpType::Ud, QpState::Reset, &bad_port, init, &p),
             Err(EINVAL)
@@ -329,13 +312,7 @@ mod tests {
             max_mtu: Mtu::M1024,
             ..p
         };
-        let rtr = AttrMask::STATE
-            | AttrMask::AV
-            | AttrMask::PATH_MTU
-            | AttrMask::DEST_QPN
-            | AttrMask::RQ_PSN
-            | AttrMask::MAX_DEST_RD_ATOMIC
-            | AttrMask::MIN_RNR_TIMER;
+        let rtr = AttrMask::RC_RTR;
         assert_eq!(
             check_modify(QpType::Rc, QpState::Init, &big_mtu, rtr, &small),
             Err(EINVAL)
