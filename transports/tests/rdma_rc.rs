@@ -144,6 +144,36 @@ fn a_burst_larger_than_the_send_queue_waits_in_the_backlog() {
     assert!(a.poll_route_failure().is_none());
 }
 
+/// One round of an echo: `b` takes what arrived (into `got`) and sends it back to `a` on route
+/// `rb`; `a` collects the echoes (into `echoed`).
+fn echo_step(
+    f: &SimVerbs,
+    a: &mut Rc,
+    b: &mut Rc,
+    rb: RouteId,
+    got: &mut Vec<Vec<u8>>,
+    echoed: &mut Vec<Vec<u8>>,
+) {
+    let k = b.rx_burst();
+    let mine: Vec<Vec<u8>> = (0..k).map(|i| b.rx_pkt(i).to_vec()).collect();
+    b.rx_release(k);
+    let back: Vec<TxPkt> = mine
+        .iter()
+        .map(|p| TxPkt {
+            route: rb,
+            hdr: &[],
+            data: p,
+        })
+        .collect();
+    assert_eq!(
+        b.tx_burst(&back).unwrap(),
+        back.len(),
+        "a reliable transport takes all"
+    );
+    got.extend(mine);
+    echoed.extend(recv_n(f, a, usize::MAX, 1));
+}
+
 #[test]
 fn injected_loss_is_repaired_by_the_hca_in_order_exactly_once() {
     for seed in testkit::seeds(&[21, 22, 23]) {
@@ -177,21 +207,7 @@ fn injected_loss_is_repaired_by_the_hca_in_order_exactly_once() {
                 .collect();
             assert_eq!(a.tx_burst(&pkts).unwrap(), pkts.len());
             for _ in 0..20 {
-                let k = b.rx_burst();
-                let mine: Vec<Vec<u8>> = (0..k).map(|i| b.rx_pkt(i).to_vec()).collect();
-                b.rx_release(k);
-                // Echo every packet back over b's own QP.
-                let back: Vec<TxPkt> = mine
-                    .iter()
-                    .map(|p| TxPkt {
-                        route: rb,
-                        hdr: &[],
-                        data: p,
-                    })
-                    .collect();
-                assert_eq!(b.tx_burst(&back).unwrap(), back.len());
-                got.extend(mine);
-                echoed.extend(recv_n(&f, &mut a, usize::MAX, 1));
+                echo_step(&f, &mut a, &mut b, rb, &mut got, &mut echoed);
                 f.step();
             }
         }
@@ -199,20 +215,7 @@ fn injected_loss_is_repaired_by_the_hca_in_order_exactly_once() {
             if got.len() == n as usize && echoed.len() == n as usize {
                 break;
             }
-            let k = b.rx_burst();
-            let mine: Vec<Vec<u8>> = (0..k).map(|i| b.rx_pkt(i).to_vec()).collect();
-            b.rx_release(k);
-            let back: Vec<TxPkt> = mine
-                .iter()
-                .map(|p| TxPkt {
-                    route: rb,
-                    hdr: &[],
-                    data: p,
-                })
-                .collect();
-            b.tx_burst(&back).unwrap();
-            got.extend(mine);
-            echoed.extend(recv_n(&f, &mut a, usize::MAX, 1));
+            echo_step(&f, &mut a, &mut b, rb, &mut got, &mut echoed);
             a.tx_burst(&[]).unwrap();
             if !f.step() {
                 f.advance(100_000);
@@ -500,13 +503,8 @@ fn connecting_before_the_peer_is_ready_loses_nothing() {
 #[test]
 fn roce_ports_connect_by_gid() {
     let f = SimVerbs::new(15);
-    let roce = SimDeviceConfig {
-        link_layer: LinkLayer::Ethernet,
-        active_mtu: Mtu::M1024,
-        ..SimDeviceConfig::default()
-    };
-    let mut a = RcTransport::new(f.open_device(roce.clone()), cfg()).unwrap();
-    let mut b = RcTransport::new(f.open_device(roce), cfg()).unwrap();
+    let mut a = RcTransport::new(f.open_device(roce()), cfg()).unwrap();
+    let mut b = RcTransport::new(f.open_device(roce()), cfg()).unwrap();
     let (ra, _) = connect(&mut a, &mut b);
     check_order_and_batching(&f, &mut a, &mut b, ra);
 }

@@ -323,13 +323,8 @@ fn recovers_from_a_qp_error() {
 #[test]
 fn roce_ports_route_by_gid() {
     let f = SimVerbs::new(11);
-    let roce = SimDeviceConfig {
-        link_layer: LinkLayer::Ethernet,
-        active_mtu: Mtu::M1024,
-        ..SimDeviceConfig::default()
-    };
-    let mut a = UdTransport::new(f.open_device(roce.clone()), cfg()).unwrap();
-    let mut b = UdTransport::new(f.open_device(roce), cfg()).unwrap();
+    let mut a = UdTransport::new(f.open_device(roce()), cfg()).unwrap();
+    let mut b = UdTransport::new(f.open_device(roce()), cfg()).unwrap();
     assert_eq!(a.link_layer(), LinkLayer::Ethernet);
     let (r, _) = connect(&mut a, &mut b);
     check_order_and_batching(&f, &mut a, &mut b, r);

@@ -28,6 +28,17 @@ impl Net for transports::rdma::sim::SimVerbs {
     }
 }
 
+/// A simulated RoCE port: Ethernet link layer (GID routing, a GRH on every address handle) and
+/// the 1024-byte MTU of a 1500-byte Ethernet.
+#[cfg(feature = "rdma")]
+pub fn roce() -> transports::rdma::sim::SimDeviceConfig {
+    transports::rdma::sim::SimDeviceConfig {
+        link_layer: transports::rdma::verbs::LinkLayer::Ethernet,
+        active_mtu: transports::rdma::verbs::Mtu::M1024,
+        ..Default::default()
+    }
+}
+
 /// Real hardware: time passes by itself.
 pub struct WallClock;
 
