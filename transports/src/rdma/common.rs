@@ -255,8 +255,9 @@ pub(crate) struct RxRing {
     target: RecvTarget,
     /// (slot, packet length) of the readable packets, oldest first.
     visible: VecDeque<(u32, u32)>,
-    /// Slots free to post.
-    to_post: Vec<u32>,
+    /// Slots free to post, in the order they were freed (posted in that order: for a FIFO
+    /// receive queue released in order, ring order).
+    to_post: VecDeque<u32>,
     batch: usize,
     scratch: Vec<RecvWr>,
     wcs: Vec<Wc>,
@@ -288,7 +289,7 @@ impl RxRing {
             cq,
             target,
             visible: VecDeque::with_capacity(lay.slots),
-            to_post: (0..lay.slots as u32).rev().collect(),
+            to_post: (0..lay.slots as u32).collect(),
             batch: batch.max(1),
             scratch: Vec::with_capacity(lay.slots),
             wcs: vec![Wc::default(); 64],
@@ -298,6 +299,11 @@ impl RxRing {
 
     pub(crate) fn mr(&self) -> MrHandle {
         self.mr.handle
+    }
+
+    #[cfg(test)]
+    fn visible_slots(&self) -> Vec<u32> {
+        self.visible.iter().map(|&(s, _)| s).collect()
     }
 
     /// Readable packets.
@@ -330,7 +336,6 @@ impl RxRing {
             }
         }
         self.to_post = (0..self.lay.slots as u32)
-            .rev()
             .filter(|&s| !held.get(s as usize).copied().unwrap_or(true))
             .collect();
     }
@@ -365,7 +370,7 @@ impl RxRing {
                 if wc.status != WcStatus::Success {
                     self.stats.rx_errors += 1;
                     on_error(wc);
-                    self.to_post.push(slot);
+                    self.to_post.push_back(slot);
                     continue;
                 }
                 let len = (wc.byte_len as usize).checked_sub(self.lay.strip);
@@ -375,7 +380,7 @@ impl RxRing {
                     }
                     _ => {
                         self.stats.rx_dropped += 1;
-                        self.to_post.push(slot);
+                        self.to_post.push_back(slot);
                     }
                 }
             }
@@ -402,7 +407,7 @@ impl RxRing {
             return Ok(());
         }
         self.scratch.clear();
-        for &slot in self.to_post.iter().rev() {
+        for &slot in self.to_post.iter() {
             let off = slot as usize * self.lay.stride + self.lay.recv_off;
             let Some(sge) = self.mr.sge(off, self.lay.recv_len) else {
                 continue;
@@ -421,9 +426,7 @@ impl RxRing {
             Ok(()) => self.scratch.len(),
             Err(e) => e.index,
         };
-        // `to_post` is consumed from its end (the order `scratch` was built in).
-        let keep = self.to_post.len().saturating_sub(posted);
-        self.to_post.truncate(keep);
+        self.to_post.drain(..posted.min(self.to_post.len()));
         res
     }
 }
@@ -512,6 +515,117 @@ pub(crate) const NO_WR: SendWr<'static> = SendWr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rdma::sim::{SimDeviceConfig, SimVerbs};
+
+    /// With a FIFO receive queue and in-order releases, slots are consumed in ring order, across
+    /// wraps and partial releases: every repost is a contiguous run of the ring.
+    #[test]
+    fn ring_slots_are_consumed_in_ring_order() {
+        let f = SimVerbs::new(1);
+        let mut dev = f.open_device(SimDeviceConfig::default());
+        let pd = dev.alloc_pd().unwrap();
+        let (cq, _) = dev.create_cq(256).unwrap();
+        let (rcq, _) = dev.create_cq(256).unwrap();
+        let qp2 = dev
+            .create_qp(
+                pd,
+                &QpInit {
+                    qp_type: QpType::Ud,
+                    send_cq: cq,
+                    recv_cq: rcq,
+                    srq: None,
+                    caps: QpCaps {
+                        max_send_wr: 64,
+                        max_recv_wr: 64,
+                        max_send_sge: 2,
+                        max_recv_sge: 1,
+                        max_inline_data: 64,
+                    },
+                    sq_sig_all: true,
+                },
+            )
+            .unwrap();
+        let lay = RingLayout {
+            slots: 64,
+            stride: 128,
+            recv_off: 24,
+            recv_len: 104,
+            strip: GRH_LEN,
+            max_pkt: 64,
+        };
+        let mut ring = RxRing::new(&mut dev, pd, rcq, RecvTarget::Qp(qp2.qp), lay, 8).unwrap();
+        let a = QpAttr {
+            state: QpState::Init,
+            port_num: 1,
+            qkey: 5,
+            ..QpAttr::default()
+        };
+        dev.modify_qp(qp2.qp, &a, AttrMask::UD_INIT).unwrap();
+        ring.repost(&mut dev, true).unwrap();
+        dev.modify_qp(
+            qp2.qp,
+            &QpAttr {
+                state: QpState::Rtr,
+                ..a
+            },
+            AttrMask::STATE,
+        )
+        .unwrap();
+        dev.modify_qp(
+            qp2.qp,
+            &QpAttr {
+                state: QpState::Rts,
+                ..a
+            },
+            AttrMask::UD_RTS,
+        )
+        .unwrap();
+        let lid = dev.query_port(1).unwrap().lid;
+        let ah = dev
+            .create_ah(
+                pd,
+                &AhAttr {
+                    dlid: lid,
+                    port_num: 1,
+                    ..AhAttr::default()
+                },
+            )
+            .unwrap();
+        let dest = UdDest {
+            ah,
+            remote_qpn: qp2.qp_num,
+            remote_qkey: 5,
+        };
+        let mut seen: Vec<u32> = Vec::new();
+        let mut scratch = [Wc::default(); 64];
+        for round in 0..60u32 {
+            let n = 1 + (round % 7) as usize;
+            let wrs: Vec<SendWr> = (0..n)
+                .map(|_| SendWr {
+                    wr_id: 0,
+                    op: SendOp::Send,
+                    signaled: true,
+                    payload: Payload::Inline(b"x", b""),
+                    ud: Some(dest),
+                })
+                .collect();
+            dev.post_send(qp2.qp, &wrs).unwrap();
+            while f.step() {}
+            dev.poll_cq(cq, &mut scratch).unwrap();
+            ring.poll(&mut dev, |_| panic!("no receive errors"))
+                .unwrap();
+            let vis = ring.visible_slots();
+            // Release all but the newest packet now and then, to make partial batches.
+            let keep = usize::from(round % 3 == 0).min(vis.len());
+            seen.extend(vis.iter().take(vis.len() - keep));
+            ring.release(vis.len() - keep);
+            ring.repost(&mut dev, false).unwrap();
+        }
+        assert!(seen.len() > 150, "{}", seen.len());
+        for w in seen.windows(2) {
+            assert_eq!(w[1], (w[0] + 1) % 64, "slots in ring order: {seen:?}");
+        }
+    }
 
     #[test]
     fn addr_round_trips_and_rejects_garbage() {

@@ -858,6 +858,11 @@ impl<D: VerbsDevice> Transport for RcTransport<D> {
 
     fn rx_release(&mut self, n: usize) {
         self.rx.release(n);
+        // Repost a full batch at once, so that at most `repost_batch - 1` free slots are ever
+        // unposted — what `rx_ring_size` promises.
+        if let Err(e) = self.rx.repost(&mut self.dev, false) {
+            tracing::error!(error = %e, "RC post_srq_recv failed");
+        }
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), TransportError> {

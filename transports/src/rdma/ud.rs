@@ -10,8 +10,9 @@
 //!   packets longer than [`Transport::max_pkt_size`] are dropped and counted instead. `wr_id`
 //!   is the slot index. The receive queue is FIFO and packets are released in order, so freed
 //!   slots form a contiguous run of the ring; they are reposted with one post list once
-//!   `repost_batch` (32) are free. [`Transport::rx_ring_size`] reports the slots minus that
-//!   slack, which is what is guaranteed to be posted.
+//!   `repost_batch` (32) are free (checked at every `rx_release` and `rx_burst`).
+//!   [`Transport::rx_ring_size`] reports the slots minus that slack: with at most that many
+//!   packets in flight or held by the caller, a receive is always posted when one arrives.
 //! * **Transmit**: post lists of up to `max_post_list` (16) sends; one `ibv_post_send` per
 //!   list. Packets of at most `max_inline` (60) bytes go inline (header and payload gathered
 //!   from the caller's slices by the device at post time, nothing copied by us); larger ones are
@@ -675,6 +676,14 @@ impl<D: VerbsDevice> Transport for UdTransport<D> {
 
     fn rx_release(&mut self, n: usize) {
         self.rx.release(n);
+        // Repost a full batch at once, so that at most `repost_batch - 1` free slots are ever
+        // unposted — what `rx_ring_size` promises.
+        if !self.broken && !self.dead {
+            if let Err(e) = self.rx.repost(&mut self.dev, false) {
+                tracing::warn!(error = %e, "UD post_recv failed");
+                self.broken = true;
+            }
+        }
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), TransportError> {
