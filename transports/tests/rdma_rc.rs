@@ -557,3 +557,26 @@ fn route_table_limit() {
     a.route_free(1);
     assert_eq!(a.route_alloc().unwrap().0, 1);
 }
+
+#[test]
+fn real_time_fabric_across_threads() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let f = SimVerbs::new_realtime(18);
+    let mut a = rc(&f, cfg());
+    let mut b = rc(&f, cfg());
+    let (ra, rb) = connect(&mut a, &mut b);
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = Arc::clone(&stop);
+    let server = std::thread::spawn(move || echo_until(&mut b, rb, &s2));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let echoes = ping_pong(&mut a, ra, 200, deadline);
+    stop.store(true, Ordering::Release);
+    server.join().unwrap();
+    assert_eq!(
+        echoes.len(),
+        200,
+        "each ping answered once, no resend needed on RC"
+    );
+    assert!(a.poll_route_failure().is_none());
+}

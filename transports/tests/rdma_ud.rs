@@ -361,3 +361,21 @@ fn bad_routing_info_and_routes() {
     let (r2, _) = a.route_alloc().unwrap();
     assert_eq!(r2, r, "freed route ids are reused");
 }
+
+#[test]
+fn real_time_fabric_across_threads() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let f = SimVerbs::new_realtime(13);
+    let mut a = ud(&f, cfg());
+    let mut b = ud(&f, cfg());
+    let (ra, rb) = connect(&mut a, &mut b);
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = Arc::clone(&stop);
+    let server = std::thread::spawn(move || echo_until(&mut b, rb, &s2));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let echoes = ping_pong(&mut a, ra, 200, deadline);
+    stop.store(true, Ordering::Release);
+    server.join().unwrap();
+    assert_eq!(echoes.len(), 200);
+}

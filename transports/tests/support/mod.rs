@@ -365,3 +365,80 @@ pub fn check_ring_semantics<T: Transport>(net: &dyn Net, a: &mut T, b: &mut T, r
 
 #[cfg(feature = "rdma")]
 pub mod node;
+
+/// `server` echoes every packet back on `route` until `stop` is set; for tests that run
+/// endpoints on several threads (a real-time fabric or real hardware).
+pub fn echo_until<T: Transport>(
+    server: &mut T,
+    route: RouteId,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        let k = server.rx_burst();
+        let got: Vec<Vec<u8>> = (0..k).map(|i| server.rx_pkt(i).to_vec()).collect();
+        server.rx_release(k);
+        let pkts: Vec<TxPkt> = got
+            .iter()
+            .map(|p| TxPkt {
+                route,
+                hdr: &[],
+                data: p,
+            })
+            .collect();
+        let mut done = 0;
+        while done < pkts.len() && !stop.load(std::sync::atomic::Ordering::Acquire) {
+            done += server.tx_burst(&pkts[done..]).expect("tx_burst");
+        }
+        if k == 0 {
+            server
+                .wait(Some(std::time::Duration::from_micros(100)))
+                .expect("wait");
+        }
+    }
+}
+
+/// Sends `n` packets one at a time from `client` on `route` and waits for each echo (up to
+/// `deadline`); returns the echoes. Lost packets (a datagram transport) are resent.
+pub fn ping_pong<T: Transport>(
+    client: &mut T,
+    route: RouteId,
+    n: u32,
+    deadline: std::time::Instant,
+) -> Vec<Vec<u8>> {
+    let mut echoes = Vec::new();
+    for i in 0..n {
+        let p = payload(i, 64 + (i as usize * 97) % 3000);
+        'resend: loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ping {i}: no echo before the deadline"
+            );
+            let sent = client
+                .tx_burst(&[TxPkt {
+                    route,
+                    hdr: &[],
+                    data: &p,
+                }])
+                .expect("tx_burst");
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(200);
+            while std::time::Instant::now() < until {
+                let k = client.rx_burst();
+                let got: Vec<Vec<u8>> = (0..k).map(|j| client.rx_pkt(j).to_vec()).collect();
+                client.rx_release(k);
+                for g in got {
+                    if g == p {
+                        echoes.push(g);
+                        break 'resend;
+                    }
+                }
+                if sent == 0 {
+                    break;
+                }
+                client
+                    .wait(Some(std::time::Duration::from_micros(100)))
+                    .expect("wait");
+            }
+        }
+    }
+    echoes
+}
