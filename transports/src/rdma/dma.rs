@@ -20,15 +20,21 @@ use std::sync::Arc;
 /// Alignment of every buffer: a page, as memory registration likes.
 pub const DMA_ALIGN: usize = 4096;
 
+/// Buffers from this size on are anonymous `mmap`s: page-aligned, zero-filled lazily by the
+/// kernel (a receive ring of 17 MB costs only the pages it touches), the way RDMA applications
+/// allocate what they register. Smaller ones come from the heap.
+const MMAP_FROM: usize = 256 * 1024;
+
 struct Alloc {
     ptr: NonNull<u8>,
     len: usize,
+    mapped: bool,
 }
 
-// SAFETY: `Alloc` is a heap allocation with no thread affinity. Shared access from several
-// threads happens only through raw-pointer copies on byte ranges that the verbs contract gives
-// to one party at a time (see the module doc); the allocation itself is freed exactly once,
-// when the last `Arc` goes.
+// SAFETY: `Alloc` is memory with no thread affinity. Shared access from several threads
+// happens only through raw-pointer copies on byte ranges that the verbs contract gives to one
+// party at a time (see the module doc); the memory itself is released exactly once, when the
+// last `Arc` goes.
 unsafe impl Send for Alloc {}
 // SAFETY: as above.
 unsafe impl Sync for Alloc {}
@@ -37,11 +43,54 @@ impl Alloc {
     fn layout(len: usize) -> Option<Layout> {
         Layout::from_size_align(len.max(1), DMA_ALIGN).ok()
     }
+
+    fn map_len(len: usize) -> usize {
+        len.div_ceil(DMA_ALIGN) * DMA_ALIGN
+    }
+
+    fn new(len: usize) -> Option<Self> {
+        if len >= MMAP_FROM {
+            let map_len = Self::map_len(len);
+            // SAFETY: an anonymous private mapping of `map_len` bytes at an address the kernel
+            // picks; no file, no existing memory is affected. The result is checked below.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    map_len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return None;
+            }
+            return Some(Self {
+                ptr: NonNull::new(p.cast::<u8>())?,
+                len,
+                mapped: true,
+            });
+        }
+        let layout = Self::layout(len)?;
+        // SAFETY: the layout has a non-zero size (`len.max(1)`) and a valid power-of-two
+        // alignment, which is all `alloc_zeroed` requires.
+        let ptr = NonNull::new(unsafe { alloc::alloc_zeroed(layout) })?;
+        Some(Self {
+            ptr,
+            len,
+            mapped: false,
+        })
+    }
 }
 
 impl Drop for Alloc {
     fn drop(&mut self) {
-        if let Some(layout) = Self::layout(self.len) {
+        if self.mapped {
+            // SAFETY: `ptr` is the start of a mapping of exactly `map_len(len)` bytes made in
+            // `new`, unmapped only here, once.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), Self::map_len(self.len)) };
+        } else if let Some(layout) = Self::layout(self.len) {
             // SAFETY: `ptr` came from `alloc_zeroed` with exactly this layout (same `len`, same
             // alignment) and is freed only here, once, when the last reference is dropped.
             unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) }
@@ -67,12 +116,8 @@ impl DmaBuf {
     /// Allocates `len` zeroed bytes aligned to [`DMA_ALIGN`]; `None` if the allocation fails or
     /// `len` is absurd.
     pub fn new(len: usize) -> Option<Self> {
-        let layout = Alloc::layout(len)?;
-        // SAFETY: the layout has a non-zero size (`len.max(1)`) and a valid power-of-two
-        // alignment, which is all `alloc_zeroed` requires.
-        let ptr = NonNull::new(unsafe { alloc::alloc_zeroed(layout) })?;
         Some(Self {
-            mem: Arc::new(Alloc { ptr, len }),
+            mem: Arc::new(Alloc::new(len)?),
         })
     }
 
@@ -207,6 +252,21 @@ mod tests {
         assert_eq!(b.slice(200, 3).unwrap(), b"xyz");
         assert!(!dev.write_from(9_999, b"xy"));
         assert!(!dev.read_into(9_999, 2, &mut out));
+    }
+
+    #[test]
+    fn large_buffers_are_mapped_zeroed_and_aligned() {
+        let mut b = DmaBuf::new(3 * MMAP_FROM + 5).unwrap();
+        assert!(b.mem.mapped);
+        assert_eq!(b.addr() % DMA_ALIGN as u64, 0);
+        let end = b.len() - 1;
+        assert_eq!(b.slice(end, 1).unwrap(), &[0]);
+        b.slice_mut(end, 1).unwrap()[0] = 9;
+        let mut out = Vec::new();
+        assert!(b.device_mem().read_into(end, 1, &mut out));
+        assert_eq!(out, [9]);
+        assert!(b.slice(b.len(), 1).is_none());
+        assert!(!DmaBuf::new(100).unwrap().mem.mapped);
     }
 
     #[test]
