@@ -245,8 +245,10 @@ pub(crate) struct RingStats {
 }
 
 /// A receive ring: `slots` buffers in one registered region, each posted as one receive with
-/// its slot index as `wr_id`. Completed slots become visible packets in completion order;
-/// released ones are reposted in batches of at least `batch` with one post list.
+/// its slot index as `wr_id`. Completed slots become visible packets in completion order, at
+/// most `slots - batch` at a time ([`RxRing::capacity`], what the transports report as
+/// `rx_ring_size`); released ones are reposted in batches of at least `batch` with one post
+/// list. Completions beyond the capacity wait in the CQ until packets are released.
 pub(crate) struct RxRing {
     buf: DmaBuf,
     mr: Mr,
@@ -311,6 +313,12 @@ impl RxRing {
         self.visible.len()
     }
 
+    /// Most packets readable at once: the slots less the repost slack. With at most this many
+    /// packets in flight or held, a receive is always posted when one arrives.
+    pub(crate) fn capacity(&self) -> usize {
+        self.lay.slots - self.batch
+    }
+
     /// Packet `i`, `None` out of range.
     pub(crate) fn pkt(&self, i: usize) -> Option<&[u8]> {
         let &(slot, len) = self.visible.get(i)?;
@@ -350,7 +358,7 @@ impl RxRing {
     ) -> Result<usize, VerbsError> {
         let before = self.visible.len();
         loop {
-            let room = self.lay.slots - self.visible.len();
+            let room = self.capacity().saturating_sub(self.visible.len());
             if room == 0 {
                 break;
             }

@@ -664,12 +664,6 @@ impl<D: VerbsDevice> Transport for RcTransport<D> {
     }
 
     fn resolve(&mut self, route: RouteId, remote: &RoutingInfo) -> Result<(), TransportError> {
-        let peer = Addr::decode(remote, TAG_RC)?;
-        if peer.qpn == 0 {
-            return Err(TransportError::Resolve(
-                "RC routing info names no QP (a port address, not a route's)".into(),
-            ));
-        }
         let (qp, psn) = match self.routes.get(route as usize) {
             Some(RcRoute {
                 state: State::Allocated,
@@ -687,6 +681,12 @@ impl<D: VerbsDevice> Transport for RcTransport<D> {
             }
             _ => return Err(TransportError::UnknownRoute(route)),
         };
+        let peer = Addr::decode(remote, TAG_RC)?;
+        if peer.qpn == 0 {
+            return Err(TransportError::Resolve(
+                "RC routing info names no QP (a port address, not a route's)".into(),
+            ));
+        }
         let a = QpAttr {
             state: QpState::Rtr,
             path_mtu: self.local.mtu.min(peer.mtu),
@@ -740,7 +740,7 @@ impl<D: VerbsDevice> Transport for RcTransport<D> {
     }
 
     fn rx_ring_size(&self) -> usize {
-        self.cfg.rx_ring_size - self.cfg.repost_batch
+        self.rx.capacity()
     }
 
     fn tx_burst(&mut self, pkts: &[TxPkt<'_>]) -> Result<usize, TransportError> {

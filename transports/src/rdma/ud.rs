@@ -22,8 +22,9 @@
 //!   (every 64th), so at most `signal_every - 1` unsignaled sends trail the last signaled one;
 //!   with `sq_depth >= 2 * signal_every` the queue never fills with nothing to free it. Send
 //!   completions are polled at every `tx_burst`; a slot (SQ entry and staging buffer) is reused
-//!   only after the completion covering it was polled. When the send queue is full the packet
-//!   is dropped and counted — the RPC layer retransmits, as with a full socket buffer.
+//!   only after the completion covering it was polled. When the send queue fills during a
+//!   burst, the transport polls the send CQ once more; if that frees nothing, the rest of the
+//!   burst is dropped and counted — the RPC layer retransmits, as with a full socket buffer.
 //! * **Routes**: the routing info is `{LID, QPN, qkey, MTU, GID}`; `resolve` creates the
 //!   address handle (with a GRH on RoCE, `sgid_index` = the configured GID index, hop limit
 //!   64). `route_free` destroys it at once: providers (mlx5, rxe) copy the address vector into
@@ -505,11 +506,11 @@ impl<D: VerbsDevice> Transport for UdTransport<D> {
     }
 
     fn resolve(&mut self, route: RouteId, remote: &RoutingInfo) -> Result<(), TransportError> {
-        let peer = Addr::decode(remote, TAG_UD)?;
         match self.routes.get(route as usize) {
             Some(Route::Allocated) | Some(Route::Resolved(_)) => {}
             _ => return Err(TransportError::UnknownRoute(route)),
         }
+        let peer = Addr::decode(remote, TAG_UD)?;
         let ah = self
             .dev
             .create_ah(self.pd, &self.local.av_to(&peer))
@@ -548,7 +549,7 @@ impl<D: VerbsDevice> Transport for UdTransport<D> {
     }
 
     fn rx_ring_size(&self) -> usize {
-        self.cfg.rx_ring_size - self.cfg.repost_batch
+        self.rx.capacity()
     }
 
     fn tx_burst(&mut self, pkts: &[TxPkt<'_>]) -> Result<usize, TransportError> {
@@ -562,28 +563,37 @@ impl<D: VerbsDevice> Transport for UdTransport<D> {
         let mut i = 0;
         let list = self.cfg.max_post_list.min(16);
         let mut wrs: [SendWr<'_>; 16] = [NO_WR; 16];
+        // Set when reaping completions freed nothing: the rest of the burst is dropped.
+        let mut stalled = false;
         while i < pkts.len() {
             let mut k = 0;
             while k < list {
                 let Some(p) = pkts.get(i) else { break };
-                i += 1;
                 let len = p.hdr.len() + p.data.len();
                 let dest = match self.routes.get(p.route as usize) {
-                    Some(Route::Resolved(d)) => *d,
+                    Some(Route::Resolved(d)) if len <= self.max_pkt => *d,
                     _ => {
+                        i += 1;
                         self.stats.tx_dropped += 1;
                         continue;
                     }
                 };
-                if len > self.max_pkt {
-                    self.stats.tx_dropped += 1;
-                    continue;
-                }
                 if self.inflight.len() >= self.cfg.sq_depth as usize {
+                    if k > 0 {
+                        break; // post what we have, then look at the completions
+                    }
+                    let before = self.inflight.len();
+                    if !stalled {
+                        self.reap_send();
+                        stalled = self.inflight.len() == before;
+                        continue;
+                    }
+                    i += 1;
                     self.stats.tx_dropped += 1;
                     self.ud.sq_full_drops += 1;
                     continue;
                 }
+                i += 1;
                 let seq = self.next_seq;
                 let (payload, slot) = if len <= self.cfg.max_inline as usize {
                     self.ud.inline_sends += 1;
@@ -629,7 +639,7 @@ impl<D: VerbsDevice> Transport for UdTransport<D> {
                         self.next_seq -= 1;
                     }
                     sent += posted;
-                    self.stats.tx_dropped += (k - posted) as u64;
+                    self.stats.tx_dropped += (pkts.len() - i + k - posted) as u64;
                     self.broken = true;
                     break;
                 }

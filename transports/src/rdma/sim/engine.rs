@@ -286,6 +286,7 @@ impl Fabric {
                 // The HCA gets to it "later": at the next call into the fabric, never within
                 // this post — so non-inline data is read after the post has returned.
                 let at = now.max(q.stalled_until);
+                let at = at + self.dev(d).map_or(0, |x| x.cfg.processing_delay_ns);
                 self.schedule(at, Event::Transmit { dev: d, qp: h });
             }
         }

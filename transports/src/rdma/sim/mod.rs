@@ -110,6 +110,9 @@ pub struct SimDeviceConfig {
     pub active_mtu: Mtu,
     /// The port's state. Default ACTIVE.
     pub port_state: PortState,
+    /// How long the HCA takes to pick up posted sends, in nanoseconds. Default 0: at the
+    /// next call into the fabric (never within the post itself).
+    pub processing_delay_ns: u64,
 }
 
 impl Default for SimDeviceConfig {
@@ -118,6 +121,7 @@ impl Default for SimDeviceConfig {
             link_layer: LinkLayer::Infiniband,
             active_mtu: Mtu::M4096,
             port_state: PortState::Active,
+            processing_delay_ns: 0,
         }
     }
 }
