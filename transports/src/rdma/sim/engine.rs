@@ -825,6 +825,52 @@ impl Fabric {
         );
     }
 
+    pub(super) fn inject_rc_message(&mut self, d: u32, data: &[u8]) -> bool {
+        let Some(dev) = self.dev(d) else { return false };
+        let Some((h, q)) = dev
+            .qps
+            .iter()
+            .filter(|(_, q)| {
+                q.qp_type == QpType::Rc && matches!(q.state, QpState::Rtr | QpState::Rts)
+            })
+            .min_by_key(|(h, _)| *h)
+        else {
+            return false;
+        };
+        let (pd, qpn, src_qp, slid) = (q.pd, q.qpn, q.dest_qpn, q.av.dlid);
+        let fits = match q.srq.and_then(|s| dev.srqs.get(s)) {
+            Some(srq) => srq.q.front().map(|r| r.sg.total_len()),
+            None => q.rq.front().map(|r| r.sg.total_len()),
+        };
+        if fits.is_none_or(|cap| cap < data.len() as u64) {
+            return false;
+        }
+        let Some((recv, release)) = self.take_recv(d, h) else {
+            return false;
+        };
+        let Some(dev) = self.dev(d) else { return false };
+        let status = match Self::scatter(dev, pd, &recv.sg, 0, data) {
+            Ok(()) => WcStatus::Success,
+            Err(e) => e,
+        };
+        self.recv_cqe(
+            d,
+            h,
+            release,
+            Wc {
+                wr_id: recv.wr_id,
+                status,
+                opcode: WcOpcode::Recv,
+                byte_len: data.len() as u32,
+                qp_num: qpn,
+                src_qp,
+                slid,
+                ..Wc::default()
+            },
+        );
+        status == WcStatus::Success
+    }
+
     fn respond(&mut self, p: &RcPacket, responder: (u32, u64), kind: RespKind, at: u64) {
         self.respond_psn(p, responder, p.psn, kind, at);
     }

@@ -319,6 +319,20 @@ impl SimVerbs {
         true
     }
 
+    /// Delivers `data` as a SEND arriving on the first connected RC QP (RTR or RTS) of
+    /// `device`, as if its peer had sent it: it consumes a receive and completes like any
+    /// message. A test hook for feeding garbage to an RC endpoint, which can only receive on
+    /// established connections (the HCA drops everything else). Returns `false` when there is
+    /// no such QP, no receive posted, or `data` does not fit the receive (nothing happens).
+    pub fn inject_rc_message(&self, device: u32, data: &[u8]) -> bool {
+        let now = self.now_ns();
+        let mut f = self.lock();
+        f.run(now);
+        let ok = f.inject_rc_message(device, data);
+        f.settle(now);
+        ok
+    }
+
     /// The state of QP `qpn` of device `device` (for tests).
     pub fn qp_state(&self, device: u32, qpn: u32) -> Option<QpState> {
         let f = self.lock();
