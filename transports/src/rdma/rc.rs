@@ -679,12 +679,23 @@ impl<D: VerbsDevice> Transport for RcTransport<D> {
                     "route {route} is already connected"
                 )))
             }
+            Some(RcRoute {
+                state: State::Failed,
+                ..
+            }) => {
+                return Err(TransportError::Resolve(format!(
+                    "route {route} failed; free it and connect a new one (a QP in error is \
+                     not reconnected)"
+                )))
+            }
             _ => return Err(TransportError::UnknownRoute(route)),
         };
         let peer = Addr::decode(remote, TAG_RC)?;
         if peer.qpn == 0 {
             return Err(TransportError::Resolve(
-                "RC routing info names no QP (a port address, not a route's)".into(),
+                "RC routes connect to the peer's fresh QP (the info its route_alloc returned); \
+                 a port address from routing_info() names no QP"
+                    .into(),
             ));
         }
         let a = QpAttr {
