@@ -313,10 +313,15 @@ fn rnr_retries_exhausted_fail_the_route() {
     assert_eq!(f.qp_state(a.device().id(), qpn), Some(QpState::Err));
     assert!(a.rc_stats().tx_errors >= 1);
     assert!(a.poll_route_failure().is_none(), "reported once");
-    // Packets to a failed route are dropped and counted.
+    // Packets to a failed route are dropped and counted; it cannot be resolved again.
     let dropped = a.stats().tx_dropped;
     assert_eq!(a.tx_burst(&pkts[..1]).unwrap(), 0);
     assert_eq!(a.stats().tx_dropped, dropped + 1);
+    let (_, fresh) = b.route_alloc().unwrap();
+    assert!(matches!(
+        a.resolve(ra, &fresh),
+        Err(TransportError::Resolve(_))
+    ));
 }
 
 #[test]
