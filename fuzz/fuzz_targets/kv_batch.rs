@@ -1,11 +1,11 @@
-//! `kv_service::protocol::parse_batch`: every BATCH message the server receives.
+//! `kv_proto::parse_batch`: every BATCH message the server receives.
 //!
 //! Properties: never panics; Ok(batch) ⇒ it holds 1..=MAX_BATCH GET / PUT / DELETE entries,
 //! each entry's bytes are exactly its own encoding, and building a BATCH from the parsed
 //! entries gives back the message byte for byte.
 #![no_main]
 
-use kv_service::protocol::{
+use kv_proto::{
     append_request, begin_batch, encode_request, finish_batch, parse_batch, Request, MAX_BATCH,
 };
 use libfuzzer_sys::fuzz_target;

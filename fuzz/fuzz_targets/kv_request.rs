@@ -1,4 +1,4 @@
-//! `kv_service::protocol::parse_request(req_type, data)`: every KV request the server receives.
+//! `kv_proto::parse_request(req_type, data)`: every KV request the server receives.
 //!
 //! Input: byte 0 is the rpc request type, the rest is the request message.
 //! Properties: never panics; Ok(r) ⇒ `r.op() == req_type`, the limits hold, and
@@ -6,8 +6,8 @@
 //! error status.
 #![no_main]
 
-use kv_service::engine::{MAX_KEY_LEN, MAX_VALUE_LEN};
-use kv_service::protocol::{encode_request, parse_request, Request, Status};
+use kv_proto::{MAX_KEY_LEN, MAX_VALUE_LEN};
+use kv_proto::{encode_request, parse_request, Request, Status};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

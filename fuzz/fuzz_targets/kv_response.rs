@@ -1,4 +1,4 @@
-//! `kv_service::protocol::parse_response`: every KV response the client receives, followed
+//! `kv_proto::parse_response`: every KV response the client receives, followed
 //! by the body parsers the client applies to a successful response (SCAN items, INFO, STATS).
 //!
 //! Properties: never panics; Ok(r) ⇒ `encode_response(r)` parses back to `r` and equals the
@@ -6,7 +6,7 @@
 //! the body is the input after the 16-byte header.
 #![no_main]
 
-use kv_service::protocol::{
+use kv_proto::{
     encode_response, parse_batch_responses, parse_response, parse_scan_items, ServerInfo, ThreadStats, HDR_LEN,
 };
 use libfuzzer_sys::fuzz_target;

@@ -1,4 +1,4 @@
-//! `kv_service::protocol::parse_scan_items(body, count)`: the items of a SCAN response.
+//! `kv_proto::parse_scan_items(body, count)`: the items of a SCAN response.
 //!
 //! Input: bytes 0..4 are `count` (u32 LE), the rest is the body.
 //! Properties: never panics; Ok(items) ⇒ `items.len() == count`, every item is within the
@@ -6,8 +6,8 @@
 //! body byte for byte (and `scan_item_len` adds up to its length).
 #![no_main]
 
-use kv_service::engine::{MAX_KEY_LEN, MAX_VALUE_LEN};
-use kv_service::protocol::{encode_scan_item, parse_scan_items, scan_item_len};
+use kv_proto::{MAX_KEY_LEN, MAX_VALUE_LEN};
+use kv_proto::{encode_scan_item, parse_scan_items, scan_item_len};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -544,7 +544,7 @@ fn load(workers: &mut [Worker], router: &KeyRouter, args: &EngineArgs) -> Result
         // Route the next ids; keep each worker at `inflight` outstanding puts.
         while next < ids.len() && backlog.iter().all(|b| b.len() < args.inflight) {
             let id = ids[next];
-            backlog[router.worker_for(&key_of(id))].push_back(id);
+            backlog[router.partition_of(&key_of(id))].push_back(id);
             next += 1;
         }
         for (w, worker) in workers.iter_mut().enumerate() {
@@ -600,10 +600,10 @@ fn drive(
         if owned.is_some() {
             0
         } else {
-            router.worker_for(key)
+            router.partition_of(key)
         }
     };
-    let mine = |id: u64| owned.is_none_or(|me| router.worker_for(&key_of(id)) == me);
+    let mine = |id: u64| owned.is_none_or(|me| router.partition_of(&key_of(id)) == me);
     let limit = args.inflight * w_count;
     let mut pending: Vec<Pending> = Vec::with_capacity(limit);
     let mut free_tags: Vec<u64> = Vec::new();

@@ -437,7 +437,7 @@ impl Client {
 
     /// The server thread that owns `key`.
     pub fn thread_for(&self, key: &[u8]) -> usize {
-        self.router.worker_for(key)
+        self.router.partition_of(key)
     }
 
     /// The value of `key`, or `None` if it does not exist.
@@ -588,7 +588,7 @@ impl Client {
                 });
             }
         }
-        Ok(self.router.worker_for(key))
+        Ok(self.router.partition_of(key))
     }
 
     fn send_routed(&mut self, req: &Request<'_>, owner: Owner) -> Result<u64, Error> {

@@ -54,5 +54,5 @@
 
 pub mod client;
 pub mod engine;
-pub mod protocol;
+pub use kv_proto as protocol;
 pub mod server;

@@ -447,7 +447,7 @@ fn thread_main(a: ThreadArgs) -> Result<(), ServerError> {
         ready,
         shutdown,
     } = a;
-    let threads = router.workers();
+    let threads = router.partitions();
     let state = ThreadState {
         id,
         router,
@@ -640,7 +640,7 @@ impl ThreadState {
         match parsed {
             Request::Info => {
                 let info = protocol::ServerInfo {
-                    threads: self.router.workers() as u32,
+                    threads: self.router.partitions() as u32,
                     thread_id: self.id as u32,
                     partitioning: protocol::PARTITION_FNV1A64_MOD,
                     max_key: engine::MAX_KEY_LEN as u32,
@@ -722,7 +722,7 @@ impl ThreadState {
             }
         };
         if let Some(key) = key {
-            let owner = self.router.worker_for(key);
+            let owner = self.router.partition_of(key);
             if owner != self.id {
                 self.forward(ctx, dest, owner, req_type, raw);
                 return;

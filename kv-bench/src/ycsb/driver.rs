@@ -186,7 +186,7 @@ impl Backend for EngineBackend {
                 return;
             }
         };
-        let w = self.router.worker_for(&key);
+        let w = self.router.partition_of(&key);
         self.workers[w].submit(op, tag);
     }
 

@@ -60,7 +60,7 @@ impl Engine {
 
     /// The value of `key`, or `None` if it does not exist.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        match self.call(self.router.worker_for(key), Op::Get { key: key.to_vec() }) {
+        match self.call(self.router.partition_of(key), Op::Get { key: key.to_vec() }) {
             Ok(Output::Value(v)) => Ok(Some(v)),
             Ok(_) => Err(Error::Closed),
             Err(Error::NotFound) => Ok(None),
@@ -74,13 +74,13 @@ impl Engine {
             key: key.to_vec(),
             value: value.to_vec(),
         };
-        self.call(self.router.worker_for(key), op).map(|_| ())
+        self.call(self.router.partition_of(key), op).map(|_| ())
     }
 
     /// Deletes; returns whether the key existed.
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
         match self.call(
-            self.router.worker_for(key),
+            self.router.partition_of(key),
             Op::Delete { key: key.to_vec() },
         ) {
             Ok(_) => Ok(true),

@@ -2,7 +2,7 @@
 //!
 //! Design (after KVell, SOSP'19, with its sharp edges removed; the byte layout is in
 //! `docs/STORAGE.md`):
-//! - **Shared-nothing workers.** Key `k` belongs to worker [`KeyRouter::worker_for`]`(k)` =
+//! - **Shared-nothing workers.** Key `k` belongs to worker [`KeyRouter::partition_of`]`(k)` =
 //!   [`fnv1a64`]`(k) mod W`. Each [`Worker`] owns its slab files, index, page cache and
 //!   io_uring ring; nothing is locked on the common path.
 //! - **Items unsorted on disk** in fixed-size slots of slab files, one file per (worker, size
@@ -58,8 +58,8 @@ use std::path::{Path, PathBuf};
 
 pub use blocking::Engine;
 pub use error::{Error, Result};
+pub use kv_proto::{fnv1a64, merge_scan, KeyRouter, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use recovery::RecoveryStats;
-pub use slab::{MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use worker::{Completion, Op, Output, Worker, WorkerStats};
 
 /// Durability of acknowledged writes.
@@ -102,56 +102,6 @@ impl Default for EngineConfig {
             max_file_bytes: None,
         }
     }
-}
-
-/// FNV-1a, 64 bit (offset basis `0xcbf29ce484222325`, prime `0x100000001b3`) over the
-/// full key. Stable across versions and platforms: it decides which worker owns a key.
-pub fn fnv1a64(key: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in key {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// Maps keys to workers: `fnv1a64(key) % W`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KeyRouter {
-    workers: usize,
-}
-
-impl KeyRouter {
-    /// A router for `workers` workers (at least 1).
-    pub fn new(workers: usize) -> Self {
-        Self {
-            workers: workers.max(1),
-        }
-    }
-
-    /// Number of workers W.
-    pub fn workers(&self) -> usize {
-        self.workers
-    }
-
-    /// The worker owning `key`.
-    ///
-    /// ```
-    /// let r = kv_service::engine::KeyRouter::new(4);
-    /// assert_eq!(r.worker_for(b"k"), (kv_service::engine::fnv1a64(b"k") % 4) as usize);
-    /// ```
-    pub fn worker_for(&self, key: &[u8]) -> usize {
-        (fnv1a64(key) % self.workers as u64) as usize
-    }
-}
-
-/// Merges per-worker scan parts (each sorted, keys disjoint) into the first `max` items in
-/// lexicographic key order.
-pub fn merge_scan(parts: Vec<Vec<(Vec<u8>, Vec<u8>)>>, max: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut all: Vec<_> = parts.into_iter().flatten().collect();
-    all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    all.truncate(max);
-    all
 }
 
 /// The opened workers of a data directory.

@@ -48,10 +48,7 @@ pub const CLASSES: [u32; 25] = [
     1536 << 10,
 ];
 
-/// Largest key, in bytes.
-pub const MAX_KEY_LEN: usize = 1024;
-/// Largest value, in bytes (1 MiB).
-pub const MAX_VALUE_LEN: usize = 1 << 20;
+pub use kv_proto::{MAX_KEY_LEN, MAX_VALUE_LEN};
 
 /// Page size: the unit of I/O for small classes.
 pub const PAGE: usize = 4096;

@@ -216,7 +216,7 @@ impl Worker {
         })
     }
 
-    /// This worker's number (keys with `worker_for(key) == id()` belong to it).
+    /// This worker's number (keys with `partition_of(key) == id()` belong to it).
     pub fn id(&self) -> usize {
         self.id
     }

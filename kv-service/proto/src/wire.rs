@@ -8,23 +8,18 @@
 //! header structs have alignment 1, so they are read from any byte offset.
 //!
 //! Every parser here is total: any input bytes give a value or an error, never a panic
-//! (checked by the property tests in `tests/protocol_props.rs`).
-//!
-//! ```
-//! use kv_service::protocol::{self, op, Request, Status};
-//! let mut msg = Vec::new();
-//! protocol::encode_request(&Request::Put { key: b"k", value: b"v" }, &mut msg);
-//! assert_eq!(protocol::parse_request(op::PUT, &msg), Ok(Request::Put { key: b"k", value: b"v" }));
-//! // Garbage is an error, never a panic.
-//! assert!(protocol::parse_request(op::PUT, b"\x07garbage").is_err());
-//! let mut resp = Vec::new();
-//! protocol::encode_response(Status::NotFound, 0, 0, b"", &mut resp);
-//! assert_eq!(protocol::parse_response(&resp).unwrap().status, Status::NotFound);
-//! ```
+//! (checked by the property tests in `tests/wire_props.rs` and the fuzz targets `kv_*`), and
+//! the lints below keep indexing, `unwrap` and `expect` out of this module.
+#![deny(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::engine::{MAX_KEY_LEN, MAX_VALUE_LEN};
+use crate::limits::{MAX_BATCH, MAX_KEY_LEN, MAX_VALUE_LEN};
 
 /// Version of this wire format, first byte of every request and response header.
 /// Version 1: the format described in `docs/PROTOCOL.md, Part II`.
@@ -33,20 +28,9 @@ pub const VERSION: u8 = 1;
 /// Size of [`ReqHeader`] and of [`RespHeader`] in bytes.
 pub const HDR_LEN: usize = 16;
 
-/// Most items one SCAN request returns; a client wanting more continues from the last key.
-pub const MAX_SCAN_ITEMS: u32 = 1024;
-
-/// Largest SCAN response body the server builds (bytes); it stops adding items before this
-/// and sets [`RESP_FLAG_MORE`]. Below the rpc crate's default 8 MiB message limit.
-pub const MAX_SCAN_BODY: usize = 4 << 20;
-
 /// Response flag: the SCAN part stopped early (item cap or size cap): more items of this
 /// partition may follow the last key returned.
 pub const RESP_FLAG_MORE: u16 = 1;
-
-/// Partitioning scheme number of [`InfoBody::partitioning`]: thread = `fnv1a64(key) mod threads`
-/// (see [`crate::engine::KeyRouter`]).
-pub const PARTITION_FNV1A64_MOD: u32 = 1;
 
 /// The rpc request types (one per KV operation).
 pub mod op {
@@ -68,10 +52,6 @@ pub mod op {
     /// Every request type, in order.
     pub const ALL: [u8; 7] = [INFO, GET, PUT, DELETE, SCAN, STATS, BATCH];
 }
-
-/// Most requests in one BATCH. A server advertises what it accepts in
-/// [`ServerInfo::max_batch`] (0: no BATCH support).
-pub const MAX_BATCH: u32 = 256;
 
 /// A 16-bit little-endian integer with alignment 1.
 #[repr(transparent)]

@@ -1,7 +1,7 @@
 //! Property tests of the KV wire format: every parser is total (any bytes → value or error,
 //! never a panic) and encode → parse round-trips.
-use kv_service::engine::{MAX_KEY_LEN, MAX_VALUE_LEN};
-use kv_service::protocol::{self, op, Request, RequestError, ServerInfo, Status, ThreadStats};
+use kv_proto::{self as protocol, op, Request, RequestError, ServerInfo, Status, ThreadStats};
+use kv_proto::{MAX_KEY_LEN, MAX_VALUE_LEN};
 use proptest::prelude::*;
 
 fn any_request() -> impl Strategy<Value = (u8, Vec<u8>, Vec<u8>, u32)> {
@@ -35,7 +35,7 @@ fn build<'a>(t: u8, key: &'a [u8], value: &'a [u8], count: u32) -> Request<'a> {
 }
 
 proptest! {
-    #![proptest_config(testkit::proptest_config(2000, "proptest-regressions/protocol_props.txt"))]
+    #![proptest_config(testkit::proptest_config(2000, "proptest-regressions/wire_props.txt"))]
 
     #[test]
     fn parse_request_is_total(t in any::<u8>(), data in prop::collection::vec(any::<u8>(), 0..100)) {

@@ -1,0 +1,39 @@
+//! `kv-proto`: what every part of the KV service agrees on, with no I/O — the size limits,
+//! which thread owns a key, how scan parts merge, and the wire format carried inside rpc
+//! messages (`docs/PROTOCOL.md, Part II`).
+//!
+//! The engine (`kv-engine`), the client library (`kv-client`) and the server (`kv-service`)
+//! all depend on this crate and on nothing of each other's for these facts.
+//!
+//! - [`limits`]: [`MAX_KEY_LEN`], [`MAX_VALUE_LEN`], the SCAN and BATCH caps.
+//! - [`partition`]: [`fnv1a64`] and [`KeyRouter`] (key → thread).
+//! - [`scan`]: [`merge_scan`] and [`ScanMerge`], the continuation of a scan past the caps.
+//! - [`wire`]: headers, [`Status`], request / response / BATCH / INFO / STATS encodings. Every
+//!   parser is total: any bytes give a value or an error, never a panic.
+//!
+//! ```
+//! use kv_proto::{self as proto, op, Request, Status};
+//! let mut msg = Vec::new();
+//! proto::encode_request(&Request::Put { key: b"k", value: b"v" }, &mut msg);
+//! assert_eq!(proto::parse_request(op::PUT, &msg), Ok(Request::Put { key: b"k", value: b"v" }));
+//! // Garbage is an error, never a panic.
+//! assert!(proto::parse_request(op::PUT, b"\x07garbage").is_err());
+//! let mut resp = Vec::new();
+//! proto::encode_response(Status::NotFound, 0, 0, b"", &mut resp);
+//! assert_eq!(proto::parse_response(&resp).unwrap().status, Status::NotFound);
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod limits;
+pub mod partition;
+pub mod scan;
+pub mod wire;
+
+pub use limits::{
+    check_key, check_value, LimitError, MAX_BATCH, MAX_KEY_LEN, MAX_SCAN_BODY, MAX_SCAN_ITEMS,
+    MAX_VALUE_LEN,
+};
+pub use partition::{fnv1a64, KeyRouter, PARTITION_FNV1A64_MOD};
+pub use scan::{merge_scan, successor, EmptyMorePart, ScanMerge};
+pub use wire::*;
