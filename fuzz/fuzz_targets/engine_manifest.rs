@@ -1,4 +1,4 @@
-//! `kv_service::engine::manifest::decode`: the 24-byte MANIFEST file read at open.
+//! `kv_engine::manifest::decode`: the 24-byte MANIFEST file read at open.
 //!
 //! Input: byte 0 is a mode, the rest is the file. Mode bit 0 set (and at least 20 bytes):
 //! bytes 20..24 are replaced by the CRC32C of bytes 0..20 before decoding, so the fuzzer gets
@@ -13,8 +13,8 @@
 //! round trip (it fails at once until `decode` checks them).
 #![no_main]
 
-use kv_service::engine::manifest::{decode, encode, MANIFEST_LEN};
-use kv_service::engine::Error;
+use kv_engine::manifest::{decode, encode, MANIFEST_LEN};
+use kv_engine::Error;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

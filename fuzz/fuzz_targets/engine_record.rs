@@ -1,4 +1,4 @@
-//! `kv_service::engine::record::decode`: a slab slot as read from disk (recovery and reads).
+//! `kv_engine::record::decode`: a slab slot as read from disk (recovery and reads).
 //! (`decode_nonempty`, the helper behind it, is private; `decode` and `sequence_of` are the
 //! public entry points and cover it entirely.)
 //!
@@ -12,7 +12,7 @@
 //! 20 header bytes are zero; a slot shorter than the header is `Corrupt`.
 #![no_main]
 
-use kv_service::engine::record::{
+use kv_engine::record::{
     decode, encode_live, encode_tombstone, encoded_len, sequence_of, Slot, HEADER_LEN, OFF_FLAGS,
     OFF_KEY_LEN, OFF_VALUE_LEN,
 };

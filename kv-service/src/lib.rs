@@ -53,6 +53,6 @@
 #![warn(missing_docs)]
 
 pub mod client;
-pub mod engine;
+pub use kv_engine as engine;
 pub use kv_proto as protocol;
 pub mod server;

@@ -12,7 +12,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use kv_service::engine::{Engine, EngineConfig};
+use kv_engine::{Engine, EngineConfig};
 
 /// Number of keys used by the crash test; key `i` is `format!("key-{i:04}")`.
 pub const KEYS: u64 = 240;

@@ -143,8 +143,7 @@ fn decode_nonempty(slot: &[u8]) -> Option<Slot<'_>> {
         return None;
     }
     // A record the engine could never have written (found by fuzzing): not a valid item.
-    if key_len > crate::engine::slab::MAX_KEY_LEN || value_len > crate::engine::slab::MAX_VALUE_LEN
-    {
+    if key_len > crate::slab::MAX_KEY_LEN || value_len > crate::slab::MAX_VALUE_LEN {
         return None;
     }
     let end = HEADER_LEN.checked_add(key_len)?.checked_add(value_len)?;
@@ -175,7 +174,7 @@ mod tests {
     #[test]
     fn records_over_the_size_limits_are_not_items() {
         // A record with a valid CRC but a key longer than the engine allows: not an item.
-        let key = vec![b'k'; crate::engine::slab::MAX_KEY_LEN + 1];
+        let key = vec![b'k'; crate::slab::MAX_KEY_LEN + 1];
         let mut slot = vec![0u8; 4096];
         assert!(encode_live(&mut slot, 1, &key, b"v").is_some());
         assert!(!matches!(decode(&slot), Slot::Live { .. }));

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kv_service::engine::{Engine, EngineConfig};
+use kv_engine::{Engine, EngineConfig};
 
 const KEYS: u64 = 240;
 

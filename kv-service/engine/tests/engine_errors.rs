@@ -2,10 +2,8 @@
 //! (file-size cap), and real write errors from the kernel (RLIMIT_FSIZE in a child).
 use std::process::Command;
 
-use kv_service::engine::manifest::{self, MANIFEST_FILE};
-use kv_service::engine::{
-    open_workers, Engine, EngineConfig, Error, Op, MAX_KEY_LEN, MAX_VALUE_LEN,
-};
+use kv_engine::manifest::{self, MANIFEST_FILE};
+use kv_engine::{open_workers, Engine, EngineConfig, Error, Op, MAX_KEY_LEN, MAX_VALUE_LEN};
 
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir")

@@ -3,7 +3,7 @@
 //! reopening the engine at random points.
 use std::collections::BTreeMap;
 
-use kv_service::engine::{Engine, EngineConfig};
+use kv_engine::{Engine, EngineConfig};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]

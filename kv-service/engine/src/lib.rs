@@ -20,7 +20,7 @@
 //!   thread that may also run an RPC event loop: [`Worker::submit`] + [`Worker::poll`].
 //!
 //! ```
-//! use kv_service::engine::{Engine, EngineConfig};
+//! use kv_engine::{Engine, EngineConfig};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
 //! let engine = Engine::open(dir.path(), EngineConfig::default())?;
@@ -121,7 +121,7 @@ pub struct OpenedWorkers {
 /// Driving a worker by hand, as a thread that also serves the network would:
 ///
 /// ```
-/// use kv_service::engine::{open_workers, EngineConfig, Op, Output};
+/// use kv_engine::{open_workers, EngineConfig, Op, Output};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let dir = tempfile::tempdir()?;
 /// let config = EngineConfig { workers: 1, ..EngineConfig::default() };

@@ -16,7 +16,7 @@ enum Request {
 /// The engine behind a blocking API, for tools and tests. Each worker runs on its own
 /// thread; calls may come from any number of threads (`Engine` is `Sync`).
 ///
-/// See the [module documentation](crate::engine) for an example.
+/// See the [module documentation](crate) for an example.
 pub struct Engine {
     router: KeyRouter,
     senders: Vec<Sender<Request>>,

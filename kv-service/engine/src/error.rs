@@ -9,7 +9,7 @@ pub enum Error {
     /// The key does not exist (answered from the index, without any I/O).
     #[error("key not found")]
     NotFound,
-    /// The key is longer than [`MAX_KEY_LEN`](crate::engine::MAX_KEY_LEN).
+    /// The key is longer than [`MAX_KEY_LEN`](crate::MAX_KEY_LEN).
     #[error("key of {len} bytes exceeds the limit of {max} bytes")]
     KeyTooLarge {
         /// Length of the rejected key.
@@ -17,7 +17,7 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
-    /// The value is longer than [`MAX_VALUE_LEN`](crate::engine::MAX_VALUE_LEN).
+    /// The value is longer than [`MAX_VALUE_LEN`](crate::MAX_VALUE_LEN).
     #[error("value of {len} bytes exceeds the limit of {max} bytes")]
     ValueTooLarge {
         /// Length of the rejected value.

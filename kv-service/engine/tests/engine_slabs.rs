@@ -6,7 +6,7 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use kv_service::engine::{open_workers, slab, Engine, EngineConfig, Op, Output};
+use kv_engine::{open_workers, slab, Engine, EngineConfig, Op, Output};
 
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir")

@@ -22,7 +22,7 @@ use std::ops::Bound;
 /// Where an item lives: its size class and slot number within that class's slab file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Location {
-    /// Index into [`CLASSES`](crate::engine::slab::CLASSES).
+    /// Index into [`CLASSES`](crate::slab::CLASSES).
     pub class: u8,
     /// Slot number in the slab file.
     pub slot: u32,

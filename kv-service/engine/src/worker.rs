@@ -48,7 +48,7 @@ pub enum Op {
         key: Vec<u8>,
     },
     /// This worker's part of a scan: up to `max` of its items with key ≥ `start`, in order.
-    /// Merge the parts of all workers with [`merge_scan`](crate::engine::merge_scan).
+    /// Merge the parts of all workers with [`merge_scan`](crate::merge_scan).
     Scan {
         /// First key (inclusive).
         start: Vec<u8>,
@@ -62,7 +62,7 @@ pub enum Op {
 pub enum Output {
     /// The value of a get.
     Value(Vec<u8>),
-    /// A put is durable (as configured by [`SyncMode`](crate::engine::SyncMode)).
+    /// A put is durable (as configured by [`SyncMode`](crate::SyncMode)).
     Written,
     /// A delete is durable.
     Deleted,
@@ -262,7 +262,7 @@ impl Worker {
 
     /// Enqueues an operation; its [`Completion`] (carrying `tag`) comes out of a later
     /// [`Worker::poll`]. Never blocks and makes no system call. The key must belong to this
-    /// worker (see [`KeyRouter`](crate::engine::KeyRouter)); sizes are checked here and
+    /// worker (see [`KeyRouter`](crate::KeyRouter)); sizes are checked here and
     /// violations complete with [`Error::KeyTooLarge`] / [`Error::ValueTooLarge`].
     pub fn submit(&mut self, op: Op, tag: u64) {
         self.pending += 1;
