@@ -52,7 +52,7 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod client;
+pub use kv_client as client;
 pub use kv_engine as engine;
 pub use kv_proto as protocol;
 pub mod server;

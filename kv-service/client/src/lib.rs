@@ -12,8 +12,8 @@
 //! thread; use one per thread.
 //!
 //! ```no_run
-//! use kv_service::client::{Client, ClientConfig, Command, Reply};
-//! # fn main() -> Result<(), kv_service::client::Error> {
+//! use kv_client::{Client, ClientConfig, Command, Reply};
+//! # fn main() -> Result<(), kv_client::Error> {
 //! let mut c = Client::connect("127.0.0.1:31850", ClientConfig::default())?;
 //! c.put(b"apple", b"red")?;
 //! assert_eq!(c.get(b"apple")?, Some(b"red".to_vec()));
@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 use rpc::{Completion, MsgBuf, Nexus, Rpc, RpcConfig, RpcError, SessionId};
 use transports::udp::{UdpConfig, UdpTransport};
 
-use crate::engine::{merge_scan, KeyRouter, MAX_KEY_LEN, MAX_VALUE_LEN};
-use crate::protocol::{self, op, Item, Request, ServerInfo, Status, ThreadStats};
+use kv_proto::{self as protocol, op, Item, Request, ServerInfo, Status, ThreadStats};
+use kv_proto::{merge_scan, KeyRouter, MAX_KEY_LEN, MAX_VALUE_LEN};
 
 /// Client settings.
 #[derive(Clone, Debug)]

@@ -2,12 +2,12 @@
 //!
 //! ```text
 //! cargo run --release -p kv-service --bin kv-service -- --data-dir /tmp/kv-lat --busy-poll &
-//! cargo run --release -p kv-service --example kv_latency -- 127.0.0.1:31850 20000
+//! cargo run --release -p kv-client --example kv_latency -- 127.0.0.1:31850 20000
 //! ```
 //! Prints p50 / p99 / mean per operation (100-byte values, 16-byte keys, blocking API).
 use std::time::{Duration, Instant};
 
-use kv_service::client::{Client, ClientConfig};
+use kv_client::{Client, ClientConfig};
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
