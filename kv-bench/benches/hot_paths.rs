@@ -6,7 +6,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use kv_service::engine::{open_workers, Completion, EngineConfig, Op};
+use kv_engine::{open_workers, Completion, EngineConfig, Op};
 use rpc::pkthdr::{PktHdr, PktInfo, PktType};
 use rpc::BufPool;
 

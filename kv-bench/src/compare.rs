@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
-use kv_service::engine::{open_workers, EngineConfig};
+use kv_engine::{open_workers, EngineConfig};
 use serde::Serialize;
 
 use crate::report::{say, write_json};

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use kv_service::engine::{
+use kv_engine::{
     ioengine, merge_scan, open_workers, Completion, EngineConfig, KeyRouter, Op, Output, Worker,
     WorkerStats,
 };
@@ -414,7 +414,7 @@ impl Zipf {
         } else {
             ((self.n as f64) * (self.eta * u - self.eta + 1.0).powf(self.alpha)) as u64
         };
-        kv_service::engine::fnv1a64(&rank.min(self.n - 1).to_le_bytes()) % self.n
+        kv_engine::fnv1a64(&rank.min(self.n - 1).to_le_bytes()) % self.n
     }
 }
 
@@ -739,12 +739,11 @@ fn index_rss_per_item(records: u64) -> f64 {
         Some(pages * 4096)
     }
     let Some(before) = rss() else { return f64::NAN };
-    let mut map =
-        std::collections::BTreeMap::<Box<[u8]>, kv_service::engine::index::Location>::new();
+    let mut map = std::collections::BTreeMap::<Box<[u8]>, kv_engine::index::Location>::new();
     for id in 0..records {
         map.insert(
             key_of(id).into_boxed_slice(),
-            kv_service::engine::index::Location {
+            kv_engine::index::Location {
                 class: 5,
                 slot: id as u32,
             },

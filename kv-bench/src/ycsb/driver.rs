@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use hdrhistogram::Histogram;
-use kv_service::client::{Client, Command, Reply};
-use kv_service::engine::{merge_scan, KeyRouter, Op as EngineOp, Output, Worker};
+use kv_client::{Client, Command, Reply};
+use kv_engine::{merge_scan, KeyRouter, Op as EngineOp, Output, Worker};
 
 use super::gen::{key_of, load_value_size, value_of, Op, OpKind, Workload};
 use crate::baseline::redis::{RedisConn, Resp};
@@ -150,7 +150,7 @@ type ScanParts = (usize, Vec<Vec<(Vec<u8>, Vec<u8>)>>, usize, Option<String>);
 pub struct EngineBackend {
     workers: Vec<Worker>,
     router: KeyRouter,
-    done: Vec<kv_service::engine::Completion>,
+    done: Vec<kv_engine::Completion>,
     scans: HashMap<u64, ScanParts>,
 }
 

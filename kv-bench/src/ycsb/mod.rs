@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use kv_service::client::{Client, ClientConfig};
+use kv_client::{Client, ClientConfig};
 use kv_service::server::{IdleMode, Server, ServerConfig};
 use serde::Serialize;
 

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
-use kv_service::client::{Client, ClientConfig, Command, Error, Reply};
-use kv_service::protocol::ThreadStats;
+use kv_client::{Client, ClientConfig, Command, Error, Reply};
+use kv_proto::ThreadStats;
 
 /// Command-line client of kv-service. Without a command, reads commands from stdin, one per
 /// line, and prints one result line per command, in order (pipelined over the wire).

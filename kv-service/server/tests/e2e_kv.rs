@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use kv_service::client::{Client, ClientConfig, Command as KvCommand, Reply};
-use kv_service::protocol::{self, op, Request, Status};
+use kv_client::{Client, ClientConfig, Command as KvCommand, Reply};
+use kv_proto::{self as protocol, op, Request, Status};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_kv-service");
 const CLI: &str = env!("CARGO_BIN_EXE_kv-cli");

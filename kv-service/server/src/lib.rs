@@ -12,7 +12,7 @@
 //! Usually the server is the `kv-service` binary and only the client is in your program.
 //!
 //! ```
-//! use kv_service::client::{Client, ClientConfig, Command, Reply};
+//! use kv_client::{Client, ClientConfig, Command, Reply};
 //! use kv_service::server::{Server, ServerConfig};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
@@ -52,7 +52,4 @@
 //! ```
 #![warn(missing_docs)]
 
-pub use kv_client as client;
-pub use kv_engine as engine;
-pub use kv_proto as protocol;
 pub mod server;

@@ -2,7 +2,7 @@
 //! (32 credits each, 1024 packets): the client sizes its ring from INFO while connecting.
 use std::time::Duration;
 
-use kv_service::client::{Client, ClientConfig, Command, Error, Reply};
+use kv_client::{Client, ClientConfig, Command, Error, Reply};
 use kv_service::server::{IdleMode, Server, ServerConfig};
 use rpc::RpcError;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use kv_service::engine::SyncMode;
+use kv_engine::SyncMode;
 use kv_service::server::{IdleMode, Server, ServerConfig};
 
 /// Persistent key-value server (KVell-derived engine over eRPC-style RPC).
@@ -143,10 +143,10 @@ fn main() -> anyhow::Result<()> {
 
 /// The thread count recorded in an existing data directory, else half the cores (≥ 1).
 fn default_threads(dir: &std::path::Path) -> anyhow::Result<usize> {
-    let manifest = dir.join(kv_service::engine::manifest::MANIFEST_FILE);
+    let manifest = dir.join(kv_engine::manifest::MANIFEST_FILE);
     match std::fs::read(&manifest) {
         Ok(bytes) => {
-            let w = kv_service::engine::manifest::decode(&bytes)
+            let w = kv_engine::manifest::decode(&bytes)
                 .with_context(|| format!("reading {}", manifest.display()))?;
             Ok(w as usize)
         }

@@ -50,8 +50,10 @@ use rpc::{RpcConfig, RpcError, SessionId};
 use transports::udp::{UdpConfig, UdpTransport};
 use transports::TransportError;
 
-use crate::engine::{self, EngineConfig, KeyRouter, Op, Output, RecoveryStats, SyncMode, Worker};
-use crate::protocol::{self, op, Request, Status, ThreadStats, HDR_LEN};
+use kv_engine::{
+    self as engine, EngineConfig, KeyRouter, Op, Output, RecoveryStats, SyncMode, Worker,
+};
+use kv_proto::{self as protocol, op, Request, Status, ThreadStats, HDR_LEN};
 
 /// What a server thread does when it has nothing to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
