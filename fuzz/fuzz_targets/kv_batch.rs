@@ -6,7 +6,7 @@
 #![no_main]
 
 use kv_proto::{
-    append_request, begin_batch, encode_request, finish_batch, parse_batch, Request, MAX_BATCH,
+    append_request, begin_batch, encode_request, finish_batch, parse_batch, Op, Request, MAX_BATCH,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     for (r, raw) in batch {
         assert!(matches!(
             r,
-            Request::Get { .. } | Request::Put { .. } | Request::Delete { .. }
+            Request::Op(Op::Get { .. } | Op::Put { .. } | Op::Delete { .. })
         ));
         encode_request(&r, &mut one);
         assert_eq!(raw, &one[..]);

@@ -7,7 +7,7 @@
 #![no_main]
 
 use kv_proto::{MAX_KEY_LEN, MAX_VALUE_LEN};
-use kv_proto::{encode_request, parse_request, Request, Status};
+use kv_proto::{encode_request, parse_request, Op, Request, Status};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
             if let Some(k) = r.key() {
                 assert!(k.len() <= MAX_KEY_LEN);
             }
-            if let Request::Put { value, .. } = r {
+            if let Request::Op(Op::Put { value, .. }) = r {
                 assert!(value.len() <= MAX_VALUE_LEN);
             }
             let mut out = Vec::new();

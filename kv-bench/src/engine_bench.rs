@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use kv_engine::{
-    ioengine, merge_scan, open_workers, Completion, EngineConfig, KeyRouter, Op, Output, Worker,
+    ioengine, merge_scan, open_workers, Completion, EngineConfig, KeyRouter, Op, Reply, Worker,
     WorkerStats,
 };
 use serde::Serialize;
@@ -705,7 +705,7 @@ fn drive(
                 );
                 continue;
             }
-            if let Output::Items(items) = output {
+            if let Reply::Items(items) = output {
                 p.parts.push(items);
             }
             p.parts_left -= 1;

@@ -9,22 +9,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use hdrhistogram::Histogram;
-use kv_client::{Client, Command, Reply};
-use kv_engine::{merge_scan, KeyRouter, Op as EngineOp, Output, Worker};
+use kv_client::{Client, Reply};
+use kv_engine::{merge_scan, KeyRouter, Worker};
 
 use super::gen::{key_of, load_value_size, value_of, Op, OpKind, Workload};
 use crate::baseline::redis::{RedisConn, Resp};
 use crate::report::new_histogram;
 
-/// A request as every system understands it.
-pub enum Req {
-    /// Read a key.
-    Get(Vec<u8>),
-    /// Write a key.
-    Set(Vec<u8>, Vec<u8>),
-    /// Ordered scan of up to `n` items from `start`.
-    Scan(Vec<u8>, usize),
-}
+/// A request as every system understands it: the KV service's own operation vocabulary.
+pub type Req = kv_proto::Op;
 
 /// A successful answer.
 #[derive(Debug, PartialEq, Eq)]
@@ -70,12 +63,7 @@ impl KvBackend {
 
 impl Backend for KvBackend {
     fn submit(&mut self, req: Req, tag: u64) {
-        let cmd = match req {
-            Req::Get(key) => Command::Get { key },
-            Req::Set(key, value) => Command::Put { key, value },
-            Req::Scan(start, max) => Command::Scan { start, max },
-        };
-        if let Err(e) = self.client.submit(cmd, tag) {
+        if let Err(e) = self.client.submit(req, tag) {
             self.local.push((tag, Err(e.to_string())));
         }
     }
@@ -119,9 +107,10 @@ impl RedisBackend {
 impl Backend for RedisBackend {
     fn submit(&mut self, req: Req, tag: u64) {
         match req {
-            Req::Get(key) => self.conn.send(&[b"GET", &key], tag),
-            Req::Set(key, value) => self.conn.send(&[b"SET", &key, &value], tag),
-            Req::Scan(..) => self.local.push((tag, Ok(Outcome::Skipped))),
+            Req::Get { key } => self.conn.send(&[b"GET", &key], tag),
+            Req::Put { key, value } => self.conn.send(&[b"SET", &key, &value], tag),
+            Req::Delete { key } => self.conn.send(&[b"DEL", &key], tag),
+            Req::Scan { .. } => self.local.push((tag, Ok(Outcome::Skipped))),
         }
     }
 
@@ -168,26 +157,20 @@ impl EngineBackend {
 
 impl Backend for EngineBackend {
     fn submit(&mut self, req: Req, tag: u64) {
-        let (key, op) = match req {
-            Req::Get(key) => (key.clone(), EngineOp::Get { key }),
-            Req::Set(key, value) => (key.clone(), EngineOp::Put { key, value }),
-            Req::Scan(start, max) => {
-                self.scans
-                    .insert(tag, (self.workers.len(), Vec::new(), max, None));
-                for w in &mut self.workers {
-                    w.submit(
-                        EngineOp::Scan {
-                            start: start.clone(),
-                            max,
-                        },
-                        tag,
-                    );
-                }
-                return;
+        if let Req::Scan { start, max } = req {
+            self.scans
+                .insert(tag, (self.workers.len(), Vec::new(), max, None));
+            for w in &mut self.workers {
+                let part = Req::Scan {
+                    start: start.clone(),
+                    max,
+                };
+                w.submit(part, tag);
             }
-        };
-        let w = self.router.partition_of(&key);
-        self.workers[w].submit(op, tag);
+            return;
+        }
+        let w = self.router.partition_of(req.key());
+        self.workers[w].submit(req, tag);
     }
 
     fn poll(&mut self, out: &mut Vec<Done>) -> Result<()> {
@@ -197,7 +180,7 @@ impl Backend for EngineBackend {
         for c in self.done.drain(..) {
             if let Some(scan) = self.scans.get_mut(&c.tag) {
                 match c.result {
-                    Ok(Output::Items(items)) => scan.1.push(items),
+                    Ok(Reply::Items(items)) => scan.1.push(items),
                     Ok(_) => scan.3 = Some("unexpected scan output".into()),
                     Err(e) => scan.3 = Some(e.to_string()),
                 }
@@ -214,10 +197,10 @@ impl Backend for EngineBackend {
                 continue;
             }
             let r = match c.result {
-                Ok(Output::Value(_)) => Ok(Outcome::Found),
-                Ok(Output::Written) => Ok(Outcome::Written),
+                Ok(Reply::Value(_)) => Ok(Outcome::Found),
+                Ok(Reply::Written) => Ok(Outcome::Written),
+                Ok(Reply::NotFound) => Ok(Outcome::NotFound),
                 Ok(_) => Err("unexpected engine output".into()),
-                Err(e) if e.is_not_found() => Ok(Outcome::NotFound),
                 Err(e) => Err(e.to_string()),
             };
             out.push((c.tag, r));
@@ -393,11 +376,15 @@ pub fn drive<B: Backend + ?Sized>(
                         break 'fill;
                     };
                     let req = match op {
-                        Op::Read(id) | Op::Rmw(id, _) => Req::Get(key_of(id)),
-                        Op::Update(id, len) | Op::Insert(id, len) => {
-                            Req::Set(key_of(id), value_of(id, len, salt))
-                        }
-                        Op::Scan(id, len) => Req::Scan(key_of(id), len),
+                        Op::Read(id) | Op::Rmw(id, _) => Req::Get { key: key_of(id) },
+                        Op::Update(id, len) | Op::Insert(id, len) => Req::Put {
+                            key: key_of(id),
+                            value: value_of(id, len, salt),
+                        },
+                        Op::Scan(id, len) => Req::Scan {
+                            start: key_of(id),
+                            max: len,
+                        },
                     };
                     slots[s][k] = Some(Slot {
                         start: Instant::now(),
@@ -432,7 +419,11 @@ pub fn drive<B: Backend + ?Sized>(
                             sl.rmw_write_pending = false;
                             if let Op::Rmw(id, _) = sl.op {
                                 let len = value_len(&sl.op);
-                                backend.submit(Req::Set(key_of(id), value_of(id, len, salt)), tag);
+                                let put = Req::Put {
+                                    key: key_of(id),
+                                    value: value_of(id, len, salt),
+                                };
+                                backend.submit(put, tag);
                                 continue;
                             }
                         }

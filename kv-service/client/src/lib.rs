@@ -12,14 +12,14 @@
 //! thread; use one per thread.
 //!
 //! ```no_run
-//! use kv_client::{Client, ClientConfig, Command, Reply};
+//! use kv_client::{Client, ClientConfig, Op, Reply};
 //! # fn main() -> Result<(), kv_client::Error> {
 //! let mut c = Client::connect("127.0.0.1:31850", ClientConfig::default())?;
 //! c.put(b"apple", b"red")?;
 //! assert_eq!(c.get(b"apple")?, Some(b"red".to_vec()));
 //! // Pipelined: many requests in flight, answers matched by tag.
 //! for i in 0..100u64 {
-//!     c.submit(Command::Put { key: format!("k{i}").into_bytes(), value: vec![1; 100] }, i)?;
+//!     c.submit(Op::Put { key: format!("k{i}").into_bytes(), value: vec![1; 100] }, i)?;
 //! }
 //! while let Some((tag, reply)) = c.wait() {
 //!     assert_eq!(reply?, Reply::Written, "request {tag}");
@@ -34,8 +34,9 @@ use std::time::{Duration, Instant};
 use rpc::{Completion, MsgBuf, Nexus, Rpc, RpcConfig, RpcError, SessionId};
 use transports::udp::{UdpConfig, UdpTransport};
 
-use kv_proto::{self as protocol, op, Item, Request, ServerInfo, Status, ThreadStats};
+use kv_proto::{self as protocol, op, Request, ServerInfo, Status, ThreadStats};
 use kv_proto::{merge_scan, KeyRouter, MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use kv_proto::{Item, Op, Reply};
 
 /// Client settings.
 #[derive(Clone, Debug)]
@@ -147,51 +148,6 @@ impl Error {
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout(_))
     }
-}
-
-/// A request of the pipelined API.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Command {
-    /// Read a key.
-    Get {
-        /// The key.
-        key: Vec<u8>,
-    },
-    /// Insert or overwrite a key.
-    Put {
-        /// The key.
-        key: Vec<u8>,
-        /// The value.
-        value: Vec<u8>,
-    },
-    /// Delete a key.
-    Delete {
-        /// The key.
-        key: Vec<u8>,
-    },
-    /// Up to `max` items with key ≥ `start`, in key order (as [`Client::scan`]: one SCAN per
-    /// server thread, merged, continued past the per-response caps).
-    Scan {
-        /// First key (inclusive).
-        start: Vec<u8>,
-        /// Most items wanted.
-        max: usize,
-    },
-}
-
-/// The successful answer to a [`Command`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reply {
-    /// GET: the value.
-    Value(Vec<u8>),
-    /// GET or DELETE: the key does not exist.
-    NotFound,
-    /// PUT: the write is durable.
-    Written,
-    /// DELETE: the key was deleted (durably).
-    Deleted,
-    /// SCAN: the items, in key order.
-    Items(Vec<Item>),
 }
 
 /// What a response decodes to.
@@ -442,7 +398,7 @@ impl Client {
 
     /// The value of `key`, or `None` if it does not exist.
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        match self.call(Request::Get { key })? {
+        match self.call(Op::Get { key })? {
             Reply::Value(v) => Ok(Some(v)),
             _ => Ok(None),
         }
@@ -450,12 +406,12 @@ impl Client {
 
     /// Sets `key` to `value`; returns once the server's engine acknowledged the write.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), Error> {
-        self.call(Request::Put { key, value }).map(|_| ())
+        self.call(Op::Put { key, value }).map(|_| ())
     }
 
     /// Deletes `key`; returns whether it existed.
     pub fn delete(&mut self, key: &[u8]) -> Result<bool, Error> {
-        Ok(self.call(Request::Delete { key })? == Reply::Deleted)
+        Ok(self.call(Op::Delete { key })? == Reply::Deleted)
     }
 
     /// Up to `max` items with key ≥ `start`, in key order. Fans out to every server thread
@@ -495,18 +451,14 @@ impl Client {
     /// `poll` / `wait` / [`Client::flush`]; if sending it then fails, the failure is its
     /// outcome. Requests in flight at the same time may execute in any order: do not
     /// pipeline two writes of one key if their order matters.
-    pub fn submit(&mut self, cmd: Command, tag: u64) -> Result<(), Error> {
-        let req = match &cmd {
-            Command::Get { key } => Request::Get { key },
-            Command::Put { key, value } => Request::Put { key, value },
-            Command::Delete { key } => Request::Delete { key },
-            Command::Scan { start, max } => {
-                check_key(start)?;
-                self.user_inflight += 1;
-                self.start_scan(ScanOwner::User(tag), start.clone(), *max);
-                return Ok(());
-            }
-        };
+    pub fn submit(&mut self, op: Op, tag: u64) -> Result<(), Error> {
+        if let Op::Scan { start, max } = op {
+            check_key(&start)?;
+            self.user_inflight += 1;
+            self.start_scan(ScanOwner::User(tag), start, max);
+            return Ok(());
+        }
+        let req = Request::Op(op.view());
         if self.batch <= 1 {
             self.send_routed(&req, Owner::User(tag))?;
             self.user_inflight += 1;
@@ -514,7 +466,7 @@ impl Client {
         }
         let t = self.check_and_route(&req)?;
         let batch = self.batch;
-        let b = 2 * t + usize::from(!matches!(req, Request::Get { .. }));
+        let b = 2 * t + usize::from(!matches!(req, Request::Op(Op::Get { .. })));
         let Some(p) = self.pending.get_mut(b) else {
             return Err(Error::Incompatible(format!("no session to thread {t}")));
         };
@@ -568,8 +520,8 @@ impl Client {
 
     // ------------------------------------------------------------------ internals
 
-    fn call(&mut self, req: Request<'_>) -> Result<Reply, Error> {
-        let tag = self.send_routed(&req, Owner::Sync)?;
+    fn call(&mut self, op: Op<&[u8]>) -> Result<Reply, Error> {
+        let tag = self.send_routed(&Request::Op(op), Owner::Sync)?;
         match self.wait_sync(tag)? {
             Decoded::Reply(r) => Ok(r),
             _ => Err(Error::Incompatible("unexpected answer".into())),
@@ -580,7 +532,7 @@ impl Client {
     fn check_and_route(&self, req: &Request<'_>) -> Result<usize, Error> {
         let key = req.key().unwrap_or(&[]);
         check_key(key)?;
-        if let Request::Put { value, .. } = req {
+        if let Request::Op(Op::Put { value, .. }) = req {
             if value.len() > self.info.max_value as usize {
                 return Err(Error::ValueTooLarge {
                     len: value.len(),
@@ -790,10 +742,10 @@ impl Client {
         sc.parts.clear();
         sc.bound = None;
         for t in 0..threads {
-            let req = Request::Scan {
+            let req = Request::Op(Op::Scan {
                 start: &cursor,
-                max: ask,
-            };
+                max: ask as usize,
+            });
             if let Err(e) = self.send(t, &req, Owner::ScanPart(id)) {
                 self.on_scan_part(id, Err(e));
             }

@@ -5,11 +5,13 @@ use std::thread::JoinHandle;
 
 use super::error::{Error, Result};
 use super::recovery::RecoveryStats;
-use super::worker::{Completion, Op, Output, Worker, WorkerStats};
+use kv_proto::{Op, Reply};
+
+use super::worker::{Completion, Worker, WorkerStats};
 use super::{merge_scan, open_workers, EngineConfig, KeyRouter};
 
 enum Request {
-    Op(Op, SyncSender<Result<Output>>),
+    Op(Op, SyncSender<Result<Reply>>),
     Stats(SyncSender<WorkerStats>),
 }
 
@@ -48,7 +50,7 @@ impl Engine {
         })
     }
 
-    fn call(&self, worker: usize, op: Op) -> Result<Output> {
+    fn call(&self, worker: usize, op: Op) -> Result<Reply> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.senders
             .get(worker)
@@ -61,9 +63,9 @@ impl Engine {
     /// The value of `key`, or `None` if it does not exist.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match self.call(self.router.partition_of(key), Op::Get { key: key.to_vec() }) {
-            Ok(Output::Value(v)) => Ok(Some(v)),
+            Ok(Reply::Value(v)) => Ok(Some(v)),
+            Ok(Reply::NotFound) => Ok(None),
             Ok(_) => Err(Error::Closed),
-            Err(Error::NotFound) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -83,8 +85,9 @@ impl Engine {
             self.router.partition_of(key),
             Op::Delete { key: key.to_vec() },
         ) {
-            Ok(_) => Ok(true),
-            Err(Error::NotFound) => Ok(false),
+            Ok(Reply::Deleted) => Ok(true),
+            Ok(Reply::NotFound) => Ok(false),
+            Ok(_) => Err(Error::Closed),
             Err(e) => Err(e),
         }
     }
@@ -104,7 +107,7 @@ impl Engine {
         let mut parts = Vec::new();
         for rx in replies {
             match rx.recv().map_err(|_| Error::Closed)?? {
-                Output::Items(items) => parts.push(items),
+                Reply::Items(items) => parts.push(items),
                 _ => return Err(Error::Closed),
             }
         }
@@ -149,13 +152,13 @@ impl Drop for Engine {
 
 /// A worker thread: feeds requests to the worker and answers completions.
 fn serve(mut worker: Worker, rx: Receiver<Request>) {
-    let mut replies: Vec<Option<SyncSender<Result<Output>>>> = Vec::new();
+    let mut replies: Vec<Option<SyncSender<Result<Reply>>>> = Vec::new();
     let mut free: Vec<u64> = Vec::new();
     let mut done: Vec<Completion> = Vec::new();
     let mut closed = false;
     let accept = |req: Request,
                   worker: &mut Worker,
-                  replies: &mut Vec<Option<SyncSender<Result<Output>>>>,
+                  replies: &mut Vec<Option<SyncSender<Result<Reply>>>>,
                   free: &mut Vec<u64>| match req {
         Request::Op(op, reply) => {
             let tag = match free.pop() {

@@ -6,9 +6,6 @@ use std::path::PathBuf;
 /// engine never panics on bad input, bad data on disk or a failing device.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The key does not exist (answered from the index, without any I/O).
-    #[error("key not found")]
-    NotFound,
     /// The key is longer than [`MAX_KEY_LEN`](crate::MAX_KEY_LEN).
     #[error("key of {len} bytes exceeds the limit of {max} bytes")]
     KeyTooLarge {
@@ -83,10 +80,14 @@ impl Error {
             source: io::Error::from_raw_os_error(errno),
         }
     }
+}
 
-    /// Whether this is [`Error::NotFound`].
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::NotFound)
+impl From<kv_proto::LimitError> for Error {
+    fn from(e: kv_proto::LimitError) -> Self {
+        match e {
+            kv_proto::LimitError::KeyTooLarge { len, max } => Error::KeyTooLarge { len, max },
+            kv_proto::LimitError::ValueTooLarge { len, max } => Error::ValueTooLarge { len, max },
+        }
     }
 }
 

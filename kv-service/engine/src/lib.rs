@@ -59,8 +59,9 @@ use std::path::{Path, PathBuf};
 pub use blocking::Engine;
 pub use error::{Error, Result};
 pub use kv_proto::{fnv1a64, merge_scan, KeyRouter, MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use kv_proto::{Op, Reply};
 pub use recovery::RecoveryStats;
-pub use worker::{Completion, Op, Output, Worker, WorkerStats};
+pub use worker::{Completion, Worker, WorkerStats};
 
 /// Durability of acknowledged writes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -121,7 +122,7 @@ pub struct OpenedWorkers {
 /// Driving a worker by hand, as a thread that also serves the network would:
 ///
 /// ```
-/// use kv_engine::{open_workers, EngineConfig, Op, Output};
+/// use kv_engine::{open_workers, EngineConfig, Op, Reply};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let dir = tempfile::tempdir()?;
 /// let config = EngineConfig { workers: 1, ..EngineConfig::default() };
@@ -137,8 +138,8 @@ pub struct OpenedWorkers {
 ///     }
 /// }
 /// done.sort_by_key(|c| c.tag);
-/// assert!(matches!(done[0].result, Ok(Output::Written)));
-/// assert!(done[1].result.as_ref().is_err_and(|e| e.is_not_found()));
+/// assert!(matches!(done[0].result, Ok(Reply::Written)));
+/// assert!(matches!(done[1].result, Ok(Reply::NotFound)));
 /// # Ok(()) }
 /// ```
 pub fn open_workers(dir: impl AsRef<Path>, config: &EngineConfig) -> Result<OpenedWorkers> {

@@ -16,6 +16,8 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::path::PathBuf;
 
+use kv_proto::{Op, Reply};
+
 use super::error::{Error, Result};
 use super::fnv1a64;
 use super::index::{Index, Location};
@@ -23,52 +25,7 @@ use super::ioengine::{IoRequest, Ring};
 use super::pagecache::{block_key, KeyHasher, PageCache, WriteState};
 use super::record::{self, Slot};
 use super::recovery::{Recovered, RecoveryStats};
-use super::slab::{self, Geometry, Slab, MAX_KEY_LEN, MAX_VALUE_LEN, PAGE};
-
-/// An operation for a worker.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
-    /// Read a key's value. Completes with [`Output::Value`] or [`Error::NotFound`].
-    Get {
-        /// The key.
-        key: Vec<u8>,
-    },
-    /// Insert or overwrite. Completes with [`Output::Written`] once the item's page write
-    /// has completed.
-    Put {
-        /// The key.
-        key: Vec<u8>,
-        /// The value.
-        value: Vec<u8>,
-    },
-    /// Delete. Completes with [`Output::Deleted`] once the tombstone is written, or
-    /// [`Error::NotFound`] (without I/O) if the key does not exist.
-    Delete {
-        /// The key.
-        key: Vec<u8>,
-    },
-    /// This worker's part of a scan: up to `max` of its items with key ≥ `start`, in order.
-    /// Merge the parts of all workers with [`merge_scan`](crate::merge_scan).
-    Scan {
-        /// First key (inclusive).
-        start: Vec<u8>,
-        /// Maximum number of items.
-        max: usize,
-    },
-}
-
-/// The successful result of an [`Op`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Output {
-    /// The value of a get.
-    Value(Vec<u8>),
-    /// A put is durable (as configured by [`SyncMode`](crate::SyncMode)).
-    Written,
-    /// A delete is durable.
-    Deleted,
-    /// A scan part: `(key, value)` pairs in key order.
-    Items(Vec<(Vec<u8>, Vec<u8>)>),
-}
+use super::slab::{self, Geometry, Slab, MAX_VALUE_LEN, PAGE};
 
 /// A finished operation.
 #[derive(Debug)]
@@ -76,7 +33,7 @@ pub struct Completion {
     /// The tag given to [`Worker::submit`].
     pub tag: u64,
     /// What happened.
-    pub result: Result<Output>,
+    pub result: Result<Reply>,
 }
 
 /// Counters of one worker.
@@ -266,22 +223,10 @@ impl Worker {
     /// violations complete with [`Error::KeyTooLarge`] / [`Error::ValueTooLarge`].
     pub fn submit(&mut self, op: Op, tag: u64) {
         self.pending += 1;
-        let check = match &op {
-            Op::Get { key } | Op::Delete { key } => check_key(key),
-            Op::Scan { start, .. } => check_key(start),
-            Op::Put { key, value } => check_key(key).and(if value.len() > MAX_VALUE_LEN {
-                Err(Error::ValueTooLarge {
-                    len: value.len(),
-                    max: MAX_VALUE_LEN,
-                })
-            } else {
-                Ok(())
-            }),
-        };
-        if let Err(e) = check {
+        if let Err(e) = op.check_limits(MAX_VALUE_LEN) {
             self.ready.push(Completion {
                 tag,
-                result: Err(e),
+                result: Err(e.into()),
             });
             return;
         }
@@ -378,7 +323,7 @@ impl Worker {
     }
 
     /// Completes an operation (top level or scan sub-read) and frees its slot.
-    fn finish(&mut self, id: u32, result: Result<Output>) {
+    fn finish(&mut self, id: u32, result: Result<Reply>) {
         let st = self.take_st(id);
         let tag = self.ops.get(id as usize).map(|s| s.tag).unwrap_or(0);
         self.free_ops.push(id);
@@ -395,7 +340,7 @@ impl Worker {
         }
     }
 
-    fn complete(&mut self, tag: u64, result: Result<Output>) {
+    fn complete(&mut self, tag: u64, result: Result<Reply>) {
         self.stats.ops_completed += 1;
         self.ready.push(Completion { tag, result });
     }
@@ -416,7 +361,7 @@ impl Worker {
     fn start_scan(&mut self, id: u32, start: &[u8], max: usize) {
         let keys = self.index.range_keys(start, max);
         if keys.is_empty() {
-            self.finish(id, Ok(Output::Items(Vec::new())));
+            self.finish(id, Ok(Reply::Items(Vec::new())));
             return;
         }
         let n = keys.len();
@@ -440,7 +385,7 @@ impl Worker {
         }
     }
 
-    fn finish_sub_get(&mut self, parent: u32, pos: usize, key: Vec<u8>, r: Result<Output>) {
+    fn finish_sub_get(&mut self, parent: u32, pos: usize, key: Vec<u8>, r: Result<Reply>) {
         let mut st = self.take_st(parent);
         let done = if let St::Scan {
             results,
@@ -449,12 +394,12 @@ impl Worker {
         } = &mut st
         {
             match r {
-                Ok(Output::Value(v)) => {
+                Ok(Reply::Value(v)) => {
                     if let Some(slot) = results.get_mut(pos) {
                         *slot = Some((key, v));
                     }
                 }
-                Ok(_) | Err(Error::NotFound) => {}
+                Ok(_) => {}
                 Err(e) => {
                     error.get_or_insert(e);
                 }
@@ -470,7 +415,7 @@ impl Worker {
         }
         let result = match st {
             St::Scan { error: Some(e), .. } => Err(e),
-            St::Scan { results, .. } => Ok(Output::Items(results.into_iter().flatten().collect())),
+            St::Scan { results, .. } => Ok(Reply::Items(results.into_iter().flatten().collect())),
             _ => Err(Error::Closed),
         };
         self.finish(parent, result);
@@ -565,7 +510,7 @@ impl Worker {
     fn run_get(&mut self, id: u32, key: Vec<u8>, parent: Option<(u32, usize)>) {
         let Some(loc) = self.index.get(&key) else {
             self.put_st(id, St::Get { key, parent });
-            self.finish(id, Err(Error::NotFound));
+            self.finish(id, Ok(Reply::NotFound));
             return;
         };
         let (block, _) = Geometry::of(loc.class).locate(loc.slot);
@@ -575,7 +520,7 @@ impl Worker {
         };
         let result = match self.slot_bytes(e, loc).map(|b| record::decode(b)) {
             Some(Slot::Live { key: k, value, .. }) if k == key.as_slice() => {
-                Ok(Output::Value(value.to_vec()))
+                Ok(Reply::Value(value.to_vec()))
             }
             _ => Err(self.corrupt(loc)),
         };
@@ -722,7 +667,7 @@ impl Worker {
         }
         let Some(target) = self.index.get(&key) else {
             self.put_st(id, St::Delete { key, hash, loc });
-            self.finish(id, Err(Error::NotFound));
+            self.finish(id, Ok(Reply::NotFound));
             return;
         };
         let (block, _) = Geometry::of(target.class).locate(target.slot);
@@ -777,7 +722,7 @@ impl Worker {
                 }
                 _ => {
                     self.park_put(id, key, value, hash, PutPhase::Start);
-                    self.finish(id, Ok(Output::Written));
+                    self.finish(id, Ok(Reply::Written));
                 }
             },
             St::Put {
@@ -788,7 +733,7 @@ impl Worker {
             } => {
                 self.release_slot(old);
                 self.park_put(id, key, value, hash, PutPhase::Start);
-                self.finish(id, Ok(Output::Written));
+                self.finish(id, Ok(Reply::Written));
             }
             St::Delete {
                 key,
@@ -804,7 +749,7 @@ impl Worker {
                         loc: None,
                     },
                 );
-                self.finish(id, Ok(Output::Deleted));
+                self.finish(id, Ok(Reply::Deleted));
             }
             other => self.put_st(id, other),
         }
@@ -998,16 +943,6 @@ impl Worker {
             tracing::warn!(worker = self.id, error = %e, "io_uring submit failed; will retry");
         }
     }
-}
-
-fn check_key(key: &[u8]) -> Result<()> {
-    if key.len() > MAX_KEY_LEN {
-        return Err(Error::KeyTooLarge {
-            len: key.len(),
-            max: MAX_KEY_LEN,
-        });
-    }
-    Ok(())
 }
 
 impl Drop for Worker {

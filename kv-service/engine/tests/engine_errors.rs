@@ -71,7 +71,9 @@ fn missing_keys_are_not_found_without_io() {
     let mut out = Vec::new();
     w.poll(&mut out);
     assert_eq!(out.len(), 2, "answered in the first poll");
-    assert!(out.iter().all(|c| matches!(c.result, Err(Error::NotFound))));
+    assert!(out
+        .iter()
+        .all(|c| matches!(c.result, Ok(kv_engine::Reply::NotFound))));
     let s = w.stats();
     assert_eq!((s.reads, s.writes), (0, 0), "no I/O for a missing key");
 }

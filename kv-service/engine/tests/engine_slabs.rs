@@ -6,7 +6,7 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use kv_engine::{open_workers, slab, Engine, EngineConfig, Op, Output};
+use kv_engine::{open_workers, slab, Engine, EngineConfig, Op, Reply};
 
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir")
@@ -327,7 +327,7 @@ fn in_flight_operations_share_page_io() {
             w.wait().expect("wait");
         }
     }
-    assert!(out.iter().all(|c| matches!(c.result, Ok(Output::Written))));
+    assert!(out.iter().all(|c| matches!(c.result, Ok(Reply::Written))));
     let mut tags: Vec<u64> = out.iter().map(|c| c.tag).collect();
     tags.sort_unstable();
     assert_eq!(tags, (0..40).collect::<Vec<_>>());
@@ -361,7 +361,7 @@ fn in_flight_operations_share_page_io() {
         let i = c.tag - 100;
         assert_eq!(
             c.result.as_ref().ok(),
-            Some(&Output::Value(vec![i as u8; 50]))
+            Some(&Reply::Value(vec![i as u8; 50]))
         );
     }
     assert_eq!(
@@ -399,6 +399,6 @@ fn in_flight_operations_share_page_io() {
     w.poll(&mut out);
     assert_eq!(
         out[0].result.as_ref().ok(),
-        Some(&Output::Value(vec![2u8; 60]))
+        Some(&Reply::Value(vec![2u8; 60]))
     );
 }

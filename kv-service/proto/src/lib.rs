@@ -5,6 +5,7 @@
 //! The engine (`kv-engine`), the client library (`kv-client`) and the server (`kv-service`)
 //! all depend on this crate and on nothing of each other's for these facts.
 //!
+//! - [`operation`]: [`Op`] and [`Reply`], the one vocabulary of operations and outcomes.
 //! - [`limits`]: [`MAX_KEY_LEN`], [`MAX_VALUE_LEN`], the SCAN and BATCH caps.
 //! - [`partition`]: [`fnv1a64`] and [`KeyRouter`] (key → thread).
 //! - [`scan`]: [`merge_scan`] and [`ScanMerge`], the continuation of a scan past the caps.
@@ -12,10 +13,11 @@
 //!   parser is total: any bytes give a value or an error, never a panic.
 //!
 //! ```
-//! use kv_proto::{self as proto, op, Request, Status};
+//! use kv_proto::{self as proto, op, Op, Request, Status};
+//! let put = Request::Op(Op::Put { key: b"k", value: b"v" });
 //! let mut msg = Vec::new();
-//! proto::encode_request(&Request::Put { key: b"k", value: b"v" }, &mut msg);
-//! assert_eq!(proto::parse_request(op::PUT, &msg), Ok(Request::Put { key: b"k", value: b"v" }));
+//! proto::encode_request(&put, &mut msg);
+//! assert_eq!(proto::parse_request(op::PUT, &msg), Ok(put));
 //! // Garbage is an error, never a panic.
 //! assert!(proto::parse_request(op::PUT, b"\x07garbage").is_err());
 //! let mut resp = Vec::new();
@@ -26,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod limits;
+pub mod operation;
 pub mod partition;
 pub mod scan;
 pub mod wire;
@@ -34,6 +37,7 @@ pub use limits::{
     check_key, check_value, LimitError, MAX_BATCH, MAX_KEY_LEN, MAX_SCAN_BODY, MAX_SCAN_ITEMS,
     MAX_VALUE_LEN,
 };
+pub use operation::{Item, Op, Reply};
 pub use partition::{fnv1a64, KeyRouter, PARTITION_FNV1A64_MOD};
 pub use scan::{merge_scan, successor, EmptyMorePart, ScanMerge};
 pub use wire::*;

@@ -27,7 +27,7 @@
 //! ```
 
 use crate::limits::MAX_KEY_LEN;
-use crate::wire::Item;
+use crate::operation::Item;
 
 /// Merges per-partition scan parts (each sorted, keys disjoint across parts) into the first
 /// `max` items in lexicographic key order.

@@ -20,6 +20,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::limits::{MAX_BATCH, MAX_KEY_LEN, MAX_VALUE_LEN};
+use crate::operation::{Item, Op};
 
 /// Version of this wire format, first byte of every request and response header.
 /// Version 1: the format described in `docs/PROTOCOL.md, Part II`.
@@ -221,52 +222,27 @@ impl std::fmt::Display for Status {
 pub enum Request<'a> {
     /// INFO.
     Info,
-    /// GET `key`.
-    Get {
-        /// The key.
-        key: &'a [u8],
-    },
-    /// PUT `key` = `value`.
-    Put {
-        /// The key.
-        key: &'a [u8],
-        /// The value.
-        value: &'a [u8],
-    },
-    /// DELETE `key`.
-    Delete {
-        /// The key.
-        key: &'a [u8],
-    },
-    /// SCAN from `start` (inclusive), at most `max` items of the receiving thread.
-    Scan {
-        /// First key.
-        start: &'a [u8],
-        /// Most items wanted.
-        max: u32,
-    },
     /// STATS.
     Stats,
+    /// GET, PUT, DELETE or SCAN (a SCAN asks the receiving thread for its partition only).
+    Op(Op<&'a [u8]>),
 }
 
-impl Request<'_> {
+impl<'a> Request<'a> {
     /// The rpc request type of this request.
     pub fn op(&self) -> u8 {
         match self {
             Request::Info => op::INFO,
-            Request::Get { .. } => op::GET,
-            Request::Put { .. } => op::PUT,
-            Request::Delete { .. } => op::DELETE,
-            Request::Scan { .. } => op::SCAN,
             Request::Stats => op::STATS,
+            Request::Op(o) => o.code(),
         }
     }
 
     /// The key (SCAN: the start key), if the request has one.
-    pub fn key(&self) -> Option<&[u8]> {
+    pub fn key(&self) -> Option<&'a [u8]> {
         match self {
-            Request::Get { key } | Request::Put { key, .. } | Request::Delete { key } => Some(key),
-            Request::Scan { start, .. } => Some(start),
+            Request::Op(Op::Get { key } | Op::Put { key, .. } | Op::Delete { key }) => Some(key),
+            Request::Op(Op::Scan { start, .. }) => Some(start),
             Request::Info | Request::Stats => None,
         }
     }
@@ -279,9 +255,15 @@ impl Request<'_> {
 
     fn lens(&self) -> (usize, usize) {
         match self {
-            Request::Put { key, value } => (key.len(), value.len()),
-            _ => (self.key().map_or(0, <[u8]>::len), 0),
+            Request::Op(o) => (o.key().len(), o.value().len()),
+            Request::Info | Request::Stats => (0, 0),
         }
+    }
+}
+
+impl<'a> From<Op<&'a [u8]>> for Request<'a> {
+    fn from(o: Op<&'a [u8]>) -> Self {
+        Request::Op(o)
     }
 }
 
@@ -336,16 +318,15 @@ pub fn append_request(req: &Request<'_>, out: &mut Vec<u8>) {
         key_len: Le32::new(k as u32),
         val_len: Le32::new(v as u32),
         count: Le32::new(match req {
-            Request::Scan { max, .. } => *max,
+            // The wire carries at most u32::MAX; servers cap far below that anyway.
+            Request::Op(Op::Scan { max, .. }) => u32::try_from(*max).unwrap_or(u32::MAX),
             _ => 0,
         }),
     };
     out.extend_from_slice(bytemuck::bytes_of(&hdr));
-    if let Some(key) = req.key() {
-        out.extend_from_slice(key);
-    }
-    if let Request::Put { value, .. } = req {
-        out.extend_from_slice(value);
+    if let Request::Op(o) = req {
+        out.extend_from_slice(o.key());
+        out.extend_from_slice(o.value());
     }
 }
 
@@ -447,7 +428,7 @@ pub fn parse_batch(data: &[u8]) -> Result<BatchRequests<'_>, RequestError> {
         let (req, _, r) = split_request(rest)?;
         if !matches!(
             req,
-            Request::Get { .. } | Request::Put { .. } | Request::Delete { .. }
+            Request::Op(Op::Get { .. } | Op::Put { .. } | Op::Delete { .. })
         ) {
             return Err(RequestError::Malformed(
                 "a BATCH holds only GET, PUT and DELETE",
@@ -559,23 +540,23 @@ pub fn parse_request(req_type: u8, data: &[u8]) -> Result<Request<'_>, RequestEr
         op::GET => {
             no_value()?;
             no_count()?;
-            Ok(Request::Get { key })
+            Ok(Request::Op(Op::Get { key }))
         }
         op::DELETE => {
             no_value()?;
             no_count()?;
-            Ok(Request::Delete { key })
+            Ok(Request::Op(Op::Delete { key }))
         }
         op::PUT => {
             no_count()?;
-            Ok(Request::Put { key, value })
+            Ok(Request::Op(Op::Put { key, value }))
         }
         op::SCAN => {
             no_value()?;
-            Ok(Request::Scan {
+            Ok(Request::Op(Op::Scan {
                 start: key,
-                max: count,
-            })
+                max: count as usize,
+            }))
         }
         _ => Err(RequestError::Malformed("unknown request type")),
     }
@@ -670,9 +651,6 @@ pub fn encode_scan_item(key: &[u8], value: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(key);
     out.extend_from_slice(value);
 }
-
-/// A SCAN item: (key, value).
-pub type Item = (Vec<u8>, Vec<u8>);
 
 /// Parses a SCAN response body holding `count` items; the items must fill it exactly and
 /// respect the key and value limits.

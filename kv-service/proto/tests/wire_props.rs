@@ -1,6 +1,6 @@
 //! Property tests of the KV wire format: every parser is total (any bytes → value or error,
 //! never a panic) and encode → parse round-trips.
-use kv_proto::{self as protocol, op, Request, RequestError, ServerInfo, Status, ThreadStats};
+use kv_proto::{self as protocol, op, Op, Request, RequestError, ServerInfo, Status, ThreadStats};
 use kv_proto::{MAX_KEY_LEN, MAX_VALUE_LEN};
 use proptest::prelude::*;
 
@@ -23,13 +23,13 @@ fn any_request() -> impl Strategy<Value = (u8, Vec<u8>, Vec<u8>, u32)> {
 fn build<'a>(t: u8, key: &'a [u8], value: &'a [u8], count: u32) -> Request<'a> {
     match t {
         op::INFO => Request::Info,
-        op::GET => Request::Get { key },
-        op::PUT => Request::Put { key, value },
-        op::DELETE => Request::Delete { key },
-        op::SCAN => Request::Scan {
+        op::GET => Request::Op(Op::Get { key }),
+        op::PUT => Request::Op(Op::Put { key, value }),
+        op::DELETE => Request::Op(Op::Delete { key }),
+        op::SCAN => Request::Op(Op::Scan {
             start: key,
-            max: count,
-        },
+            max: count as usize,
+        }),
         _ => Request::Stats,
     }
 }
@@ -258,11 +258,11 @@ fn oversized_and_malformed_requests_get_their_status() {
 #[test]
 fn raised_length_plus_appended_byte_frames_a_valid_request() {
     let mut m = Vec::new();
-    protocol::encode_request(&Request::Delete { key: &[0, 0] }, &mut m);
+    protocol::encode_request(&Request::Op(Op::Delete { key: &[0, 0] }), &mut m);
     m[4] += 1; // key_len 2 -> 3
     m.push(0);
     assert_eq!(
         protocol::parse_request(op::DELETE, &m),
-        Ok(Request::Delete { key: &[0, 0, 0] })
+        Ok(Request::Op(Op::Delete { key: &[0, 0, 0] }))
     );
 }

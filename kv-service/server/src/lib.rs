@@ -1,18 +1,16 @@
-//! `kv-service`: a persistent key-value service whose storage engine derives from KVell,
-//! served over the `rpc` crate.
+//! `kv-service`: the persistent key-value server — engine workers (`kv-engine`) served over
+//! the `rpc` crate in the wire format of `kv-proto` — and the binaries `kv-service` and
+//! `kv-cli` (built on `kv-client`).
 //!
-//! - [`engine`]: the storage engine (shared-nothing workers, slabs, io_uring).
-//! - [`protocol`]: the KV wire format inside rpc messages (`docs/PROTOCOL.md, Part II`).
 //! - [`server`]: the server behind the `kv-service` binary: one thread per engine worker,
 //!   each polling its own Rpc and its own worker (`docs/KV-SERVICE.md`).
-//! - [`client`]: the client library, blocking and pipelined; `kv-cli` is built on it.
 //!
 //! # Example: a server and a client in one process
 //!
 //! Usually the server is the `kv-service` binary and only the client is in your program.
 //!
 //! ```
-//! use kv_client::{Client, ClientConfig, Command, Reply};
+//! use kv_client::{Client, ClientConfig, Op, Reply};
 //! use kv_service::server::{Server, ServerConfig};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
@@ -34,7 +32,7 @@
 //!
 //! // Pipelined: many requests in flight, each answer carries its tag.
 //! for i in 0..64u64 {
-//!     let cmd = Command::Put { key: format!("key-{i:02}").into_bytes(), value: vec![b'x'; 100] };
+//!     let cmd = Op::Put { key: format!("key-{i:02}").into_bytes(), value: vec![b'x'; 100] };
 //!     client.submit(cmd, i)?;
 //! }
 //! let mut answered = 0;

@@ -50,10 +50,8 @@ use rpc::{RpcConfig, RpcError, SessionId};
 use transports::udp::{UdpConfig, UdpTransport};
 use transports::TransportError;
 
-use kv_engine::{
-    self as engine, EngineConfig, KeyRouter, Op, Output, RecoveryStats, SyncMode, Worker,
-};
-use kv_proto::{self as protocol, op, Request, Status, ThreadStats, HDR_LEN};
+use kv_engine::{self as engine, EngineConfig, KeyRouter, RecoveryStats, SyncMode, Worker};
+use kv_proto::{self as protocol, op, Op, Reply, Request, Status, ThreadStats, HDR_LEN};
 
 /// What a server thread does when it has nothing to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -667,11 +665,11 @@ impl ThreadState {
                 let body = s.encode();
                 self.respond(ctx, h, Status::Ok, 0, 0, bytemuck::bytes_of(&body));
             }
-            Request::Scan { max: 0, .. } => {
+            Request::Op(Op::Scan { max: 0, .. }) => {
                 self.stats.scans += 1;
                 self.respond(ctx, h, Status::Ok, 0, 0, b"");
             }
-            other => self.execute(ctx, Dest::Single(h), other, req.data),
+            Request::Op(o) => self.execute(ctx, Dest::Single(h), o, req.data),
         }
     }
 
@@ -689,47 +687,40 @@ impl ThreadState {
             parts: (0..n).map(|_| Part::default()).collect(),
         });
         for (pos, (r, raw)) in reqs.enumerate() {
-            self.execute(ctx, Dest::Batch { id, pos }, r, raw);
+            match r {
+                Request::Op(o) => self.execute(ctx, Dest::Batch { id, pos }, o, raw),
+                // parse_batch admits only GET, PUT and DELETE.
+                Request::Info | Request::Stats => {
+                    let msg = b"not allowed in a BATCH".to_vec();
+                    self.answer(ctx, Dest::Batch { id, pos }, Status::BadRequest, msg);
+                }
+            }
         }
     }
 
     /// Runs a GET / PUT / DELETE / SCAN (`raw`: its encoding, for forwarding).
-    fn execute(&mut self, ctx: &mut Ctx, dest: Dest, parsed: Request<'_>, raw: &[u8]) {
-        let req_type = parsed.op();
+    fn execute(&mut self, ctx: &mut Ctx, dest: Dest, o: Op<&[u8]>, raw: &[u8]) {
+        let req_type = o.code();
         let mut scan_max = 0;
-        let (op, key) = match parsed {
-            Request::Scan { start, max } => {
-                let max = max.min(protocol::MAX_SCAN_ITEMS);
-                scan_max = max;
-                (
-                    Op::Scan {
-                        start: start.to_vec(),
-                        max: max as usize,
-                    },
-                    None,
-                )
-            }
-            Request::Get { key } => (Op::Get { key: key.to_vec() }, Some(key)),
-            Request::Delete { key } => (Op::Delete { key: key.to_vec() }, Some(key)),
-            Request::Put { key, value } => (
-                Op::Put {
-                    key: key.to_vec(),
-                    value: value.to_vec(),
-                },
-                Some(key),
-            ),
-            Request::Info | Request::Stats => {
-                self.answer(ctx, dest, Status::BadRequest, b"not allowed here".to_vec());
-                return;
-            }
-        };
-        if let Some(key) = key {
-            let owner = self.router.partition_of(key);
+        if let Op::Scan { max, .. } = o {
+            // One SCAN answers for this thread's partition, capped per response.
+            scan_max = u32::try_from(max)
+                .unwrap_or(u32::MAX)
+                .min(protocol::MAX_SCAN_ITEMS);
+        } else {
+            let owner = self.router.partition_of(o.key());
             if owner != self.id {
                 self.forward(ctx, dest, owner, req_type, raw);
                 return;
             }
         }
+        let op = match o {
+            Op::Scan { start, .. } => Op::Scan {
+                start: start.to_vec(),
+                max: scan_max as usize,
+            },
+            other => other.to_vec(),
+        };
         let tag = self.next_tag;
         self.next_tag += 1;
         self.ops.insert(
@@ -865,27 +856,22 @@ impl ThreadState {
             _ => self.stats.scans += 1,
         }
         let result = match (c.result, p.dest) {
-            (Ok(Output::Items(items)), Dest::Single(h)) => {
+            (Ok(Reply::Items(items)), Dest::Single(h)) => {
                 self.respond_scan(ctx, h, &items, p.scan_max);
                 return;
             }
             (r, _) => r,
         };
         let (status, body) = match result {
-            Ok(Output::Value(v)) => (Status::Ok, v),
-            Ok(Output::Written | Output::Deleted) => (Status::Ok, Vec::new()),
-            Ok(Output::Items(_)) => (Status::Internal, b"scan inside a batch".to_vec()),
-            Err(engine::Error::NotFound) => {
+            Ok(Reply::Value(v)) => (Status::Ok, v),
+            Ok(Reply::Written | Reply::Deleted) => (Status::Ok, Vec::new()),
+            Ok(Reply::NotFound) => {
                 self.stats.not_found += 1;
                 (Status::NotFound, Vec::new())
             }
+            Ok(Reply::Items(_)) => (Status::Internal, b"scan inside a batch".to_vec()),
             Err(e) => {
-                let status = match &e {
-                    engine::Error::KeyTooLarge { .. } => Status::KeyTooLarge,
-                    engine::Error::ValueTooLarge { .. } => Status::ValueTooLarge,
-                    engine::Error::Closed => Status::ShuttingDown,
-                    _ => Status::Internal,
-                };
+                let status = status_of(&e);
                 if status == Status::Internal {
                     tracing::warn!(thread = self.id, error = %e, "engine error");
                 }
@@ -916,5 +902,15 @@ impl ThreadState {
         if body.capacity() <= protocol::MAX_SCAN_BODY {
             self.scratch = body;
         }
+    }
+}
+
+/// The status answering an engine error: the one mapping from engine errors to the wire.
+fn status_of(e: &engine::Error) -> Status {
+    match e {
+        engine::Error::KeyTooLarge { .. } => Status::KeyTooLarge,
+        engine::Error::ValueTooLarge { .. } => Status::ValueTooLarge,
+        engine::Error::Closed => Status::ShuttingDown,
+        _ => Status::Internal,
     }
 }

@@ -2,7 +2,7 @@
 //! (32 credits each, 1024 packets): the client sizes its ring from INFO while connecting.
 use std::time::Duration;
 
-use kv_client::{Client, ClientConfig, Command, Error, Reply};
+use kv_client::{Client, ClientConfig, Error, Op, Reply};
 use kv_service::server::{IdleMode, Server, ServerConfig};
 use rpc::RpcError;
 
@@ -41,7 +41,7 @@ fn client_sizes_its_ring_for_a_server_with_40_threads() {
         let key = format!("big{i:04}").into_bytes();
         owners.insert(c.thread_for(&key));
         c.submit(
-            Command::Put {
+            Op::Put {
                 key,
                 value: i.to_le_bytes().to_vec(),
             },

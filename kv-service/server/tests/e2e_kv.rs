@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use kv_client::{Client, ClientConfig, Command as KvCommand, Reply};
+use kv_client::{Client, ClientConfig, Op, Reply};
 use kv_proto::{self as protocol, op, Request, Status};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_kv-service");
@@ -312,7 +312,7 @@ fn cli_pipe_mode_answers_every_line_in_order() {
 /// Writes every item of `items` with up to `depth` PUTs in flight; each must succeed.
 fn put_pipelined(c: &mut Client, items: &BTreeMap<Vec<u8>, Vec<u8>>, depth: usize) {
     for (i, (key, value)) in items.iter().enumerate() {
-        let cmd = KvCommand::Put {
+        let cmd = Op::Put {
             key: key.clone(),
             value: value.clone(),
         };
@@ -490,12 +490,12 @@ fn model_workload(addr: &str, t: u64, ops: usize) -> BTreeMap<Vec<u8>, Vec<u8>> 
                     let want = model
                         .get(&key)
                         .map_or(Reply::NotFound, |v| Reply::Value(v.clone()));
-                    (KvCommand::Get { key }, want)
+                    (Op::Get { key }, want)
                 }
                 1 => {
                     let value = vec![rng.below(256) as u8; rng.below(2000) as usize];
                     model.insert(key.clone(), value.clone());
-                    (KvCommand::Put { key, value }, Reply::Written)
+                    (Op::Put { key, value }, Reply::Written)
                 }
                 _ => {
                     let want = if model.remove(&key).is_some() {
@@ -503,7 +503,7 @@ fn model_workload(addr: &str, t: u64, ops: usize) -> BTreeMap<Vec<u8>, Vec<u8>> 
                     } else {
                         Reply::NotFound
                     };
-                    (KvCommand::Delete { key }, want)
+                    (Op::Delete { key }, want)
                 }
             };
             c.submit(cmd, tag).unwrap();
@@ -609,14 +609,14 @@ fn wrong_thread_requests_are_forwarded_and_bad_requests_rejected() {
     for i in 0..40 {
         let key = format!("fwd{i}");
         let value = format!("value{i}");
-        let put = Request::Put {
+        let put = Request::Op(Op::Put {
             key: key.as_bytes(),
             value: value.as_bytes(),
-        };
+        });
         assert_eq!(raw.req(0, &put).0, Status::Ok);
-        let get = Request::Get {
+        let get = Request::Op(Op::Get {
             key: key.as_bytes(),
-        };
+        });
         assert_eq!(raw.req(1, &get), (Status::Ok, value.into_bytes()));
     }
     let mut c = client(&s.addr);
@@ -625,14 +625,14 @@ fn wrong_thread_requests_are_forwarded_and_bad_requests_rejected() {
     // Malformed and oversized requests: an error status, and the server keeps serving.
     let big_key = vec![b'k'; 2000];
     assert_eq!(
-        raw.req(0, &Request::Get { key: &big_key }).0,
+        raw.req(0, &Request::Op(Op::Get { key: &big_key })).0,
         Status::KeyTooLarge
     );
     let big_value = vec![0u8; (1 << 20) + 1];
-    let put = Request::Put {
+    let put = Request::Op(Op::Put {
         key: b"k",
         value: &big_value,
-    };
+    });
     assert_eq!(raw.req(1, &put).0, Status::ValueTooLarge);
     assert_eq!(raw.call(0, op::GET, b"garbage").0, Status::BadRequest);
     assert_eq!(raw.call(1, op::PUT, &[1u8; 16]).0, Status::BadRequest);
@@ -684,7 +684,7 @@ fn client_reconnects_after_the_server_restarts() {
     assert!(failures.len() <= 2, "{failures:?}");
     c.put(b"survivor", b"v2").unwrap();
     c.submit(
-        KvCommand::Get {
+        Op::Get {
             key: b"survivor".to_vec(),
         },
         1,
@@ -721,14 +721,14 @@ fn pipelined_scans_continue_past_the_per_thread_caps() {
     };
     let asks = [("s01000", 1500usize), ("s02990", 100), ("", 0), ("t", 10)];
     for (i, (from, n)) in asks.iter().enumerate() {
-        let cmd = KvCommand::Scan {
+        let cmd = Op::Scan {
             start: from.as_bytes().to_vec(),
             max: *n,
         };
         c.submit(cmd, i as u64).unwrap();
     }
     c.submit(
-        KvCommand::Get {
+        Op::Get {
             key: b"s00042".to_vec(),
         },
         99,
@@ -768,9 +768,11 @@ fn batch_entries_answer_in_order_across_threads_and_bad_batches_run_nothing() {
     let puts: Vec<Request<'_>> = keys
         .iter()
         .zip(&values)
-        .map(|(k, v)| Request::Put {
-            key: k.as_bytes(),
-            value: v.as_bytes(),
+        .map(|(k, v)| {
+            Request::Op(Op::Put {
+                key: k.as_bytes(),
+                value: v.as_bytes(),
+            })
         })
         .collect();
     let (status, body) = raw.call(0, op::BATCH, &batch_msg(&puts));
@@ -782,17 +784,17 @@ fn batch_entries_answer_in_order_across_threads_and_bad_batches_run_nothing() {
     // GETs (hits and misses) and DELETEs mixed, through thread 1, answered in order.
     let mut mixed = Vec::new();
     for (i, k) in keys.iter().enumerate() {
-        mixed.push(Request::Get { key: k.as_bytes() });
+        mixed.push(Request::Op(Op::Get { key: k.as_bytes() }));
         if i % 10 == 0 {
-            mixed.push(Request::Get {
+            mixed.push(Request::Op(Op::Get {
                 key: b"batch-missing",
-            });
+            }));
         }
     }
-    mixed.push(Request::Delete {
+    mixed.push(Request::Op(Op::Delete {
         key: keys[3].as_bytes(),
-    });
-    mixed.push(Request::Delete { key: b"nope" });
+    }));
+    mixed.push(Request::Op(Op::Delete { key: b"nope" }));
     let resp = raw
         .rpc
         .call(
@@ -808,17 +810,17 @@ fn batch_entries_answer_in_order_across_threads_and_bad_batches_run_nothing() {
     let mut vi = 0;
     for (req, part) in mixed.iter().zip(&parts) {
         match req {
-            Request::Get { key } if *key == b"batch-missing" => {
+            Request::Op(Op::Get { key }) if *key == b"batch-missing" => {
                 assert_eq!(part.status, Status::NotFound)
             }
-            Request::Get { .. } => {
+            Request::Op(Op::Get { .. }) => {
                 assert_eq!(
                     (part.status, part.body),
                     (Status::Ok, values[vi].as_bytes())
                 );
                 vi += 1;
             }
-            Request::Delete { key } if *key == b"nope" => {
+            Request::Op(Op::Delete { key }) if *key == b"nope" => {
                 assert_eq!(part.status, Status::NotFound)
             }
             _ => assert_eq!(part.status, Status::Ok),
@@ -826,10 +828,10 @@ fn batch_entries_answer_in_order_across_threads_and_bad_batches_run_nothing() {
     }
     assert_eq!(vi, 40);
     // All or nothing: a valid PUT followed by a malformed entry runs neither.
-    let mut bad = batch_msg(&[Request::Put {
+    let mut bad = batch_msg(&[Request::Op(Op::Put {
         key: b"atomic",
         value: b"x",
-    }]);
+    })]);
     bad.extend_from_slice(&[1, op::GET, 0, 0, 200, 0, 0, 0]);
     protocol::finish_batch(&mut bad, 2);
     assert_eq!(raw.call(0, op::BATCH, &bad).0, Status::BadRequest);
@@ -843,7 +845,7 @@ fn batch_entries_answer_in_order_across_threads_and_bad_batches_run_nothing() {
         Status::BadRequest
     );
     let many: Vec<Request<'_>> = (0..=protocol::MAX_BATCH)
-        .map(|_| Request::Get { key: b"atomic" })
+        .map(|_| Request::Op(Op::Get { key: b"atomic" }))
         .collect();
     assert_eq!(
         raw.call(0, op::BATCH, &batch_msg(&many)).0,

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
-use kv_client::{Client, ClientConfig, Command, Error, Reply};
+use kv_client::{Client, ClientConfig, Error, Op, Reply};
 use kv_proto::ThreadStats;
 
 /// Command-line client of kv-service. Without a command, reads commands from stdin, one per
@@ -66,19 +66,17 @@ enum Cmd {
     Stats,
 }
 
-/// A parsed command (pipe mode or one-shot).
+/// A parsed command (pipe mode or one-shot): a key-value operation, or STATS.
 enum Line {
-    Get(Vec<u8>),
-    Put(Vec<u8>, Vec<u8>),
-    Del(Vec<u8>),
-    Scan(Vec<u8>, usize),
+    Op(Op),
     Stats,
 }
 
 impl Line {
+    /// The key of a GET / PUT / DELETE (the commands that pipeline per key).
     fn key(&self) -> Option<&[u8]> {
         match self {
-            Line::Get(k) | Line::Put(k, _) | Line::Del(k) => Some(k),
+            Line::Op(o @ (Op::Get { .. } | Op::Put { .. } | Op::Delete { .. })) => Some(o.key()),
             _ => None,
         }
     }
@@ -208,15 +206,18 @@ fn parse_line(codec: &Codec, line: &[u8]) -> anyhow::Result<Option<Line>> {
     let l = match cmd.as_str() {
         "get" => {
             want(1)?;
-            Line::Get(arg(0)?)
+            Line::Op(Op::Get { key: arg(0)? })
         }
         "put" | "set" => {
             want(2)?;
-            Line::Put(arg(0)?, arg(1)?)
+            Line::Op(Op::Put {
+                key: arg(0)?,
+                value: arg(1)?,
+            })
         }
         "del" | "delete" => {
             want(1)?;
-            Line::Del(arg(0)?)
+            Line::Op(Op::Delete { key: arg(0)? })
         }
         "scan" => {
             want(2)?;
@@ -226,7 +227,10 @@ fn parse_line(codec: &Codec, line: &[u8]) -> anyhow::Result<Option<Line>> {
                     .context("scan: COUNT must be a number")?,
                 None => DEFAULT_SCAN,
             };
-            Line::Scan(arg(0)?, count)
+            Line::Op(Op::Scan {
+                start: arg(0)?,
+                max: count,
+            })
         }
         "stats" => {
             want(0)?;
@@ -278,16 +282,20 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     let line = match &args.cmd {
         None => None,
         Some(c) => Some(match c {
-            Cmd::Get { key } => Line::Get(codec.decode(key.as_bytes())?),
-            Cmd::Put { key, value } => Line::Put(
-                codec.decode(key.as_bytes())?,
-                codec.decode(value.as_bytes())?,
-            ),
-            Cmd::Del { key } => Line::Del(codec.decode(key.as_bytes())?),
-            Cmd::Scan { start, count } => Line::Scan(
-                codec.decode(start.as_bytes())?,
-                count.unwrap_or(DEFAULT_SCAN),
-            ),
+            Cmd::Get { key } => Line::Op(Op::Get {
+                key: codec.decode(key.as_bytes())?,
+            }),
+            Cmd::Put { key, value } => Line::Op(Op::Put {
+                key: codec.decode(key.as_bytes())?,
+                value: codec.decode(value.as_bytes())?,
+            }),
+            Cmd::Del { key } => Line::Op(Op::Delete {
+                key: codec.decode(key.as_bytes())?,
+            }),
+            Cmd::Scan { start, count } => Line::Op(Op::Scan {
+                start: codec.decode(start.as_bytes())?,
+                max: count.unwrap_or(DEFAULT_SCAN),
+            }),
             Cmd::Stats => Line::Stats,
         }),
     };
@@ -302,18 +310,18 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn one_shot(client: &mut Client, codec: &Codec, line: Line) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match line {
-        Line::Get(k) => match client.get(&k)? {
+        Line::Op(Op::Get { key: k }) => match client.get(&k)? {
             Some(v) => writeln!(out, "{}", codec.encode(&v, false))?,
             None => {
                 writeln!(out, "(not found)")?;
                 return Ok(ExitCode::from(1));
             }
         },
-        Line::Put(k, v) => {
+        Line::Op(Op::Put { key: k, value: v }) => {
             client.put(&k, &v)?;
             writeln!(out, "OK")?;
         }
-        Line::Del(k) => {
+        Line::Op(Op::Delete { key: k }) => {
             if client.delete(&k)? {
                 writeln!(out, "OK")?;
             } else {
@@ -321,8 +329,8 @@ fn one_shot(client: &mut Client, codec: &Codec, line: Line) -> anyhow::Result<Ex
                 return Ok(ExitCode::from(1));
             }
         }
-        Line::Scan(start, count) => {
-            let items = client.scan(&start, count)?;
+        Line::Op(Op::Scan { start, max }) => {
+            let items = client.scan(&start, max)?;
             if items.is_empty() {
                 writeln!(out, "(empty)")?;
             }
@@ -345,7 +353,9 @@ fn one_shot(client: &mut Client, codec: &Codec, line: Line) -> anyhow::Result<Ex
 /// Result line of a blocking scan / stats in pipe mode.
 fn blocking_line(client: &mut Client, codec: &Codec, line: &Line) -> (String, bool) {
     match line {
-        Line::Scan(start, count) => reply_line(codec, client.scan(start, *count).map(Reply::Items)),
+        Line::Op(Op::Scan { start, max }) => {
+            reply_line(codec, client.scan(start, *max).map(Reply::Items))
+        }
         Line::Stats => match client.stats() {
             Ok(s) => (stats_total(&s), true),
             Err(e) => (format!("(error) {e}"), false),
@@ -450,13 +460,10 @@ fn pipe(client: &mut Client, codec: &Codec, depth: usize) -> anyhow::Result<Exit
                         break;
                     }
                     let key = key.to_vec();
-                    let cmd = match line {
-                        Line::Get(k) => Command::Get { key: k },
-                        Line::Put(k, v) => Command::Put { key: k, value: v },
-                        Line::Del(k) => Command::Delete { key: k },
-                        _ => continue,
+                    let Line::Op(op) = line else {
+                        continue;
                     };
-                    match client.submit(cmd, seq) {
+                    match client.submit(op, seq) {
                         Ok(()) => {
                             *busy_keys.entry(key.clone()).or_default() += 1;
                             tag_keys.insert(seq, key);
