@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use kv_engine::{
-    ioengine, merge_scan, open_workers, Completion, EngineConfig, KeyRouter, Op, Reply, Worker,
+    backend, merge_scan, open_workers, Completion, EngineConfig, KeyRouter, Op, Reply, Worker,
     WorkerStats,
 };
 use serde::Serialize;
@@ -265,7 +265,7 @@ pub fn run(args: EngineArgs) -> Result<()> {
         report.engine_read_fraction * 100.0,
         args.device_secs
     );
-    let probe = ioengine::measure_random_io(
+    let probe = backend::measure_random_io(
         &dir.join("device-probe.tmp"),
         data_bytes.clamp(1 << 30, 16 << 30),
         report.engine_read_fraction,

@@ -7,8 +7,9 @@ use super::error::{Error, Result};
 use super::recovery::RecoveryStats;
 use kv_proto::{Op, Reply};
 
+use super::backend::{Backend, Disk, DiskBackend, Storage};
 use super::worker::{Completion, Worker, WorkerStats};
-use super::{merge_scan, open_workers, EngineConfig, KeyRouter};
+use super::{merge_scan, open_workers_with, EngineConfig, KeyRouter};
 
 enum Request {
     Op(Op, SyncSender<Result<Reply>>),
@@ -19,17 +20,27 @@ enum Request {
 /// thread; calls may come from any number of threads (`Engine` is `Sync`).
 ///
 /// See the [module documentation](crate) for an example.
-pub struct Engine {
+pub struct Engine<B: Backend = DiskBackend> {
     router: KeyRouter,
     senders: Vec<Sender<Request>>,
     threads: Vec<JoinHandle<()>>,
     recovery: RecoveryStats,
+    _backend: std::marker::PhantomData<fn() -> B>,
 }
 
 impl Engine {
-    /// Opens (creating if needed) the data directory and starts one thread per worker.
+    /// Opens (creating if needed) the data directory `dir` on the real disk and starts one
+    /// thread per worker.
     pub fn open(dir: impl AsRef<Path>, config: EngineConfig) -> Result<Engine> {
-        let opened = open_workers(dir, &config)?;
+        Engine::open_with(&Disk::new(dir), config)
+    }
+}
+
+impl<B: Backend> Engine<B> {
+    /// Opens (creating if needed) a data directory on any [`Storage`] and starts one thread
+    /// per worker.
+    pub fn open_with<S: Storage<Backend = B>>(storage: &S, config: EngineConfig) -> Result<Self> {
+        let opened = open_workers_with(storage, &config)?;
         let mut senders = Vec::new();
         let mut threads = Vec::new();
         for worker in opened.workers {
@@ -47,6 +58,7 @@ impl Engine {
             senders,
             threads,
             recovery: opened.recovery,
+            _backend: std::marker::PhantomData,
         })
     }
 
@@ -141,7 +153,7 @@ impl Engine {
     }
 }
 
-impl Drop for Engine {
+impl<B: Backend> Drop for Engine<B> {
     fn drop(&mut self) {
         self.senders.clear();
         for t in self.threads.drain(..) {
@@ -151,13 +163,13 @@ impl Drop for Engine {
 }
 
 /// A worker thread: feeds requests to the worker and answers completions.
-fn serve(mut worker: Worker, rx: Receiver<Request>) {
+fn serve<B: Backend>(mut worker: Worker<B>, rx: Receiver<Request>) {
     let mut replies: Vec<Option<SyncSender<Result<Reply>>>> = Vec::new();
     let mut free: Vec<u64> = Vec::new();
     let mut done: Vec<Completion> = Vec::new();
     let mut closed = false;
     let accept = |req: Request,
-                  worker: &mut Worker,
+                  worker: &mut Worker<B>,
                   replies: &mut Vec<Option<SyncSender<Result<Reply>>>>,
                   free: &mut Vec<u64>| match req {
         Request::Op(op, reply) => {

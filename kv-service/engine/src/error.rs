@@ -37,9 +37,10 @@ pub enum Error {
     /// The configuration is invalid (zero workers, zero queue depth, ...).
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
-    /// io_uring could not be set up (kernel too old, disabled by sysctl or seccomp). The
-    /// engine has no fallback: it needs io_uring.
-    #[error("io_uring is unavailable on this system ({0}); the engine requires io_uring (Linux >= 5.6, not disabled by kernel.io_uring_disabled or a seccomp filter)")]
+    /// io_uring could not be set up (kernel too old, disabled by sysctl or seccomp) and
+    /// [`IoMode::Uring`](crate::IoMode::Uring) asked for it ([`IoMode::Auto`](crate::IoMode::Auto)
+    /// falls back to pread / pwrite instead).
+    #[error("io_uring is unavailable on this system ({0}); it needs Linux >= 5.6, not disabled by kernel.io_uring_disabled or a seccomp filter (IoMode::Auto falls back to pread/pwrite)")]
     IoUringUnavailable(#[source] io::Error),
     /// The file system holding the data directory rejects O_DIRECT (e.g. tmpfs).
     #[error("the file system at {0} does not support O_DIRECT (tmpfs?); put the data directory on a disk file system")]
@@ -71,14 +72,6 @@ impl Error {
     /// Wraps an [`io::Error`] with a context.
     pub(crate) fn io(context: &'static str, source: io::Error) -> Self {
         Error::Io { context, source }
-    }
-
-    /// An I/O error from a negative io_uring result.
-    pub(crate) fn errno(context: &'static str, errno: i32) -> Self {
-        Error::Io {
-            context,
-            source: io::Error::from_raw_os_error(errno),
-        }
     }
 }
 

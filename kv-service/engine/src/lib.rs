@@ -3,14 +3,15 @@
 //! Design (after KVell, SOSP'19, with its sharp edges removed; the byte layout is in
 //! `docs/STORAGE.md`):
 //! - **Shared-nothing workers.** Key `k` belongs to worker [`KeyRouter::partition_of`]`(k)` =
-//!   [`fnv1a64`]`(k) mod W`. Each [`Worker`] owns its slab files, index, page cache and
-//!   io_uring ring; nothing is locked on the common path.
+//!   [`fnv1a64`]`(k) mod W`. Each [`Worker`] owns its slab files, index, page cache and I/O
+//!   queue; nothing is locked on the common path.
 //! - **Items unsorted on disk** in fixed-size slots of slab files, one file per (worker, size
 //!   class) ([`slab`]); every record carries a per-worker sequence number and a CRC32C
 //!   ([`record`]). No commit log, no compaction.
 //! - **Ordered in-memory index** of full keys, lexicographic.
-//! - **Batched asynchronous I/O** through io_uring, queue depth 64 by default. A put or
-//!   delete completes only after its page write completed; see [`SyncMode`] for power loss.
+//! - **Batched asynchronous I/O** behind a storage [`backend`]: io_uring by default (queue
+//!   depth 64), pread / pwrite where io_uring is unavailable, [`SimDisk`] in tests. A put or
+//!   delete completes only after its block write completed; see [`SyncMode`] for power loss.
 //! - **Recovery** rebuilds everything by reading the slabs sequentially at open.
 //!
 //! Two APIs:
@@ -18,6 +19,9 @@
 //!   tools and tests.
 //! - [`open_workers`]: the W [`Worker`]s themselves, each to be moved to (and polled by) a
 //!   thread that may also run an RPC event loop: [`Worker::submit`] + [`Worker::poll`].
+//!
+//! Both run on a real directory ([`Disk`]) or on any [`Storage`] ([`open_workers_with`],
+//! [`Engine::open_with`]), such as the simulated disk of the tests.
 //!
 //! ```
 //! use kv_engine::{Engine, EngineConfig};
@@ -37,16 +41,16 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Requirements: Linux with io_uring (else [`Error::IoUringUnavailable`]; there is no
-//! fallback) and a data directory on a file system that supports O_DIRECT (not tmpfs: else
-//! [`Error::DirectIoUnsupported`]).
+//! Requirements: Linux, and a data directory on a file system that supports O_DIRECT (not
+//! tmpfs: else [`Error::DirectIoUnsupported`]). io_uring is used where the kernel allows it
+//! ([`IoMode`]).
+#![deny(unsafe_code)]
 
-mod aligned;
+pub mod backend;
 mod blocking;
 mod error;
 mod freelist;
 pub mod index;
-pub mod ioengine;
 pub mod manifest;
 mod pagecache;
 pub mod record;
@@ -54,19 +58,21 @@ mod recovery;
 pub mod slab;
 mod worker;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+pub use backend::{Backend, BackendOptions, Disk, DiskBackend, IoMode, SimDisk, Storage};
 pub use blocking::Engine;
 pub use error::{Error, Result};
 pub use kv_proto::{fnv1a64, merge_scan, KeyRouter, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use kv_proto::{Op, Reply};
+pub use manifest::recorded_workers;
 pub use recovery::RecoveryStats;
 pub use worker::{Completion, Worker, WorkerStats};
 
 /// Durability of acknowledged writes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SyncMode {
-    /// **Default.** A write is acknowledged when its O_DIRECT page write has completed: it
+    /// **Default.** A write is acknowledged when its O_DIRECT block write has completed: it
     /// survives the process being killed, but may sit in a volatile device cache and be
     /// lost on power failure (KVell's behaviour).
     #[default]
@@ -91,6 +97,8 @@ pub struct EngineConfig {
     /// Optional cap on each slab file's size in bytes: growing past it fails with an I/O
     /// error (`ENOSPC`), like a full disk. `None` (default) = no cap.
     pub max_file_bytes: Option<u64>,
+    /// Block I/O of a real [`Disk`] (default [`IoMode::Auto`]: io_uring if available).
+    pub io: IoMode,
 }
 
 impl Default for EngineConfig {
@@ -101,23 +109,23 @@ impl Default for EngineConfig {
             queue_depth: 64,
             sync: SyncMode::None,
             max_file_bytes: None,
+            io: IoMode::Auto,
         }
     }
 }
 
 /// The opened workers of a data directory.
-pub struct OpenedWorkers {
+pub struct OpenedWorkers<B: Backend = DiskBackend> {
     /// One per worker, `workers[i].id() == i`.
-    pub workers: Vec<Worker>,
+    pub workers: Vec<Worker<B>>,
     /// The key → worker function.
     pub router: KeyRouter,
     /// What recovery found (summed over workers).
     pub recovery: RecoveryStats,
 }
 
-/// Opens (creating if needed) the data directory `dir`: checks or writes the manifest,
-/// recovers every worker (in parallel) and returns the workers, ready to be moved to their
-/// threads.
+/// Opens (creating if needed) the data directory `dir` on the real disk; see
+/// [`open_workers_with`].
 ///
 /// Driving a worker by hand, as a thread that also serves the network would:
 ///
@@ -143,7 +151,16 @@ pub struct OpenedWorkers {
 /// # Ok(()) }
 /// ```
 pub fn open_workers(dir: impl AsRef<Path>, config: &EngineConfig) -> Result<OpenedWorkers> {
-    let dir = dir.as_ref();
+    open_workers_with(&Disk::new(dir), config)
+}
+
+/// Opens (creating if needed) a data directory: checks or writes the manifest, recovers every
+/// worker (in parallel, each through its own backend) and returns the workers, ready to be
+/// moved to their threads.
+pub fn open_workers_with<S: Storage>(
+    storage: &S,
+    config: &EngineConfig,
+) -> Result<OpenedWorkers<S::Backend>> {
     let w = config.workers;
     if w == 0 || w > 4096 {
         return Err(Error::InvalidConfig(format!(
@@ -156,14 +173,13 @@ pub fn open_workers(dir: impl AsRef<Path>, config: &EngineConfig) -> Result<Open
             config.queue_depth
         )));
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io("creating the data directory", e))?;
-    manifest::check_or_create(dir, w as u32)?;
+    storage.prepare()?;
+    manifest::check_or_create(storage, w as u32)?;
     let mut per_worker: Vec<Vec<u8>> = vec![Vec::new(); w];
-    let listing = std::fs::read_dir(dir).map_err(|e| Error::io("listing the data directory", e))?;
-    for entry in listing {
-        let entry = entry.map_err(|e| Error::io("listing the data directory", e))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
+    let listing = storage
+        .list()
+        .map_err(|e| Error::io("listing the data directory", e))?;
+    for name in listing {
         if !name.ends_with(".slab") {
             continue;
         }
@@ -180,14 +196,22 @@ pub fn open_workers(dir: impl AsRef<Path>, config: &EngineConfig) -> Result<Open
         }
     }
     let dsync = config.sync == SyncMode::Dsync;
+    let opts = BackendOptions {
+        queue_depth: config.queue_depth,
+        dsync,
+        io: config.io,
+    };
     let start = std::time::Instant::now();
-    let recovered: Vec<Result<recovery::Recovered>> = std::thread::scope(|s| {
+    let recovered = std::thread::scope(|s| {
         let handles: Vec<_> = per_worker
             .iter()
             .enumerate()
             .map(|(i, classes)| {
-                s.spawn(move || {
-                    recovery::recover_worker(dir, i, classes, dsync, config.max_file_bytes)
+                s.spawn(move || -> Result<_> {
+                    let mut backend = storage.backend(i, opts)?;
+                    let rec =
+                        recovery::recover_worker(&mut backend, i, classes, config.max_file_bytes)?;
+                    Ok((rec, backend))
                 })
             })
             .collect();
@@ -198,28 +222,27 @@ pub fn open_workers(dir: impl AsRef<Path>, config: &EngineConfig) -> Result<Open
                     Err(Error::InvalidConfig("a recovery thread panicked".into()))
                 })
             })
-            .collect()
+            .collect::<Vec<_>>()
     });
     let cache_per_worker = config.cache_bytes / w;
     let mut workers = Vec::with_capacity(w);
     let mut stats = RecoveryStats::default();
-    for (id, rec) in recovered.into_iter().enumerate() {
-        let rec = rec?;
+    for (id, r) in recovered.into_iter().enumerate() {
+        let (rec, backend) = r?;
         stats.merge(&rec.stats);
         let params = worker::WorkerParams {
             id,
-            dir: PathBuf::from(dir),
-            dsync,
             max_file_bytes: config.max_file_bytes,
             cache_bytes: cache_per_worker,
             queue_depth: config.queue_depth,
         };
-        workers.push(Worker::new(params, rec)?);
+        workers.push(Worker::new(params, rec, backend));
     }
     stats.elapsed = start.elapsed();
     let secs = stats.elapsed.as_secs_f64();
     tracing::info!(
         workers = w,
+        backend = workers.first().map_or("", |w| w.stats().backend),
         items = stats.live,
         corrupt = stats.corrupt,
         mb = stats.bytes_read as f64 / 1e6,

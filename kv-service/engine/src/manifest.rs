@@ -13,10 +13,7 @@
 //! Written once, when a directory is first opened, through a temporary file, `fsync` and
 //! `rename`. A manifest with another magic, version or a bad checksum is
 //! [`Error::UnknownFormat`]; another W is [`Error::WorkerCountMismatch`].
-use std::fs;
-use std::io::Write;
-use std::path::Path;
-
+use super::backend::Storage;
 use super::error::{Error, Result};
 
 /// File name of the manifest.
@@ -71,39 +68,40 @@ pub fn decode(b: &[u8]) -> Result<u32> {
     Ok(u32::from_le_bytes(field(12..16)?))
 }
 
-/// Checks the manifest in `dir` against `workers`, writing one if the directory has none.
-pub(crate) fn check_or_create(dir: &Path, workers: u32) -> Result<()> {
-    let path = dir.join(MANIFEST_FILE);
-    match fs::read(&path) {
-        Ok(bytes) => {
-            let on_disk = decode(&bytes)?;
-            if on_disk != workers {
-                return Err(Error::WorkerCountMismatch {
-                    on_disk,
-                    requested: workers,
-                });
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let has_slabs = fs::read_dir(dir)
+/// The number of workers W recorded in the data directory, or `None` if it has no manifest
+/// (a new directory).
+pub fn recorded_workers<S: Storage>(storage: &S) -> Result<Option<u32>> {
+    match storage
+        .read_file(MANIFEST_FILE)
+        .map_err(|e| Error::io("reading the manifest", e))?
+    {
+        Some(bytes) => decode(&bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Checks the manifest of `storage` against `workers`, writing one if the directory has
+/// none.
+pub(crate) fn check_or_create<S: Storage>(storage: &S, workers: u32) -> Result<()> {
+    match recorded_workers(storage)? {
+        Some(on_disk) if on_disk != workers => Err(Error::WorkerCountMismatch {
+            on_disk,
+            requested: workers,
+        }),
+        Some(_) => Ok(()),
+        None => {
+            let has_slabs = storage
+                .list()
                 .map_err(|e| Error::io("listing the data directory", e))?
-                .filter_map(|e| e.ok())
-                .any(|e| e.file_name().to_string_lossy().ends_with(".slab"));
+                .iter()
+                .any(|n| n.ends_with(".slab"));
             if has_slabs {
                 return Err(Error::UnknownFormat("slab files without a MANIFEST".into()));
             }
-            let tmp = dir.join("MANIFEST.tmp");
-            let write = || -> std::io::Result<()> {
-                let mut f = fs::File::create(&tmp)?;
-                f.write_all(&encode(workers))?;
-                f.sync_all()?;
-                fs::rename(&tmp, &path)?;
-                fs::File::open(dir)?.sync_all()
-            };
-            write().map_err(|e| Error::io("writing the manifest", e))
+            storage
+                .write_file_durably(MANIFEST_FILE, &encode(workers))
+                .map_err(|e| Error::io("writing the manifest", e))
         }
-        Err(e) => Err(Error::io("reading the manifest", e)),
     }
 }
 

@@ -1,19 +1,13 @@
 //! Per-worker LRU cache of blocks (4 KiB pages for small classes, one slot for large ones).
 //!
-//! Each entry also carries the block's I/O state, which the worker drives:
-//! - `loading`: a read is in flight; operations needing the block wait in `blocked`, so
-//!   concurrent misses on one block cause a single read;
-//! - `write`: `Queued` (a write is waiting for a submission slot: further modifications join
-//!   it, i.e. writes coalesce) or `InFlight` (the kernel owns the buffer: modifications
-//!   wait in `blocked` until it completes).
-//!
-//! An entry with I/O queued or in flight, or with waiting operations, is never evicted. The
-//! size limit is therefore soft: when every entry is busy the cache grows past it and
-//! shrinks back as entries become idle.
-use std::collections::{HashMap, VecDeque};
+//! The cache knows nothing of I/O: the block I/O layer (`worker/blocks.rs`) *pins* an entry
+//! while it has I/O queued or in flight or operations waiting on it, and a pinned entry is
+//! never evicted. The size limit is therefore soft: when every entry is pinned the cache grows
+//! past it and shrinks back as entries are unpinned.
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-use super::aligned::AlignedBuf;
+use crate::backend::AlignedBuf;
 
 /// Identifies a block within one worker: `(class << 56) | block number`.
 pub(crate) type BlockKey = u64;
@@ -23,37 +17,17 @@ pub(crate) fn block_key(class: u8, block: u64) -> BlockKey {
     (u64::from(class) << 56) | (block & ((1 << 56) - 1))
 }
 
-/// Write state of a cached block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum WriteState {
-    Idle,
-    Queued,
-    InFlight,
-}
-
 /// One cached block.
-pub(crate) struct Entry {
-    pub(crate) key: BlockKey,
-    pub(crate) buf: AlignedBuf,
-    pub(crate) loading: bool,
-    pub(crate) write: WriteState,
-    /// Bytes from the block start that the pending write must cover.
-    pub(crate) write_len: usize,
-    /// Operations whose changes are in the queued / in-flight write.
-    pub(crate) write_waiters: Vec<u32>,
-    /// Operations waiting for the block to load or for an in-flight write to finish.
-    pub(crate) blocked: VecDeque<u32>,
+struct Entry {
+    key: BlockKey,
+    /// The block's bytes; [`AlignedBuf::empty`] while lent out for a read.
+    buf: AlignedBuf,
+    /// The block's size (also while the buffer is lent out).
+    size: usize,
+    /// Never evicted while set.
+    pinned: bool,
     prev: u32,
     next: u32,
-}
-
-impl Entry {
-    fn busy(&self) -> bool {
-        self.loading
-            || self.write != WriteState::Idle
-            || !self.blocked.is_empty()
-            || !self.write_waiters.is_empty()
-    }
 }
 
 const NIL: u32 = u32::MAX;
@@ -88,7 +62,6 @@ pub(crate) struct PageCache {
     used_bytes: usize,
     capacity_bytes: usize,
     spare_pages: Vec<AlignedBuf>,
-    spare_vecs: Vec<(Vec<u32>, VecDeque<u32>)>,
     pub(crate) hits: u64,
     pub(crate) misses: u64,
     pub(crate) evictions: u64,
@@ -105,7 +78,6 @@ impl PageCache {
             used_bytes: 0,
             capacity_bytes,
             spare_pages: Vec::new(),
-            spare_vecs: Vec::new(),
             hits: 0,
             misses: 0,
             evictions: 0,
@@ -126,12 +98,53 @@ impl PageCache {
         Some(idx)
     }
 
-    pub(crate) fn entry(&self, idx: u32) -> Option<&Entry> {
+    fn entry(&self, idx: u32) -> Option<&Entry> {
         self.entries.get(idx as usize)?.as_ref()
     }
 
-    pub(crate) fn entry_mut(&mut self, idx: u32) -> Option<&mut Entry> {
+    fn entry_mut(&mut self, idx: u32) -> Option<&mut Entry> {
         self.entries.get_mut(idx as usize)?.as_mut()
+    }
+
+    /// The block key of entry `idx`.
+    pub(crate) fn key_of(&self, idx: u32) -> Option<BlockKey> {
+        Some(self.entry(idx)?.key)
+    }
+
+    /// The bytes of entry `idx`.
+    pub(crate) fn bytes(&self, idx: u32) -> Option<&[u8]> {
+        Some(self.entry(idx)?.buf.as_slice())
+    }
+
+    /// The bytes of entry `idx`, mutably.
+    pub(crate) fn bytes_mut(&mut self, idx: u32) -> Option<&mut [u8]> {
+        Some(self.entry_mut(idx)?.buf.as_mut_slice())
+    }
+
+    /// Pins (never evicted) or unpins entry `idx`.
+    pub(crate) fn set_pinned(&mut self, idx: u32, pinned: bool) {
+        if let Some(e) = self.entry_mut(idx) {
+            e.pinned = pinned;
+        }
+    }
+
+    /// Lends entry `idx`'s buffer out (for a read into it), leaving a placeholder; give it
+    /// back with [`PageCache::restore_buf`].
+    pub(crate) fn lend_buf(&mut self, idx: u32) -> Option<AlignedBuf> {
+        let e = self.entry_mut(idx)?;
+        Some(std::mem::replace(&mut e.buf, AlignedBuf::empty()))
+    }
+
+    /// Gives entry `idx` its buffer back (or a buffer of the same size); returns it if the
+    /// entry is gone.
+    pub(crate) fn restore_buf(&mut self, idx: u32, buf: AlignedBuf) -> Option<AlignedBuf> {
+        match self.entry_mut(idx) {
+            Some(e) => {
+                e.buf = buf;
+                None
+            }
+            None => Some(buf),
+        }
     }
 
     /// Inserts a block of `size` bytes (not present before), evicting idle least recently
@@ -148,7 +161,7 @@ impl PageCache {
             scanned += 1;
             let Some(e) = self.entry(cursor) else { break };
             let prev = e.prev;
-            if !e.busy() {
+            if !e.pinned {
                 if let Some(buf) = self.remove(cursor) {
                     self.evictions += 1;
                     if reuse.is_none() && buf.len() == size {
@@ -169,15 +182,11 @@ impl PageCache {
                 }
             })
             .unwrap_or_else(|| AlignedBuf::zeroed(size));
-        let (write_waiters, blocked) = self.spare_vecs.pop().unwrap_or_default();
         let entry = Entry {
             key,
             buf,
-            loading: false,
-            write: WriteState::Idle,
-            write_len: 0,
-            write_waiters,
-            blocked,
+            size,
+            pinned: false,
             prev: NIL,
             next: NIL,
         };
@@ -199,25 +208,20 @@ impl PageCache {
         idx
     }
 
+    /// Keeps a 4 KiB buffer for reuse (up to a few dozen).
     fn recycle(&mut self, buf: AlignedBuf) {
         if buf.len() == super::slab::PAGE && self.spare_pages.len() < 64 {
             self.spare_pages.push(buf);
         }
     }
 
-    /// Removes a block (whatever its state: the caller must know no I/O is in flight) and
-    /// returns its buffer.
+    /// Removes a block, pinned or not, and returns its buffer.
     pub(crate) fn remove(&mut self, idx: u32) -> Option<AlignedBuf> {
         self.unlink(idx);
-        let mut e = self.entries.get_mut(idx as usize)?.take()?;
+        let e = self.entries.get_mut(idx as usize)?.take()?;
         self.map.remove(&e.key);
         self.free_entries.push(idx);
-        self.used_bytes -= e.buf.len();
-        e.write_waiters.clear();
-        e.blocked.clear();
-        if self.spare_vecs.len() < 64 {
-            self.spare_vecs.push((e.write_waiters, e.blocked));
-        }
+        self.used_bytes -= e.size;
         Some(e.buf)
     }
 
@@ -277,9 +281,7 @@ mod tests {
         let mut c = PageCache::new(2 * 4096);
         let a = c.insert(block_key(0, 1), 4096);
         let b = c.insert(block_key(0, 2), 4096);
-        if let Some(e) = c.entry_mut(a) {
-            e.loading = true; // I/O in flight: must not be evicted
-        }
+        c.set_pinned(a, true); // I/O in flight: must not be evicted
         let _ = c.lookup(block_key(0, 2));
         let _c3 = c.insert(block_key(0, 3), 4096);
         assert!(c.lookup(block_key(0, 1)).is_some(), "busy block kept");
@@ -288,9 +290,7 @@ mod tests {
             "idle LRU block evicted"
         );
         let _ = b;
-        if let Some(e) = c.entry_mut(a) {
-            e.loading = false;
-        }
+        c.set_pinned(a, false);
         // Now a is most recently used, 3 is LRU.
         let _ = c.insert(block_key(0, 4), 4096);
         assert!(c.lookup(block_key(0, 3)).is_none());
@@ -303,9 +303,7 @@ mod tests {
     fn soft_limit_when_everything_is_busy() {
         let mut c = PageCache::new(4096);
         let a = c.insert(block_key(1, 1), 4096);
-        if let Some(e) = c.entry_mut(a) {
-            e.write = WriteState::InFlight;
-        }
+        c.set_pinned(a, true);
         let _ = c.insert(block_key(1, 2), 4096);
         assert_eq!(c.used_bytes(), 8192);
         assert!(c.lookup(block_key(1, 1)).is_some());

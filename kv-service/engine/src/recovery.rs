@@ -1,6 +1,7 @@
 //! Recovery: rebuilds a worker's state from its slab files at open.
 //!
-//! Each slab is read sequentially in large chunks (4 MiB, O_DIRECT). For every slot:
+//! Each slab is read sequentially in large chunks (4 MiB, O_DIRECT), with the backend's
+//! synchronous reads. For every slot:
 //! - empty (zero header): free if below the append position;
 //! - tombstone: free;
 //! - corrupt (bad checksum or malformed): counted in [`RecoveryStats::corrupt`], logged and
@@ -11,13 +12,11 @@
 //!
 //! The append position of a slab is one past its last non-empty slot; the worker's next
 //! sequence number is one past the highest sequence seen.
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::aligned::AlignedBuf;
+use super::backend::{AlignedBuf, Backend};
 use super::error::{Error, Result};
 use super::index::{Index, Location};
-use super::ioengine;
 use super::record::{self, Slot};
 use super::slab::{Slab, CLASSES};
 
@@ -64,12 +63,12 @@ pub(crate) struct Recovered {
 
 const CHUNK: usize = 4 << 20;
 
-/// Recovers worker `worker` from the slab files of the given classes.
-pub(crate) fn recover_worker(
-    dir: &Path,
+/// Recovers worker `worker` from the slab files of the given classes, opening them through
+/// `backend` (which the worker then keeps).
+pub(crate) fn recover_worker<B: Backend>(
+    backend: &mut B,
     worker: usize,
     classes: &[u8],
-    dsync: bool,
     max_file_bytes: Option<u64>,
 ) -> Result<Recovered> {
     let start = Instant::now();
@@ -79,9 +78,10 @@ pub(crate) fn recover_worker(
     let mut max_seq = 0u64;
     let mut losers: Vec<Location> = Vec::new();
     for &class in classes {
-        let mut slab = Slab::open(dir, worker, class, dsync, max_file_bytes)?;
+        let mut slab = Slab::open(backend, worker, class, max_file_bytes)?;
         stats.files += 1;
         scan_slab(
+            backend,
             &mut slab,
             class,
             &slabs,
@@ -97,7 +97,7 @@ pub(crate) fn recover_worker(
     for loser in losers {
         max_seq += 1;
         if let Some(Some(slab)) = slabs.get_mut(usize::from(loser.class)) {
-            tombstone_sync(slab, loser.slot, max_seq)?;
+            tombstone_sync(backend, slab, loser.slot, max_seq)?;
             slab.release(loser.slot);
         }
     }
@@ -123,7 +123,9 @@ pub(crate) fn recover_worker(
     })
 }
 
-fn scan_slab(
+#[allow(clippy::too_many_arguments)]
+fn scan_slab<B: Backend>(
+    backend: &mut B,
     slab: &mut Slab,
     class: u8,
     others: &[Option<Slab>],
@@ -141,7 +143,8 @@ fn scan_slab(
     let mut end: u32 = 0;
     let mut free_below_end: Vec<u32> = Vec::new();
     while offset < len {
-        let n = ioengine::pread(slab.file(), &mut buf, offset)
+        let n = backend
+            .read_at(slab.file(), &mut buf, offset)
             .map_err(|e| Error::io("reading a slab during recovery", e))?;
         let n = n.min((len - offset) as usize) / g.block_size * g.block_size;
         if n == 0 {
@@ -186,10 +189,10 @@ fn scan_slab(
                             Some(prev) => {
                                 stats.duplicates += 1;
                                 let prev_seq = if prev.class == class {
-                                    read_seq(slab, prev.slot)?
+                                    read_seq(backend, slab, prev.slot)?
                                 } else {
                                     match others.get(usize::from(prev.class)) {
-                                        Some(Some(o)) => read_seq(o, prev.slot)?,
+                                        Some(Some(o)) => read_seq(backend, o, prev.slot)?,
                                         _ => 0,
                                     }
                                 };
@@ -216,11 +219,12 @@ fn scan_slab(
 }
 
 /// Reads one slot's sequence number with a synchronous read (rare: duplicates only).
-fn read_seq(slab: &Slab, slot: u32) -> Result<u64> {
+fn read_seq<B: Backend>(backend: &mut B, slab: &Slab, slot: u32) -> Result<u64> {
     let g = slab.geometry;
     let (block, off) = g.locate(slot);
     let mut buf = AlignedBuf::zeroed(g.block_size);
-    ioengine::pread(slab.file(), &mut buf, block * g.block_size as u64)
+    backend
+        .read_at(slab.file(), &mut buf, block * g.block_size as u64)
         .map_err(|e| Error::io("reading a duplicate during recovery", e))?;
     Ok(buf
         .as_slice()
@@ -230,19 +234,21 @@ fn read_seq(slab: &Slab, slot: u32) -> Result<u64> {
 }
 
 /// Writes a tombstone into a slot with a synchronous read-modify-write of its block.
-fn tombstone_sync(slab: &Slab, slot: u32, seq: u64) -> Result<()> {
+fn tombstone_sync<B: Backend>(backend: &mut B, slab: &Slab, slot: u32, seq: u64) -> Result<()> {
     let g = slab.geometry;
     let (block, off) = g.locate(slot);
     let mut buf = AlignedBuf::zeroed(g.block_size);
     let at = block * g.block_size as u64;
-    ioengine::pread(slab.file(), &mut buf, at)
+    backend
+        .read_at(slab.file(), &mut buf, at)
         .map_err(|e| Error::io("reading a duplicate during recovery", e))?;
     if let Some(bytes) = buf.as_mut_slice().get_mut(off..off + g.slot_size) {
         record::encode_tombstone(bytes, seq);
     }
-    ioengine::pwrite(slab.file(), &buf, at)
+    backend
+        .write_at(slab.file(), &buf, at)
         .map_err(|e| Error::io("tombstoning a duplicate during recovery", e))?;
-    slab.file()
-        .sync_data()
+    backend
+        .sync(slab.file())
         .map_err(|e| Error::io("syncing a slab during recovery", e))
 }

@@ -9,14 +9,11 @@
 //! The unit of caching and I/O is a *block*: a 4 KiB page for classes ≤ 4096, one slot for
 //! larger classes. Files grow geometrically (doubling, at least 256 KiB, at most 1 GiB per
 //! step) and the new space is reserved with `fallocate`.
-use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
-use std::path::Path;
 
+use super::backend::{Backend, FileId};
 use super::error::{Error, Result};
 use super::freelist::FreeList;
-use super::ioengine;
 use super::record::HEADER_LEN;
 
 /// Slot sizes of the size classes, in bytes.
@@ -118,7 +115,7 @@ const MAX_STEP: u64 = 1 << 30;
 /// One slab file and its allocation state.
 pub(crate) struct Slab {
     pub(crate) geometry: Geometry,
-    file: File,
+    file: FileId,
     name: String,
     /// File length in bytes (a multiple of the block size).
     len: u64,
@@ -139,21 +136,18 @@ pub(crate) struct Allocated {
 }
 
 impl Slab {
-    /// Opens (or creates) the slab file.
-    pub(crate) fn open(
-        dir: &Path,
+    /// Opens (creating it if missing) the slab file of `worker` for `class` through `backend`.
+    pub(crate) fn open<B: Backend>(
+        backend: &mut B,
         worker: usize,
         class: u8,
-        dsync: bool,
         max_len: Option<u64>,
     ) -> Result<Slab> {
         let name = file_name(worker, class);
-        let path = dir.join(&name);
-        let file = ioengine::open_direct(&path, dsync, true)?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io("reading a slab file's length", e))?
-            .len();
+        let file = backend.open(&name, true)?;
+        let len = backend
+            .file_len(file)
+            .map_err(|e| Error::io("reading a slab file's length", e))?;
         let geometry = Geometry::of(class);
         let len = len / geometry.block_size as u64 * geometry.block_size as u64;
         Ok(Slab {
@@ -167,11 +161,8 @@ impl Slab {
         })
     }
 
-    pub(crate) fn fd(&self) -> RawFd {
-        self.file.as_raw_fd()
-    }
-    pub(crate) fn file(&self) -> &File {
-        &self.file
+    pub(crate) fn file(&self) -> FileId {
+        self.file
     }
     pub(crate) fn name(&self) -> &str {
         &self.name
@@ -185,8 +176,8 @@ impl Slab {
         self.len / self.geometry.block_size as u64 * self.geometry.slots_per_block as u64
     }
 
-    /// Takes a free slot, or appends one (growing the file if needed).
-    pub(crate) fn allocate(&mut self) -> Result<Allocated> {
+    /// Takes a free slot, or appends one (growing the file through `backend` if needed).
+    pub(crate) fn allocate<B: Backend>(&mut self, backend: &mut B) -> Result<Allocated> {
         if let Some(slot) = self.free.pop() {
             return Ok(Allocated {
                 slot,
@@ -195,7 +186,7 @@ impl Slab {
         }
         let slot = self.next_append;
         if u64::from(slot) >= self.capacity_slots() {
-            self.grow()?;
+            self.grow(backend)?;
         }
         let next = slot.checked_add(1).ok_or_else(|| {
             Error::io(
@@ -215,7 +206,7 @@ impl Slab {
         self.free.push(slot);
     }
 
-    fn grow(&mut self) -> Result<()> {
+    fn grow<B: Backend>(&mut self, backend: &mut B) -> Result<()> {
         let block = self.geometry.block_size as u64;
         let step = self.len.clamp(MIN_FILE, MAX_STEP);
         let new_len = (self.len + step).div_ceil(block) * block;
@@ -227,7 +218,8 @@ impl Slab {
                 ));
             }
         }
-        ioengine::grow_file(&self.file, new_len)
+        backend
+            .grow(self.file, new_len)
             .map_err(|e| Error::io("growing a slab file", e))?;
         tracing::debug!(file = %self.name, from = self.len, to = new_len, "slab file grown");
         self.len = new_len;

@@ -1,0 +1,63 @@
+//! Per-key ordering: writes (puts, deletes) of one key run one at a time, in submission
+//! order. So at most one write per key is outstanding, and a delete can never overtake the
+//! tombstone of an earlier move of the same key.
+//!
+//! Keys are told apart by their 64-bit hash; two keys with the same hash are merely
+//! serialised with each other, which is harmless.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
+
+use crate::pagecache::KeyHasher;
+
+use super::OpId;
+
+/// The writes waiting behind the one running, per key hash.
+#[derive(Default)]
+pub(super) struct KeyQueue {
+    busy: HashMap<u64, VecDeque<OpId>, BuildHasherDefault<KeyHasher>>,
+}
+
+impl KeyQueue {
+    /// A write of the key with this hash arrives: `true` if it may run now, `false` if it was
+    /// queued behind the running one.
+    pub(super) fn admit(&mut self, hash: u64, id: OpId) -> bool {
+        match self.busy.get_mut(&hash) {
+            Some(queue) => {
+                queue.push_back(id);
+                false
+            }
+            None => {
+                self.busy.insert(hash, VecDeque::new());
+                true
+            }
+        }
+    }
+
+    /// The running write of this key finished: the next one to run, if any.
+    pub(super) fn release(&mut self, hash: u64) -> Option<OpId> {
+        let next = self.busy.get_mut(&hash)?.pop_front();
+        if next.is_none() {
+            self.busy.remove(&hash);
+        }
+        next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_of_one_key_run_in_order_others_at_once() {
+        let mut q = KeyQueue::default();
+        assert!(q.admit(1, 10));
+        assert!(!q.admit(1, 11));
+        assert!(!q.admit(1, 12));
+        assert!(q.admit(2, 20), "another key is not held up");
+        assert_eq!(q.release(1), Some(11));
+        assert_eq!(q.release(1), Some(12));
+        assert_eq!(q.release(1), None);
+        assert!(q.admit(1, 13), "the key is free again");
+    }
+}

@@ -1,0 +1,440 @@
+//! A shared-nothing worker: owns a disjoint part of the key space with its own slab files,
+//! index, page cache and I/O backend. It is a state machine driven by two calls:
+//!
+//! 1. [`Worker::submit`] enqueues an operation (no I/O, no system call);
+//! 2. [`Worker::poll`] reaps I/O completions without blocking, runs every operation that
+//!    can make progress, hands the gathered reads and writes to the backend (at most
+//!    `queue_depth` in flight), and hands back finished operations.
+//!
+//! [`Worker::wait`] blocks until an I/O completes, for a thread with nothing else to do. A
+//! thread that also runs an RPC event loop calls `submit` for each request and `poll` on
+//! every loop iteration, so a request goes from network to disk with no hand-off.
+//!
+//! Inside, one file per concern: `keys.rs` orders the writes of one key, `blocks.rs` owns the
+//! cached blocks and their I/O, and each operation is a state machine of its own (`get.rs`,
+//! `put.rs` — where a put becomes durable —, `delete.rs`, `scan.rs`) that runs against the
+//! worker's [`Core`] until it must wait for a block or a write.
+//!
+//! Ordering: write operations (put, delete) on the same key run one after another, in
+//! submission order; reads see the latest applied write (possibly not yet acknowledged).
+
+mod blocks;
+mod delete;
+mod get;
+mod keys;
+mod put;
+mod scan;
+
+use std::collections::VecDeque;
+
+use ::slab::Slab as OpTable;
+use kv_proto::{fnv1a64, Op, Reply};
+
+use crate::backend::{Backend, DiskBackend};
+use crate::error::{Error, Result};
+use crate::index::{Index, Location};
+use crate::recovery::{Recovered, RecoveryStats};
+use crate::slab::{self as slabs, Allocated, Slab, MAX_VALUE_LEN};
+
+use blocks::{Blocks, Event};
+use delete::DeleteOp;
+use get::GetOp;
+use keys::KeyQueue;
+use put::PutOp;
+use scan::ScanOp;
+
+/// A finished operation.
+#[derive(Debug)]
+pub struct Completion {
+    /// The tag given to [`Worker::submit`].
+    pub tag: u64,
+    /// What happened.
+    pub result: Result<Reply>,
+}
+
+/// Counters of one worker.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WorkerStats {
+    /// The I/O backend (`"io_uring"`, `"pread/pwrite"`, `"sim"`).
+    pub backend: &'static str,
+    /// Operations completed (gets, puts, deletes, scans; scan sub-reads not counted).
+    pub ops_completed: u64,
+    /// Block reads submitted.
+    pub reads: u64,
+    /// Block writes submitted.
+    pub writes: u64,
+    /// Bytes read by block reads.
+    pub read_bytes: u64,
+    /// Bytes written by block writes.
+    pub write_bytes: u64,
+    /// System calls made to submit I/O (`io_uring_enter`; one per I/O for pread/pwrite).
+    pub submits: u64,
+    /// Page cache hits.
+    pub cache_hits: u64,
+    /// Page cache misses (including new blocks that needed no read).
+    pub cache_misses: u64,
+    /// Items in the index.
+    pub items: u64,
+    /// Estimated index memory in bytes.
+    pub index_bytes: u64,
+    /// Bytes held by the page cache.
+    pub cache_bytes: u64,
+    /// Sum of slab file lengths in bytes.
+    pub file_bytes: u64,
+    /// Free slots (below the append positions) ready for reuse.
+    pub free_slots: u64,
+}
+
+/// An operation's handle inside its worker.
+type OpId = usize;
+
+/// What running an operation's state machine led to.
+enum Step {
+    /// It waits for a block or a write; an [`Event`] will move it on.
+    Wait,
+    /// It finished.
+    Done(Result<Reply>),
+}
+
+/// The state an operation's steps work on: everything of the worker but the operations.
+struct Core<B: Backend> {
+    id: usize,
+    max_file_bytes: Option<u64>,
+    /// By size class; `None`: no file for the class yet.
+    slabs: Vec<Option<Slab>>,
+    index: Index,
+    next_seq: u64,
+    blocks: Blocks,
+    backend: B,
+}
+
+impl<B: Backend> Core<B> {
+    /// The next sequence number (every write takes one).
+    fn take_seq(&mut self) -> u64 {
+        let s = self.next_seq;
+        self.next_seq += 1;
+        s
+    }
+
+    /// A slot of `class`: a free one, or appended (creating the class's file, or growing it).
+    fn allocate(&mut self, class: u8) -> Result<Allocated> {
+        let c = usize::from(class);
+        if matches!(self.slabs.get(c), Some(None)) {
+            let s = Slab::open(&mut self.backend, self.id, class, self.max_file_bytes)?;
+            if let Some(slot) = self.slabs.get_mut(c) {
+                *slot = Some(s);
+            }
+        }
+        match self.slabs.get_mut(c) {
+            Some(Some(s)) => s.allocate(&mut self.backend),
+            _ => Err(Error::InvalidConfig(format!("no size class {class}"))),
+        }
+    }
+
+    /// Returns a slot to its class's free list.
+    fn release_slot(&mut self, loc: Location) {
+        if let Some(Some(s)) = self.slabs.get_mut(usize::from(loc.class)) {
+            s.release(loc.slot);
+        }
+    }
+
+    fn corrupt(&self, loc: Location) -> Error {
+        Error::Corrupt {
+            file: slabs::file_name(self.id, loc.class),
+            slot: u64::from(loc.slot),
+        }
+    }
+}
+
+/// One operation in the worker.
+struct OpEntry {
+    tag: u64,
+    op: OpState,
+}
+
+enum OpState {
+    Get(GetOp),
+    Put(PutOp),
+    Delete(DeleteOp),
+    Scan(ScanOp),
+}
+
+/// One worker. `Send`: move it to the thread that will drive it. `B`: its I/O backend (the
+/// real disk by default; [`SimBackend`](crate::backend::sim::SimBackend) in tests).
+pub struct Worker<B: Backend = DiskBackend> {
+    core: Core<B>,
+    ops: OpTable<OpEntry>,
+    keys: KeyQueue,
+    runnable: VecDeque<OpId>,
+    events: Vec<Event>,
+    ready: Vec<Completion>,
+    pending: usize,
+    ops_completed: u64,
+    recovery: RecoveryStats,
+}
+
+pub(crate) struct WorkerParams {
+    pub(crate) id: usize,
+    pub(crate) max_file_bytes: Option<u64>,
+    pub(crate) cache_bytes: usize,
+    pub(crate) queue_depth: u32,
+}
+
+impl<B: Backend> Worker<B> {
+    pub(crate) fn new(p: WorkerParams, rec: Recovered, backend: B) -> Worker<B> {
+        Worker {
+            core: Core {
+                id: p.id,
+                max_file_bytes: p.max_file_bytes,
+                slabs: rec.slabs,
+                index: rec.index,
+                next_seq: rec.next_seq,
+                blocks: Blocks::new(p.cache_bytes, p.queue_depth),
+                backend,
+            },
+            ops: OpTable::new(),
+            keys: KeyQueue::default(),
+            runnable: VecDeque::new(),
+            events: Vec::new(),
+            ready: Vec::new(),
+            pending: 0,
+            ops_completed: 0,
+            recovery: rec.stats,
+        }
+    }
+
+    /// This worker's number (keys with `partition_of(key) == id()` belong to it).
+    pub fn id(&self) -> usize {
+        self.core.id
+    }
+
+    /// Number of live items.
+    pub fn len(&self) -> usize {
+        self.core.index.len()
+    }
+
+    /// Whether the worker holds no items.
+    pub fn is_empty(&self) -> bool {
+        self.core.index.len() == 0
+    }
+
+    /// Operations submitted and not yet returned by [`Worker::poll`].
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Block I/Os handed to the backend and not completed yet.
+    pub fn io_in_flight(&self) -> usize {
+        self.core.backend.in_flight()
+    }
+
+    /// What recovery found when this worker was opened.
+    pub fn recovery_stats(&self) -> RecoveryStats {
+        self.recovery
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> WorkerStats {
+        let c = &self.core;
+        let cache = c.blocks.cache();
+        let io = c.blocks.stats;
+        WorkerStats {
+            backend: c.backend.name(),
+            ops_completed: self.ops_completed,
+            reads: io.reads,
+            writes: io.writes,
+            read_bytes: io.read_bytes,
+            write_bytes: io.write_bytes,
+            submits: c.backend.submit_calls(),
+            cache_hits: cache.hits,
+            cache_misses: cache.misses,
+            items: c.index.len() as u64,
+            index_bytes: c.index.approx_bytes() as u64,
+            cache_bytes: cache.used_bytes() as u64,
+            file_bytes: c.slabs.iter().flatten().map(|s| s.len()).sum(),
+            free_slots: c.slabs.iter().flatten().map(|s| s.free.len() as u64).sum(),
+        }
+    }
+
+    /// Enqueues an operation; its [`Completion`] (carrying `tag`) comes out of a later
+    /// [`Worker::poll`]. Never blocks and makes no system call. The key must belong to this
+    /// worker (see [`KeyRouter`](crate::KeyRouter)); sizes are checked here and
+    /// violations complete with [`Error::KeyTooLarge`] / [`Error::ValueTooLarge`].
+    pub fn submit(&mut self, op: Op, tag: u64) {
+        self.pending += 1;
+        if let Err(e) = op.check_limits(MAX_VALUE_LEN) {
+            self.ready.push(Completion {
+                tag,
+                result: Err(e.into()),
+            });
+            return;
+        }
+        match op {
+            Op::Get { key } => {
+                let id = self.ops.insert(OpEntry {
+                    tag,
+                    op: OpState::Get(GetOp { key, parent: None }),
+                });
+                self.runnable.push_back(id);
+            }
+            Op::Scan { start, max } => self.start_scan(tag, &start, max),
+            Op::Put { key, value } => {
+                let hash = fnv1a64(&key);
+                let op = OpState::Put(PutOp::new(key, value, hash));
+                self.start_write(tag, hash, op);
+            }
+            Op::Delete { key } => {
+                let hash = fnv1a64(&key);
+                let op = OpState::Delete(DeleteOp::new(key, hash));
+                self.start_write(tag, hash, op);
+            }
+        }
+    }
+
+    /// A put or delete runs at once unless a write of the same key is running.
+    fn start_write(&mut self, tag: u64, hash: u64, op: OpState) {
+        let id = self.ops.insert(OpEntry { tag, op });
+        if self.keys.admit(hash, id) {
+            self.runnable.push_back(id);
+        }
+    }
+
+    /// A scan reads each of its keys with a get of its own.
+    fn start_scan(&mut self, tag: u64, start: &[u8], max: usize) {
+        let keys = self.core.index.range_keys(start, max);
+        if keys.is_empty() {
+            self.complete(tag, Ok(Reply::Items(Vec::new())));
+            return;
+        }
+        let parent = self.ops.insert(OpEntry {
+            tag,
+            op: OpState::Scan(ScanOp::new(keys.len())),
+        });
+        for (pos, key) in keys.into_iter().enumerate() {
+            let get = GetOp {
+                key: key.into_vec(),
+                parent: Some((parent, pos)),
+            };
+            let id = self.ops.insert(OpEntry {
+                tag: 0,
+                op: OpState::Get(get),
+            });
+            self.runnable.push_back(id);
+        }
+    }
+
+    /// Makes progress without blocking: reaps I/O completions, runs operations, hands the
+    /// gathered I/O to the backend, and appends finished operations to `out`. Returns how
+    /// many were appended.
+    pub fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+        self.reap();
+        while let Some(id) = self.runnable.pop_front() {
+            self.run(id);
+        }
+        let c = &mut self.core;
+        c.blocks.issue(&mut c.backend, &c.slabs);
+        if let Err(e) = c.backend.flush() {
+            tracing::warn!(worker = c.id, error = %e, "submitting I/O failed; will retry");
+        }
+        let n = self.ready.len();
+        self.pending -= n.min(self.pending);
+        out.append(&mut self.ready);
+        n
+    }
+
+    /// Blocks until at least one I/O completes, unless there is nothing in flight or
+    /// something is already ready for [`Worker::poll`]. Call `poll` afterwards.
+    pub fn wait(&mut self) -> Result<()> {
+        if !self.ready.is_empty() || !self.runnable.is_empty() || self.core.backend.in_flight() == 0
+        {
+            return Ok(());
+        }
+        self.core
+            .backend
+            .wait()
+            .map_err(|e| Error::io("waiting for I/O completions", e))
+    }
+
+    /// Reaps completions and hands each operation concerned its event.
+    fn reap(&mut self) {
+        let mut events = std::mem::take(&mut self.events);
+        let c = &mut self.core;
+        c.blocks.complete(&mut c.backend, &mut events);
+        for ev in events.drain(..) {
+            match ev {
+                Event::Retry(id) => self.runnable.push_back(id),
+                Event::Written(id, r) => self.advance(id, |op, id, core| match op {
+                    OpState::Put(p) => p.written(id, core, r),
+                    OpState::Delete(d) => d.written(core, r),
+                    OpState::Get(_) | OpState::Scan(_) => Step::Wait,
+                }),
+                Event::ReadFailed(id, e) => self.advance(id, |op, _, core| match op {
+                    OpState::Get(g) => g.read_failed(e),
+                    OpState::Put(p) => p.read_failed(core, e),
+                    OpState::Delete(d) => d.read_failed(e),
+                    OpState::Scan(_) => Step::Wait,
+                }),
+            }
+        }
+        self.events = events;
+    }
+
+    /// Runs an operation as far as it goes.
+    fn run(&mut self, id: OpId) {
+        self.advance(id, |op, id, core| match op {
+            OpState::Get(g) => g.step(id, core),
+            OpState::Put(p) => p.step(id, core),
+            OpState::Delete(d) => d.step(id, core),
+            OpState::Scan(_) => Step::Wait,
+        });
+    }
+
+    /// Applies `f` to operation `id` and finishes it if that was its last step.
+    fn advance<F>(&mut self, id: OpId, f: F)
+    where
+        F: FnOnce(&mut OpState, OpId, &mut Core<B>) -> Step,
+    {
+        let Some(entry) = self.ops.get_mut(id) else {
+            return;
+        };
+        if let Step::Done(result) = f(&mut entry.op, id, &mut self.core) {
+            self.finish(id, result);
+        }
+    }
+
+    /// Completes an operation (top level or a scan's get) and frees its handle.
+    fn finish(&mut self, id: OpId, result: Result<Reply>) {
+        let Some(entry) = self.ops.try_remove(id) else {
+            return;
+        };
+        match entry.op {
+            OpState::Get(GetOp {
+                key,
+                parent: Some((parent, pos)),
+            }) => {
+                let done = match self.ops.get_mut(parent) {
+                    Some(OpEntry {
+                        op: OpState::Scan(s),
+                        ..
+                    }) => s.part_done(pos, key, result),
+                    _ => None,
+                };
+                if let Some(r) = done {
+                    self.finish(parent, r);
+                }
+            }
+            OpState::Put(PutOp { hash, .. }) | OpState::Delete(DeleteOp { hash, .. }) => {
+                if let Some(next) = self.keys.release(hash) {
+                    self.runnable.push_back(next);
+                }
+                self.complete(entry.tag, result);
+            }
+            OpState::Get(_) | OpState::Scan(_) => self.complete(entry.tag, result),
+        }
+    }
+
+    fn complete(&mut self, tag: u64, result: Result<Reply>) {
+        self.ops_completed += 1;
+        self.ready.push(Completion { tag, result });
+    }
+}
