@@ -77,8 +77,10 @@ pub enum SyncMode {
     /// lost on power failure (KVell's behaviour).
     #[default]
     None,
-    /// Slab files are opened with `O_DSYNC`: a write is acknowledged once it is on stable
-    /// storage, so it survives power loss too. Slower on devices with volatile caches.
+    /// Slab files are opened with `O_DSYNC`, and a new slab file's directory entry is made
+    /// durable (`fsync` of the directory) before anything written into it is acknowledged: an
+    /// acknowledged write is on stable storage, so it survives power loss too. Slower on
+    /// devices with volatile caches.
     Dsync,
 }
 
@@ -232,6 +234,7 @@ pub fn open_workers_with<S: Storage>(
         stats.merge(&rec.stats);
         let params = worker::WorkerParams {
             id,
+            dsync,
             max_file_bytes: config.max_file_bytes,
             cache_bytes: cache_per_worker,
             queue_depth: config.queue_depth,

@@ -23,10 +23,10 @@
 //!   later call fails with EIO); open the engine again on the same `SimDisk` to recover.
 //!
 //! ```
-//! use kv_engine::{open_workers_with, EngineConfig, Op, Reply, SimDisk};
+//! use kv_engine::{open_workers_with, EngineConfig, Op, Reply, SimDisk, SyncMode};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let disk = SimDisk::new(7);
-//! let config = EngineConfig { workers: 1, ..EngineConfig::default() };
+//! let config = EngineConfig { workers: 1, sync: SyncMode::Dsync, ..EngineConfig::default() };
 //! let mut opened = open_workers_with(&disk, &config)?;
 //! let w = &mut opened.workers[0];
 //! w.submit(Op::Put { key: b"k".to_vec(), value: b"v".to_vec() }, 1);
@@ -36,7 +36,7 @@
 //!     w.wait()?; // the simulated disk completes something
 //! }
 //! assert!(matches!(done[0].result, Ok(Reply::Written)));
-//! disk.crash(); // acknowledged: it must survive the process being killed
+//! disk.power_cut(); // acknowledged with --sync: it must survive
 //! drop(opened);
 //! let engine = kv_engine::Engine::open_with(&disk, config)?;
 //! assert_eq!(engine.get(b"k")?, Some(b"v".to_vec()));

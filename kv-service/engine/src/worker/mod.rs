@@ -99,6 +99,8 @@ enum Step {
 /// The state an operation's steps work on: everything of the worker but the operations.
 struct Core<B: Backend> {
     id: usize,
+    /// [`SyncMode::Dsync`](crate::SyncMode::Dsync).
+    dsync: bool,
     max_file_bytes: Option<u64>,
     /// By size class; `None`: no file for the class yet.
     slabs: Vec<Option<Slab>>,
@@ -106,6 +108,9 @@ struct Core<B: Backend> {
     next_seq: u64,
     blocks: Blocks,
     backend: B,
+    /// A slab file was created but the `fsync` of the directory that makes its entry durable
+    /// has not succeeded yet: nothing may be allocated until it does.
+    dir_sync_pending: bool,
 }
 
 impl<B: Backend> Core<B> {
@@ -124,6 +129,16 @@ impl<B: Backend> Core<B> {
             if let Some(slot) = self.slabs.get_mut(c) {
                 *slot = Some(s);
             }
+            // The new file's directory entry must be durable before anything written into
+            // the file is acknowledged: with O_DSYNC the data is on stable storage, but
+            // without an fsync of the directory power loss may lose the file itself.
+            self.dir_sync_pending |= self.dsync;
+        }
+        if self.dir_sync_pending {
+            self.backend.sync_dir().map_err(|e| {
+                Error::io("syncing the data directory after creating a slab file", e)
+            })?;
+            self.dir_sync_pending = false;
         }
         match self.slabs.get_mut(c) {
             Some(Some(s)) => s.allocate(&mut self.backend),
@@ -175,6 +190,7 @@ pub struct Worker<B: Backend = DiskBackend> {
 
 pub(crate) struct WorkerParams {
     pub(crate) id: usize,
+    pub(crate) dsync: bool,
     pub(crate) max_file_bytes: Option<u64>,
     pub(crate) cache_bytes: usize,
     pub(crate) queue_depth: u32,
@@ -185,12 +201,14 @@ impl<B: Backend> Worker<B> {
         Worker {
             core: Core {
                 id: p.id,
+                dsync: p.dsync,
                 max_file_bytes: p.max_file_bytes,
                 slabs: rec.slabs,
                 index: rec.index,
                 next_seq: rec.next_seq,
                 blocks: Blocks::new(p.cache_bytes, p.queue_depth),
                 backend,
+                dir_sync_pending: false,
             },
             ops: OpTable::new(),
             keys: KeyQueue::default(),
