@@ -1,5 +1,11 @@
 //! A delete: the index entry goes, a tombstone goes into the slot, and once that write
 //! completed the slot is freed and the delete acknowledged.
+//!
+//! First, though, every stale copy of the key (left live on disk by a move whose tombstone
+//! failed) gets a tombstone: otherwise, once the key's current copy is tombstoned, the stale
+//! copy would be its only live record at the next recovery and come back. Stale copies go
+//! first so that a crash at any point leaves either the key's current value or nothing.
+//! (Puts do the same.)
 
 use kv_proto::Reply;
 
@@ -11,13 +17,24 @@ use crate::slab::Geometry;
 
 use super::{Core, OpId, Step};
 
+/// Where a delete stands.
+#[derive(Clone, Copy, Debug)]
+enum DeleteState {
+    /// Next: tombstone a stale copy if there is one, else the key's copy (waiting for its
+    /// block if need be).
+    Start,
+    /// The key's tombstone is in the cached block; its write is queued or in flight.
+    Writing(Location),
+    /// A stale copy's tombstone is in the cached block; its write is queued or in flight.
+    StaleWriting(Location),
+}
+
 /// A delete.
 pub(super) struct DeleteOp {
     key: Vec<u8>,
     /// Hash of the key, for per-key ordering.
     pub(super) hash: u64,
-    /// The slot whose tombstone is in the cached block, its write queued or in flight.
-    writing: Option<Location>,
+    state: DeleteState,
 }
 
 impl DeleteOp {
@@ -25,53 +42,72 @@ impl DeleteOp {
         Self {
             key,
             hash,
-            writing: None,
+            state: DeleteState::Start,
         }
     }
 
-    /// A missing key answers at once, without I/O.
+    /// A missing key answers at once, without I/O (unless it has stale copies to tombstone).
     pub(super) fn step<B: Backend>(&mut self, id: OpId, core: &mut Core<B>) -> Step {
-        if self.writing.is_some() {
+        if !matches!(self.state, DeleteState::Start) {
             return Step::Wait;
         }
-        let Some(target) = core.index.get(&self.key) else {
+        match core.unlink_stale(&self.key, id) {
+            Some(Some(loc)) => {
+                self.state = DeleteState::StaleWriting(loc);
+                return Step::Wait;
+            }
+            Some(None) => return Step::Wait,
+            None => {}
+        }
+        let Some(loc) = core.index.get(&self.key) else {
             return Step::Done(Ok(Reply::NotFound));
         };
-        let (block, _) = Geometry::of(target.class).locate(target.slot);
-        let Some(e) = core.blocks.acquire(target.class, block, id, true, false) else {
+        let (block, _) = Geometry::of(loc.class).locate(loc.slot);
+        let Some(e) = core.blocks.acquire(loc.class, block, id, true, false) else {
             return Step::Wait;
         };
         let seq = core.take_seq();
         let used = core
             .blocks
-            .slot_mut(e, target)
+            .slot_mut(e, loc)
             .and_then(|b| record::encode_tombstone(b, seq))
             .unwrap_or(record::HEADER_LEN);
+        core.blocks.mark_write(e, loc, used, id);
         core.index.remove(&self.key);
-        core.blocks.mark_write(e, target, used, id);
-        self.writing = Some(target);
+        self.state = DeleteState::Writing(loc);
         Step::Wait
     }
 
-    /// The tombstone's write completed (the delete is durable), or failed (the index entry
-    /// comes back).
-    pub(super) fn written<B: Backend>(&mut self, core: &mut Core<B>, result: Result<()>) -> Step {
-        let Some(loc) = self.writing.take() else {
-            return Step::Wait;
-        };
-        match result {
-            Ok(()) => {
+    /// A tombstone's write completed, or failed (the key's own: its index entry comes back; a
+    /// stale copy's: it stays remembered for the next delete, and the key is untouched).
+    pub(super) fn written<B: Backend>(
+        &mut self,
+        id: OpId,
+        core: &mut Core<B>,
+        result: Result<()>,
+    ) -> Step {
+        match (self.state, result) {
+            (DeleteState::Writing(loc), Ok(())) => {
                 core.release_slot(loc);
                 Step::Done(Ok(Reply::Deleted))
             }
-            Err(e) => {
+            (DeleteState::Writing(loc), Err(e)) => {
                 core.index.insert(&self.key, loc);
                 Step::Done(Err(e))
             }
+            (DeleteState::StaleWriting(loc), Ok(())) => {
+                core.remove_stale(&self.key, loc);
+                self.state = DeleteState::Start;
+                self.step(id, core)
+            }
+            (DeleteState::StaleWriting(_), Err(e)) => Step::Done(Err(e)),
+            // No write of ours is outstanding in the other states.
+            _ => Step::Wait,
         }
     }
 
-    /// The block could not be read (nothing was changed yet).
+    /// A block could not be read; nothing of the key was changed yet (stale copies already
+    /// tombstoned stay so: they were no part of the key's value).
     pub(super) fn read_failed(&mut self, err: Error) -> Step {
         Step::Done(Err(err))
     }

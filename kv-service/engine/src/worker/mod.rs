@@ -25,7 +25,7 @@ mod keys;
 mod put;
 mod scan;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use ::slab::Slab as OpTable;
 use kv_proto::{fnv1a64, Op, Reply};
@@ -111,6 +111,11 @@ struct Core<B: Backend> {
     /// A slab file was created but the `fsync` of the directory that makes its entry durable
     /// has not succeeded yet: nothing may be allocated until it does.
     dir_sync_pending: bool,
+    /// Live copies on disk that a move could not tombstone, by key. They lose to the key's
+    /// newer copy at recovery — as long as that copy exists: a delete (tombstones carry no
+    /// key) or a torn overwrite in place would leave the stale copy the key's only live
+    /// record. So the key's next write, put or delete, tombstones them first.
+    stale: HashMap<Vec<u8>, Vec<Location>>,
 }
 
 impl<B: Backend> Core<B> {
@@ -151,6 +156,42 @@ impl<B: Backend> Core<B> {
         if let Some(Some(s)) = self.slabs.get_mut(usize::from(loc.class)) {
             s.release(loc.slot);
         }
+    }
+
+    /// Starts tombstoning the next stale copy of `key` for operation `id`: `None` if the key
+    /// has none; `Some(None)` if the operation now waits for the copy's block; `Some(Some(loc))`
+    /// once the tombstone is in the cached block and its write queued.
+    fn unlink_stale(&mut self, key: &[u8], id: OpId) -> Option<Option<Location>> {
+        let loc = self.stale.get(key).and_then(|v| v.first().copied())?;
+        let (block, _) = slabs::Geometry::of(loc.class).locate(loc.slot);
+        let e = match self.blocks.acquire(loc.class, block, id, true, false) {
+            Some(e) => e,
+            None => return Some(None),
+        };
+        let seq = self.take_seq();
+        let used = self
+            .blocks
+            .slot_mut(e, loc)
+            .and_then(|b| crate::record::encode_tombstone(b, seq))
+            .unwrap_or(crate::record::HEADER_LEN);
+        self.blocks.mark_write(e, loc, used, id);
+        Some(Some(loc))
+    }
+
+    /// Remembers a copy of `key` that could not be tombstoned.
+    fn add_stale(&mut self, key: &[u8], loc: Location) {
+        self.stale.entry(key.to_vec()).or_default().push(loc);
+    }
+
+    /// A stale copy of `key` is tombstoned now: forget it and free its slot.
+    fn remove_stale(&mut self, key: &[u8], loc: Location) {
+        if let Some(v) = self.stale.get_mut(key) {
+            v.retain(|&l| l != loc);
+            if v.is_empty() {
+                self.stale.remove(key);
+            }
+        }
+        self.release_slot(loc);
     }
 
     fn corrupt(&self, loc: Location) -> Error {
@@ -209,6 +250,7 @@ impl<B: Backend> Worker<B> {
                 blocks: Blocks::new(p.cache_bytes, p.queue_depth),
                 backend,
                 dir_sync_pending: false,
+                stale: HashMap::new(),
             },
             ops: OpTable::new(),
             keys: KeyQueue::default(),
@@ -383,7 +425,7 @@ impl<B: Backend> Worker<B> {
                 Event::Retry(id) => self.runnable.push_back(id),
                 Event::Written(id, r) => self.advance(id, |op, id, core| match op {
                     OpState::Put(p) => p.written(id, core, r),
-                    OpState::Delete(d) => d.written(core, r),
+                    OpState::Delete(d) => d.written(id, core, r),
                     OpState::Get(_) | OpState::Scan(_) => Step::Wait,
                 }),
                 Event::ReadFailed(id, e) => self.advance(id, |op, _, core| match op {

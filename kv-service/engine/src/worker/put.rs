@@ -14,7 +14,8 @@
 //!
 //! The record goes into its slot in place when the item keeps its size class; otherwise into a
 //! new slot (a free one, or appended) and, once that write completed, the old slot gets a
-//! tombstone. [`PutOp::durable`] is the one place a put is acknowledged. A crash between the two
+//! tombstone. [`PutOp::durable`] is the one place a put is acknowledged. (Before all this, the
+//! rare stale copies a failed move left behind are tombstoned: see `Core::stale`.) A crash between the two
 //! writes of a move leaves two live copies, which recovery resolves by sequence number. If a
 //! write fails, [`PutOp::fail`] undoes what the put changed in memory.
 
@@ -31,8 +32,11 @@ use super::{Core, OpId, Step};
 /// Where a put stands.
 #[derive(Clone, Copy, Debug)]
 enum PutState {
-    /// Not started: the slot is not chosen.
+    /// Not started: stale copies of the key (see `Core::stale`) are tombstoned first, then the
+    /// slot is chosen.
     Start,
+    /// A stale copy's tombstone is in the cached block; its write is queued or in flight.
+    StaleWriting(Location),
     /// The slot is chosen (`target`; `old`: the item's current copy, if any); waiting for the
     /// target block to be usable. `fresh`: the block was never written (no read needed).
     Apply {
@@ -75,10 +79,20 @@ impl PutOp {
     pub(super) fn step<B: Backend>(&mut self, id: OpId, core: &mut Core<B>) -> Step {
         loop {
             match self.state {
-                PutState::Start => match self.choose_slot(core) {
-                    Ok(next) => self.state = next,
-                    Err(e) => return Step::Done(Err(e)),
-                },
+                PutState::Start => {
+                    match core.unlink_stale(&self.key, id) {
+                        Some(Some(loc)) => {
+                            self.state = PutState::StaleWriting(loc);
+                            return Step::Wait;
+                        }
+                        Some(None) => return Step::Wait,
+                        None => {}
+                    }
+                    match self.choose_slot(core) {
+                        Ok(next) => self.state = next,
+                        Err(e) => return Step::Done(Err(e)),
+                    }
+                }
                 PutState::Apply { target, fresh, old } => {
                     let (block, _) = Geometry::of(target.class).locate(target.slot);
                     let Some(e) = core.blocks.acquire(target.class, block, id, true, fresh) else {
@@ -114,7 +128,9 @@ impl PutOp {
                     return Step::Wait;
                 }
                 // Waiting for a write; only `written` moves these on.
-                PutState::Write { .. } | PutState::Unlinking { .. } => return Step::Wait,
+                PutState::StaleWriting(_) | PutState::Write { .. } | PutState::Unlinking { .. } => {
+                    return Step::Wait
+                }
             }
         }
     }
@@ -158,6 +174,11 @@ impl PutOp {
             return self.fail(core, e);
         }
         match self.state {
+            PutState::StaleWriting(loc) => {
+                core.remove_stale(&self.key, loc);
+                self.state = PutState::Start;
+                self.step(id, core)
+            }
             PutState::Write {
                 target,
                 old: Some(old),
@@ -192,7 +213,8 @@ impl PutOp {
     /// copy (or away), and a newly taken slot is freed.
     fn fail<B: Backend>(&mut self, core: &mut Core<B>, err: Error) -> Step {
         match self.state {
-            PutState::Start => {}
+            // A stale copy's tombstone failed: it stays remembered; nothing else was changed.
+            PutState::Start | PutState::StaleWriting(_) => {}
             PutState::Apply { target, old, .. } => {
                 if old != Some(target) {
                     core.release_slot(target);
@@ -212,8 +234,10 @@ impl PutOp {
                 }
             }
             PutState::Unlink { old } | PutState::Unlinking { old } => {
-                // The new copy is durable; the old one keeps its slot (not reused) and loses
-                // to the newer sequence at the next recovery.
+                // The new copy is durable; the old one keeps its slot (not reused), loses to
+                // the newer sequence at the next recovery, and is tombstoned by the key's next
+                // delete.
+                core.add_stale(&self.key, old);
                 tracing::error!(
                     worker = core.id,
                     class = old.class,
