@@ -143,17 +143,13 @@ fn main() -> anyhow::Result<()> {
 
 /// The thread count recorded in an existing data directory, else half the cores (≥ 1).
 fn default_threads(dir: &std::path::Path) -> anyhow::Result<usize> {
-    let manifest = dir.join(kv_engine::manifest::MANIFEST_FILE);
-    match std::fs::read(&manifest) {
-        Ok(bytes) => {
-            let w = kv_engine::manifest::decode(&bytes)
-                .with_context(|| format!("reading {}", manifest.display()))?;
-            Ok(w as usize)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    let recorded = kv_engine::recorded_workers(&kv_engine::Disk::new(dir))
+        .with_context(|| format!("reading the manifest in {}", dir.display()))?;
+    Ok(match recorded {
+        Some(w) => w as usize,
+        None => {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            Ok((cores / 2).max(1))
+            (cores / 2).max(1)
         }
-        Err(e) => Err(e).with_context(|| format!("reading {}", manifest.display())),
-    }
+    })
 }
