@@ -45,6 +45,7 @@
 //! tmpfs: else [`Error::DirectIoUnsupported`]). io_uring is used where the kernel allows it
 //! ([`IoMode`]).
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod backend;
 mod blocking;

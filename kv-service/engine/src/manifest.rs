@@ -13,6 +13,12 @@
 //! Written once, when a directory is first opened, through a temporary file, `fsync` and
 //! `rename`. A manifest with another magic, version or a bad checksum is
 //! [`Error::UnknownFormat`]; another W is [`Error::WorkerCountMismatch`].
+#![deny(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 use super::backend::Storage;
 use super::error::{Error, Result};
 
@@ -106,6 +112,7 @@ pub(crate) fn check_or_create<S: Storage>(storage: &S, workers: u32) -> Result<(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
 

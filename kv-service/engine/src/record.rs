@@ -15,6 +15,12 @@
 //! A slot whose 20 header bytes are all zero is empty. Anything else that does not decode
 //! (bad checksum, reserved bits, lengths that overflow the slot) is corrupt and is treated
 //! as a free slot by recovery; it is never returned to a reader.
+#![deny(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 /// Length of the record header in bytes.
 pub const HEADER_LEN: usize = 20;
@@ -73,10 +79,10 @@ pub fn encode_live(slot: &mut [u8], seq: u64, key: &[u8], value: &[u8]) -> Optio
         return None;
     }
     let (rec, rest) = slot.split_at_mut(len);
-    write_header(rec, 0, key_len, value_len, seq);
-    rec[HEADER_LEN..HEADER_LEN + key.len()].copy_from_slice(key);
-    rec[HEADER_LEN + key.len()..].copy_from_slice(value);
-    seal(rec);
+    write_header(rec, 0, key_len, value_len, seq)?;
+    put(rec, HEADER_LEN, key)?;
+    put(rec, HEADER_LEN + key.len(), value)?;
+    seal(rec)?;
     rest.fill(0);
     Some(len)
 }
@@ -87,23 +93,30 @@ pub fn encode_tombstone(slot: &mut [u8], seq: u64) -> Option<usize> {
         return None;
     }
     let (rec, rest) = slot.split_at_mut(HEADER_LEN);
-    write_header(rec, FLAG_TOMBSTONE, 0, 0, seq);
-    seal(rec);
+    write_header(rec, FLAG_TOMBSTONE, 0, 0, seq)?;
+    seal(rec)?;
     rest.fill(0);
     Some(HEADER_LEN)
 }
 
-fn write_header(rec: &mut [u8], flags: u8, key_len: u16, value_len: u32, seq: u64) {
-    rec[OFF_FLAGS] = flags;
-    rec[OFF_RESERVED] = 0;
-    rec[OFF_KEY_LEN..OFF_KEY_LEN + 2].copy_from_slice(&key_len.to_le_bytes());
-    rec[OFF_VALUE_LEN..OFF_VALUE_LEN + 4].copy_from_slice(&value_len.to_le_bytes());
-    rec[OFF_SEQ..OFF_SEQ + 8].copy_from_slice(&seq.to_le_bytes());
+/// Copies `bytes` to `rec` at `off`; `None` if they do not fit (callers size `rec` first).
+fn put(rec: &mut [u8], off: usize, bytes: &[u8]) -> Option<()> {
+    rec.get_mut(off..off.checked_add(bytes.len())?)?
+        .copy_from_slice(bytes);
+    Some(())
 }
 
-fn seal(rec: &mut [u8]) {
-    let crc = crc32c::crc32c(&rec[OFF_FLAGS..]);
-    rec[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+fn write_header(rec: &mut [u8], flags: u8, key_len: u16, value_len: u32, seq: u64) -> Option<()> {
+    put(rec, OFF_FLAGS, &[flags])?;
+    put(rec, OFF_RESERVED, &[0])?;
+    put(rec, OFF_KEY_LEN, &key_len.to_le_bytes())?;
+    put(rec, OFF_VALUE_LEN, &value_len.to_le_bytes())?;
+    put(rec, OFF_SEQ, &seq.to_le_bytes())
+}
+
+fn seal(rec: &mut [u8]) -> Option<()> {
+    let crc = crc32c::crc32c(rec.get(OFF_FLAGS..)?);
+    put(rec, OFF_CRC, &crc.to_le_bytes())
 }
 
 fn le_u16(b: &[u8], off: usize) -> Option<u16> {
@@ -168,6 +181,7 @@ pub fn sequence_of(slot: &[u8]) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
 

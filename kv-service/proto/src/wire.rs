@@ -686,7 +686,7 @@ pub fn parse_scan_items(body: &[u8], count: u32) -> Result<Vec<Item>, ResponseEr
 /// |---|---|---|
 /// | 0 | 4 | `threads`: server threads W (one partition each) |
 /// | 4 | 4 | `thread_id`: the thread that answered |
-/// | 8 | 4 | `partitioning`: [`PARTITION_FNV1A64_MOD`] |
+/// | 8 | 4 | `partitioning`: [`PARTITION_FNV1A64_MOD`](crate::PARTITION_FNV1A64_MOD) |
 /// | 12 | 4 | `max_key`: largest key in bytes |
 /// | 16 | 4 | `max_value`: largest value in bytes |
 /// | 20 | 4 | `max_scan`: most items per SCAN response |
@@ -720,7 +720,7 @@ pub struct ServerInfo {
     pub threads: u32,
     /// The thread that answered.
     pub thread_id: u32,
-    /// Partitioning scheme ([`PARTITION_FNV1A64_MOD`]).
+    /// Partitioning scheme ([`PARTITION_FNV1A64_MOD`](crate::PARTITION_FNV1A64_MOD)).
     pub partitioning: u32,
     /// Largest key in bytes.
     pub max_key: u32,

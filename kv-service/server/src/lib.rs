@@ -48,6 +48,7 @@
 //! server.shutdown()?; // graceful: finishes in-flight requests, closes the engine
 //! # Ok(()) }
 //! ```
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod server;

@@ -12,7 +12,7 @@
 //!   correct answer either way; the client library routes keys itself, so forwarding only
 //!   happens for clients that do not.
 //! - **SCAN** is per partition: thread `i` answers with worker `i`'s items. The client fans
-//!   a scan out to every thread and merges ([`crate::client::Client::scan`]).
+//!   a scan out to every thread and merges ([`kv_client::Client::scan`]).
 //! - **Writes** are answered only once the engine acknowledged them.
 //! - **Idle behaviour** ([`IdleMode`]): spin while busy, sleep in the socket's wait after a
 //!   quiet spell, or spin always.

@@ -16,8 +16,8 @@
 //!
 //! | backend | where | what |
 //! |---|---|---|
-//! | io_uring | [`uring`] | the default: reads submitted at once, writes in groups; the only `unsafe` I/O code |
-//! | pread / pwrite | [`sync_io`] | synchronous; used by recovery, and chosen at run time (with a warning in the log) where io_uring is unavailable, or forced with [`IoMode::Sync`] |
+//! | io_uring | `backend/uring.rs` | the default: reads submitted at once, writes in groups; the only `unsafe` I/O code |
+//! | pread / pwrite | `backend/sync_io.rs` | synchronous; used by recovery, and chosen at run time (with a warning in the log) where io_uring is unavailable, or forced with [`IoMode::Sync`] |
 //! | [`SimDisk`] | [`sim`] | tests: seeded reordered completions, injected EIO / ENOSPC / short and torn writes, and crashes or power cuts that keep only what was made durable |
 //!
 //! Generic code is monomorphised over the backend (`Worker<B>`), so the data path has no
@@ -31,8 +31,8 @@ pub mod aligned;
 mod disk;
 mod posix;
 pub mod sim;
-pub mod sync_io;
-pub mod uring;
+mod sync_io;
+mod uring;
 
 pub use aligned::AlignedBuf;
 pub use disk::{Disk, DiskBackend};

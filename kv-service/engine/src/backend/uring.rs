@@ -36,7 +36,7 @@ struct InFlight {
 
 /// A submission/completion ring with a queue-depth limit that owns the buffers of the
 /// requests in flight.
-pub struct Ring {
+pub(crate) struct Ring {
     ring: IoUring,
     depth: u32,
     /// Requests in flight by slot number (= the entry's `user_data`); `None` = free slot.
@@ -54,7 +54,7 @@ pub struct Ring {
 
 impl Ring {
     /// Creates a ring allowing `depth` requests in flight.
-    pub fn new(depth: u32) -> Result<Self> {
+    pub(crate) fn new(depth: u32) -> Result<Self> {
         let depth = depth.max(1);
         let entries = depth.next_power_of_two();
         let ring = IoUring::builder()
@@ -75,12 +75,12 @@ impl Ring {
     }
 
     /// Requests pushed and not yet reaped.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight as usize
     }
 
     /// `io_uring_enter` calls made to submit.
-    pub fn submits(&self) -> u64 {
+    pub(crate) fn submits(&self) -> u64 {
         self.submits
     }
 
@@ -90,7 +90,11 @@ impl Ring {
     /// `fd` must stay open until the completion is reaped (the backend owns the files and
     /// drops its ring first); a closed descriptor makes the request fail, it cannot corrupt
     /// memory.
-    pub fn push(&mut self, fd: RawFd, mut req: IoRequest) -> std::result::Result<(), IoRequest> {
+    pub(crate) fn push(
+        &mut self,
+        fd: RawFd,
+        mut req: IoRequest,
+    ) -> std::result::Result<(), IoRequest> {
         if self.in_flight >= self.depth {
             return Err(req);
         }
@@ -150,7 +154,7 @@ impl Ring {
     /// Each `io_uring_enter` that issues O_DIRECT writes costs the calling thread tens of µs on
     /// a virtio disk (the queue kick), whatever the number of writes it carries; writes are
     /// acknowledged only on completion, so they gain little from going out alone.
-    pub fn flush(&mut self) -> io::Result<()> {
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
         let due = self.unsubmitted_reads > 0
             || self.unsubmitted >= WRITE_BATCH
             || self
@@ -164,7 +168,7 @@ impl Ring {
     }
 
     /// Submits everything pushed since the last call, in one system call.
-    pub fn submit(&mut self) -> io::Result<()> {
+    pub(crate) fn submit(&mut self) -> io::Result<()> {
         if self.unsubmitted == 0 {
             return Ok(());
         }
@@ -191,7 +195,7 @@ impl Ring {
 
     /// Submits pending requests and blocks until at least one completion is available (if
     /// anything is in flight).
-    pub fn wait(&mut self) -> io::Result<()> {
+    pub(crate) fn wait(&mut self) -> io::Result<()> {
         if self.in_flight == 0 {
             return Ok(());
         }
@@ -208,7 +212,7 @@ impl Ring {
     }
 
     /// Moves every available completion into `out`, without blocking.
-    pub fn reap(&mut self, out: &mut Vec<IoCompletion>) {
+    pub(crate) fn reap(&mut self, out: &mut Vec<IoCompletion>) {
         for cqe in self.ring.completion() {
             let slot = cqe.user_data() as usize;
             let Some(done) = self.slots.get_mut(slot).and_then(Option::take) else {

@@ -12,6 +12,8 @@
 //! string round-trips.
 //!
 //! Exit status: 0 success, 1 key not found (one-shot get / del), 2 error.
+#![forbid(unsafe_code)]
+
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io::{BufRead, Write};

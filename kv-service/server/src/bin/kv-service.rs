@@ -4,6 +4,8 @@
 //! kv-service [--listen 127.0.0.1:31850] [--data-dir ./kv-data] [--threads N] [--cache-mb 64]
 //!            [--sync] [--transport udp] [--busy-poll | --spin-ms 100] [--no-gro] [--log-level info]
 //! ```
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
