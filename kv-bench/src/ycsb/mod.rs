@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use kv_client::{Client, ClientConfig};
-use kv_service::server::{IdleMode, Server, ServerConfig};
+use kv_service::{IdleMode, Server, ServerConfig};
 use serde::Serialize;
 
 use crate::baseline::redis::RedisServer;

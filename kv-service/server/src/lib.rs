@@ -2,8 +2,11 @@
 //! the `rpc` crate in the wire format of `kv-proto` — and the binaries `kv-service` and
 //! `kv-cli` (built on `kv-client`).
 //!
-//! - [`server`]: the server behind the `kv-service` binary: one thread per engine worker,
-//!   each polling its own Rpc and its own worker (`docs/KV-SERVICE.md`).
+//! - [`Server`]: the server behind the `kv-service` binary, over UDP: one OS thread per engine
+//!   worker, each stepping its own [`ServerThread`] (`docs/KV-SERVICE.md`).
+//! - [`ServerThread`]: one server thread as a state machine (`step(now)`: serving, draining,
+//!   stopped), generic over the transport and the engine's storage backend, so a whole server
+//!   runs under deterministic simulation ([`build_threads`]; see `tests/sim_service.rs`).
 //!
 //! # Example: a server and a client in one process
 //!
@@ -11,7 +14,7 @@
 //!
 //! ```
 //! use kv_client::{Client, ClientConfig, Op, Reply};
-//! use kv_service::server::{Server, ServerConfig};
+//! use kv_service::{Server, ServerConfig};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
 //! let server = Server::start(ServerConfig {
@@ -51,4 +54,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod server;
+mod config;
+mod forward;
+mod server;
+mod state;
+mod thread;
+
+pub use config::{IdleMode, ServerConfig, ServerError};
+pub use server::Server;
+pub use state::ServerState;
+pub use thread::{build_threads, register_handlers, Phase, ServerThread, Shutdown, LINGER};

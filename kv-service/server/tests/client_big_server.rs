@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use kv_client::{Client, ClientConfig, Error, Op, Reply};
-use kv_service::server::{IdleMode, Server, ServerConfig};
+use kv_service::{IdleMode, Server, ServerConfig};
 use rpc::RpcError;
 
 #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use kv_engine::SyncMode;
-use kv_service::server::{IdleMode, Server, ServerConfig};
+use kv_service::{IdleMode, Server, ServerConfig};
 
 /// Persistent key-value server (KVell-derived engine over eRPC-style RPC).
 #[derive(Parser, Debug)]

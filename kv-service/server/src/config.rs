@@ -1,0 +1,109 @@
+//! Server settings and errors.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kv_engine::SyncMode;
+use rpc::RpcError;
+use transports::TransportError;
+
+/// What a server thread does when it has nothing to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdleMode {
+    /// Spin always: lowest latency, one core per thread at 100 %.
+    BusyPoll,
+    /// Spin while requests keep coming; after `spin` without any, sleep in the socket's wait
+    /// (woken by the next packet, at most 1 ms per wait) until a request arrives.
+    SpinThenSleep {
+        /// How long to keep spinning after the last request.
+        spin: Duration,
+    },
+}
+
+impl Default for IdleMode {
+    fn default() -> Self {
+        IdleMode::SpinThenSleep {
+            spin: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Server configuration.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Session-management address `IP:PORT` clients connect to (port 0 picks one). Each
+    /// thread's data socket binds the same IP with an ephemeral port. Default
+    /// `127.0.0.1:31850`.
+    pub listen: String,
+    /// Data directory (created if missing). Default `./kv-data`.
+    pub data_dir: PathBuf,
+    /// Server threads = engine workers W (1..=255). Recorded in the data directory: reopening
+    /// with another W fails. Default 2.
+    pub threads: usize,
+    /// Engine page cache in bytes, split between threads. Default 64 MiB.
+    pub cache_bytes: usize,
+    /// Durability of acknowledged writes. Default [`SyncMode::None`].
+    pub sync: SyncMode,
+    /// Idle behaviour. Default: spin 100 ms, then sleep.
+    pub idle: IdleMode,
+    /// Longest the shutdown waits for in-flight requests. Default 10 s.
+    pub drain_timeout: Duration,
+    /// Receive with UDP GRO ([`UdpConfig::gro`](transports::udp::UdpConfig::gro)). Default `true`.
+    pub udp_gro: bool,
+    /// Largest UDP packet of the threads' sockets. Default
+    /// [`transports::udp::MAX_AUTO_PKT_SIZE`] (8972): each session uses the smaller of this
+    /// and its client's size, which the client library derives from the path MTU (so 8972 on
+    /// loopback and 1472 across a 1500-byte Ethernet). Each thread's receive ring
+    /// preallocates 4096 packets of this size.
+    pub max_pkt_size: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:31850".into(),
+            data_dir: PathBuf::from("./kv-data"),
+            threads: 2,
+            cache_bytes: 64 << 20,
+            sync: SyncMode::None,
+            idle: IdleMode::default(),
+            drain_timeout: Duration::from_secs(10),
+            udp_gro: true,
+            max_pkt_size: transports::udp::MAX_AUTO_PKT_SIZE,
+        }
+    }
+}
+
+/// Errors of the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The engine could not open the data directory.
+    #[error("cannot open the data directory {dir}")]
+    Engine {
+        /// The data directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: kv_engine::Error,
+    },
+    /// The rpc layer failed (e.g. the listen address is in use).
+    #[error("rpc: {0}")]
+    Rpc(#[from] RpcError),
+    /// The transport could not be set up.
+    #[error("transport: {0}")]
+    Transport(#[from] TransportError),
+    /// An operating-system error (spawning threads).
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A server thread failed or panicked.
+    #[error("server thread {thread} failed: {reason}")]
+    Thread {
+        /// The thread.
+        thread: usize,
+        /// Why.
+        reason: String,
+    },
+}
