@@ -5,11 +5,12 @@
 //! [`Client::poll`] / [`Client::wait`] for their [`Reply`]s, in any order). Pipelined GETs,
 //! PUTs and DELETEs to one server thread travel together in BATCH messages
 //! ([`ClientConfig::batch`]); a scan fans out to every server thread and merges the parts as
-//! they arrive.
+//! they arrive ([`kv_proto::ScanMerge`]).
 //!
-//! Every wait is bounded: a request without an answer within [`ClientConfig::timeout`]
-//! completes with [`Error::Timeout`]. A `Client` is one rpc endpoint driven by the calling
-//! thread; use one per thread.
+//! Every request is bounded: its rpc deadline is [`ClientConfig::timeout`], after which it
+//! completes with [`Error::Timeout`] and the rpc layer frees its slot. A `Client` is one rpc
+//! endpoint driven by the calling thread; use one per thread. It depends on `kv-proto` and the
+//! rpc crate only — not on the storage engine.
 //!
 //! ```no_run
 //! use kv_client::{Client, ClientConfig, Op, Reply};
@@ -26,143 +27,35 @@
 //! }
 //! # Ok(()) }
 //! ```
-
+//!
+//! **Any transport.** [`Client::connect`] opens a UDP endpoint and blocks until connected.
+//! [`Client::start`] takes an rpc endpoint the caller made — on any transport, on any clock
+//! (e.g. the simulated fabric on a virtual clock) — and returns at once; the connection then
+//! progresses with every [`Client::run_once`] / [`Client::poll`], so a test can drive clients
+//! and servers from one thread, deterministically.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod config;
+mod decode;
+mod error;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rpc::{Completion, MsgBuf, Nexus, Rpc, RpcConfig, RpcError, SessionId};
+use kv_proto::{self as protocol, op, KeyRouter, Request, ScanMerge, ServerInfo, ThreadStats};
+use rpc::{Completion, Nexus, Rpc, RpcConfig, RpcError, SessionId, SessionState};
 use transports::udp::{UdpConfig, UdpTransport};
+use transports::Transport;
 
-use kv_proto::{self as protocol, op, Request, ServerInfo, Status, ThreadStats};
-use kv_proto::{merge_scan, KeyRouter, MAX_KEY_LEN, MAX_VALUE_LEN};
+pub use config::ClientConfig;
+pub use error::Error;
 pub use kv_proto::{Item, Op, Reply};
 
-/// Client settings.
-#[derive(Clone, Debug)]
-pub struct ClientConfig {
-    /// Longest a request may wait for its answer. Default 5 s.
-    pub timeout: Duration,
-    /// Longest connecting to the server may take. Default 2 s.
-    pub connect_timeout: Duration,
-    /// Spin while waiting (lowest latency) instead of sleeping in the socket's wait.
-    /// Default `true`.
-    pub busy_poll: bool,
-    /// Pipelined API: most requests [`Client::submit`] coalesces into one BATCH message per
-    /// server thread (capped by what the server advertises). Submitted requests wait in a
-    /// per-thread buffer until it is full or the next [`Client::poll`] / [`Client::wait`] /
-    /// [`Client::flush`], so one message, one response and one trip through both kernels carry
-    /// many requests, as Redis pipelining does. A buffer holding a single request goes out as
-    /// a plain request. `0` or `1` sends every request on its own. Default 32.
-    pub batch: usize,
-    /// Receive with UDP GRO (`transports::udp::UdpConfig::gro`). Default `true`.
-    pub udp_gro: bool,
-    /// Largest UDP packet; `None` (default): the path MTU toward the server less the
-    /// headers, at most 8972 (`transports::udp::max_pkt_size_toward`). A session uses the
-    /// smaller of this and the server's.
-    pub max_pkt_size: Option<usize>,
-    /// Receive ring of the client's socket, in packets (preallocated: times the packet
-    /// size). It must hold the credits of one session per server thread (32 each). `None`
-    /// (default): 1024 packets, enough for servers of up to 32 threads; for a bigger server
-    /// the client reopens its endpoint with a ring sized for it while connecting. A fixed
-    /// size too small for the server fails the connect with `Error::Rpc(RingExhausted)`.
-    pub rx_ring_size: Option<usize>,
-    /// Reconnect a session whose server end failed (the server restarted or died) when the
-    /// next request needs it. Requests that were in flight when the failure was detected
-    /// complete with `Error::Rpc(PeerFailed)` (they may or may not have run: they are not
-    /// retried); later ones go out on the new session, or fail with the connect error while
-    /// the server is down. Default `true`.
-    pub auto_reconnect: bool,
-}
+use decode::{decode, decode_batch, Decoded};
 
-impl Default for ClientConfig {
-    fn default() -> Self {
-        Self {
-            timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(2),
-            busy_poll: true,
-            batch: 32,
-            udp_gro: true,
-            max_pkt_size: None,
-            rx_ring_size: None,
-            auto_reconnect: true,
-        }
-    }
-}
-
-/// Errors of the client.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The address could not be parsed or resolved.
-    #[error("invalid server address {0:?}")]
-    BadAddress(String),
-    /// The server did not answer the connect.
-    #[error("server {addr} not reachable")]
-    Unreachable {
-        /// The server address.
-        addr: String,
-        /// Why.
-        #[source]
-        source: RpcError,
-    },
-    /// No answer within the configured timeout.
-    #[error("no answer from the server within {0:?}")]
-    Timeout(Duration),
-    /// The key is longer than the server accepts.
-    #[error("key of {len} bytes exceeds the limit of {max} bytes")]
-    KeyTooLarge {
-        /// The key's length.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// The value is longer than the server accepts.
-    #[error("value of {len} bytes exceeds the limit of {max} bytes")]
-    ValueTooLarge {
-        /// The value's length.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// The server answered with an error status.
-    #[error("server error ({status}): {message}")]
-    Server {
-        /// The status.
-        status: Status,
-        /// The server's explanation.
-        message: String,
-    },
-    /// The server's answer could not be understood.
-    #[error("{0}")]
-    Protocol(#[from] protocol::ResponseError),
-    /// The server is not a compatible kv-service.
-    #[error("incompatible server: {0}")]
-    Incompatible(String),
-    /// The rpc layer failed (local queue full, session lost...).
-    #[error("rpc: {0}")]
-    Rpc(#[from] RpcError),
-}
-
-impl Error {
-    /// Whether this is [`Error::Timeout`].
-    pub fn is_timeout(&self) -> bool {
-        matches!(self, Error::Timeout(_))
-    }
-}
-
-/// What a response decodes to.
-enum Decoded {
-    Reply(Reply),
-    Scan(Vec<Item>, bool),
-    Info(ServerInfo),
-    Stats(ThreadStats),
-    /// Each entry's outcome, in order.
-    Batch(Vec<Result<Reply, Error>>),
-}
-
+/// Who waits for a request's answer.
 enum Owner {
     User(u64),
     Sync,
@@ -179,17 +72,12 @@ enum ScanOwner {
     Sync(u64),
 }
 
-/// A scan in progress: one round asks every server thread for its items from `cursor`.
+/// A scan in progress: one round asks every server thread for its items from the cursor.
 struct ScanOp {
     owner: ScanOwner,
-    max: usize,
-    cursor: Vec<u8>,
-    out: Vec<Item>,
-    parts: Vec<Vec<Item>>,
+    merge: ScanMerge,
     /// Parts of this round still to come.
     left: usize,
-    /// Smallest last key among parts that may hold more items.
-    bound: Option<Vec<u8>>,
     err: Option<Error>,
 }
 
@@ -204,26 +92,51 @@ struct Pending {
 /// A BATCH message is sent once its encoding reaches this size, whatever its count.
 const BATCH_BYTES: usize = 64 << 10;
 
+/// A request the rpc layer holds.
 struct InFlight {
     owner: Owner,
     op: u8,
-    deadline: Instant,
+    session: SessionId,
 }
 
-/// A connection to a kv-service server (all its threads). See the module docs.
-pub struct Client {
-    rpc: Rpc<UdpTransport, ()>,
+/// Where the connection stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Conn {
+    /// Session 0 is connecting; INFO (sync tag) is queued on it.
+    Info(u64),
+    /// INFO answered; the sessions to the other threads are connecting.
+    Sessions,
+    /// Connected to every thread.
+    Ready,
+}
+
+/// What one connect step found.
+enum ConnectStep {
+    Pending,
+    Ready,
+    /// The server needs a receive ring of this many packets (UDP connect only).
+    Reopen(usize),
+}
+
+/// A connection to a kv-service server (all its threads), over transport `T`. See the module
+/// docs.
+pub struct Client<T: Transport = UdpTransport> {
+    rpc: Rpc<T, ()>,
+    nexus: Nexus,
+    /// The server's session-management URI.
+    server: String,
     sessions: Vec<SessionId>,
     info: ServerInfo,
     router: KeyRouter,
     cfg: ClientConfig,
-    server: SocketAddr,
+    conn: Conn,
+    /// Reopen the endpoint with a bigger ring when the server needs it (UDP, default ring).
+    auto_ring: bool,
     next_tag: u64,
     inflight: HashMap<u64, InFlight>,
     user_inflight: usize,
     done: VecDeque<(u64, Result<Reply, Error>)>,
     sync_done: HashMap<u64, Result<Decoded, Error>>,
-    next_expiry_check: Instant,
     buf: Vec<u8>,
     /// Effective batch size (1: no batching).
     batch: usize,
@@ -235,7 +148,8 @@ pub struct Client {
     spare_tags: Vec<Vec<(u64, u8)>>,
     /// Scans in progress, by id.
     scans: HashMap<u64, ScanOp>,
-    _nexus: Nexus,
+    /// Completions taken from the rpc layer, routed after the event loop returns (reused).
+    got: Vec<Completion>,
 }
 
 /// Receive ring of a client whose `ClientConfig::rx_ring_size` is `None`, unless the
@@ -243,7 +157,7 @@ pub struct Client {
 const DEFAULT_RX_RING: usize = 1024;
 
 /// The client's rpc endpoint: rpc `id` of `nexus` on a UDP socket bound to `local_ip`.
-fn open_rpc(
+fn open_udp(
     nexus: &Nexus,
     id: u8,
     local_ip: std::net::IpAddr,
@@ -261,70 +175,209 @@ fn open_rpc(
         ..UdpConfig::default()
     })
     .map_err(RpcError::from)?;
-    let rpc_cfg = RpcConfig {
-        connect_timeout: cfg.connect_timeout,
-        busy_poll: cfg.busy_poll,
-        ..RpcConfig::default()
-    };
-    Ok(Rpc::new(nexus, id, udp, (), rpc_cfg)?)
+    Ok(Rpc::new(nexus, id, udp, (), ClientConfig::rpc_config(cfg))?)
 }
 
-/// How often in-flight requests are checked against their deadlines.
-const EXPIRY_CHECK: Duration = Duration::from_millis(5);
+impl ClientConfig {
+    /// The rpc settings a client endpoint needs (for [`Client::start`] callers that build
+    /// their own): the connect timeout and busy polling of this configuration.
+    pub fn rpc_config(&self) -> RpcConfig {
+        RpcConfig {
+            connect_timeout: self.connect_timeout,
+            busy_poll: self.busy_poll,
+            ..RpcConfig::default()
+        }
+    }
+}
 
-impl Client {
+impl Client<UdpTransport> {
     /// Connects to the server whose listen (session-management) address is `addr`
-    /// (`host:port`): asks thread 0 for the server's thread count and partitioning, then
-    /// opens a session to every thread.
-    pub fn connect(addr: &str, cfg: ClientConfig) -> Result<Client, Error> {
+    /// (`host:port`) over UDP: asks thread 0 for the server's thread count and partitioning,
+    /// then opens a session to every thread. Blocks until connected (at most about the
+    /// connect timeout).
+    pub fn connect(addr: &str, cfg: ClientConfig) -> Result<Self, Error> {
         let server = addr
             .to_socket_addrs()
             .ok()
             .and_then(|mut a| a.next())
             .ok_or_else(|| Error::BadAddress(addr.to_string()))?;
         let local_ip = local_ip_for(server).map_err(|_| Error::BadAddress(addr.to_string()))?;
-        let unreachable = |source| Error::Unreachable {
-            addr: server.to_string(),
-            source,
-        };
         let nexus: Nexus = Nexus::new(&SocketAddr::new(local_ip, 0).to_string(), 0)?;
         let ring = cfg.rx_ring_size.unwrap_or(DEFAULT_RX_RING);
-        let mut rpc = open_rpc(&nexus, 0, local_ip, server, &cfg, ring)?;
-        let uri = server.to_string();
-        let s0 = rpc.connect(&uri, 0).map_err(unreachable)?;
+        let rpc = open_udp(&nexus, 0, local_ip, server, &cfg, ring)?;
+        let auto_ring = cfg.rx_ring_size.is_none();
+        let mut client = Client::start_inner(nexus, rpc, &server.to_string(), cfg, auto_ring)?;
+        match client.block_until_connected()? {
+            None => Ok(client),
+            Some(need) => {
+                // Too many server threads for the default ring: reopen the endpoint (as rpc id
+                // 1 of the same Nexus, the old one still exists) with a ring that holds them
+                // all.
+                let nexus = client.nexus.clone();
+                let cfg = client.cfg.clone();
+                let s0 = client.sessions.first().copied();
+                if let Some(s0) = s0 {
+                    let _ = client.rpc.disconnect(s0);
+                }
+                let rpc = open_udp(&nexus, 1, local_ip, server, &cfg, need)?;
+                drop(client);
+                let mut client = Client::start_inner(nexus, rpc, &server.to_string(), cfg, false)?;
+                client.block_until_connected()?;
+                Ok(client)
+            }
+        }
+    }
+
+    /// The server's listen address.
+    pub fn server_addr(&self) -> Option<SocketAddr> {
+        self.server.parse().ok()
+    }
+}
+
+impl<T: Transport> Client<T> {
+    /// Starts connecting to the server whose Nexus is at `server_uri` (`host:port`, or
+    /// `local:NAME` on a [`LocalHub`](rpc::LocalHub)) over an rpc endpoint of `nexus` the
+    /// caller made — any transport, any clock (see [`ClientConfig::rpc_config`] for its
+    /// settings). Returns at once; the connection progresses with each [`Client::run_once`]
+    /// (or `poll`, `wait`, ...) until [`Client::poll_connect`] says it is ready. The
+    /// endpoint's receive ring must hold 32 credits per server thread.
+    pub fn start(
+        nexus: Nexus,
+        rpc: Rpc<T, ()>,
+        server_uri: &str,
+        cfg: ClientConfig,
+    ) -> Result<Self, Error> {
+        Self::start_inner(nexus, rpc, server_uri, cfg, false)
+    }
+
+    fn start_inner(
+        nexus: Nexus,
+        mut rpc: Rpc<T, ()>,
+        server_uri: &str,
+        cfg: ClientConfig,
+        auto_ring: bool,
+    ) -> Result<Self, Error> {
+        let unreachable = |source| Error::Unreachable {
+            addr: server_uri.to_string(),
+            source,
+        };
+        let s0 = rpc.create_session(server_uri, 0).map_err(unreachable)?;
         let mut client = Client {
             rpc,
+            nexus,
+            server: server_uri.to_string(),
             sessions: vec![s0],
             info: ServerInfo {
                 threads: 1,
                 thread_id: 0,
                 partitioning: protocol::PARTITION_FNV1A64_MOD,
-                max_key: MAX_KEY_LEN as u32,
-                max_value: MAX_VALUE_LEN as u32,
+                max_key: protocol::MAX_KEY_LEN as u32,
+                max_value: protocol::MAX_VALUE_LEN as u32,
                 max_scan: protocol::MAX_SCAN_ITEMS,
                 max_batch: 0,
             },
             router: KeyRouter::new(1),
             cfg,
-            server,
+            conn: Conn::Sessions,
+            auto_ring,
             next_tag: 1,
             inflight: HashMap::new(),
             user_inflight: 0,
             done: VecDeque::new(),
             sync_done: HashMap::new(),
-            next_expiry_check: Instant::now(),
             buf: Vec::new(),
             batch: 1,
             pending: Vec::new(),
             spare_tags: Vec::new(),
             scans: HashMap::new(),
-            _nexus: nexus,
+            got: Vec::new(),
         };
-        let tag = client.send(0, &Request::Info, Owner::Sync)?;
-        let info = match client.wait_sync(tag)? {
-            Decoded::Info(i) => i,
-            _ => return Err(Error::Incompatible("unexpected INFO answer".into())),
-        };
+        // INFO waits in session 0's backlog until the handshake completes.
+        let deadline = client.cfg.connect_timeout;
+        let tag = client.send_with_deadline(0, &Request::Info, Owner::Sync, deadline)?;
+        client.conn = Conn::Info(tag);
+        Ok(client)
+    }
+
+    /// Drives the connect: `Ok(true)` once connected to every server thread, `Ok(false)` while
+    /// under way, an error if it failed.
+    pub fn poll_connect(&mut self) -> Result<bool, Error> {
+        self.pump(Duration::ZERO);
+        match self.connect_step()? {
+            ConnectStep::Ready => Ok(true),
+            ConnectStep::Pending => Ok(false),
+            ConnectStep::Reopen(_) => Err(Error::Rpc(RpcError::RingExhausted)),
+        }
+    }
+
+    /// Runs the connect until it is done; `Some(ring)` if the endpoint must be reopened with a
+    /// ring of that many packets.
+    fn block_until_connected(&mut self) -> Result<Option<usize>, Error> {
+        loop {
+            match self.connect_step()? {
+                ConnectStep::Ready => return Ok(None),
+                ConnectStep::Reopen(need) => return Ok(Some(need)),
+                ConnectStep::Pending => {
+                    self.pump(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+
+    fn unreachable(&self, source: RpcError) -> Error {
+        Error::Unreachable {
+            addr: self.server.clone(),
+            source,
+        }
+    }
+
+    fn connect_step(&mut self) -> Result<ConnectStep, Error> {
+        match self.conn {
+            Conn::Ready => return Ok(ConnectStep::Ready),
+            Conn::Info(tag) => {
+                let Some(r) = self.sync_done.remove(&tag) else {
+                    return Ok(ConnectStep::Pending);
+                };
+                let info = match r {
+                    Ok(Decoded::Info(i)) => i,
+                    Ok(_) => return Err(Error::Incompatible("unexpected INFO answer".into())),
+                    Err(Error::Rpc(e)) => return Err(self.unreachable(e)),
+                    Err(Error::Timeout(_)) => return Err(self.unreachable(RpcError::Timeout)),
+                    Err(e) => return Err(e),
+                };
+                self.on_info(info)?;
+                let need = (info.threads as usize * RpcConfig::default().credits as usize + 64)
+                    .next_power_of_two();
+                if self.auto_ring && need > self.rpc.transport().rx_ring_size() {
+                    return Ok(ConnectStep::Reopen(need));
+                }
+                for t in 1..info.threads {
+                    // A local refusal (e.g. RingExhausted: the ring is too small for the
+                    // server) is an rpc error; the remote's refusal comes as a failed session.
+                    let s = self.rpc.create_session(&self.server, t as u8)?;
+                    self.sessions.push(s);
+                }
+                self.conn = Conn::Sessions;
+            }
+            Conn::Sessions => {}
+        }
+        for &s in &self.sessions {
+            match self.rpc.session_state(s) {
+                Some(SessionState::Connected) => {}
+                Some(SessionState::Connecting) => return Ok(ConnectStep::Pending),
+                Some(SessionState::Failed(f)) => {
+                    let t = self.sessions.iter().position(|&x| x == s).unwrap_or(0);
+                    return Err(self.unreachable(f.to_error(t as u8)));
+                }
+                _ => return Err(self.unreachable(RpcError::InvalidSession(s))),
+            }
+        }
+        self.conn = Conn::Ready;
+        Ok(ConnectStep::Ready)
+    }
+
+    /// Takes in what INFO says: the partitioning, the batch size, the buffers.
+    fn on_info(&mut self, info: ServerInfo) -> Result<(), Error> {
         if info.partitioning != protocol::PARTITION_FNV1A64_MOD {
             return Err(Error::Incompatible(format!(
                 "unknown partitioning scheme {}",
@@ -337,51 +390,15 @@ impl Client {
                 info.threads
             )));
         }
-        let need = (info.threads as usize * RpcConfig::default().credits as usize + 64)
-            .next_power_of_two();
-        if client.cfg.rx_ring_size.is_none() && need > ring {
-            // Too many server threads for the default ring: reopen the endpoint (as rpc id 1
-            // of this Nexus, the old one still exists) with a ring that holds them all.
-            let _ = client.rpc.disconnect(s0);
-            let mut rpc = open_rpc(&client._nexus, 1, local_ip, server, &client.cfg, need)?;
-            let s0 = rpc.connect(&uri, 0).map_err(unreachable)?;
-            client.rpc = rpc;
-            client.sessions = vec![s0];
-        }
-        client.info = info;
-        client.router = KeyRouter::new(info.threads as usize);
-        client.batch = client
+        self.info = info;
+        self.router = KeyRouter::new(info.threads as usize);
+        self.batch = self
             .cfg
             .batch
             .min(info.max_batch.min(protocol::MAX_BATCH) as usize)
             .max(1);
-        client.pending = (0..2 * info.threads).map(|_| Pending::default()).collect();
-        for t in 1..info.threads {
-            let s = client.rpc.create_session(&uri, t as u8)?;
-            client.sessions.push(s);
-        }
-        let deadline = Instant::now() + client.cfg.connect_timeout + Duration::from_millis(500);
-        loop {
-            let mut pending = false;
-            for &s in &client.sessions {
-                match client.rpc.session_state(s) {
-                    Some(rpc::SessionState::Connected) => {}
-                    Some(rpc::SessionState::Connecting) => pending = true,
-                    Some(rpc::SessionState::Failed(f)) => {
-                        return Err(unreachable(f.to_error(t_of(&client.sessions, s))));
-                    }
-                    _ => return Err(unreachable(RpcError::InvalidSession(s))),
-                }
-            }
-            if !pending {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(unreachable(RpcError::Timeout));
-            }
-            client.rpc.run_once();
-        }
-        Ok(client)
+        self.pending = (0..2 * info.threads).map(|_| Pending::default()).collect();
+        Ok(())
     }
 
     /// What the server said about itself at connect time.
@@ -389,14 +406,19 @@ impl Client {
         self.info
     }
 
-    /// The server's listen address.
-    pub fn server_addr(&self) -> SocketAddr {
-        self.server
+    /// The server's session-management URI.
+    pub fn server_uri(&self) -> &str {
+        &self.server
     }
 
     /// The server thread that owns `key`.
     pub fn thread_for(&self, key: &[u8]) -> usize {
         self.router.partition_of(key)
+    }
+
+    /// The client's rpc endpoint (e.g. its transport's counters).
+    pub fn rpc(&self) -> &Rpc<T, ()> {
+        &self.rpc
     }
 
     /// The value of `key`, or `None` if it does not exist.
@@ -421,7 +443,7 @@ impl Client {
     /// (each holds one partition) and merges; continues past the per-response caps until
     /// `max` items are found or the key space is exhausted.
     pub fn scan(&mut self, start: &[u8], max: usize) -> Result<Vec<Item>, Error> {
-        check_key(start)?;
+        protocol::check_key(start)?;
         let tag = self.next_tag;
         self.next_tag += 1;
         self.start_scan(ScanOwner::Sync(tag), start.to_vec(), max);
@@ -447,7 +469,7 @@ impl Client {
         Ok(out)
     }
 
-    /// Pipelined API: issues `cmd` without waiting; its outcome comes out of
+    /// Pipelined API: issues `op` without waiting; its outcome comes out of
     /// [`Client::poll`] or [`Client::wait`] with `tag`. Errors here (key or value too large,
     /// local queue full) mean the request was not issued. With batching
     /// ([`ClientConfig::batch`]) the request may wait in a buffer until the next
@@ -456,7 +478,7 @@ impl Client {
     /// pipeline two writes of one key if their order matters.
     pub fn submit(&mut self, op: Op, tag: u64) -> Result<(), Error> {
         if let Op::Scan { start, max } = op {
-            check_key(&start)?;
+            protocol::check_key(&start)?;
             self.user_inflight += 1;
             self.start_scan(ScanOwner::User(tag), start, max);
             return Ok(());
@@ -469,7 +491,7 @@ impl Client {
         }
         let t = self.check_and_route(&req)?;
         let batch = self.batch;
-        let b = 2 * t + usize::from(!matches!(req, Request::Op(Op::Get { .. })));
+        let b = 2 * t + usize::from(op.is_write());
         let Some(p) = self.pending.get_mut(b) else {
             return Err(Error::Incompatible(format!("no session to thread {t}")));
         };
@@ -507,6 +529,18 @@ impl Client {
         self.done.pop_front()
     }
 
+    /// Runs the event loop once (never blocks): sends buffered requests, receives, routes
+    /// completions. Returns whether anything happened — for a driver that steps clients and
+    /// servers in turn and moves virtual time on when none has work.
+    pub fn run_once(&mut self) -> bool {
+        self.pump(Duration::ZERO)
+    }
+
+    /// When the client's rpc endpoint next has timer work (ns on its clock).
+    pub fn next_timer_ns(&self) -> u64 {
+        self.rpc.next_timer_ns()
+    }
+
     /// Pipelined API: waits for the next finished request; `None` if none is in flight.
     /// Bounded by the request timeout.
     pub fn wait(&mut self) -> Option<(u64, Result<Reply, Error>)> {
@@ -533,17 +567,11 @@ impl Client {
 
     /// Checks the key and value sizes; returns the server thread that owns the key.
     fn check_and_route(&self, req: &Request<'_>) -> Result<usize, Error> {
-        let key = req.key().unwrap_or(&[]);
-        check_key(key)?;
-        if let Request::Op(Op::Put { value, .. }) = req {
-            if value.len() > self.info.max_value as usize {
-                return Err(Error::ValueTooLarge {
-                    len: value.len(),
-                    max: self.info.max_value as usize,
-                });
-            }
-        }
-        Ok(self.router.partition_of(key))
+        let Request::Op(o) = req else {
+            return Ok(0);
+        };
+        o.check_limits(self.info.max_value as usize)?;
+        Ok(self.router.partition_of(o.key()))
     }
 
     fn send_routed(&mut self, req: &Request<'_>, owner: Owner) -> Result<u64, Error> {
@@ -552,9 +580,20 @@ impl Client {
     }
 
     fn send(&mut self, thread: usize, req: &Request<'_>, owner: Owner) -> Result<u64, Error> {
+        let deadline = self.cfg.timeout;
+        self.send_with_deadline(thread, req, owner, deadline)
+    }
+
+    fn send_with_deadline(
+        &mut self,
+        thread: usize,
+        req: &Request<'_>,
+        owner: Owner,
+        deadline: Duration,
+    ) -> Result<u64, Error> {
         protocol::encode_request(req, &mut self.buf);
         let msg = std::mem::take(&mut self.buf);
-        let r = self.send_msg(thread, req.op(), &msg, owner);
+        let r = self.send_msg(thread, req.op(), &msg, owner, deadline);
         self.buf = msg;
         r
     }
@@ -572,26 +611,35 @@ impl Client {
         let spare = self.spare_tags.pop().unwrap_or_default();
         let tags = std::mem::replace(&mut p.tags, spare);
         let mut msg = std::mem::take(&mut p.msg);
+        let deadline = self.cfg.timeout;
         if let [(tag, op)] = tags.as_slice() {
             let (tag, op) = (*tag, *op);
             self.recycle(tags);
             let one = msg.get(protocol::HDR_LEN..).unwrap_or(&[]);
-            if let Err(e) = self.send_msg(thread, op, one, Owner::User(tag)) {
+            if let Err(e) = self.send_msg(thread, op, one, Owner::User(tag), deadline) {
                 self.finish(0, Owner::User(tag), Err(e));
             }
         } else {
             protocol::finish_batch(&mut msg, tags.len() as u32);
             // On failure, send_msg completes the entries itself.
-            let _ = self.send_msg(thread, op::BATCH, &msg, Owner::Batch(tags));
+            let _ = self.send_msg(thread, op::BATCH, &msg, Owner::Batch(tags), deadline);
         }
         if let Some(p) = self.pending.get_mut(b) {
             p.msg = msg;
         }
     }
 
-    /// Enqueues the encoded request `msg` of rpc type `op` to `thread`; returns its rpc tag.
-    /// If it cannot be sent, a BATCH owner's entries complete with the error here.
-    fn send_msg(&mut self, thread: usize, op: u8, msg: &[u8], owner: Owner) -> Result<u64, Error> {
+    /// Enqueues the encoded request `msg` of rpc type `op` to `thread` with the given
+    /// deadline; returns its rpc tag. If it cannot be sent, a BATCH owner's entries complete
+    /// with the error here.
+    fn send_msg(
+        &mut self,
+        thread: usize,
+        op: u8,
+        msg: &[u8],
+        owner: Owner,
+        deadline: Duration,
+    ) -> Result<u64, Error> {
         let session = match self.sessions.get(thread) {
             Some(s) => *s,
             None => {
@@ -602,7 +650,7 @@ impl Client {
         if self.cfg.auto_reconnect
             && matches!(
                 self.rpc.session_state(session),
-                Some(rpc::SessionState::Failed(_))
+                Some(SessionState::Failed(_))
             )
         {
             // Requests enqueued now wait for the new handshake (or fail with it).
@@ -610,21 +658,16 @@ impl Client {
                 tracing::debug!(thread, error = %e, "reconnect refused");
             }
         }
-        let ctx = self.rpc.ctx();
-        let m = ctx.msg_from(msg);
+        let m = self.rpc.ctx().msg_from(msg);
         let tag = self.next_tag;
         self.next_tag += 1;
-        if let Err(e) = self.rpc.enqueue_request(session, op, m, tag) {
+        if let Err(e) = self
+            .rpc
+            .enqueue_request_with_deadline(session, op, m, tag, Some(deadline))
+        {
             return Err(self.fail_owner(owner, Error::Rpc(e)));
         }
-        self.inflight.insert(
-            tag,
-            InFlight {
-                owner,
-                op,
-                deadline: Instant::now() + self.cfg.timeout,
-            },
-        );
+        self.inflight.insert(tag, InFlight { owner, op, session });
         Ok(tag)
     }
 
@@ -644,16 +687,17 @@ impl Client {
         }
     }
 
-    /// Runs the event loop (once, or up to `max` when not busy-polling), routes
-    /// completions and expires overdue requests.
-    fn pump(&mut self, max: Duration) {
+    /// Runs the event loop (once, or up to `max` when not busy-polling) and routes the
+    /// completions. Returns whether anything happened.
+    fn pump(&mut self, max: Duration) -> bool {
         self.flush();
-        let mut got: Vec<Completion> = Vec::new();
-        if self.cfg.busy_poll || max.is_zero() {
-            self.rpc.run_once();
+        let mut got = std::mem::take(&mut self.got);
+        let work = if self.cfg.busy_poll || max.is_zero() {
+            let w = self.rpc.run_once();
             while let Some(c) = self.rpc.poll_completion() {
                 got.push(c);
             }
+            w
         } else {
             self.rpc.run_until(
                 |r| {
@@ -663,33 +707,20 @@ impl Client {
                     !got.is_empty()
                 },
                 max,
-            );
-        }
-        for c in got {
+            )
+        };
+        let work = work || !got.is_empty();
+        for c in got.drain(..) {
             self.route(c);
         }
-        let now = Instant::now();
-        if now >= self.next_expiry_check {
-            self.next_expiry_check = now + EXPIRY_CHECK;
-            let expired: Vec<u64> = self
-                .inflight
-                .iter()
-                .filter(|(_, f)| f.deadline <= now)
-                .map(|(t, _)| *t)
-                .collect();
-            for t in expired {
-                if let Some(f) = self.inflight.remove(&t) {
-                    self.finish(t, f.owner, Err(Error::Timeout(self.cfg.timeout)));
-                }
-            }
-        }
+        self.got = got;
+        work
     }
 
     fn route(&mut self, c: Completion) {
-        let ctx = self.rpc.ctx();
-        ctx.free_msg(c.req);
+        self.rpc.ctx().free_msg(c.req);
         let Some(f) = self.inflight.remove(&c.tag) else {
-            // Answer to a request that already timed out.
+            // Answer to a request already given up on (a cancelled scan part).
             if let Ok(m) = c.result {
                 self.rpc.ctx().free_msg(m);
             }
@@ -698,18 +729,18 @@ impl Client {
         let result = match c.result {
             Ok(m) => {
                 let r = match &f.owner {
-                    Owner::Batch(tags) => decode_batch(tags, &m),
-                    _ => decode(f.op, &m),
+                    Owner::Batch(tags) => decode_batch(tags, m.as_slice()),
+                    _ => decode(f.op, m.as_slice()),
                 };
                 self.rpc.ctx().free_msg(m);
                 r
             }
-            Err(e) => Err(Error::Rpc(e)),
+            Err(e) => Err(Error::from_rpc(e, self.cfg.timeout)),
         };
         self.finish(c.tag, f.owner, result);
     }
 
-    /// Starts a scan: a SCAN of the rest to every server thread.
+    /// Starts a scan: a SCAN from `start` to every server thread.
     fn start_scan(&mut self, owner: ScanOwner, start: Vec<u8>, max: usize) {
         let id = self.next_tag;
         self.next_tag += 1;
@@ -717,12 +748,8 @@ impl Client {
             id,
             ScanOp {
                 owner,
-                max,
-                cursor: start,
-                out: Vec::new(),
-                parts: Vec::new(),
+                merge: ScanMerge::new(start, max),
                 left: 0,
-                bound: None,
                 err: None,
             },
         );
@@ -731,30 +758,25 @@ impl Client {
 
     /// Sends scan `id`'s next round, or completes it if it has all its items.
     fn scan_round(&mut self, id: u64) {
+        let cap = self.info.max_scan;
+        let threads = self.sessions.len();
         let Some(sc) = self.scans.get_mut(&id) else {
             return;
         };
-        if sc.out.len() >= sc.max {
+        let Some((cursor, count)) = sc.merge.next_round(cap) else {
             self.end_scan(id);
             return;
-        }
-        let ask = (sc.max - sc.out.len()).min(self.info.max_scan.max(1) as usize) as u32;
-        let cursor = std::mem::take(&mut sc.cursor);
-        let threads = self.sessions.len();
+        };
+        let cursor = cursor.to_vec();
         sc.left = threads;
-        sc.parts.clear();
-        sc.bound = None;
         for t in 0..threads {
             let req = Request::Op(Op::Scan {
                 start: &cursor,
-                max: ask as usize,
+                max: count as usize,
             });
             if let Err(e) = self.send(t, &req, Owner::ScanPart(id)) {
                 self.on_scan_part(id, Err(e));
             }
-        }
-        if let Some(sc) = self.scans.get_mut(&id) {
-            sc.cursor = cursor;
         }
     }
 
@@ -763,23 +785,12 @@ impl Client {
         let Some(sc) = self.scans.get_mut(&id) else {
             return;
         };
+        let was_ok = sc.err.is_none();
         match result {
             Ok(Decoded::Scan(items, more)) => {
-                if more {
-                    match items.last() {
-                        Some((last, _)) => {
-                            if !matches!(&sc.bound, Some(b) if b <= last) {
-                                sc.bound = Some(last.clone());
-                            }
-                        }
-                        None => {
-                            sc.err.get_or_insert(Error::Incompatible(
-                                "SCAN answer flagged more items but holds none".into(),
-                            ));
-                        }
-                    }
+                if let Err(e) = sc.merge.add_part(items, more) {
+                    sc.err.get_or_insert(Error::Incompatible(e.to_string()));
                 }
-                sc.parts.push(items);
             }
             Ok(_) => {
                 sc.err
@@ -790,26 +801,35 @@ impl Client {
             }
         }
         sc.left = sc.left.saturating_sub(1);
+        let first_error = was_ok && sc.err.is_some();
         if sc.left > 0 {
+            if first_error {
+                // The scan has failed: free the other parts' rpc slots now.
+                self.cancel_scan_parts(id);
+            }
             return;
         }
         if sc.err.is_some() {
             self.end_scan(id);
             return;
         }
-        // Below `bound`, every partition returned all its items; above it, some did not.
-        let parts = std::mem::take(&mut sc.parts);
-        let mut merged = merge_scan(parts, sc.max - sc.out.len());
-        if let Some(b) = &sc.bound {
-            merged.retain(|(k, _)| k <= b);
+        if sc.merge.end_round() {
+            self.scan_round(id);
+        } else {
+            self.end_scan(id);
         }
-        sc.out.extend(merged);
-        match sc.bound.as_deref().map(successor) {
-            Some(Some(next)) if sc.out.len() < sc.max => {
-                sc.cursor = next;
-                self.scan_round(id);
-            }
-            _ => self.end_scan(id),
+    }
+
+    /// Cancels the parts of scan `id` still in flight; they complete as cancelled.
+    fn cancel_scan_parts(&mut self, id: u64) {
+        let parts: Vec<(SessionId, u64)> = self
+            .inflight
+            .iter()
+            .filter(|(_, f)| matches!(f.owner, Owner::ScanPart(s) if s == id))
+            .map(|(&tag, f)| (f.session, tag))
+            .collect();
+        for (session, tag) in parts {
+            self.rpc.cancel_request(session, tag);
         }
     }
 
@@ -819,7 +839,7 @@ impl Client {
         };
         let result = match sc.err {
             Some(e) => Err(e),
-            None => Ok(Decoded::Reply(Reply::Items(sc.out))),
+            None => Ok(Decoded::Reply(Reply::Items(sc.merge.finish()))),
         };
         match sc.owner {
             ScanOwner::Sync(tag) => self.finish(tag, Owner::Sync, result),
@@ -832,7 +852,7 @@ impl Client {
     fn fail_owner(&mut self, owner: Owner, e: Error) -> Error {
         if let Owner::Batch(tags) = owner {
             for &(tag, _) in &tags {
-                self.finish(0, Owner::User(tag), Err(share(&e)));
+                self.finish(0, Owner::User(tag), Err(e.clone()));
             }
             self.recycle(tags);
         }
@@ -858,12 +878,12 @@ impl Client {
                     Ok(_) => {
                         let e = Error::Incompatible("BATCH answer of the wrong shape".into());
                         for &(user, _) in &tags {
-                            self.finish(0, Owner::User(user), Err(share(&e)));
+                            self.finish(0, Owner::User(user), Err(e.clone()));
                         }
                     }
                     Err(e) => {
                         for &(user, _) in &tags {
-                            self.finish(0, Owner::User(user), Err(share(&e)));
+                            self.finish(0, Owner::User(user), Err(e.clone()));
                         }
                     }
                 }
@@ -885,158 +905,6 @@ impl Client {
     }
 }
 
-/// Index of session `s` in `sessions` (= the server thread it leads to).
-fn t_of(sessions: &[SessionId], s: SessionId) -> u8 {
-    sessions.iter().position(|&x| x == s).unwrap_or(0) as u8
-}
-
-fn check_key(key: &[u8]) -> Result<(), Error> {
-    if key.len() > MAX_KEY_LEN {
-        return Err(Error::KeyTooLarge {
-            len: key.len(),
-            max: MAX_KEY_LEN,
-        });
-    }
-    Ok(())
-}
-
-/// The smallest key (of at most [`MAX_KEY_LEN`] bytes) greater than `key`, if any.
-fn successor(key: &[u8]) -> Option<Vec<u8>> {
-    let mut k = key.to_vec();
-    if k.len() < MAX_KEY_LEN {
-        k.push(0);
-        return Some(k);
-    }
-    while let Some(&last) = k.last() {
-        if last == u8::MAX {
-            k.pop();
-        } else {
-            if let Some(b) = k.last_mut() {
-                *b += 1;
-            }
-            return Some(k);
-        }
-    }
-    None
-}
-
-/// Decodes the response `m` to a request of type `op`.
-fn decode(op: u8, m: &MsgBuf) -> Result<Decoded, Error> {
-    let r = protocol::parse_response(m.as_slice())?;
-    decode_parsed(op, &r)
-}
-
-/// Decodes a parsed response to a request of type `op`.
-fn decode_parsed(op: u8, r: &protocol::Response<'_>) -> Result<Decoded, Error> {
-    match r.status {
-        Status::Ok => {}
-        Status::NotFound if op == op::GET || op == op::DELETE => {
-            return Ok(Decoded::Reply(Reply::NotFound))
-        }
-        Status::KeyTooLarge => {
-            return Err(Error::KeyTooLarge {
-                len: 0,
-                max: MAX_KEY_LEN,
-            })
-        }
-        Status::ValueTooLarge => {
-            return Err(Error::ValueTooLarge {
-                len: 0,
-                max: MAX_VALUE_LEN,
-            })
-        }
-        status => {
-            return Err(Error::Server {
-                status,
-                message: r.message(),
-            })
-        }
-    }
-    Ok(match op {
-        op::GET => Decoded::Reply(Reply::Value(r.body.to_vec())),
-        op::PUT => Decoded::Reply(Reply::Written),
-        op::DELETE => Decoded::Reply(Reply::Deleted),
-        op::SCAN => Decoded::Scan(
-            protocol::parse_scan_items(r.body, r.count)?,
-            r.flags & protocol::RESP_FLAG_MORE != 0,
-        ),
-        op::INFO => Decoded::Info(ServerInfo::parse(r.body)?),
-        op::STATS => Decoded::Stats(ThreadStats::parse(r.body)?),
-        _ => return Err(Error::Incompatible(format!("unknown request type {op}"))),
-    })
-}
-
-/// Decodes the response to a BATCH whose entries had the operations in `tags`.
-fn decode_batch(tags: &[(u64, u8)], m: &MsgBuf) -> Result<Decoded, Error> {
-    let r = protocol::parse_response(m.as_slice())?;
-    if r.status != Status::Ok {
-        return Err(Error::Server {
-            status: r.status,
-            message: r.message(),
-        });
-    }
-    if r.count as usize != tags.len() {
-        return Err(Error::Incompatible(format!(
-            "BATCH of {} answered with {} entries",
-            tags.len(),
-            r.count
-        )));
-    }
-    let parts = protocol::parse_batch_responses(r.body, r.count)?;
-    let replies = tags
-        .iter()
-        .zip(parts)
-        .map(|(&(_, op), part)| {
-            decode_parsed(op, &part).and_then(|d| match d {
-                Decoded::Reply(r) => Ok(r),
-                _ => Err(Error::Incompatible("unexpected BATCH entry".into())),
-            })
-        })
-        .collect();
-    Ok(Decoded::Batch(replies))
-}
-
-/// A copy of `e` for each request of a batch that failed as a whole (rpc errors that hold
-/// OS errors are copied as their message).
-fn share(e: &Error) -> Error {
-    match e {
-        Error::BadAddress(a) => Error::BadAddress(a.clone()),
-        Error::Timeout(d) => Error::Timeout(*d),
-        Error::KeyTooLarge { len, max } => Error::KeyTooLarge {
-            len: *len,
-            max: *max,
-        },
-        Error::ValueTooLarge { len, max } => Error::ValueTooLarge {
-            len: *len,
-            max: *max,
-        },
-        Error::Server { status, message } => Error::Server {
-            status: *status,
-            message: message.clone(),
-        },
-        Error::Protocol(p) => Error::Protocol(p.clone()),
-        Error::Incompatible(s) => Error::Incompatible(s.clone()),
-        Error::Rpc(r) | Error::Unreachable { source: r, .. } => Error::Rpc(match r {
-            RpcError::Overloaded => RpcError::Overloaded,
-            RpcError::RemoteOverloaded => RpcError::RemoteOverloaded,
-            RpcError::DeadlineExceeded => RpcError::DeadlineExceeded,
-            RpcError::PeerFailed => RpcError::PeerFailed,
-            RpcError::SessionClosed => RpcError::SessionClosed,
-            RpcError::HandlerFailed => RpcError::HandlerFailed,
-            RpcError::Cancelled => RpcError::Cancelled,
-            RpcError::Timeout => RpcError::Timeout,
-            RpcError::NoHandler(t) => RpcError::NoHandler(*t),
-            RpcError::NotConnected(s) => RpcError::NotConnected(*s),
-            RpcError::InvalidSession(s) => RpcError::InvalidSession(*s),
-            RpcError::MsgTooLarge { size, max } => RpcError::MsgTooLarge {
-                size: *size,
-                max: *max,
-            },
-            other => RpcError::Io(std::io::Error::other(other.to_string())),
-        }),
-    }
-}
-
 /// The local IP the OS would use to reach `server`.
 fn local_ip_for(server: SocketAddr) -> std::io::Result<std::net::IpAddr> {
     let any: SocketAddr = if server.is_ipv4() {
@@ -1047,27 +915,4 @@ fn local_ip_for(server: SocketAddr) -> std::io::Result<std::net::IpAddr> {
     let s = UdpSocket::bind(any)?;
     s.connect(server)?;
     Ok(s.local_addr()?.ip())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn successor_is_the_next_key() {
-        assert_eq!(successor(b"a"), Some(b"a\0".to_vec()));
-        let max = vec![7u8; MAX_KEY_LEN];
-        let mut next = max.clone();
-        if let Some(b) = next.last_mut() {
-            *b = 8;
-        }
-        assert_eq!(successor(&max), Some(next));
-        let mut ff = vec![1u8; MAX_KEY_LEN];
-        ff[MAX_KEY_LEN - 1] = 0xff;
-        ff[MAX_KEY_LEN - 2] = 0xff;
-        let mut want = vec![1u8; MAX_KEY_LEN - 2];
-        want[MAX_KEY_LEN - 3] = 2;
-        assert_eq!(successor(&ff), Some(want));
-        assert_eq!(successor(&vec![0xffu8; MAX_KEY_LEN]), None);
-    }
 }
