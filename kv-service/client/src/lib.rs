@@ -99,6 +99,17 @@ struct InFlight {
     session: SessionId,
 }
 
+/// Counters of a client.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientCounters {
+    /// BATCH messages sent.
+    pub batches: u64,
+    /// Requests those BATCH messages carried.
+    pub batched: u64,
+    /// Requests sent on their own (single GET / PUT / DELETE, SCAN parts, INFO, STATS).
+    pub single: u64,
+}
+
 /// Where the connection stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Conn {
@@ -150,6 +161,7 @@ pub struct Client<T: Transport = UdpTransport> {
     scans: HashMap<u64, ScanOp>,
     /// Completions taken from the rpc layer, routed after the event loop returns (reused).
     got: Vec<Completion>,
+    counters: ClientCounters,
 }
 
 /// Receive ring of a client whose `ClientConfig::rx_ring_size` is `None`, unless the
@@ -291,6 +303,7 @@ impl<T: Transport> Client<T> {
             spare_tags: Vec::new(),
             scans: HashMap::new(),
             got: Vec::new(),
+            counters: ClientCounters::default(),
         };
         // INFO waits in session 0's backlog until the handshake completes.
         let deadline = client.cfg.connect_timeout;
@@ -414,6 +427,11 @@ impl<T: Transport> Client<T> {
     /// The server thread that owns `key`.
     pub fn thread_for(&self, key: &[u8]) -> usize {
         self.router.partition_of(key)
+    }
+
+    /// How many requests went out batched and how many alone.
+    pub fn counters(&self) -> ClientCounters {
+        self.counters
     }
 
     /// The client's rpc endpoint (e.g. its transport's counters).
@@ -667,6 +685,13 @@ impl<T: Transport> Client<T> {
         {
             return Err(self.fail_owner(owner, Error::Rpc(e)));
         }
+        match &owner {
+            Owner::Batch(tags) => {
+                self.counters.batches += 1;
+                self.counters.batched += tags.len() as u64;
+            }
+            _ => self.counters.single += 1,
+        }
         self.inflight.insert(tag, InFlight { owner, op, session });
         Ok(tag)
     }
@@ -822,13 +847,15 @@ impl<T: Transport> Client<T> {
 
     /// Cancels the parts of scan `id` still in flight; they complete as cancelled.
     fn cancel_scan_parts(&mut self, id: u64) {
-        let parts: Vec<(SessionId, u64)> = self
+        let mut parts: Vec<(u64, SessionId)> = self
             .inflight
             .iter()
             .filter(|(_, f)| matches!(f.owner, Owner::ScanPart(s) if s == id))
-            .map(|(&tag, f)| (f.session, tag))
+            .map(|(&tag, f)| (tag, f.session))
             .collect();
-        for (session, tag) in parts {
+        // In tag order: the same calls in the same order every run (the map's order is not).
+        parts.sort_unstable();
+        for (tag, session) in parts {
             self.rpc.cancel_request(session, tag);
         }
     }
