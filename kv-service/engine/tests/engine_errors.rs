@@ -213,3 +213,30 @@ fn kernel_write_errors_surface_and_are_undone() {
     let engine = Engine::open(dir.path(), cfg(1)).expect("reopen");
     assert_eq!(engine.get(b"k00590").expect("get"), Some(vec![b'o'; 900]));
 }
+
+/// Where a seccomp filter refuses io_uring (as some container profiles do), `IoMode::Uring`
+/// is a clear error and the default `IoMode::Auto` falls back to pread / pwrite — and works.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn without_io_uring_the_engine_falls_back_to_pread_pwrite() {
+    let dir = tempdir();
+    let out = Command::new(env!("CARGO_BIN_EXE_engine-crash-child"))
+        .arg("no-uring")
+        .arg(dir.path())
+        .output()
+        .expect("run the child");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("URING_ERR") && l.contains("io_uring")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("BACKEND pread/pwrite"), "{stdout}");
+    assert!(stdout.contains("READ_BACK"), "{stdout}");
+}

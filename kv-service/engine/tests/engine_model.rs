@@ -3,7 +3,7 @@
 //! reopening the engine at random points.
 use std::collections::BTreeMap;
 
-use kv_engine::{Engine, EngineConfig};
+use kv_engine::{Engine, EngineConfig, IoMode};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -43,11 +43,12 @@ fn action() -> impl Strategy<Value = Action> {
     ]
 }
 
-fn config(workers: usize) -> EngineConfig {
+fn config(workers: usize, io: IoMode) -> EngineConfig {
     EngineConfig {
         workers,
         // Tiny cache: most operations need real I/O and evictions happen.
         cache_bytes: workers * 48 * 1024,
+        io,
         ..EngineConfig::default()
     }
 }
@@ -56,9 +57,14 @@ proptest! {
     #![proptest_config(testkit::proptest_config(40, "proptest-regressions/engine_model.txt"))]
 
     #[test]
-    fn engine_matches_btreemap(workers in 1usize..4, actions in prop::collection::vec(action(), 1..80)) {
+    fn engine_matches_btreemap(
+        workers in 1usize..4,
+        // Both block I/O backends of a real disk: io_uring, and the pread/pwrite fallback.
+        io in prop::sample::select(vec![IoMode::Auto, IoMode::Sync]),
+        actions in prop::collection::vec(action(), 1..80),
+    ) {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
-        let mut engine = Engine::open(dir.path(), config(workers)).expect("open");
+        let mut engine = Engine::open(dir.path(), config(workers, io)).expect("open");
         let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         for a in actions {
             match a {
@@ -83,7 +89,7 @@ proptest! {
                 }
                 Action::Reopen => {
                     engine.close();
-                    engine = Engine::open(dir.path(), config(workers)).expect("reopen");
+                    engine = Engine::open(dir.path(), config(workers, io)).expect("reopen");
                     let rec = engine.recovery_stats();
                     prop_assert_eq!(rec.live as usize, model.len());
                     prop_assert_eq!(rec.corrupt, 0);
@@ -93,7 +99,7 @@ proptest! {
         }
         // Final full comparison, after one more reopen.
         engine.close();
-        let engine = Engine::open(dir.path(), config(workers)).expect("reopen");
+        let engine = Engine::open(dir.path(), config(workers, io)).expect("reopen");
         let all: Vec<(Vec<u8>, Vec<u8>)> = model.into_iter().collect();
         prop_assert_eq!(engine.scan(b"", usize::MAX).expect("scan"), all);
     }

@@ -9,10 +9,14 @@
 //!   length (SIGXFSZ ignored), overwrites an item that lies past the limit and prints
 //!   `WRITE_ERR <error>` and whether the old value is still read back (`OLD_VALUE_KEPT`);
 //!   then grows a file past the limit and prints `GROW_ERR <error>`.
+//! - `engine-crash-child no-uring DIR`: installs a seccomp filter that refuses
+//!   `io_uring_setup` (EPERM), as a container profile may; opens the engine with
+//!   `IoMode::Uring` and prints `URING_ERR <error>`, then with `IoMode::Auto` and prints
+//!   `BACKEND <name>`, writes, reopens and prints `READ_BACK` if the data survived.
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use kv_engine::{Engine, EngineConfig};
+use kv_engine::{Engine, EngineConfig, IoMode};
 
 /// Number of keys used by the crash test; key `i` is `format!("key-{i:04}")`.
 pub const KEYS: u64 = 240;
@@ -140,6 +144,89 @@ fn fsize(dir: &str) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Makes `io_uring_setup` fail with EPERM in this process from now on (x86_64 numbering).
+fn refuse_io_uring() -> Result<(), Box<dyn std::error::Error>> {
+    const SYS_IO_URING_SETUP: u32 = 425;
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let mut filter = [
+        // Load the system call number (offset 0 of struct seccomp_data).
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+        // io_uring_setup: fall through to EPERM; anything else: skip to ALLOW.
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: SYS_IO_URING_SETUP,
+        },
+        stmt(
+            libc::BPF_RET | libc::BPF_K,
+            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        ),
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_mut_ptr(),
+    };
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes plain integers.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: `prog` points to `filter`, a valid BPF program that outlives the call (the
+    // kernel copies it).
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &prog as *const libc::sock_fprog,
+        )
+    } != 0
+    {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
+}
+
+fn no_uring(dir: &str) -> Result<(), Box<dyn std::error::Error>> {
+    refuse_io_uring()?;
+    let uring = EngineConfig {
+        workers: 1,
+        io: IoMode::Uring,
+        ..EngineConfig::default()
+    };
+    match Engine::open(dir, uring) {
+        Ok(_) => println!("URING_OK"),
+        Err(e) => println!("URING_ERR {e}"),
+    }
+    let auto = EngineConfig {
+        workers: 1,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::open(dir, auto.clone())?;
+    println!(
+        "BACKEND {}",
+        engine.stats()?.first().map_or("", |s| s.backend)
+    );
+    for i in 0..500u32 {
+        engine.put(format!("k{i:04}").as_bytes(), &i.to_le_bytes())?;
+    }
+    engine.close();
+    let engine = Engine::open(dir, auto)?;
+    let ok = (0..500u32).all(|i| {
+        engine.get(format!("k{i:04}").as_bytes()).ok() == Some(Some(i.to_le_bytes().to_vec()))
+    });
+    if ok {
+        println!("READ_BACK");
+    }
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -149,6 +236,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             crash(dir, seed)
         }
         Some("fsize") => fsize(args.get(2).ok_or("missing DIR")?),
-        _ => Err("usage: engine-crash-child crash DIR SEED | fsize DIR".into()),
+        Some("no-uring") => no_uring(args.get(2).ok_or("missing DIR")?),
+        _ => Err("usage: engine-crash-child crash DIR SEED | fsize DIR | no-uring DIR".into()),
     }
 }
