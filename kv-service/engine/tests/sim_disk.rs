@@ -576,10 +576,9 @@ fn reordered_completions_keep_each_keys_order() {
     }
 }
 
-/// Found by `random_io_errors_are_answered_undone_and_survive_crashes`: a move whose old copy
-/// could not be tombstoned left that copy live on disk; a later acknowledged delete tombstoned
-/// only the new copy, so after a restart the old value came back. A delete now tombstones such
-/// stale copies too before it is acknowledged.
+/// A move whose old copy could not be tombstoned leaves that copy live on disk. A later
+/// acknowledged delete must tombstone it too, or after a restart the old value would be the
+/// key's only live record and come back.
 #[test]
 fn a_deleted_key_stays_deleted_after_a_failed_move() {
     for crash in [CrashKind::Process, CrashKind::Power] {
@@ -614,9 +613,8 @@ fn a_deleted_key_stays_deleted_after_a_failed_move() {
     }
 }
 
-/// The same stale copy must not come back when the key's newest copy is destroyed by a torn
-/// overwrite in place (found with seed 104 of the test above): the key's next write tombstones
-/// stale copies before anything else.
+/// Nor may that stale copy come back when the key's newest copy is destroyed by a torn
+/// overwrite in place: the key's next write tombstones stale copies before anything else.
 #[test]
 fn a_stale_copy_does_not_come_back_when_the_newest_copy_is_torn() {
     for seed in testkit::seeds(&[1, 2, 3, 4]) {

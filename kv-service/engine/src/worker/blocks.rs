@@ -1,6 +1,7 @@
 //! Block I/O: the page cache's blocks and the I/O that loads and writes them.
 //!
-//! Per cached block, the state that used to live in the cache's entries:
+//! Per cached block (indexed like the cache's entries; the cache itself knows only whether an
+//! entry is pinned):
 //! - `loading`: a read is in flight (the cache lent its buffer to the backend); operations that
 //!   need the block wait in `blocked`, so concurrent misses on one block cause one read;
 //! - `write`: `Queued` (a write waits for room in the backend's queue: further changes join
