@@ -156,6 +156,10 @@ impl Server {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     shutdown.stop();
+                    // This thread and the ones after it never run.
+                    for _ in threads.len()..w {
+                        shutdown.drained_one();
+                    }
                     for t in threads {
                         let _ = t.join();
                     }
@@ -287,6 +291,7 @@ fn thread_main(id: usize, a: ThreadArgs) -> Result<(), ServerError> {
     let mut t = match made {
         Ok(t) => t,
         Err(e) => {
+            a.shutdown.drained_one();
             let _ = a.ready.send((id, Err(e.to_string())));
             return Err(e);
         }

@@ -67,7 +67,9 @@ impl Shutdown {
         self.stop.clone()
     }
 
-    fn drained_one(&self) {
+    /// One more thread has nothing left to finish (or will never run: a thread that failed
+    /// to start counts too, or the others would wait for it until the drain timeout).
+    pub(crate) fn drained_one(&self) {
         self.drained.fetch_add(1, Ordering::AcqRel);
     }
 
