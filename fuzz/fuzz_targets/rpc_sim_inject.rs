@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use rpc::pkthdr::{PktHdr, PktType, HDR_SIZE, MAGIC, VERSION};
-use rpc::{LocalHub, MsgBuf, Nexus, Rpc, RpcConfig, SessionId, SessionState};
+use rpc::{LocalHub, MsgBuf, Nexus, Rpc, RpcConfig, SessionId, SessionState, VirtualClock};
 use transports::sim::{SimFabric, SimTransport};
 use transports::{RouteId, RoutingInfo, Transport, TransportError, TransportKind};
 use transports::{TransportStats, TxPkt};
@@ -145,6 +145,7 @@ fn check(buf: &[u8], id: u64) -> bool {
 
 struct Net {
     fabric: SimFabric,
+    clock: VirtualClock,
     _hub: LocalHub,
     server: Rpc<Tap, Server>,
     client: Rpc<Tap, ()>,
@@ -165,7 +166,8 @@ fn config() -> RpcConfig {
 
 /// Builds the two Rpcs and connects the client to the server.
 fn net() -> Net {
-    let fabric = SimFabric::new(7);
+    let clock = VirtualClock::new();
+    let fabric = SimFabric::with_clock(7, clock.reader());
     let hub = LocalHub::new();
     let sn: Nexus<Server> = Nexus::new_local(&hub, "server", 0).unwrap();
     sn.register(ECHO, |st: &mut Server, ctx, req| {
@@ -197,12 +199,12 @@ fn net() -> Net {
     };
     let mut server = Rpc::new(&sn, 0, st, Server::default(), config()).unwrap();
     let mut client = Rpc::new(&cn, 0, ct, (), config()).unwrap();
-    let clock = fabric.virtual_clock().unwrap();
     server.use_virtual_clock(clock.clone());
-    client.use_virtual_clock(clock);
+    client.use_virtual_clock(clock.clone());
     let session = client.create_session("local:server", 0).unwrap();
     let mut n = Net {
         fabric,
+        clock,
         _hub: hub,
         server,
         client,
@@ -242,7 +244,7 @@ fn step(n: &mut Net, g: &mut Guard) {
         g.busy_steps = 0;
         let timer = n.server.next_timer_ns().min(n.client.next_timer_ns());
         let next = n.fabric.next_delivery().map_or(timer, |d| d.min(timer));
-        n.fabric.set_now(next.max(n.fabric.now_ns() + 1));
+        n.clock.advance_to(next.max(n.fabric.now_ns() + 1));
     }
 }
 

@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use transports::rng::SplitMix64;
 use transports::{RouteId, RoutingInfo, TransportError, TransportKind};
 
 use crate::config::RpcConfig;
@@ -146,7 +147,7 @@ pub struct Ctx {
     pub(crate) completions: VecDeque<Completion>,
     pub(crate) sync_done: Vec<Completion>,
     pub(crate) stats: RpcStats,
-    rng: u64,
+    rng: SplitMix64,
     now: u64,
 }
 
@@ -180,18 +181,13 @@ impl Ctx {
             completions: VecDeque::new(),
             sync_done: Vec::new(),
             stats: RpcStats::default(),
-            rng: seed,
+            rng: SplitMix64::new(seed),
             now: 0,
         }
     }
 
     fn rand32(&mut self) -> u32 {
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        let v = (z ^ (z >> 31)) as u32;
-        v.max(1)
+        (self.rng.next_u64() as u32).max(1)
     }
 
     // ------------------------------------------------------------------ public API

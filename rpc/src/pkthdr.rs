@@ -29,60 +29,35 @@ pub const MAGIC: u8 = 0xE7;
 /// The header version this crate speaks.
 pub const VERSION: u8 = 1;
 
-/// The kind of a datapath packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum PktType {
-    /// A request packet (client to server).
-    Req = 1,
-    /// A request-for-response: the client pulls response packet `k >= 1` (client to server).
-    Rfr = 2,
-    /// An explicit credit return for a non-final request packet (server to client).
-    CreditReturn = 3,
-    /// A response packet (server to client).
-    Resp = 4,
-}
-
-impl PktType {
-    /// Parses the wire value.
-    pub fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            1 => Self::Req,
-            2 => Self::Rfr,
-            3 => Self::CreditReturn,
-            4 => Self::Resp,
-            _ => return None,
-        })
+transports::wire_enum! {
+    /// The kind of a datapath packet.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum PktType {
+        /// A request packet (client to server).
+        Req = 1,
+        /// A request-for-response: the client pulls response packet `k >= 1` (client to server).
+        Rfr = 2,
+        /// An explicit credit return for a non-final request packet (server to client).
+        CreditReturn = 3,
+        /// A response packet (server to client).
+        Resp = 4,
     }
 }
 
-/// Status carried by response packets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum RespStatus {
-    /// The handler produced the response.
-    Ok = 0,
-    /// No handler is registered for the request type.
-    NoHandler = 1,
-    /// The server could not accept the request right now (background queue full).
-    Overloaded = 2,
-    /// The handler's response was larger than the session allows.
-    ResponseTooLarge = 3,
-    /// The handler failed (panicked or dropped the request).
-    HandlerFailed = 4,
-}
-
-impl RespStatus {
-    /// Parses the wire value.
-    pub fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            0 => Self::Ok,
-            1 => Self::NoHandler,
-            2 => Self::Overloaded,
-            3 => Self::ResponseTooLarge,
-            4 => Self::HandlerFailed,
-            _ => return None,
-        })
+transports::wire_enum! {
+    /// Status carried by response packets.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum RespStatus {
+        /// The handler produced the response.
+        Ok = 0,
+        /// No handler is registered for the request type.
+        NoHandler = 1,
+        /// The server could not accept the request right now (background queue full).
+        Overloaded = 2,
+        /// The handler's response was larger than the session allows.
+        ResponseTooLarge = 3,
+        /// The handler failed (panicked or dropped the request).
+        HandlerFailed = 4,
     }
 }
 

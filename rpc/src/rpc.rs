@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use transports::sim::VirtualClock;
 use transports::{Transport, TxPkt};
 
 use crate::config::RpcConfig;
@@ -12,6 +11,7 @@ use crate::ctx::{Completion, Ctx, Request};
 use crate::msgbuf::MsgBuf;
 use crate::nexus::{BgDone, BgJob, Handler, HandlerTable, Nexus, QUEUE_CAP};
 use crate::pkthdr::RespStatus;
+use crate::runtime::clock::{Clock, VirtualClock};
 use crate::session::{SessionId, SessionState};
 use crate::sm::SmIn;
 use crate::stats::RpcStats;
@@ -19,20 +19,6 @@ use crate::RpcError;
 
 /// A continuation: receives every completion of this Rpc's requests.
 pub type Continuation<S> = Box<dyn FnMut(&mut S, &mut Ctx, Completion)>;
-
-enum Clock {
-    Real(Instant),
-    Virtual(VirtualClock),
-}
-
-impl Clock {
-    fn now(&self) -> u64 {
-        match self {
-            Clock::Real(t) => t.elapsed().as_nanos() as u64,
-            Clock::Virtual(c) => c.now_ns(),
-        }
-    }
-}
 
 /// Packets handed to the transport per `tx_burst` call.
 const TX_BATCH: usize = 32;
@@ -141,7 +127,7 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
             bg_tx: nexus.bg_sender(),
             bg_done_tx,
             bg_done_rx,
-            clock: Clock::Real(Instant::now()),
+            clock: Clock::wall(),
             next_scan: 0,
             scan_interval,
             transport,
@@ -150,7 +136,8 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
         })
     }
 
-    /// Makes the Rpc read time from a virtual clock (for deterministic simulation tests).
+    /// Makes the Rpc read time from a virtual clock (for deterministic simulation tests; share
+    /// the clock with a simulated fabric through `SimFabric::with_clock(seed, clock.reader())`).
     pub fn use_virtual_clock(&mut self, clock: VirtualClock) {
         self.clock = Clock::Virtual(clock);
         self.next_scan = 0;

@@ -21,79 +21,49 @@ pub const SM_MSG_SIZE: usize = 128;
 const SM_MAGIC: [u8; 2] = *b"SM";
 const SM_VERSION: u8 = 1;
 
-/// SM message types.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum SmType {
-    /// Client asks to open a session.
-    ConnectReq = 1,
-    /// Server's answer to a connect request.
-    ConnectResp = 2,
-    /// Client closes a session.
-    DisconnectReq = 3,
-    /// Server confirms a disconnect.
-    DisconnectResp = 4,
-    /// Liveness ping from a client end to its server end.
-    ClientPing = 5,
-    /// The server end's answer to a [`SmType::ClientPing`].
-    ServerPong = 6,
-    /// Liveness ping from a server end to its client end.
-    ServerPing = 7,
-    /// The client end's answer to a [`SmType::ServerPing`].
-    ClientPong = 8,
-}
-
-impl SmType {
-    fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            1 => Self::ConnectReq,
-            2 => Self::ConnectResp,
-            3 => Self::DisconnectReq,
-            4 => Self::DisconnectResp,
-            5 => Self::ClientPing,
-            6 => Self::ServerPong,
-            7 => Self::ServerPing,
-            8 => Self::ClientPong,
-            _ => return None,
-        })
+transports::wire_enum! {
+    /// SM message types.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum SmType {
+        /// Client asks to open a session.
+        ConnectReq = 1,
+        /// Server's answer to a connect request.
+        ConnectResp = 2,
+        /// Client closes a session.
+        DisconnectReq = 3,
+        /// Server confirms a disconnect.
+        DisconnectResp = 4,
+        /// Liveness ping from a client end to its server end.
+        ClientPing = 5,
+        /// The server end's answer to a [`SmType::ClientPing`].
+        ServerPong = 6,
+        /// Liveness ping from a server end to its client end.
+        ServerPing = 7,
+        /// The client end's answer to a [`SmType::ServerPing`].
+        ClientPong = 8,
     }
 }
 
-/// Status codes carried by SM responses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum SmStatus {
-    /// Success.
-    Ok = 0,
-    /// The server has no Rpc with the requested id.
-    NoSuchRpc = 1,
-    /// The server Rpc's session limit is reached.
-    TooManySessions = 2,
-    /// The server Rpc's receive ring cannot admit another session's credits.
-    RingExhausted = 3,
-    /// Client and server use different transports.
-    TransportMismatch = 4,
-    /// The server could not resolve the client's routing info.
-    RoutingResolution = 5,
-    /// The session named does not exist (disconnect of an unknown session).
-    InvalidSession = 6,
-    /// Session parameters (window, credits, sizes) are unacceptable.
-    BadConfig = 7,
-}
-
-impl SmStatus {
-    fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            0 => Self::Ok,
-            1 => Self::NoSuchRpc,
-            2 => Self::TooManySessions,
-            3 => Self::RingExhausted,
-            4 => Self::TransportMismatch,
-            5 => Self::RoutingResolution,
-            6 => Self::InvalidSession,
-            7 => Self::BadConfig,
-            _ => return None,
-        })
+transports::wire_enum! {
+    /// Status codes carried by SM responses.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum SmStatus {
+        /// Success.
+        Ok = 0,
+        /// The server has no Rpc with the requested id.
+        NoSuchRpc = 1,
+        /// The server Rpc's session limit is reached.
+        TooManySessions = 2,
+        /// The server Rpc's receive ring cannot admit another session's credits.
+        RingExhausted = 3,
+        /// Client and server use different transports.
+        TransportMismatch = 4,
+        /// The server could not resolve the client's routing info.
+        RoutingResolution = 5,
+        /// The session named does not exist (disconnect of an unknown session).
+        InvalidSession = 6,
+        /// Session parameters (window, credits, sizes) are unacceptable.
+        BadConfig = 7,
     }
 }
 

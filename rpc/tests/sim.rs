@@ -10,7 +10,7 @@ use rpc::{
     ConnectFailure, LocalHub, MsgBuf, Nexus, ReqHandle, Rpc, RpcConfig, RpcError, SessionId,
     SessionState,
 };
-use transports::sim::{LinkFaults, SimFabric, SimTransport};
+use transports::sim::{LinkFaults, SimTransport};
 use transports::{
     RouteId, RoutingInfo, Transport, TransportError, TransportKind, TransportStats, TxPkt,
 };
@@ -24,15 +24,13 @@ const RING: usize = 4096;
 /// fabric's virtual clock when it has one.
 fn sim_rpc<S: 'static>(
     nexus: &Nexus<S>,
-    fabric: &SimFabric,
+    fabric: &Sim,
     ring: usize,
     state: S,
     cfg: RpcConfig,
 ) -> Rpc<SimTransport, S> {
     let mut rpc = Rpc::new(nexus, 0, fabric.transport(MTU, ring), state, cfg).unwrap();
-    if let Some(clock) = fabric.virtual_clock() {
-        rpc.use_virtual_clock(clock);
-    }
+    fabric.adopt(&mut rpc);
     rpc
 }
 
@@ -68,7 +66,7 @@ fn server_nexus(hub: &LocalHub, name: &str) -> Nexus<Server> {
 }
 
 struct Net {
-    fabric: SimFabric,
+    fabric: Sim,
     _hub: LocalHub,
     server: Rpc<SimTransport, Server>,
     client: Rpc<SimTransport, ()>,
@@ -76,7 +74,7 @@ struct Net {
 }
 
 fn net(seed: u64, server_cfg: RpcConfig, client_cfg: RpcConfig) -> Net {
-    let fabric = SimFabric::new(seed);
+    let fabric = Sim::new(seed);
     let hub = LocalHub::new();
     let sn = server_nexus(&hub, "server");
     let cn: Nexus<()> = Nexus::new_local(&hub, "client", 0).unwrap();
@@ -332,7 +330,7 @@ fn continuation_issues_requests_beyond_the_window() {
         issued: u64,
         done: Vec<u64>,
     }
-    let fabric = SimFabric::new(7);
+    let fabric = Sim::new(7);
     let hub = LocalHub::new();
     let sn = server_nexus(&hub, "server");
     let cn: Nexus<Client> = Nexus::new_local(&hub, "client", 0).unwrap();
@@ -379,7 +377,7 @@ fn nested_rpc_from_a_handler() {
         waiting: HashMap<u64, ReqHandle>,
         next_tag: u64,
     }
-    let fabric = SimFabric::new(8);
+    let fabric = Sim::new(8);
     let hub = LocalHub::new();
     let bn = server_nexus(&hub, "backend");
     let mn: Nexus<Middle> = Nexus::new_local(&hub, "middle", 0).unwrap();
@@ -424,7 +422,7 @@ fn nested_rpc_from_a_handler() {
 
 #[test]
 fn background_handlers_run_on_nexus_threads() {
-    let fabric = SimFabric::new_realtime(9);
+    let fabric = Sim::realtime(9);
     let hub = LocalHub::new();
     let sn: Nexus<()> = Nexus::new_local(&hub, "server", 2).unwrap();
     let main_thread = std::thread::current().id();
@@ -552,7 +550,7 @@ fn try_connect<T: Transport, S: 'static>(
 
 #[test]
 fn connect_error_matrix() {
-    let fabric = SimFabric::new_realtime(11);
+    let fabric = Sim::realtime(11);
     let hub = LocalHub::new();
     let sn = server_nexus(&hub, "server");
     let cfg = RpcConfig {
@@ -641,7 +639,7 @@ fn connect_error_matrix() {
 
 #[test]
 fn requests_on_a_failed_session_complete_with_errors() {
-    let fabric = SimFabric::new_realtime(12);
+    let fabric = Sim::realtime(12);
     let hub = LocalHub::new();
     let sn = server_nexus(&hub, "server");
     let mut server = sim_rpc(&sn, &fabric, RING, Server::default(), sim_config(1));
@@ -959,7 +957,7 @@ fn backlogged_requests_over_the_agreed_size_fail_and_the_rest_run() {
 
 #[test]
 fn a_panicking_handler_fails_its_request_only() {
-    let fabric = SimFabric::new(23);
+    let fabric = Sim::new(23);
     let hub = LocalHub::new();
     let sn: Nexus<()> = Nexus::new_local(&hub, "server", 0).unwrap();
     sn.register(ECHO, |_, ctx, req| {

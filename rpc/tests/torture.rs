@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use common::*;
 use rpc::{LocalHub, MsgBuf, Nexus, Rpc, RpcConfig, SessionId};
-use transports::sim::{LinkFaults, SimFabric, SimTransport};
+use transports::sim::{LinkFaults, SimTransport};
 
 const ECHO: u8 = 1;
 
@@ -63,7 +63,7 @@ fn torture(t: Torture) {
         "torture seed {} (rerun: TEST_SEEDS={} cargo test -p rpc --test torture)",
         t.seed, t.seed
     );
-    let fabric = SimFabric::new(t.seed);
+    let fabric = Sim::new(t.seed);
     fabric.set_default_faults(LinkFaults {
         drop: 0.3,
         duplicate: 0.05,
@@ -83,9 +83,8 @@ fn torture(t: Torture) {
     )
     .unwrap();
     let mut client = Rpc::new(&cn, 0, fabric.transport(t.mtu, ring), (), config(2)).unwrap();
-    let clock = fabric.virtual_clock().unwrap();
-    server.use_virtual_clock(clock.clone());
-    client.use_virtual_clock(clock);
+    fabric.adopt(&mut server);
+    fabric.adopt(&mut client);
     let sessions: Vec<SessionId> = (0..t.sessions)
         .map(|_| client.create_session("local:server", 0).unwrap())
         .collect();
@@ -180,7 +179,7 @@ fn torture_long_up_to_8_mb() {
 
 #[test]
 fn replayed_packets_of_a_closed_session_are_dropped() {
-    let fabric = SimFabric::new(40);
+    let fabric = Sim::new(40);
     let hub = LocalHub::new();
     let sn = server_nexus(&hub);
     let cn: Nexus<()> = Nexus::new_local(&hub, "client", 0).unwrap();
@@ -194,9 +193,8 @@ fn replayed_packets_of_a_closed_session_are_dropped() {
     .unwrap();
     let server_node = 1;
     let mut client = Rpc::new(&cn, 0, fabric.transport(1024, 4096), (), config(2)).unwrap();
-    let clock = fabric.virtual_clock().unwrap();
-    server.use_virtual_clock(clock.clone());
-    client.use_virtual_clock(clock);
+    fabric.adopt(&mut server);
+    fabric.adopt(&mut client);
 
     let run = |server: &mut Rpc<SimTransport, Server>,
                client: &mut Rpc<SimTransport, ()>,

@@ -43,10 +43,12 @@
 use std::fmt;
 use std::time::Duration;
 
+#[macro_use]
+pub mod wire;
 pub mod conformance;
 #[cfg(feature = "rdma")]
 pub mod rdma;
-mod rng;
+pub mod rng;
 pub mod sim;
 mod sockaddr;
 pub mod tcp;
@@ -55,35 +57,24 @@ pub mod udp;
 /// Identifies one resolved route (a remote endpoint) inside one transport instance.
 pub type RouteId = u32;
 
-/// The kind of a transport. Both ends of a session must use the same kind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum TransportKind {
-    /// Kernel UDP sockets.
-    Udp = 1,
-    /// The in-process simulated fabric.
-    Sim = 2,
-    /// Kernel TCP streams.
-    Tcp = 3,
-    /// InfiniBand unreliable datagram (verbs).
-    InfinibandUd = 4,
-    /// InfiniBand reliable connection (verbs).
-    InfinibandRc = 5,
+wire_enum! {
+    /// The kind of a transport. Both ends of a session must use the same kind.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum TransportKind {
+        /// Kernel UDP sockets.
+        Udp = 1,
+        /// The in-process simulated fabric.
+        Sim = 2,
+        /// Kernel TCP streams.
+        Tcp = 3,
+        /// InfiniBand unreliable datagram (verbs).
+        InfinibandUd = 4,
+        /// InfiniBand reliable connection (verbs).
+        InfinibandRc = 5,
+    }
 }
 
 impl TransportKind {
-    /// Parses the wire value of a transport kind.
-    pub fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            1 => Self::Udp,
-            2 => Self::Sim,
-            3 => Self::Tcp,
-            4 => Self::InfinibandUd,
-            5 => Self::InfinibandRc,
-            _ => return None,
-        })
-    }
-
     /// A short lowercase name ("udp", "sim", ...).
     pub fn name(self) -> &'static str {
         match self {

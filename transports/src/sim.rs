@@ -7,8 +7,11 @@
 //!
 //! Time is virtual by default: nothing moves until the test calls [`SimFabric::advance`] or
 //! [`SimFabric::set_now`]; [`SimFabric::next_delivery`] tells when the next packet lands, so a
-//! driver can jump straight to it. [`SimFabric::new_realtime`] makes a fabric whose clock is the
-//! wall clock instead, for tests that run endpoints on several threads.
+//! driver can jump straight to it. A fabric can also read its time from a clock that someone
+//! else owns ([`SimFabric::with_clock`]) — the way a simulation shares one virtual clock between
+//! the fabric and the endpoints that use it (the rpc crate's `VirtualClock`). The fabric keeps
+//! no clock type of its own. [`SimFabric::new_realtime`] makes a fabric whose clock is the wall
+//! clock instead, for tests that run endpoints on several threads.
 //!
 //! Each endpoint's receive ring holds `ring_size` packets; packets that arrive while it is full
 //! are dropped and counted, as a NIC would.
@@ -45,27 +48,6 @@ impl Default for LinkFaults {
             delay_ns: 1_000,
             reorder_ns: 0,
         }
-    }
-}
-
-/// A virtual clock in nanoseconds, shared by the fabric and whoever wants to read it.
-#[derive(Clone, Debug, Default)]
-pub struct VirtualClock(Arc<AtomicU64>);
-
-impl VirtualClock {
-    /// The current virtual time in nanoseconds.
-    pub fn now_ns(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
-    }
-
-    /// Moves the clock forward by `ns`.
-    pub(crate) fn advance(&self, ns: u64) {
-        self.0.fetch_add(ns, Ordering::AcqRel);
-    }
-
-    /// Moves the clock to `ns` if that is later than now.
-    pub(crate) fn set_max(&self, ns: u64) {
-        self.0.fetch_max(ns, Ordering::AcqRel);
     }
 }
 
@@ -141,40 +123,53 @@ impl State {
     }
 }
 
-/// The clock of a simulated fabric: virtual (it moves only when told to) or the wall clock.
+/// Where a simulated fabric's time comes from (also used by the simulated verbs device).
 pub(crate) enum Clock {
-    Virtual(VirtualClock),
+    /// Virtual time kept by the fabric, moved by `advance` / `set_now`.
+    Manual(AtomicU64),
+    /// Time read from a clock owned elsewhere (e.g. the rpc crate's `VirtualClock`).
+    External(Box<dyn Fn() -> u64 + Send + Sync>),
+    /// The wall clock, from the fabric's creation.
     Real(Instant),
 }
 
 impl Clock {
+    /// Virtual time at 0, kept by the fabric.
+    pub(crate) fn manual() -> Self {
+        Clock::Manual(AtomicU64::new(0))
+    }
+
+    /// Time read from `now`.
+    pub(crate) fn external(now: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        Clock::External(Box::new(now))
+    }
+
+    /// The wall clock, from now.
+    pub(crate) fn real() -> Self {
+        Clock::Real(Instant::now())
+    }
+
     /// Current time in nanoseconds.
     pub(crate) fn now_ns(&self) -> u64 {
         match self {
-            Clock::Virtual(c) => c.now_ns(),
+            Clock::Manual(t) => t.load(Ordering::Acquire),
+            Clock::External(now) => now(),
             Clock::Real(start) => start.elapsed().as_nanos() as u64,
         }
     }
 
-    /// The virtual clock, if this is one.
-    pub(crate) fn virtual_clock(&self) -> Option<VirtualClock> {
-        match self {
-            Clock::Virtual(c) => Some(c.clone()),
-            Clock::Real(_) => None,
-        }
-    }
-
-    /// Moves virtual time forward by `ns` (no effect on the wall clock).
+    /// Moves the fabric's own virtual time forward by `ns` (no effect on other clocks).
     pub(crate) fn advance(&self, ns: u64) {
-        if let Clock::Virtual(c) = self {
-            c.advance(ns);
+        if let Clock::Manual(t) = self {
+            t.fetch_add(ns, Ordering::AcqRel);
         }
     }
 
-    /// Moves virtual time to `ns` if that is later (no effect on the wall clock).
+    /// Moves the fabric's own virtual time to `ns` if that is later (no effect on other
+    /// clocks).
     pub(crate) fn set_now(&self, ns: u64) {
-        if let Clock::Virtual(c) = self {
-            c.set_max(ns);
+        if let Clock::Manual(t) = self {
+            t.fetch_max(ns, Ordering::AcqRel);
         }
     }
 
@@ -212,15 +207,23 @@ pub struct SimFabric {
 impl SimFabric {
     /// A fabric with virtual time starting at 0 and a random generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
-        Self::with_clock(seed, Clock::Virtual(VirtualClock::default()))
+        Self::with_time(seed, Clock::manual())
+    }
+
+    /// A fabric whose time is `now()` (nanoseconds), read from a clock owned elsewhere: a test
+    /// shares one virtual clock between the fabric and its endpoints this way (with the rpc
+    /// crate: `SimFabric::with_clock(seed, clock.reader())`). `now` must never go backwards.
+    /// [`SimFabric::advance`] and [`SimFabric::set_now`] have no effect; move the clock itself.
+    pub fn with_clock(seed: u64, now: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        Self::with_time(seed, Clock::external(now))
     }
 
     /// A fabric whose clock is the wall clock (for multi-threaded tests).
     pub fn new_realtime(seed: u64) -> Self {
-        Self::with_clock(seed, Clock::Real(Instant::now()))
+        Self::with_time(seed, Clock::real())
     }
 
-    fn with_clock(seed: u64, clock: Clock) -> Self {
+    fn with_time(seed: u64, clock: Clock) -> Self {
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
@@ -250,22 +253,19 @@ impl SimFabric {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The virtual clock, if this fabric uses virtual time.
-    pub fn virtual_clock(&self) -> Option<VirtualClock> {
-        self.shared.clock.virtual_clock()
-    }
-
     /// The fabric's current time in nanoseconds.
     pub fn now_ns(&self) -> u64 {
         self.shared.clock.now_ns()
     }
 
-    /// Moves virtual time forward by `ns` (no effect on a real-time fabric).
+    /// Moves the fabric's own virtual time forward by `ns` (no effect on a fabric whose time
+    /// comes from elsewhere).
     pub fn advance(&self, ns: u64) {
         self.shared.clock.advance(ns);
     }
 
-    /// Sets virtual time to `ns` if that is later than now.
+    /// Sets the fabric's own virtual time to `ns` if that is later than now (no effect on a
+    /// fabric whose time comes from elsewhere).
     pub fn set_now(&self, ns: u64) {
         self.shared.clock.set_now(ns);
     }

@@ -18,7 +18,7 @@ use kv_engine::backend::sim::SimBackend;
 use kv_engine::{open_workers_with, Engine, EngineConfig, KeyRouter, SimDisk, SyncMode};
 use kv_proto::{self as protocol, Request, Status};
 use kv_service::{build_threads, register_handlers, Phase, ServerState, ServerThread, Shutdown};
-use rpc::{LocalHub, MsgBuf, Nexus, Rpc, RpcConfig, SessionState};
+use rpc::{LocalHub, MsgBuf, Nexus, Rpc, RpcConfig, SessionState, VirtualClock};
 use transports::sim::{LinkFaults, SimFabric, SimTransport};
 
 const THREADS: usize = 3;
@@ -140,6 +140,8 @@ struct Sim {
     seed: u64,
     rng: Rng,
     fabric: SimFabric,
+    /// The virtual clock the fabric and every Rpc read.
+    clock: VirtualClock,
     /// The in-process session-management network every Nexus is on.
     _hub: LocalHub,
     disk: SimDisk,
@@ -230,7 +232,8 @@ impl Sim {
         } else {
             SyncMode::None
         };
-        let fabric = SimFabric::new(seed);
+        let clock = VirtualClock::new();
+        let fabric = SimFabric::with_clock(seed, clock.reader());
         fabric.set_default_faults(LinkFaults {
             drop: 0.02,
             duplicate: 0.02,
@@ -245,8 +248,7 @@ impl Sim {
         register_handlers(&nexus).expect("handlers");
         // The server first: a client's first session needs its Rpcs to exist.
         let shutdown = Shutdown::new(THREADS, Duration::from_secs(10));
-        let threads = start_threads(&fabric, &disk, &nexus, sync, seed, &shutdown);
-        let clock = fabric.virtual_clock().expect("virtual clock");
+        let threads = start_threads(&fabric, &clock, &disk, &nexus, sync, seed, &shutdown);
         let mut clients = Vec::new();
         for i in 0..CLIENTS {
             let cn: Nexus = Nexus::new_local(&hub, &format!("client-{i}"), 0).expect("nexus");
@@ -268,12 +270,13 @@ impl Sim {
             rpc_config(seed + 200),
         )
         .expect("rpc");
-        rpc.use_virtual_clock(clock);
+        rpc.use_virtual_clock(clock.clone());
         let session = rpc.create_session("local:server", 0).expect("session");
         let mut sim = Sim {
             seed,
             rng: Rng(seed),
             fabric,
+            clock,
             _hub: hub,
             disk,
             sync,
@@ -308,6 +311,7 @@ impl Sim {
         let seed = self.seed + self.stats.restarts * 10;
         self.threads = start_threads(
             &self.fabric,
+            &self.clock,
             &self.disk,
             &self.nexus,
             self.sync,
@@ -355,7 +359,7 @@ impl Sim {
                 next = next.min(c.next_timer_ns());
             }
             next = next.min(self.raw.rpc.next_timer_ns());
-            self.fabric.set_now(next.max(now + 1));
+            self.clock.advance_to(next.max(now + 1));
         }
         assert!(
             self.now() < LIMIT_NS,
@@ -771,9 +775,10 @@ impl Sim {
 }
 
 /// Recovers the engine from `disk` and builds the server threads on new endpoints of
-/// `fabric`, on its virtual clock.
+/// `fabric`, on the virtual `clock` they share.
 fn start_threads(
     fabric: &SimFabric,
+    clock: &VirtualClock,
     disk: &SimDisk,
     nexus: &Nexus<ServerState<SimBackend>>,
     sync: SyncMode,
@@ -784,7 +789,6 @@ fn start_threads(
     let transports = (0..THREADS).map(|_| fabric.transport(MTU, RING)).collect();
     let mut threads =
         build_threads(nexus, opened, transports, &rpc_config(seed), shutdown).expect("threads");
-    let clock = fabric.virtual_clock().expect("virtual clock");
     for t in &mut threads {
         t.rpc_mut().use_virtual_clock(clock.clone());
     }

@@ -2,8 +2,55 @@
 //! simulated fabric, and payload patterns that let both ends verify every byte.
 #![allow(dead_code)]
 
-use rpc::{Rpc, RpcConfig};
+use rpc::{Rpc, RpcConfig, VirtualClock};
 use transports::sim::{SimFabric, SimTransport};
+
+/// A simulated fabric and the virtual clock it shares with the Rpcs of a test (none for a
+/// real-time fabric). Derefs to the fabric.
+pub struct Sim {
+    pub fabric: SimFabric,
+    pub clock: Option<VirtualClock>,
+}
+
+impl Sim {
+    /// A fabric in virtual time, seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        let clock = VirtualClock::new();
+        Self {
+            fabric: SimFabric::with_clock(seed, clock.reader()),
+            clock: Some(clock),
+        }
+    }
+
+    /// A fabric on the wall clock (for tests that also use threads).
+    pub fn realtime(seed: u64) -> Self {
+        Self {
+            fabric: SimFabric::new_realtime(seed),
+            clock: None,
+        }
+    }
+
+    /// Puts `rpc` on this simulation's virtual clock, if it has one.
+    pub fn adopt<T: transports::Transport, S: 'static>(&self, rpc: &mut Rpc<T, S>) {
+        if let Some(c) = &self.clock {
+            rpc.use_virtual_clock(c.clone());
+        }
+    }
+
+    /// Moves virtual time to `ns` (no effect in real time).
+    pub fn set_now(&self, ns: u64) {
+        if let Some(c) = &self.clock {
+            c.advance_to(ns);
+        }
+    }
+}
+
+impl std::ops::Deref for Sim {
+    type Target = SimFabric;
+    fn deref(&self) -> &SimFabric {
+        &self.fabric
+    }
+}
 
 /// Something the driver can step.
 pub trait Step {
@@ -25,7 +72,7 @@ pub const VIRTUAL_LIMIT_NS: u64 = 2_000_000_000_000;
 
 /// Steps every Rpc once; when none had work, jumps virtual time to the next packet delivery
 /// or timer. Panics when virtual time passes [`VIRTUAL_LIMIT_NS`] (a stuck test).
-pub fn step(fabric: &SimFabric, rpcs: &mut [&mut dyn Step]) {
+pub fn step(fabric: &Sim, rpcs: &mut [&mut dyn Step]) {
     let mut work = false;
     for r in rpcs.iter_mut() {
         work |= r.step();

@@ -110,37 +110,30 @@ impl Ord for Ident {
     }
 }
 
-/// What a handshake frame says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// Connecting side → accepting side: who I am, whom I expect, my largest packet.
-    Hello = 1,
-    /// Accepting side → connecting side: the connection is the link between us.
-    Accept = 2,
-    /// Accepting side → connecting side: no; the connection is closed after this frame.
-    Reject = 3,
+crate::wire_enum! {
+    /// What a handshake frame says.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Kind {
+        /// Connecting side → accepting side: who I am, whom I expect, my largest packet.
+        Hello = 1,
+        /// Accepting side → connecting side: the connection is the link between us.
+        Accept = 2,
+        /// Accepting side → connecting side: no; the connection is closed after this frame.
+        Reject = 3,
+    }
 }
 
-/// Why a hello was rejected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RejectReason {
-    /// The hello named another instance than the acceptor's (the peer restarted).
-    WrongInstance = 1,
-    /// The acceptor is itself connecting to the sender and its connection wins (lower routing
-    /// info): the sender waits for that connection instead.
-    Simultaneous = 2,
-    /// A connection limit was reached.
-    Busy = 3,
-}
-
-impl RejectReason {
-    fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            1 => Self::WrongInstance,
-            2 => Self::Simultaneous,
-            3 => Self::Busy,
-            _ => return None,
-        })
+crate::wire_enum! {
+    /// Why a hello was rejected.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum RejectReason {
+        /// The hello named another instance than the acceptor's (the peer restarted).
+        WrongInstance = 1,
+        /// The acceptor is itself connecting to the sender and its connection wins (lower
+        /// routing info): the sender waits for that connection instead.
+        Simultaneous = 2,
+        /// A connection limit was reached.
+        Busy = 3,
     }
 }
 
@@ -260,12 +253,8 @@ impl Handshake {
         if byte(off::RESERVED) != 0 {
             return Err(Malformed("reserved handshake byte not zero"));
         }
-        let kind = match byte(off::KIND) {
-            1 => Kind::Hello,
-            2 => Kind::Accept,
-            3 => Kind::Reject,
-            _ => return Err(Malformed("unknown handshake frame kind")),
-        };
+        let kind =
+            Kind::from_u8(byte(off::KIND)).ok_or(Malformed("unknown handshake frame kind"))?;
         let max_pkt: [u8; 4] = p
             .get(off::MAX_PKT..off::INSTANCE)
             .and_then(|b| b.try_into().ok())

@@ -88,10 +88,10 @@ mod rules;
 
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::rng::SplitMix64;
-use crate::sim::{Clock, VirtualClock};
+use crate::sim::Clock;
 
 use super::dma::DmaMem;
 use super::verbs::*;
@@ -220,15 +220,22 @@ impl std::fmt::Debug for SimVerbs {
 impl SimVerbs {
     /// A fabric with virtual time starting at 0 and fault injection seeded with `seed`.
     pub fn new(seed: u64) -> Self {
-        Self::with_clock(seed, Clock::Virtual(VirtualClock::default()))
+        Self::with_time(seed, Clock::manual())
+    }
+
+    /// A fabric whose time is `now()` (nanoseconds), read from a clock owned elsewhere — e.g.
+    /// the rpc crate's `VirtualClock`, shared with the Rpcs that use the fabric. `now` must
+    /// never go backwards; [`SimVerbs::advance`] and [`SimVerbs::step`] do not move it.
+    pub fn with_clock(seed: u64, now: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        Self::with_time(seed, Clock::external(now))
     }
 
     /// A fabric whose clock is the wall clock (for tests that run devices on several threads).
     pub fn new_realtime(seed: u64) -> Self {
-        Self::with_clock(seed, Clock::Real(Instant::now()))
+        Self::with_time(seed, Clock::real())
     }
 
-    fn with_clock(seed: u64, clock: Clock) -> Self {
+    fn with_time(seed: u64, clock: Clock) -> Self {
         Self {
             shared: Arc::new(Shared {
                 fabric: Mutex::new(Fabric::new(seed)),
@@ -251,13 +258,8 @@ impl SimVerbs {
         self.shared.clock.now_ns()
     }
 
-    /// The virtual clock, if the fabric uses virtual time.
-    pub fn virtual_clock(&self) -> Option<VirtualClock> {
-        self.shared.clock.virtual_clock()
-    }
-
-    /// Moves virtual time forward by `ns` (no effect in real time). Events run at the next
-    /// device call (or [`SimVerbs::progress`]).
+    /// Moves the fabric's own virtual time forward by `ns` (no effect in real time or on a
+    /// clock owned elsewhere). Events run at the next device call (or [`SimVerbs::progress`]).
     pub fn advance(&self, ns: u64) {
         self.shared.clock.advance(ns);
     }
