@@ -1,5 +1,6 @@
 //! Run-time configuration of an [`Rpc`](crate::Rpc).
 
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 /// Settings of one Rpc. Every limit of the protocol is here, not a constant.
@@ -66,14 +67,26 @@ impl Default for RpcConfig {
     }
 }
 
+/// Slots a session may have: the client's `window`, which the server adopts.
+pub(crate) const WINDOW_LIMITS: RangeInclusive<usize> = 1..=1024;
+/// Credits a session may have: the client's `credits`, which the server reserves in its ring.
+pub(crate) const CREDIT_LIMITS: RangeInclusive<u32> = 1..=65_536;
+
+/// Checks a session's window and credits against the limits both ends apply (a client to its
+/// own configuration, a server to a connect request).
+pub(crate) fn check_session_params(window: usize, credits: u32) -> Result<(), String> {
+    if !WINDOW_LIMITS.contains(&window) {
+        return Err(format!("window {window} not in {WINDOW_LIMITS:?}"));
+    }
+    if !CREDIT_LIMITS.contains(&credits) {
+        return Err(format!("credits {credits} not in {CREDIT_LIMITS:?}"));
+    }
+    Ok(())
+}
+
 impl RpcConfig {
     pub(crate) fn validate(&self) -> Result<(), String> {
-        if self.window == 0 || self.window > 1024 {
-            return Err(format!("window {} not in 1..=1024", self.window));
-        }
-        if self.credits == 0 || self.credits > 65_536 {
-            return Err(format!("credits {} not in 1..=65536", self.credits));
-        }
+        check_session_params(self.window, self.credits)?;
         if self.max_msg_size > (1 << 31) {
             return Err(format!("max_msg_size {} over 2 GiB", self.max_msg_size));
         }

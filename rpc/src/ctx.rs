@@ -1629,10 +1629,7 @@ impl Ctx {
         }
         let window = msg.window as usize;
         let min_pkt = HDR_SIZE + 1;
-        if window == 0
-            || window > 1024
-            || msg.credits == 0
-            || msg.credits > 65_536
+        if crate::config::check_session_params(window, msg.credits).is_err()
             || (msg.max_pkt_size as usize) < min_pkt
         {
             self.stats.connects_refused += 1;

@@ -1,6 +1,6 @@
 //! Errors of the rpc crate.
 
-use transports::{TransportError, TransportKind};
+use transports::TransportError;
 
 /// Errors returned by the rpc crate, and carried by failed request completions.
 #[derive(Debug, thiserror::Error)]
@@ -71,9 +71,6 @@ pub enum RpcError {
     /// reset. Reconnect with `Rpc::reconnect`.
     #[error("peer failed: session reset")]
     PeerFailed,
-    /// The session was closed or failed with the request pending.
-    #[error("session closed with the request pending")]
-    SessionClosed,
     /// The response handle is stale (already answered or its session is gone).
     #[error("stale request handle")]
     StaleHandle,
@@ -83,9 +80,6 @@ pub enum RpcError {
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// The local transport kind does not match what was expected.
-    #[error("transport kind {0} cannot be used here")]
-    WrongTransport(TransportKind),
     /// A transport error.
     #[error(transparent)]
     Transport(#[from] TransportError),

@@ -50,6 +50,7 @@
 //! assert_eq!(resp.as_slice(), b"hello");
 //! server.join().unwrap();
 //! ```
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod config;

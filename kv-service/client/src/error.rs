@@ -135,7 +135,6 @@ fn clone_rpc(r: &RpcError) -> RpcError {
         RpcError::RemoteOverloaded => RpcError::RemoteOverloaded,
         RpcError::DeadlineExceeded => RpcError::DeadlineExceeded,
         RpcError::PeerFailed => RpcError::PeerFailed,
-        RpcError::SessionClosed => RpcError::SessionClosed,
         RpcError::HandlerFailed => RpcError::HandlerFailed,
         RpcError::Cancelled => RpcError::Cancelled,
         RpcError::Timeout => RpcError::Timeout,
