@@ -15,8 +15,19 @@
 //! The protocol follows eRPC: per-session windows of request slots with a backlog, client-held
 //! credits with explicit credit returns and requests-for-response for multi-packet messages,
 //! receive-ring admission, go-back-N retransmission, and at-most-once execution (the server
-//! keeps each slot's last response). The protocol core ([`Ctx`]) does no I/O; the wire format
-//! is in `docs/PROTOCOL.md`.
+//! keeps each slot's last response). The wire format is in `docs/PROTOCOL.md`.
+//!
+//! # Layout
+//!
+//! * [`proto`] — the protocol core, [`proto::Endpoint`]: a state machine with no I/O and no
+//!   clock. Packets, SM messages and time go in (`handle_*`), the application's commands go in
+//!   (`connect`, `enqueue_request`, `respond`, ...), and what to do comes out (`poll_*`:
+//!   events, packets, SM messages, the next timeout). Tests drive two endpoints against each
+//!   other directly, in virtual time.
+//! * the runtime — [`Nexus`], the [`Rpc`] event loop (the core's driver: transport, SM
+//!   socket, handlers, background threads, clock) and [`Ctx`], the handle handlers use.
+//! * the wire formats, [`pkthdr`] and [`sm`]; [`MsgBuf`] and its pool; configuration,
+//!   counters and errors.
 //!
 //! # Example: a UDP echo server and client
 //!
@@ -54,24 +65,19 @@
 #![warn(missing_docs)]
 
 mod config;
-mod ctx;
 mod error;
 mod msgbuf;
-mod nexus;
 pub mod pkthdr;
-mod rpc;
+pub mod proto;
 mod runtime;
-mod session;
 pub mod sm;
 mod stats;
 
 pub use config::RpcConfig;
-pub use ctx::{Completion, Ctx, ReqHandle, Request};
 pub use error::RpcError;
 pub use msgbuf::{BufPool, MsgBuf};
-pub use nexus::{BgHandler, FgHandler, Handler, Nexus};
-pub use rpc::{Continuation, Rpc};
-pub use runtime::VirtualClock;
-pub use session::{ConnectFailure, SessionId, SessionState};
-pub use sm::LocalHub;
+pub use proto::{Completion, ConnectFailure, ReqHandle, SessionId, SessionState};
+pub use runtime::{
+    BgHandler, Continuation, Ctx, FgHandler, Handler, LocalHub, Nexus, Request, Rpc, VirtualClock,
+};
 pub use stats::{RpcStats, SessionStats};

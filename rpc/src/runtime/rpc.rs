@@ -1,27 +1,31 @@
-//! The per-thread [`Rpc`]: the event loop that glues the protocol core ([`Ctx`]) to a
-//! transport, the SM channel, the handlers and the application.
+//! The per-thread [`Rpc`]: the event loop that drives the protocol core ([`Endpoint`]) — it
+//! feeds it packets from a transport, SM messages from the Nexus, background results and
+//! timer expiries, and carries out its outputs: packets to the transport, SM messages to the
+//! SM socket, route requests to the transport, liveness changes to the Nexus's table,
+//! requests to handlers, completions to the application.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use transports::{Transport, TxPkt};
+use transports::{Transport, TransportError};
 
 use crate::config::RpcConfig;
-use crate::ctx::{Completion, Ctx, Request};
 use crate::msgbuf::MsgBuf;
-use crate::nexus::{BgDone, BgJob, Handler, HandlerTable, Nexus, QUEUE_CAP};
 use crate::pkthdr::RespStatus;
-use crate::runtime::clock::{Clock, VirtualClock};
-use crate::session::{SessionId, SessionState};
-use crate::sm::SmIn;
+use crate::proto::{Completion, Endpoint, Event, LocalEnd, ReqHandle, SessionId, SessionState};
 use crate::stats::RpcStats;
 use crate::RpcError;
 
+use super::background::{BgDone, BgJob};
+use super::clock::{Clock, VirtualClock};
+use super::ctx::Ctx;
+use super::handlers::{Handler, HandlerTable, Request};
+use super::nexus::{Nexus, QUEUE_CAP};
+use super::sm_socket::SmIn;
+
 /// A continuation: receives every completion of this Rpc's requests.
 pub type Continuation<S> = Box<dyn FnMut(&mut S, &mut Ctx, Completion)>;
-
-/// Packets handed to the transport per `tx_burst` call.
-const TX_BATCH: usize = 32;
 
 /// One Rpc per thread: owns a transport, sessions, buffers, and runs the event loop.
 ///
@@ -69,9 +73,15 @@ pub struct Rpc<T: Transport, S = ()> {
     bg_done_tx: Sender<BgDone>,
     bg_done_rx: Receiver<BgDone>,
     clock: Clock,
-    next_scan: u64,
-    scan_interval: u64,
     nexus: Nexus<S>,
+    /// Requests whose handlers are to run (from `Event::Request`).
+    ready: VecDeque<ReqHandle>,
+    /// Completions for the application (continuation or `poll_completion`).
+    completions: VecDeque<Completion>,
+    /// Completions of the blocking `call`s in progress.
+    sync_done: Vec<Completion>,
+    /// The transport's error when it could not allocate a client session's route.
+    route_error: Option<(SessionId, TransportError)>,
 }
 
 impl<T: Transport, S: 'static> Rpc<T, S> {
@@ -83,44 +93,21 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
         state: S,
         cfg: RpcConfig,
     ) -> Result<Self, RpcError> {
-        cfg.validate().map_err(RpcError::Config)?;
-        if transport.max_pkt_size() <= crate::pkthdr::HDR_SIZE {
-            return Err(RpcError::Config(format!(
-                "transport packets of {} bytes cannot hold the {}-byte header",
-                transport.max_pkt_size(),
-                crate::pkthdr::HDR_SIZE
-            )));
-        }
+        let seed = cfg.seed.unwrap_or_else(os_seed);
+        let local = LocalEnd {
+            rpc_id,
+            transport: transport.kind(),
+            max_pkt_size: transport.max_pkt_size(),
+            rx_ring_size: transport.rx_ring_size(),
+        };
+        let ep = Endpoint::new(cfg, local, seed)?;
         let (sm_tx, sm_rx) = crossbeam_channel::bounded(QUEUE_CAP);
         if !nexus.router().register(rpc_id, sm_tx) {
             return Err(RpcError::RpcIdInUse(rpc_id));
         }
-        let seed = match cfg.seed {
-            Some(s) => s,
-            None => {
-                let mut b = [0u8; 8];
-                // Tokens only need to be unpredictable to off-path forgers; fall back to time.
-                if getrandom::fill(&mut b).is_err() {
-                    let t = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos() as u64);
-                    b = (t ^ u64::from(std::process::id())).to_le_bytes();
-                }
-                u64::from_le_bytes(b)
-            }
-        };
-        let scan_interval = (cfg.rto.as_nanos() as u64 / 10).max(1);
         let (bg_done_tx, bg_done_rx) = crossbeam_channel::bounded(QUEUE_CAP);
-        let ctx = Ctx::new(
-            cfg,
-            rpc_id,
-            transport.kind(),
-            transport.max_pkt_size(),
-            transport.rx_ring_size(),
-            seed,
-        );
         Ok(Self {
-            ctx,
+            ctx: Ctx::new(ep),
             handlers: nexus.handlers(),
             continuation: None,
             sm_rx,
@@ -128,11 +115,13 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
             bg_done_tx,
             bg_done_rx,
             clock: Clock::wall(),
-            next_scan: 0,
-            scan_interval,
             transport,
             state,
             nexus: nexus.clone(),
+            ready: VecDeque::new(),
+            completions: VecDeque::new(),
+            sync_done: Vec::new(),
+            route_error: None,
         })
     }
 
@@ -140,7 +129,6 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
     /// the clock with a simulated fabric through `SimFabric::with_clock(seed, clock.reader())`).
     pub fn use_virtual_clock(&mut self, clock: VirtualClock) {
         self.clock = Clock::Virtual(clock);
-        self.next_scan = 0;
     }
 
     /// Sets the continuation that receives every completion from now on.
@@ -151,13 +139,14 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
         self.continuation = Some(Box::new(f));
     }
 
-    /// The protocol context (to respond, allocate buffers, issue requests).
+    /// The context handlers get (to respond, allocate buffers, issue requests). Its time is
+    /// that of the last event-loop iteration.
     pub fn ctx(&mut self) -> &mut Ctx {
         &mut self.ctx
     }
 
-    /// The per-thread state and the protocol context at once, e.g. to take a finished disk
-    /// operation from the state and respond to its request through the context.
+    /// The per-thread state and the context at once, e.g. to take a finished disk operation
+    /// from the state and respond to its request through the context.
     pub fn split(&mut self) -> (&mut S, &mut Ctx) {
         (&mut self.state, &mut self.ctx)
     }
@@ -196,9 +185,11 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
         self.clock.now()
     }
 
-    /// The earliest time (ns) at which the Rpc has timer work to do.
+    /// The earliest time (ns) at which the Rpc may have timer work to do; `u64::MAX` if no
+    /// timer is armed. A simulation driver jumps virtual time to it (or to the next packet
+    /// delivery).
     pub fn next_timer_ns(&self) -> u64 {
-        self.next_scan
+        self.ctx.ep.earliest_timer().unwrap_or(u64::MAX)
     }
 
     /// Starts opening a session to Rpc `remote_rpc` of the Nexus at `remote_uri`
@@ -213,11 +204,18 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
             .nexus
             .resolve_uri(remote_uri)
             .ok_or_else(|| RpcError::BadRemote(remote_uri.to_string()))?;
-        let now = self.clock.now();
-        let id = self
-            .ctx
-            .create_session(now, addr, remote_rpc, &mut self.transport)?;
-        self.flush_sm();
+        let now = self.command_time();
+        let id = self.ctx.ep.connect(now, addr, remote_rpc)?;
+        // The local end of the route is made now, so that a transport that cannot make one
+        // fails this call rather than the connect later.
+        self.carry_out();
+        if let Some((sid, e)) = self.route_error.take() {
+            if sid == id {
+                let _ = self.ctx.ep.disconnect(now, id);
+                self.carry_out();
+                return Err(e.into());
+            }
+        }
         Ok(id)
     }
 
@@ -225,11 +223,12 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
     pub fn connect(&mut self, remote_uri: &str, remote_rpc: u8) -> Result<SessionId, RpcError> {
         let id = self.create_session(remote_uri, remote_rpc)?;
         loop {
-            match self.ctx.session_state(id) {
+            match self.ctx.ep.session_state(id) {
                 Some(SessionState::Connected) => return Ok(id),
                 Some(SessionState::Failed(f)) => {
-                    let _ = self.ctx.destroy_session(self.clock.now(), id);
-                    self.flush_routes();
+                    let now = self.command_time();
+                    let _ = self.ctx.ep.disconnect(now, id);
+                    self.carry_out();
                     return Err(f.to_error(remote_rpc));
                 }
                 Some(SessionState::Connecting) => {}
@@ -241,22 +240,22 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
 
     /// The state of a session.
     pub fn session_state(&self, session: SessionId) -> Option<SessionState> {
-        self.ctx.session_state(session)
+        self.ctx.ep.session_state(session)
     }
 
     /// Starts closing a client session (only without requests pending). The session is gone
     /// once the server confirms or the connect timeout passes; see [`Rpc::disconnect`].
     pub fn destroy_session(&mut self, session: SessionId) -> Result<(), RpcError> {
-        self.ctx.destroy_session(self.clock.now(), session)?;
-        self.flush_sm();
-        self.flush_routes();
+        let now = self.command_time();
+        self.ctx.ep.disconnect(now, session)?;
+        self.carry_out();
         Ok(())
     }
 
     /// Closes a client session and runs the event loop until it is gone.
     pub fn disconnect(&mut self, session: SessionId) -> Result<(), RpcError> {
         self.destroy_session(session)?;
-        while self.ctx.session_state(session).is_some() {
+        while self.ctx.ep.session_state(session).is_some() {
             self.run_once();
         }
         Ok(())
@@ -270,7 +269,7 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
         req: MsgBuf,
         tag: u64,
     ) -> Result<(), RpcError> {
-        self.ctx.set_now(self.clock.now());
+        self.ctx.now = self.clock.now();
         self.ctx.enqueue_request(session, req_type, req, tag)
     }
 
@@ -283,14 +282,15 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
         tag: u64,
         deadline: Option<Duration>,
     ) -> Result<(), RpcError> {
-        self.ctx.set_now(self.clock.now());
+        self.ctx.now = self.clock.now();
         self.ctx
             .enqueue_request_with_deadline(session, req_type, req, tag, deadline)
     }
 
     /// Takes the next completion (when no continuation is set).
     pub fn poll_completion(&mut self) -> Option<Completion> {
-        self.ctx.completions.pop_front()
+        self.absorb_events();
+        self.completions.pop_front()
     }
 
     /// Sends one request and runs the event loop until its response arrives or `timeout`
@@ -306,22 +306,25 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
     ) -> Result<MsgBuf, RpcError> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let tag = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.ctx.now = self.clock.now();
         let req = self.ctx.msg_from(data);
-        self.ctx.set_now(self.clock.now());
         self.ctx
-            .enqueue_inner(session, req_type, req, tag, true, Some(timeout))?;
+            .enqueue(session, req_type, req, tag, Some(timeout), true)?;
         let start = Instant::now();
         loop {
-            if let Some(i) = self.ctx.sync_done.iter().position(|c| c.tag == tag) {
-                let c = self.ctx.sync_done.swap_remove(i);
+            self.absorb_events();
+            if let Some(i) = self.sync_done.iter().position(|c| c.tag == tag) {
+                let c = self.sync_done.swap_remove(i);
                 self.ctx.free_msg(c.req);
                 return c.result;
             }
             // The deadline ends the request on the Rpc's own clock; this guards against a
             // clock that does not move (a virtual one).
             if start.elapsed() >= timeout + Duration::from_secs(1) {
-                self.ctx.cancel_inner(session, tag, true);
-                self.ctx.sync_done.retain(|c| c.tag != tag);
+                let now = self.command_time();
+                self.ctx.ep.cancel_request(now, session, tag, true);
+                self.absorb_events();
+                self.sync_done.retain(|c| c.tag != tag);
                 return Err(RpcError::DeadlineExceeded);
             }
             self.run_once();
@@ -331,6 +334,7 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
     /// Cancels the first pending request on `session` carrying `tag`; see
     /// [`Ctx::cancel_request`].
     pub fn cancel_request(&mut self, session: SessionId, tag: u64) -> bool {
+        self.ctx.now = self.clock.now();
         self.ctx.cancel_request(session, tag)
     }
 
@@ -338,8 +342,9 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
     /// e.g. the server restarted) or a failed connect — with a new handshake. Returns at once;
     /// requests may be enqueued meanwhile. Sessions never reconnect on their own.
     pub fn reconnect(&mut self, session: SessionId) -> Result<(), RpcError> {
-        self.ctx.reconnect(self.clock.now(), session)?;
-        self.flush_sm();
+        let now = self.command_time();
+        self.ctx.ep.reconnect(now, session)?;
+        self.carry_out();
         Ok(())
     }
 
@@ -347,7 +352,7 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
     pub fn run_for(&mut self, d: Duration) {
         let end = Instant::now() + d;
         while Instant::now() < end {
-            if !self.run_once() && !self.ctx.cfg.busy_poll {
+            if !self.run_once() && !self.ctx.config().busy_poll {
                 self.wait_idle(end.saturating_duration_since(Instant::now()));
             }
         }
@@ -366,17 +371,21 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
             if Instant::now() >= end {
                 return false;
             }
-            if !self.run_once() && !self.ctx.cfg.busy_poll {
+            if !self.run_once() && !self.ctx.config().busy_poll {
                 self.wait_idle(end.saturating_duration_since(Instant::now()));
             }
         }
     }
 
     /// Sleeps until the transport may have input, for at most `max` (and at most 1 ms, since
-    /// session-management messages and background results arrive outside the transport). For
-    /// application loops that poll other things too (e.g. a disk) and want to sleep when idle.
+    /// session-management messages and background results arrive outside the transport; and
+    /// no later than the core's next timer). For application loops that poll other things too
+    /// (e.g. a disk) and want to sleep when idle.
     pub fn wait_idle(&mut self, max: Duration) {
-        let t = max.min(Duration::from_millis(1));
+        let mut t = max.min(Duration::from_millis(1));
+        if let Some(at) = self.ctx.ep.poll_timeout() {
+            t = t.min(Duration::from_nanos(at.saturating_sub(self.clock.now())));
+        }
         let _ = self.transport.wait(Some(t));
     }
 
@@ -385,22 +394,22 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
     /// anything happened.
     pub fn run_once(&mut self) -> bool {
         let now = self.clock.now();
+        self.ctx.now = now;
         let mut work = false;
 
         // Requests enqueued since the last iteration go out before we look for input:
         // otherwise they would wait for one (usually empty) receive call.
-        if !self.ctx.txq.is_empty() {
+        if self.ctx.ep.has_transmits() {
             work = true;
             self.flush_tx();
         }
 
         // Receive.
-        let n = self.transport.rx_burst().min(self.ctx.cfg.rx_batch);
+        let n = self.transport.rx_burst().min(self.ctx.config().rx_batch);
         if n > 0 {
             work = true;
             for i in 0..n {
-                let pkt = self.transport.rx_pkt(i);
-                self.ctx.handle_pkt(now, pkt);
+                self.ctx.ep.handle_packet(now, self.transport.rx_pkt(i));
             }
             self.transport.rx_release(n);
         }
@@ -408,8 +417,7 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
         // Session management.
         while let Ok(m) = self.sm_rx.try_recv() {
             work = true;
-            self.ctx.stats.sm_rx += 1;
-            self.ctx.handle_sm(now, m.from, m.msg, &mut self.transport);
+            self.ctx.ep.handle_sm(now, m.from, m.msg);
         }
 
         // Background handler results.
@@ -421,35 +429,98 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
                 RespStatus::HandlerFailed
             };
             let resp = self.ctx.msg_from(done.resp.as_deref().unwrap_or(&[]));
-            self.ctx.restore_request(done.handle, done.req);
-            if let Err(e) = self.ctx.respond_status(done.handle, resp, status) {
+            self.ctx.ep.restore_request(done.handle, done.req);
+            if let Err(e) = self.ctx.ep.respond(done.handle, resp, status) {
                 tracing::debug!(error = %e, "background response for a stale request");
             }
         }
 
         // Timers.
-        if now >= self.next_scan {
-            self.next_scan = now + self.scan_interval;
-            self.ctx.handle_timers(now);
+        if self.ctx.ep.poll_timeout().is_some_and(|at| at <= now) {
+            self.ctx.ep.handle_timeout(now);
         }
 
         self.dispatch();
         self.deliver_completions();
-        if !self.ctx.txq.is_empty() {
+        if self.ctx.ep.has_transmits() {
             work = true;
-            self.flush_tx();
         }
-        self.flush_sm();
-        self.flush_routes();
+        self.carry_out();
         work
     }
 
+    /// The time for a command from outside the loop.
+    fn command_time(&mut self) -> u64 {
+        self.ctx.now = self.clock.now();
+        self.ctx.now
+    }
+
+    /// Carries out everything the core has queued: events, packets, SM messages.
+    fn carry_out(&mut self) {
+        self.absorb_events();
+        self.flush_tx();
+        self.flush_sm();
+    }
+
+    /// Takes the core's events: route requests and liveness changes are carried out at once,
+    /// requests to dispatch and completions are kept for `dispatch` and
+    /// `deliver_completions` (or `poll_completion`, `call`).
+    fn absorb_events(&mut self) {
+        let now = self.ctx.now;
+        while let Some(ev) = self.ctx.ep.poll_event() {
+            match ev {
+                Event::Request(h) => self.ready.push_back(h),
+                Event::Completion {
+                    completion,
+                    internal,
+                } => {
+                    if internal {
+                        self.sync_done.push(completion);
+                    } else {
+                        self.completions.push_back(completion);
+                    }
+                }
+                Event::AllocRoute { op } => {
+                    let route = match self.transport.route_alloc() {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            tracing::warn!(error = %e, session = op.session(), "route allocation failed");
+                            self.route_error = Some((op.session(), e));
+                            None
+                        }
+                    };
+                    self.ctx.ep.route_allocated(now, op, route);
+                }
+                Event::ResolveRoute { op, route, info } => {
+                    let ok = match self.transport.resolve(route, &info) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(error = %e, session = op.session(), "cannot resolve the peer's routing info");
+                            false
+                        }
+                    };
+                    self.ctx.ep.route_resolved(now, op, ok);
+                }
+                Event::FreeRoute { route } => self.transport.route_free(route),
+                ev @ (Event::SessionUp { .. }
+                | Event::SessionDown { .. }
+                | Event::SessionReset { .. }) => {
+                    self.nexus.router().live().apply(self.ctx.ep.rpc_id(), &ev);
+                }
+            }
+        }
+    }
+
+    /// Runs the handlers of the requests that arrived.
     fn dispatch(&mut self) {
-        while let Some(h) = self.ctx.ready.pop_front() {
-            let Some((req_type, req)) = self.ctx.take_request(h) else {
+        loop {
+            self.absorb_events();
+            let Some(h) = self.ready.pop_front() else {
+                return;
+            };
+            let Some((req_type, req)) = self.ctx.ep.take_request(h) else {
                 continue;
             };
-            self.ctx.stats.handlers_run += 1;
             match self
                 .handlers
                 .get(usize::from(req_type))
@@ -468,20 +539,16 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
                             },
                         )
                     }));
-                    self.ctx.restore_request(h, req);
+                    self.ctx.ep.restore_request(h, req);
                     if ran.is_err() {
                         tracing::error!(req_type, "request handler panicked");
-                        let _ =
-                            self.ctx
-                                .respond_status(h, MsgBuf::new(0), RespStatus::HandlerFailed);
+                        self.fail_request(h, RespStatus::HandlerFailed);
                     }
                 }
                 Some(Handler::Background(f)) => {
                     let Some(tx) = self.bg_tx.as_ref() else {
-                        self.ctx.restore_request(h, req);
-                        let _ =
-                            self.ctx
-                                .respond_status(h, MsgBuf::new(0), RespStatus::HandlerFailed);
+                        self.ctx.ep.restore_request(h, req);
+                        self.fail_request(h, RespStatus::HandlerFailed);
                         continue;
                     };
                     let job = BgJob {
@@ -493,97 +560,71 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
                     if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) =
                         tx.try_send(job)
                     {
-                        self.ctx.restore_request(h, job.req);
-                        let _ = self
-                            .ctx
-                            .respond_status(h, MsgBuf::new(0), RespStatus::Overloaded);
+                        self.ctx.ep.restore_request(h, job.req);
+                        self.fail_request(h, RespStatus::Overloaded);
                     }
                 }
                 None => {
-                    self.ctx.restore_request(h, req);
-                    let _ = self
-                        .ctx
-                        .respond_status(h, MsgBuf::new(0), RespStatus::NoHandler);
+                    self.ctx.ep.restore_request(h, req);
+                    self.fail_request(h, RespStatus::NoHandler);
                 }
             }
         }
     }
 
+    /// Answers a request with an error status.
+    fn fail_request(&mut self, h: ReqHandle, status: RespStatus) {
+        let _ = self.ctx.ep.respond(h, MsgBuf::new(0), status);
+    }
+
+    /// Hands the completions to the continuation, if one is set (including completions that
+    /// the continuation itself causes, e.g. by cancelling).
     fn deliver_completions(&mut self) {
-        if let Some(cont) = self.continuation.as_mut() {
-            while let Some(c) = self.ctx.completions.pop_front() {
-                cont(&mut self.state, &mut self.ctx, c);
-            }
-            // Continuations may have queued requests, and handlers may not have run on
-            // requests that arrived meanwhile: both happen in this same iteration.
+        let Some(mut cont) = self.continuation.take() else {
+            return;
+        };
+        loop {
+            self.absorb_events();
+            let Some(c) = self.completions.pop_front() else {
+                break;
+            };
+            cont(&mut self.state, &mut self.ctx, c);
         }
+        self.continuation = Some(cont);
     }
 
     fn flush_tx(&mut self) {
-        let mut start = 0;
-        let mut skipped = 0;
-        let total = self.ctx.txq.len();
-        while start < total {
-            let mut pkts: [TxPkt<'_>; TX_BATCH] = [TxPkt {
-                route: 0,
-                hdr: &[],
-                data: &[],
-            }; TX_BATCH];
-            let mut n = 0;
-            let mut i = start;
-            while i < total && n < TX_BATCH {
-                if let Some(item) = self.ctx.txq.get(i) {
-                    match self.ctx.tx_view(item) {
-                        Some((hdr, data)) => {
-                            pkts[n] = TxPkt {
-                                route: item.route,
-                                hdr,
-                                data,
-                            };
-                            n += 1;
-                        }
-                        None => skipped += 1,
-                    }
-                }
-                i += 1;
+        let transport = &mut self.transport;
+        self.ctx.ep.poll_transmits(|pkts| {
+            if let Err(e) = transport.tx_burst(pkts) {
+                tracing::debug!(error = %e, "transmit failed; loss recovery will resend");
             }
-            start = i;
-            if n > 0 {
-                if let Err(e) = self.transport.tx_burst(&pkts[..n]) {
-                    tracing::debug!(error = %e, "transmit failed; loss recovery will resend");
-                }
-            }
-        }
-        self.ctx.txq.clear();
-        self.ctx.stats.tx_skipped += skipped;
+        });
     }
 
     fn flush_sm(&mut self) {
-        if self.ctx.sm_out.is_empty() {
-            return;
-        }
-        let channel = self.nexus.router().channel().clone();
-        for (to, msg) in self.ctx.sm_out.drain(..) {
-            self.ctx.stats.sm_tx += 1;
-            channel.send(&to, &msg);
-        }
-    }
-
-    fn flush_routes(&mut self) {
-        for r in self.ctx.routes_to_free.drain(..) {
-            self.transport.route_free(r);
-        }
-        if !self.ctx.liveness_changes.is_empty() {
-            let router = self.nexus.router();
-            for (session, token) in self.ctx.liveness_changes.drain(..) {
-                router.set_live(self.ctx.rpc_id, session, token);
-            }
+        let channel = self.nexus.router().channel();
+        while let Some(t) = self.ctx.ep.poll_sm() {
+            channel.send(&t.to, &t.msg);
         }
     }
 }
 
 impl<T: Transport, S> Drop for Rpc<T, S> {
     fn drop(&mut self) {
-        self.nexus.router().unregister(self.ctx.rpc_id);
+        self.nexus.router().unregister(self.ctx.ep.rpc_id());
     }
+}
+
+/// A seed for session tokens from the OS. Tokens only need to be unpredictable to off-path
+/// forgers; without OS randomness, the time and process id do.
+fn os_seed() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        b = (t ^ u64::from(std::process::id())).to_le_bytes();
+    }
+    u64::from_le_bytes(b)
 }

@@ -1,5 +1,6 @@
 //! The Nexus: one per process. Holds the request-handler table, the session-management
-//! endpoint (and the thread that serves it), and the background-handler threads.
+//! endpoint (and the thread that serves it, `sm_socket.rs`), and the background-handler
+//! threads (`background.rs`).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,52 +8,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 
-use crate::ctx::{Ctx, ReqHandle, Request};
-use crate::msgbuf::MsgBuf;
-use crate::sm::{LocalHub, SmAddr, SmChannel, SmRouter};
+use crate::sm::SmAddr;
 use crate::RpcError;
 
-/// A foreground handler: runs on the Rpc's thread with its state and context.
-pub type FgHandler<S> = Arc<dyn Fn(&mut S, &mut Ctx, Request<'_>) + Send + Sync>;
-/// A background handler: runs on a Nexus worker thread; returns the response bytes.
-pub type BgHandler = Arc<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>;
-
-/// A registered request handler.
-pub enum Handler<S> {
-    /// Runs in the Rpc's event loop; may respond at once or keep the handle and respond later.
-    Foreground(FgHandler<S>),
-    /// Runs on a Nexus background thread (for handlers that take long); the response is sent
-    /// by the Rpc that received the request.
-    Background(BgHandler),
-}
-
-impl<S> Clone for Handler<S> {
-    fn clone(&self) -> Self {
-        match self {
-            Self::Foreground(f) => Self::Foreground(f.clone()),
-            Self::Background(f) => Self::Background(f.clone()),
-        }
-    }
-}
-
-/// The handler table: one entry per request type.
-pub(crate) type HandlerTable<S> = Vec<Option<Handler<S>>>;
-
-pub(crate) struct BgJob {
-    pub handler: BgHandler,
-    pub handle: ReqHandle,
-    pub req: MsgBuf,
-    pub reply: Sender<BgDone>,
-}
-
-pub(crate) struct BgDone {
-    pub handle: ReqHandle,
-    pub req: MsgBuf,
-    /// `None` if the handler panicked.
-    pub resp: Option<Vec<u8>>,
-}
+use super::background::{start_workers, BgJob};
+use super::ctx::Ctx;
+use super::handlers::{empty_table, Handler, HandlerTable, Request};
+use super::sm_socket::{sm_loop, LocalHub, SmChannel, SmRouter};
 
 struct Shared<S> {
     handlers: Mutex<HandlerTable<S>>,
@@ -159,7 +123,7 @@ impl<S: 'static> Nexus<S> {
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
-                handlers: Mutex::new((0..256).map(|_| None).collect()),
+                handlers: Mutex::new(empty_table()),
                 router,
                 uri,
                 stop,
@@ -176,28 +140,7 @@ impl<S: 'static> Nexus<S> {
             return Ok(());
         }
         let (tx, rx) = crossbeam_channel::bounded::<BgJob>(QUEUE_CAP);
-        let mut threads = lock(&self.shared.bg_threads);
-        for i in 0..n {
-            let rx: Receiver<BgJob> = rx.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("rpc-bg-{i}"))
-                    .spawn(move || {
-                        for job in rx.iter() {
-                            let resp =
-                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                    (job.handler)(job.req.as_slice())
-                                }))
-                                .ok();
-                            let _ = job.reply.send(BgDone {
-                                handle: job.handle,
-                                req: job.req,
-                                resp,
-                            });
-                        }
-                    })?,
-            );
-        }
+        lock(&self.shared.bg_threads).extend(start_workers(n, &rx)?);
         *lock(&self.shared.bg_tx) = Some(tx);
         Ok(())
     }
@@ -269,26 +212,5 @@ impl<S> Nexus<S> {
     /// SM messages this Nexus dropped (malformed, or an Rpc's queue was full).
     pub fn sm_dropped(&self) -> u64 {
         self.shared.router.dropped()
-    }
-}
-
-fn sm_loop(sock: &UdpSocket, router: &SmRouter, stop: &AtomicBool) {
-    let mut buf = [0u8; 512];
-    while !stop.load(Ordering::Acquire) {
-        match sock.recv_from(&mut buf) {
-            Ok((n, from)) => router.route(SmAddr::Udp(from), buf.get(..n).unwrap_or(&[])),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                        | std::io::ErrorKind::ConnectionRefused
-                ) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "SM socket error");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
     }
 }
