@@ -118,6 +118,10 @@ pub(crate) struct ClientSession {
     pub route: Option<(RouteId, RoutingInfo)>,
     /// The route operation this end waits for, if any.
     pub route_op: Option<RouteOp>,
+    /// Whether the end is announced live (`Event::SessionUp` with `local_token`): from its
+    /// first ConnectReq — the server end it asks for pings it from then on — until it fails,
+    /// is reset or is freed.
+    pub advertised: bool,
     /// Data bytes per packet agreed for this session.
     pub dpp: usize,
     /// Largest message agreed for this session.
@@ -155,6 +159,7 @@ impl ClientSession {
             local_token: token,
             route: None,
             route_op: None,
+            advertised: false,
             dpp: p.max_pkt.saturating_sub(HDR_SIZE),
             max_msg: p.max_msg,
             credits: Credits::new(p.credits),

@@ -30,7 +30,10 @@ pub enum Event {
         internal: bool,
     },
     /// A session end became live with `token`: from now on the peer's liveness pings for it
-    /// are to be answered `Ok` (see [`answer_ping`](super::answer_ping)).
+    /// are to be answered `Ok` (see [`answer_ping`](super::answer_ping)). A client end is
+    /// live from its first ConnectReq (the server end that request creates may ping before
+    /// its answer arrives), a server end from its ConnectResp. Every `SessionUp` is followed
+    /// by exactly one `SessionDown` or `SessionReset` for the same session.
     SessionUp {
         /// The session (client or server end).
         session: SessionId,

@@ -269,11 +269,6 @@ impl Endpoint {
                     c.state = ClientState::Connected;
                     c.live = Liveness::new(now);
                     c.timers.stop(Timer::Handshake);
-                    let token = c.local_token;
-                    self.out.event(Event::SessionUp {
-                        session: sid,
-                        token,
-                    });
                     // Requests queued while connecting now go out, up to the window.
                     c.start_backlog(now, &p, &mut self.out);
                     self.arm_liveness(sid);
@@ -315,6 +310,14 @@ impl Endpoint {
         c.sm.retry_at = now.saturating_add(retry);
         c.timers
             .set(Timer::Handshake, c.sm.retry_at.min(c.sm.deadline));
+        if !c.advertised {
+            // The server end this request creates may ping before its answer gets here.
+            c.advertised = true;
+            self.out.event(Event::SessionUp {
+                session: sid,
+                token: c.local_token,
+            });
+        }
         if let Some((to, m)) = self.client_sm_msg(sid) {
             self.out.send_sm(to, m);
         }
@@ -401,6 +404,9 @@ impl Endpoint {
         };
         c.state = ClientState::Failed(why);
         c.route_op = None;
+        if std::mem::take(&mut c.advertised) {
+            self.out.event(Event::SessionDown { session: sid });
+        }
         c.timers.stop(Timer::Handshake);
         c.timers.stop(Timer::Deadline);
         self.ring.release(p.credits);
@@ -417,13 +423,11 @@ impl Endpoint {
         let Some(Session::Client(c)) = self.sessions.remove(sid) else {
             return;
         };
-        match c.state {
-            ClientState::Connected | ClientState::Disconnecting => {
-                self.out.event(Event::SessionDown { session: sid });
-                self.ring.release(self.p.credits);
-            }
-            ClientState::Connecting(_) => self.ring.release(self.p.credits),
-            ClientState::Failed(_) => {}
+        if c.advertised {
+            self.out.event(Event::SessionDown { session: sid });
+        }
+        if !matches!(c.state, ClientState::Failed(_)) {
+            self.ring.release(self.p.credits);
         }
         if let Some((route, _)) = c.route {
             self.out.event(Event::FreeRoute { route });

@@ -259,6 +259,7 @@ impl Endpoint {
         }
         c.state = super::client::ClientState::Failed(super::ConnectFailure::PeerFailed);
         c.stats.resets += 1;
+        c.advertised = false;
         c.timers.stop(Timer::Liveness);
         c.timers.stop(Timer::Retransmit);
         self.out.stats.sessions_reset += 1;
