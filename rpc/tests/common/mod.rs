@@ -2,6 +2,8 @@
 //! simulated fabric, and payload patterns that let both ends verify every byte.
 #![allow(dead_code)]
 
+pub mod pair;
+
 use rpc::{Rpc, RpcConfig, VirtualClock};
 use transports::sim::{SimFabric, SimTransport};
 
