@@ -1,11 +1,18 @@
-//! Stateful target for the rpc core: a client and a server `rpc::Rpc` on the simulated fabric
-//! (virtual time, deterministic), a legitimate multi-packet request in flight, and raw
-//! packets from the fuzz input injected at the server (or the client) with
-//! `SimFabric::inject` while it runs.
+//! Stateful target for the rpc protocol core: a client and a server `rpc::proto::Endpoint`
+//! driven against each other directly in virtual time (the `Pair` harness of the rpc tests,
+//! `rpc/tests/common/pair.rs`), a legitimate multi-packet request in flight, and raw datapath
+//! packets and session-management messages from the fuzz input injected at the server (or the
+//! client) while it runs.
 //!
 //! The input is a list of operations:
-//! - `op & 3 == 0`: run the event loops for the next byte's worth of steps;
-//! - otherwise inject one packet; the other bits of `op` patch it so that the fuzzer
+//! - `op & 3 == 0`: run the pair for the next byte's worth of steps (each step runs what is
+//!   due now, then moves time to the next arrival or timer);
+//! - `op & 3 == 3`: inject one SM message: 128 bytes from the input; bit 2: towards the client
+//!   instead of the server; bit 3: set both session numbers and tokens to the real ones;
+//!   bit 4: set the magic and version and zero the reserved bytes; bit 5: set `seq` to the
+//!   real connect's. Messages that do not parse are still counted as injected and dropped, as
+//!   the SM router would;
+//! - otherwise inject one datapath packet; the other bits of `op` patch it so that the fuzzer
 //!   reaches the session logic behind the header checks:
 //!   - bit 2: inject at the client instead of the server;
 //!   - bit 3: set `dest_session` and `token` to the real ones of the destination's session;
@@ -17,102 +24,36 @@
 //!     two bytes (LE, mod 1100). Bytes past the end of the input are zero.
 //!
 //! Properties:
-//! - nothing panics (the rpc crate, the handler, the fabric), with or without forged packets;
-//! - no livelock: the event loops do not report work forever without virtual time moving;
-//! - when no injected packet carried the right session and token for its destination (so
-//!   every one of them must be dropped), the legitimate request completes exactly once, with
-//!   the right response, and its handler ran exactly once.
+//! - nothing panics, with or without forged input; the harness's own checks hold (no packet
+//!   leaves on a route that is not allocated and resolved, no route is freed twice, liveness
+//!   events pair up);
+//! - no livelock: the endpoints do not report work forever without virtual time moving;
+//! - when no injected packet or message carried a real token of its destination (so every
+//!   one of them must be dropped or refused), the legitimate request completes exactly once,
+//!   with the right response, and its handler ran exactly once.
 //!
-//! A packet carrying the right token can legitimately disturb the exchange (the token is the
-//! only thing that authenticates a packet, as in eRPC): then only the first two properties
-//! are checked.
+//! Input carrying a real token can legitimately disturb the session (the token is the only
+//! thing that authenticates it, as in eRPC): then only the first two properties are checked.
 #![no_main]
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::rc::Rc;
+#[path = "../../rpc/tests/common/pair.rs"]
+mod pair;
+
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
+use pair::{Pair, Side, Wire, MTU};
 use rpc::pkthdr::{PktHdr, PktType, HDR_SIZE, MAGIC, VERSION};
-use rpc::{LocalHub, MsgBuf, Nexus, Rpc, RpcConfig, SessionId, SessionState, VirtualClock};
-use transports::sim::{SimFabric, SimTransport};
-use transports::{RouteId, RoutingInfo, Transport, TransportError, TransportKind};
-use transports::{TransportStats, TxPkt};
+use rpc::sm::{SmMsg, SmType, SM_MSG_SIZE};
+use rpc::{RpcConfig, SessionId};
 
-const ECHO: u8 = 1;
-const MTU: usize = 1024;
 const DPP: usize = MTU - HDR_SIZE;
-const RING: usize = 4096;
 /// The legitimate request: 3 request packets, 3 response packets (CRs and RFRs both used).
 const REQ_SIZE: usize = 2500;
 const RESP_SIZE: u32 = 2300;
 const LEGIT_ID: u64 = 0x5eed;
 /// Virtual time the legitimate request has to complete in (rto is 5 ms).
 const BUDGET_NS: u64 = 2_000_000_000;
-
-/// A transport that records the headers of the packets it sends (to learn the real session
-/// numbers and tokens in the discovery run).
-struct Tap {
-    inner: SimTransport,
-    sent: Rc<RefCell<Vec<[u8; HDR_SIZE]>>>,
-}
-
-impl Transport for Tap {
-    fn kind(&self) -> TransportKind {
-        self.inner.kind()
-    }
-    fn routing_info(&self) -> RoutingInfo {
-        self.inner.routing_info()
-    }
-    fn route_alloc(&mut self) -> Result<(RouteId, RoutingInfo), TransportError> {
-        self.inner.route_alloc()
-    }
-    fn resolve(&mut self, route: RouteId, remote: &RoutingInfo) -> Result<(), TransportError> {
-        self.inner.resolve(route, remote)
-    }
-    fn route_free(&mut self, route: RouteId) {
-        self.inner.route_free(route)
-    }
-    fn max_pkt_size(&self) -> usize {
-        self.inner.max_pkt_size()
-    }
-    fn rx_ring_size(&self) -> usize {
-        self.inner.rx_ring_size()
-    }
-    fn tx_burst(&mut self, pkts: &[TxPkt<'_>]) -> Result<usize, TransportError> {
-        let mut sent = self.sent.borrow_mut();
-        for p in pkts {
-            if let Ok(h) = p.hdr.try_into() {
-                sent.push(h);
-            }
-        }
-        drop(sent);
-        self.inner.tx_burst(pkts)
-    }
-    fn rx_burst(&mut self) -> usize {
-        self.inner.rx_burst()
-    }
-    fn rx_pkt(&self, i: usize) -> &[u8] {
-        self.inner.rx_pkt(i)
-    }
-    fn rx_release(&mut self, n: usize) {
-        self.inner.rx_release(n)
-    }
-    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), TransportError> {
-        self.inner.wait(timeout)
-    }
-    fn stats(&self) -> TransportStats {
-        self.inner.stats()
-    }
-}
-
-#[derive(Default)]
-struct Server {
-    runs: HashMap<u64, u32>,
-    bad: u32,
-}
 
 fn pattern_byte(id: u64, i: usize) -> u8 {
     (id.wrapping_mul(0x9E37_79B9).wrapping_add(i as u64 * 7) >> 3) as u8
@@ -143,112 +84,30 @@ fn check(buf: &[u8], id: u64) -> bool {
         .all(|(i, &b)| b == pattern_byte(id, i))
 }
 
-struct Net {
-    fabric: SimFabric,
-    clock: VirtualClock,
-    _hub: LocalHub,
-    server: Rpc<Tap, Server>,
-    client: Rpc<Tap, ()>,
-    _nexus: (Nexus<Server>, Nexus<()>),
-    server_sent: Rc<RefCell<Vec<[u8; HDR_SIZE]>>>,
-    client_sent: Rc<RefCell<Vec<[u8; HDR_SIZE]>>>,
-    session: SessionId,
-}
-
 fn config() -> RpcConfig {
     RpcConfig {
-        seed: Some(42),
         max_msg_size: 256 << 10,
         buffer_cache_bytes: 1 << 20,
         ..RpcConfig::default()
     }
 }
 
-/// Builds the two Rpcs and connects the client to the server.
-fn net() -> Net {
-    let clock = VirtualClock::new();
-    let fabric = SimFabric::with_clock(7, clock.reader());
-    let hub = LocalHub::new();
-    let sn: Nexus<Server> = Nexus::new_local(&hub, "server", 0).unwrap();
-    sn.register(ECHO, |st: &mut Server, ctx, req| {
-        match parse_request(req.data) {
-            Some((id, resp_size)) => {
-                *st.runs.entry(id).or_default() += 1;
-                let resp: Vec<u8> = (0..resp_size as usize)
-                    .map(|i| pattern_byte(!id, i))
-                    .collect();
-                ctx.respond_with(req.handle, &resp).unwrap();
-            }
-            None => {
-                st.bad += 1;
-                ctx.respond_with(req.handle, b"").unwrap();
-            }
-        }
-    })
-    .unwrap();
-    let cn: Nexus<()> = Nexus::new_local(&hub, "client", 0).unwrap();
-    let server_sent = Rc::new(RefCell::new(Vec::new()));
-    let client_sent = Rc::new(RefCell::new(Vec::new()));
-    let st = Tap {
-        inner: fabric.transport(MTU, RING),
-        sent: server_sent.clone(),
-    };
-    let ct = Tap {
-        inner: fabric.transport(MTU, RING),
-        sent: client_sent.clone(),
-    };
-    let mut server = Rpc::new(&sn, 0, st, Server::default(), config()).unwrap();
-    let mut client = Rpc::new(&cn, 0, ct, (), config()).unwrap();
-    server.use_virtual_clock(clock.clone());
-    client.use_virtual_clock(clock.clone());
-    let session = client.create_session("local:server", 0).unwrap();
-    let mut n = Net {
-        fabric,
-        clock,
-        _hub: hub,
-        server,
-        client,
-        _nexus: (sn, cn),
-        server_sent,
-        client_sent,
-        session,
-    };
-    let mut guard = Guard::default();
-    while n.client.session_state(session) == Some(SessionState::Connecting) {
-        step(&mut n, &mut guard);
-    }
-    assert_eq!(
-        n.client.session_state(session),
-        Some(SessionState::Connected)
-    );
-    n
+/// Builds the pair, with the pattern server, and connects.
+fn pair() -> (Pair, SessionId) {
+    let mut p = Pair::new(config(), config(), 7);
+    // Handler runs are counted by the harness per request payload; a request that does not
+    // parse (forged) gets an empty response.
+    p.server.handler = Box::new(|_, data| {
+        Some(match parse_request(data) {
+            Some((id, resp)) => (0..resp as usize).map(|i| pattern_byte(!id, i)).collect(),
+            None => Vec::new(),
+        })
+    });
+    let s = p.connect();
+    (p, s)
 }
 
-/// Detects a livelock: event loops that report work forever while time stands still.
-#[derive(Default)]
-struct Guard {
-    busy_steps: u32,
-}
-
-/// Steps both Rpcs once; when neither had work, jumps virtual time to the next event.
-fn step(n: &mut Net, g: &mut Guard) {
-    let mut work = n.server.run_once();
-    work |= n.client.run_once();
-    if work {
-        g.busy_steps += 1;
-        assert!(
-            g.busy_steps < 200_000,
-            "livelock: 200000 busy steps without time moving"
-        );
-    } else {
-        g.busy_steps = 0;
-        let timer = n.server.next_timer_ns().min(n.client.next_timer_ns());
-        let next = n.fabric.next_delivery().map_or(timer, |d| d.min(timer));
-        n.clock.advance_to(next.max(n.fabric.now_ns() + 1));
-    }
-}
-
-/// What the discovery run learns: the real headers of both directions.
+/// What the discovery run learns: the real header fields and tokens of both directions.
 #[derive(Clone, Copy, Debug)]
 struct Known {
     /// (dest_session, token) of packets to the server.
@@ -257,60 +116,74 @@ struct Known {
     to_client: (u32, u32),
     /// req_num of the legitimate request.
     req_num: u64,
-}
-
-fn hdr_fields(h: &[u8]) -> (u32, u32, u64) {
-    let session = u32::from_le_bytes(h[4..8].try_into().unwrap());
-    let token = u32::from_le_bytes(h[24..28].try_into().unwrap());
-    let req_num = u64::from_le_bytes(h[16..24].try_into().unwrap());
-    (session, token, req_num)
+    /// The connect's SM fields: (client session, server session, client token, server
+    /// token, seq).
+    sm: (u32, u32, u32, u32, u64),
 }
 
 /// Runs the legitimate request once, without injection, and records the headers.
 fn discover() -> Known {
-    let mut n = net();
-    let (done, _) = run_legit(&mut n, false);
-    assert!(done, "discovery: the legitimate request did not complete");
-    let c = n.client_sent.borrow()[0];
-    let s = n.server_sent.borrow()[0];
-    let (cs, ct, req_num) = hdr_fields(&c);
-    let (ss, st, _) = hdr_fields(&s);
-    assert_eq!(PktHdr::parse(&c).unwrap().0.pkt_type, PktType::Req);
+    let (mut p, s) = pair();
+    enqueue_legit(&mut p, s);
+    let (ok, seen) = run_legit(&mut p);
+    assert!(
+        ok && seen == 1,
+        "discovery: the legitimate request did not complete"
+    );
+    let first_data = |log: &[(u64, Wire)]| {
+        log.iter()
+            .find_map(|(_, w)| match w {
+                Wire::Data(b) => PktHdr::parse(b).ok().map(|(i, _)| i),
+                Wire::Sm(..) => None,
+            })
+            .unwrap()
+    };
+    let c = first_data(&p.to_server.log);
+    let sv = first_data(&p.to_client.log);
+    assert_eq!(c.pkt_type, PktType::Req);
+    let resp = p
+        .to_client
+        .log
+        .iter()
+        .find_map(|(_, w)| match w {
+            Wire::Sm(_, m) if m.msg_type == SmType::ConnectResp => Some(*m),
+            _ => None,
+        })
+        .unwrap();
     Known {
-        to_server: (cs, ct),
-        to_client: (ss, st),
-        req_num,
+        to_server: (c.dest_session, c.token),
+        to_client: (sv.dest_session, sv.token),
+        req_num: c.req_num,
+        sm: (
+            resp.client_session,
+            resp.server_session,
+            resp.client_token,
+            resp.server_token,
+            resp.seq,
+        ),
     }
 }
 
-/// Enqueues the legitimate request and runs until it completes or the budget is spent.
-/// Returns (completed correctly, completions seen).
-fn run_legit(n: &mut Net, already_enqueued: bool) -> (bool, u32) {
-    if !already_enqueued {
-        enqueue_legit(n);
-    }
-    let deadline = n.fabric.now_ns() + BUDGET_NS;
-    let mut g = Guard::default();
+fn enqueue_legit(p: &mut Pair, s: SessionId) {
+    p.enqueue(s, &make_request(LEGIT_ID, REQ_SIZE, RESP_SIZE), LEGIT_ID)
+        .unwrap();
+}
+
+/// Runs until the legitimate request completes or the budget is spent. Returns (completed
+/// correctly, completions seen).
+fn run_legit(p: &mut Pair) -> (bool, u32) {
+    let limit = p.now + BUDGET_NS;
+    p.run_until(limit, |p| !p.client.completions.is_empty());
     let mut ok = false;
     let mut seen = 0;
-    while n.fabric.now_ns() < deadline && seen == 0 {
-        step(n, &mut g);
-        while let Some(c) = n.client.poll_completion() {
-            seen += 1;
-            assert_eq!(c.tag, LEGIT_ID);
-            if let Ok(resp) = &c.result {
-                ok = resp.len() == RESP_SIZE as usize && check(resp.as_slice(), !LEGIT_ID);
-            }
+    for c in p.client.take_completions() {
+        seen += 1;
+        assert_eq!(c.tag, LEGIT_ID);
+        if let Ok(resp) = &c.result {
+            ok = resp.len() == RESP_SIZE as usize && check(resp.as_slice(), !LEGIT_ID);
         }
     }
     (ok, seen)
-}
-
-fn enqueue_legit(n: &mut Net) {
-    let m = MsgBuf::from_slice(&make_request(LEGIT_ID, REQ_SIZE, RESP_SIZE));
-    n.client
-        .enqueue_request(n.session, ECHO, m, LEGIT_ID)
-        .unwrap();
 }
 
 fn known() -> Known {
@@ -345,26 +218,61 @@ fn pkt_len(size: usize, i: u32) -> usize {
         .min(DPP)
 }
 
+/// Builds an SM message from the input; returns it and whether it carries a real token.
+fn sm_message(op: u8, input: &mut Input<'_>, k: &Known) -> Option<(SmMsg, bool)> {
+    let mut b = input.bytes(SM_MSG_SIZE);
+    let (cs, ss, ct, st, seq) = k.sm;
+    if op & 8 != 0 {
+        b[8..12].copy_from_slice(&cs.to_le_bytes());
+        b[12..16].copy_from_slice(&ss.to_le_bytes());
+        b[16..20].copy_from_slice(&ct.to_le_bytes());
+        b[20..24].copy_from_slice(&st.to_le_bytes());
+    }
+    if op & 16 != 0 {
+        b[..3].copy_from_slice(b"SM\x01");
+        b[49..52].fill(0);
+        b[116..].fill(0);
+    }
+    if op & 32 != 0 {
+        b[24..32].copy_from_slice(&seq.to_le_bytes());
+    }
+    let m = SmMsg::parse(&b).ok()?;
+    let authentic = m.client_token == ct || m.server_token == st;
+    Some((m, authentic))
+}
+
 fuzz_target!(|data: &[u8]| {
     let k = known();
-    let mut n = net();
-    let server_node = n.server.transport().inner.node_id();
-    let client_node = n.client.transport().inner.node_id();
-    enqueue_legit(&mut n);
+    let (mut p, s) = pair();
+    enqueue_legit(&mut p, s);
     let mut input = Input(data);
     let mut authentic = false;
-    let mut g = Guard::default();
     let mut injected = 0;
     while !input.0.is_empty() && injected < 256 {
         let op = input.byte();
         if op & 3 == 0 {
+            let limit = p.now + BUDGET_NS;
             for _ in 0..input.byte() {
-                step(&mut n, &mut g);
+                if !p.advance(limit) {
+                    break;
+                }
             }
             continue;
         }
         injected += 1;
-        let to_client = op & 4 != 0;
+        let towards = if op & 4 != 0 {
+            Side::Client
+        } else {
+            Side::Server
+        };
+        if op & 3 == 3 {
+            if let Some((m, real)) = sm_message(op, &mut input, &k) {
+                authentic |= real;
+                p.inject_sm(towards, m);
+            }
+            continue;
+        }
+        let to_client = towards == Side::Client;
         let mut pkt = input.bytes(HDR_SIZE);
         let (session, token) = if to_client { k.to_client } else { k.to_server };
         if op & 8 != 0 {
@@ -411,20 +319,22 @@ fuzz_target!(|data: &[u8]| {
                 authentic = true;
             }
         }
-        n.fabric
-            .inject(if to_client { client_node } else { server_node }, &pkt);
+        p.inject(towards, pkt);
     }
-    let (ok, seen) = run_legit(&mut n, true);
+    let (ok, seen) = run_legit(&mut p);
     if !authentic {
         assert_eq!(seen, 1, "legitimate request did not complete");
         assert!(ok, "legitimate request completed with a wrong response");
-        assert_eq!(n.server.state().runs.get(&LEGIT_ID), Some(&1));
-        assert_eq!(n.server.state().bad, 0);
+        let req = make_request(LEGIT_ID, REQ_SIZE, RESP_SIZE);
+        assert_eq!(p.server.runs.get(&req), Some(&1));
+        assert_eq!(p.server.runs.len(), 1, "no forged request reached the handler");
     }
-    // Either way, keep the loops running a little: late packets, timers, retransmissions.
-    let mut g = Guard::default();
+    // Either way, keep the pair running a little: late packets, timers, retransmissions.
+    let limit = p.now + BUDGET_NS;
     for _ in 0..64 {
-        step(&mut n, &mut g);
-        while n.client.poll_completion().is_some() {}
+        if !p.advance(limit) {
+            break;
+        }
+        p.client.take_completions();
     }
 });
