@@ -78,6 +78,14 @@
 //! The wire formats are `crate::pkthdr` (datapath header) and `crate::sm` (SM message); both
 //! are described byte by byte in `docs/PROTOCOL.md`.
 
+// Everything here handles input from the network: no panics on it, kept by the compiler.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
 mod client;
 mod credits;
 mod event;
@@ -275,6 +283,7 @@ impl Endpoint {
     /// The front of the timer queue without the work of [`poll_timeout`](Endpoint::poll_timeout)
     /// (which first drops entries made stale since): never later than `poll_timeout`, at
     /// worst an early wake-up.
+    #[inline]
     pub fn earliest_timer(&self) -> Option<u64> {
         self.timers.front()
     }
@@ -531,19 +540,34 @@ impl Endpoint {
 
     /// The next event, if any (see the [module docs](self) for the order of the polls).
     #[must_use]
+    #[inline]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.out.events.pop_front()
     }
 
+    /// Whether events are queued for [`poll_event`](Endpoint::poll_event).
+    #[inline]
+    pub fn has_events(&self) -> bool {
+        !self.out.events.is_empty()
+    }
+
     /// Whether datapath packets are queued for [`poll_transmits`](Endpoint::poll_transmits).
+    #[inline]
     pub fn has_transmits(&self) -> bool {
         !self.out.txq.is_empty()
+    }
+
+    /// Whether SM messages are queued for [`poll_sm`](Endpoint::poll_sm).
+    #[inline]
+    pub fn has_sm(&self) -> bool {
+        !self.out.sm.is_empty()
     }
 
     /// Hands every queued datapath packet to `send`, in batches of at most 32 descriptors in
     /// the order they were queued; each descriptor is a route, a header slice and a payload
     /// slice borrowed from the endpoint's buffers. Packets whose buffer is gone (their
     /// request completed since they were queued) are skipped and counted in `tx_skipped`.
+    #[inline]
     pub fn poll_transmits(&mut self, send: impl FnMut(&[TxPkt<'_>])) {
         if self.out.txq.is_empty() {
             return;
@@ -554,6 +578,7 @@ impl Endpoint {
 
     /// The next session-management message to send, if any.
     #[must_use]
+    #[inline]
     pub fn poll_sm(&mut self) -> Option<SmTransmit> {
         self.out.sm.pop_front()
     }

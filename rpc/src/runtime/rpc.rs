@@ -435,17 +435,28 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
             }
         }
 
-        // Timers.
-        if self.ctx.ep.poll_timeout().is_some_and(|at| at <= now) {
+        // Timers. The front of the queue may be a stale entry (never later than the true next
+        // timer): `handle_timeout` drops it, which is cheaper than asking for the exact time
+        // every iteration.
+        if self.ctx.ep.earliest_timer().is_some_and(|at| at <= now) {
             self.ctx.ep.handle_timeout(now);
         }
 
-        self.dispatch();
-        self.deliver_completions();
+        // Idle iterations (the common case when busy-polling) stop here.
+        if self.ctx.ep.has_events()
+            || !self.ready.is_empty()
+            || (self.continuation.is_some() && !self.completions.is_empty())
+        {
+            self.dispatch();
+            self.deliver_completions();
+        }
         if self.ctx.ep.has_transmits() {
             work = true;
+            self.flush_tx();
         }
-        self.carry_out();
+        if self.ctx.ep.has_sm() {
+            self.flush_sm();
+        }
         work
     }
 
@@ -603,9 +614,8 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
     }
 
     fn flush_sm(&mut self) {
-        let channel = self.nexus.router().channel();
         while let Some(t) = self.ctx.ep.poll_sm() {
-            channel.send(&t.to, &t.msg);
+            self.nexus.router().channel().send(&t.to, &t.msg);
         }
     }
 }
