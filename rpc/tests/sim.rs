@@ -988,3 +988,127 @@ fn a_panicking_handler_fails_its_request_only() {
     assert!(matches!(done[1].result, Err(RpcError::HandlerFailed)));
     assert_eq!(done[2].result.as_ref().unwrap().as_slice(), b"fine");
 }
+
+/// A transport that cannot make routes.
+struct NoRoutes(SimTransport);
+impl Transport for NoRoutes {
+    fn kind(&self) -> TransportKind {
+        self.0.kind()
+    }
+    fn routing_info(&self) -> RoutingInfo {
+        self.0.routing_info()
+    }
+    fn route_alloc(&mut self) -> Result<(RouteId, RoutingInfo), TransportError> {
+        Err(TransportError::RoutesExhausted(0))
+    }
+    fn resolve(&mut self, r: RouteId, i: &RoutingInfo) -> Result<(), TransportError> {
+        self.0.resolve(r, i)
+    }
+    fn route_free(&mut self, r: RouteId) {
+        self.0.route_free(r)
+    }
+    fn max_pkt_size(&self) -> usize {
+        self.0.max_pkt_size()
+    }
+    fn rx_ring_size(&self) -> usize {
+        self.0.rx_ring_size()
+    }
+    fn tx_burst(&mut self, p: &[TxPkt<'_>]) -> Result<usize, TransportError> {
+        self.0.tx_burst(p)
+    }
+    fn rx_burst(&mut self) -> usize {
+        self.0.rx_burst()
+    }
+    fn rx_pkt(&self, i: usize) -> &[u8] {
+        self.0.rx_pkt(i)
+    }
+    fn rx_release(&mut self, n: usize) {
+        self.0.rx_release(n)
+    }
+    fn wait(&mut self, t: Option<Duration>) -> Result<(), TransportError> {
+        self.0.wait(t)
+    }
+    fn stats(&self) -> TransportStats {
+        self.0.stats()
+    }
+}
+
+#[test]
+fn a_transport_that_cannot_make_a_route_fails_create_session() {
+    let fabric = Sim::new(24);
+    let hub = LocalHub::new();
+    let _sn = server_nexus(&hub, "server");
+    let cn: Nexus<()> = Nexus::new_local(&hub, "client", 0).unwrap();
+    let t = NoRoutes(fabric.transport(MTU, RING));
+    let mut client = Rpc::new(&cn, 0, t, (), sim_config(2)).unwrap();
+    fabric.adopt(&mut client);
+    assert!(matches!(
+        client.create_session("local:server", 0),
+        Err(RpcError::Transport(TransportError::RoutesExhausted(_)))
+    ));
+    assert_eq!(client.ctx().num_sessions(), 0, "nothing is left behind");
+    assert_eq!(client.stats().sm_tx, 0, "nothing was sent");
+}
+
+#[test]
+fn liveness_through_the_nexus_in_virtual_time() {
+    // The Nexus answers pings from the live table its Rpcs keep: an idle session stays up
+    // for as long as both Rpcs exist, and a server Rpc that goes away is noticed at the
+    // client's next ping (its Nexus answers NoSuchRpc).
+    let t = Duration::from_millis(40);
+    let cfg = |seed| RpcConfig {
+        failure_timeout: Some(t),
+        ..sim_config(seed)
+    };
+    let mut n = net(25, cfg(1), cfg(2));
+    let s = connect(&mut n);
+    let Net {
+        fabric,
+        server,
+        client,
+        ..
+    } = &mut n;
+    let idle_until = fabric.now_ns() + 25 * t.as_nanos() as u64;
+    while fabric.now_ns() < idle_until {
+        step(fabric, &mut [server, client]);
+    }
+    assert_eq!(client.session_state(s), Some(SessionState::Connected));
+    assert!(client.stats().pings_sent > 0 && server.stats().pings_sent > 0);
+    assert_eq!(client.stats().sessions_reset, 0);
+    assert_eq!(server.stats().server_sessions_reaped, 0);
+    client
+        .enqueue_request_with_deadline(s, ECHO, MsgBuf::from_slice(b"pending"), 1, None)
+        .unwrap();
+    let Net {
+        fabric,
+        server,
+        client,
+        ..
+    } = &mut n;
+    // The server Rpc goes away (its Nexus stays).
+    let gone = std::mem::replace(
+        server,
+        sim_rpc(
+            &server_nexus(&LocalHub::new(), "elsewhere"),
+            fabric,
+            RING,
+            Server::default(),
+            sim_config(9),
+        ),
+    );
+    drop(gone);
+    let stopped = fabric.now_ns();
+    while client.session_state(s) == Some(SessionState::Connected) {
+        step(fabric, &mut [client]);
+    }
+    assert!(fabric.now_ns() - stopped <= t.as_nanos() as u64 / 4 + 1_000_000);
+    assert_eq!(
+        client.session_state(s),
+        Some(SessionState::Failed(ConnectFailure::PeerFailed))
+    );
+    let c = client
+        .poll_completion()
+        .expect("the pending request completed");
+    assert!(matches!(c.result, Err(RpcError::PeerFailed)));
+    assert_eq!(client.stats().sessions_reset, 1);
+}

@@ -205,6 +205,7 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
             .resolve_uri(remote_uri)
             .ok_or_else(|| RpcError::BadRemote(remote_uri.to_string()))?;
         let now = self.command_time();
+        self.route_error = None;
         let id = self.ctx.ep.connect(now, addr, remote_rpc)?;
         // The local end of the route is made now, so that a transport that cannot make one
         // fails this call rather than the connect later.
@@ -496,7 +497,11 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
                         Ok(r) => Some(r),
                         Err(e) => {
                             tracing::warn!(error = %e, session = op.session(), "route allocation failed");
-                            self.route_error = Some((op.session(), e));
+                            // Kept for `create_session`, which reports a client's failure.
+                            let sid = op.session();
+                            if self.ctx.ep.session_state(sid) == Some(SessionState::Connecting) {
+                                self.route_error = Some((sid, e));
+                            }
                             None
                         }
                     };
