@@ -91,12 +91,14 @@ impl RpcConfig {
             return Err(format!("max_msg_size {} over 2 GiB", self.max_msg_size));
         }
         if self.rto.is_zero()
+            || self.sm_retry.is_zero()
             || self.rx_batch == 0
             || self.max_sessions == 0
             || self.max_sessions_per_peer == 0
         {
             return Err(
-                "rto, rx_batch, max_sessions and max_sessions_per_peer must be non-zero".into(),
+                "rto, sm_retry, rx_batch, max_sessions and max_sessions_per_peer must be non-zero"
+                    .into(),
             );
         }
         if self

@@ -890,3 +890,68 @@ fn timer_work_grows_with_due_sessions_only() {
     assert!(sent > 0 && sent <= 100 * intervals, "{sent} pings");
     assert_eq!(p.client.ep.stats().sessions_reset, 0);
 }
+
+#[test]
+fn a_disconnect_outlasting_the_liveness_interval_ends_at_its_timeout() {
+    // Every DisconnectReq is lost; the liveness interval (10 ms) passes many times while the
+    // client end is disconnecting, and its liveness timer must not keep firing.
+    let client = RpcConfig {
+        connect_timeout: Duration::from_millis(300),
+        ..live_cfg(40)
+    };
+    let mut p = Pair::new(client, live_cfg(40), 33);
+    let s = p.connect();
+    p.to_server.filter = Some(every(|w| w.is_sm(SmType::DisconnectReq), Fate::Drop));
+    let start = p.now;
+    p.client.ep.disconnect(p.now, s).unwrap();
+    let ok = p.run_until(start + 1_000 * MS, |p| {
+        p.client.ep.session_state(s).is_none()
+    });
+    assert!(ok);
+    assert_eq!(p.now, start + 300 * MS, "freed at the disconnect's timeout");
+    assert_eq!(
+        p.to_server.sm_count(SmType::DisconnectReq),
+        3,
+        "sent, retried twice"
+    );
+    assert_eq!(p.client.events_of(s), (1, 1, 0));
+    // The server end, never told, is reaped by its own failure detection.
+    p.run_for(200 * MS);
+    assert_eq!(p.server.ep.num_sessions(), 0);
+    assert_eq!(p.server.ep.stats().server_sessions_reaped, 1);
+}
+
+#[test]
+fn every_timer_is_left_armed_for_later_or_stopped() {
+    // A mix of everything that arms timers, with failure detection, faults and deadlines;
+    // `handle_timeout` asserts (in debug builds) that no timer is left due after it fired.
+    for seed in testkit::seeds(&[34]) {
+        let t = 40;
+        let mut p = Pair::new(live_cfg(t), live_cfg(t), seed);
+        let faults = Faults {
+            drop: 0.1,
+            duplicate: 0.1,
+            reorder_ns: MS,
+            sm_too: true,
+        };
+        p.to_server.faults = faults;
+        p.to_client.faults = faults;
+        let sessions: Vec<u32> = (0..8).map(|_| p.begin_connect()).collect();
+        p.run_for(500 * MS);
+        for (i, &s) in sessions.iter().enumerate() {
+            let deadline = Some(Duration::from_millis(5 * i as u64 + 1));
+            let _ = p.enqueue_with_deadline(s, &make_request(i as u64, 4000, 4000), 0, deadline);
+            if i % 3 == 0 {
+                let _ = p.client.ep.disconnect(p.now, s);
+            }
+        }
+        pattern_server(&mut p);
+        p.run_for(2_000 * MS);
+        for &s in &sessions {
+            if let Some(SessionState::Failed(_)) = p.client.ep.session_state(s) {
+                p.client.ep.reconnect(p.now, s).unwrap();
+            }
+        }
+        p.run_for(2_000 * MS);
+    }
+}

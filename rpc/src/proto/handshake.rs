@@ -188,6 +188,9 @@ impl Endpoint {
                 c.timers
                     .set(Timer::Handshake, c.sm.retry_at.min(c.sm.deadline));
                 c.timers.stop(Timer::Retransmit);
+                // The peer is not watched while the session closes; the handshake timer
+                // bounds how long that takes.
+                c.timers.stop(Timer::Liveness);
                 if let Some((to, m)) = self.client_sm_msg(sid) {
                     self.out.send_sm(to, m);
                 }

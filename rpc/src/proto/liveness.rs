@@ -130,7 +130,8 @@ impl Endpoint {
         let verdict = match self.sessions.get_mut(sid) {
             Some(super::Session::Client(c)) if c.is_connected() => c.live.check(now, timeout),
             Some(super::Session::Server(s)) if s.is_live() => s.live.check(now, timeout),
-            _ => return,
+            // Not (or no longer) an end whose peer is watched: the timer stops.
+            _ => Verdict::Alive,
         };
         match (verdict, self.sessions.client(sid).is_some()) {
             (Verdict::Failed, true) => {

@@ -386,6 +386,15 @@ impl Endpoint {
             }
             timer::dequeued(t);
             self.service(sid, now);
+            // Every service sets its timer for a later time or stops it; a timer left due
+            // would fire again at once, and this loop would not end.
+            if let Some(s) = self.sessions.get_mut(sid) {
+                let left_due = s.timers_mut().stop_expired(now);
+                debug_assert!(!left_due, "a timer of session {sid} was left due");
+                if left_due {
+                    tracing::error!(session = sid, "a timer was left due after its service");
+                }
+            }
             self.schedule(sid);
         }
     }

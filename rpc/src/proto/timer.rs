@@ -74,6 +74,22 @@ impl TimerTable {
         self.set(t, NEVER);
     }
 
+    /// Stops every timer armed for `now` or earlier; whether there was one. After a
+    /// session's due timers were serviced none should be left: one would fire again at once.
+    pub(crate) fn stop_expired(&mut self, now: u64) -> bool {
+        let mut any = false;
+        for at in self.at.iter_mut() {
+            if *at <= now {
+                *at = NEVER;
+                any = true;
+            }
+        }
+        if any {
+            self.next = self.at.iter().copied().min().unwrap_or(NEVER);
+        }
+        any
+    }
+
     /// Whether `t` is armed for `now` or earlier.
     pub(crate) fn expired(&self, t: Timer, now: u64) -> bool {
         self.at.get(t as usize).is_some_and(|&at| at <= now)
