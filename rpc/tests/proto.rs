@@ -955,3 +955,38 @@ fn every_timer_is_left_armed_for_later_or_stopped() {
         p.run_for(2_000 * MS);
     }
 }
+
+#[test]
+fn a_slot_that_waited_for_credits_is_not_retransmitted_as_soon_as_it_sends() {
+    // One credit, two slots: B waits for the credit while A's response is held for 2.5 RTOs
+    // (A is retransmitted twice meanwhile). When A completes, B sends; its retransmission
+    // clock starts then, not when it was enqueued.
+    let client = RpcConfig {
+        credits: 1,
+        window: 2,
+        ..cfg()
+    };
+    let mut p = Pair::new(client, cfg(), 35);
+    let s = p.connect();
+    p.server.handler = Box::new(|_, data| (data != b"A").then(|| data.to_vec()));
+    p.enqueue(s, b"A", 1).unwrap();
+    p.enqueue(s, b"B", 2).unwrap();
+    let rto = 5 * MS;
+    let start = p.now;
+    p.run_to(start + 5 * rto / 2);
+    assert_eq!(p.client.ep.stats().retransmissions, 2, "A went back twice");
+    let h = p.server.held.pop().expect("A is held");
+    p.server.respond(h, b"a").unwrap();
+    let done = p.completions(2, 100 * MS);
+    assert!(done.iter().all(|c| c.result.is_ok()));
+    assert_eq!(
+        p.client.ep.stats().retransmissions,
+        2,
+        "B was not retransmitted"
+    );
+    assert_eq!(
+        p.to_server.pkt_count(PktType::Req),
+        4,
+        "A three times, B once"
+    );
+}

@@ -242,12 +242,14 @@ impl ClientSession {
         slot.retransmitted = false;
         self.active_slots += 1;
         self.timers.arm(Timer::Deadline, p.deadline);
-        self.pump_slot(idx, prm, out);
+        self.pump_slot(idx, now, prm, out);
     }
 
     /// Queues what slot `idx` may send with the session's credits: request packets from
-    /// `num_tx`, or RFRs once response packet 0 is in.
-    pub(crate) fn pump_slot(&mut self, idx: usize, prm: &Params, out: &mut Out) {
+    /// `num_tx`, or RFRs once response packet 0 is in. A slot that had nothing in flight
+    /// (new, rewound, or waiting for credits) starts its retransmission clock now: the
+    /// timeout measures silence while packets are out, not time spent waiting to send.
+    pub(crate) fn pump_slot(&mut self, idx: usize, now: u64, prm: &Params, out: &mut Out) {
         if !self.is_connected() {
             return;
         }
@@ -282,6 +284,9 @@ impl ClientSession {
             if !credits.try_spend() {
                 out.stats.credit_stalls += 1;
                 break;
+            }
+            if slot.in_flight() == 0 {
+                slot.progress = now;
             }
             let p = slot.num_tx;
             let req_len = slot.req.as_ref().map_or(0, |b| b.len());
@@ -327,20 +332,20 @@ impl ClientSession {
     }
 
     /// Pumps every slot (after credits came back to a stalled session, or a rewind).
-    pub(crate) fn pump_all(&mut self, prm: &Params, out: &mut Out) {
+    pub(crate) fn pump_all(&mut self, now: u64, prm: &Params, out: &mut Out) {
         self.credits.clear_stall();
         for i in 0..self.slots.len() {
-            self.pump_slot(i, prm, out);
+            self.pump_slot(i, now, prm, out);
         }
     }
 
     /// After a credit came back on slot `idx`: pump that slot, or every slot if one was
     /// waiting for credits.
-    fn pump_after_credit(&mut self, idx: usize, prm: &Params, out: &mut Out) {
+    fn pump_after_credit(&mut self, idx: usize, now: u64, prm: &Params, out: &mut Out) {
         if self.credits.is_stalled() {
-            self.pump_all(prm, out);
+            self.pump_all(now, prm, out);
         } else {
-            self.pump_slot(idx, prm, out);
+            self.pump_slot(idx, now, prm, out);
         }
     }
 
@@ -390,7 +395,7 @@ impl ClientSession {
         }
         out.complete(completion, slot.internal);
         self.start_from_backlog(idx, now, prm, out);
-        self.pump_all(prm, out);
+        self.pump_all(now, prm, out);
     }
 
     /// Starts the next backlogged request that fits the agreed message size in the free slot
@@ -563,7 +568,7 @@ impl ClientSession {
         slot.num_rx += 1;
         slot.progress = now;
         self.credits.give_back(1);
-        self.pump_after_credit(idx, prm, out);
+        self.pump_after_credit(idx, now, prm, out);
     }
 
     /// Handles a response packet (already matched to this end by session and token).
@@ -637,7 +642,7 @@ impl ClientSession {
         if slot.num_rx == slot.n_req + slot.n_resp - 1 {
             self.complete(idx, Ok(()), now, prm, out);
         } else {
-            self.pump_after_credit(idx, prm, out);
+            self.pump_after_credit(idx, now, prm, out);
         }
     }
 }

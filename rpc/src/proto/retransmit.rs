@@ -7,9 +7,12 @@
 //! rewind resends exactly what was not acknowledged; the server answers repeats from its slot
 //! (`server.rs`) without running the handler again.
 //!
-//! The retransmit timer of a session is armed when a slot sends (at that slot's
-//! `progress + rto`), and not moved when a slot progresses: when it fires it rewinds the slots
-//! that are really stalled and is set again for the earliest `progress + rto` left.
+//! A slot's progress clock restarts whenever it goes from nothing in flight to something in
+//! flight (a new request, a rewind, the end of a wait for credits): the timeout measures
+//! silence while packets are out, never time spent waiting to send. The retransmit timer of a
+//! session is armed when a slot sends (at that slot's `progress + rto`), and not moved when a
+//! slot progresses: when it fires it rewinds the slots that are really stalled and is set
+//! again for the earliest `progress + rto` left, which is always later than now.
 
 use super::client::ClientSession;
 use super::output::Out;
@@ -36,7 +39,7 @@ impl ClientSession {
             }
         }
         if rewound {
-            self.pump_all(prm, out);
+            self.pump_all(now, prm, out);
         }
         let next = self
             .slots
