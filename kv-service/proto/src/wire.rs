@@ -846,5 +846,9 @@ stats_struct!(
         index_bytes,
         /// Live rpc sessions of the thread.
         sessions,
+        /// Sessions the thread freed because their client vanished without closing them
+        /// (detected by the liveness timeout); a client that closes its sessions is not
+        /// counted here.
+        sessions_reaped,
     }
 );

@@ -184,6 +184,7 @@ impl<B: Backend> ServerState<B> {
                 s.file_bytes = ws.file_bytes;
                 s.index_bytes = ws.index_bytes;
                 s.sessions = ctx.num_sessions() as u64;
+                s.sessions_reaped = ctx.stats().server_sessions_reaped;
                 let body = s.encode();
                 self.respond(ctx, h, Status::Ok, 0, 0, bytemuck::bytes_of(&body));
             }
