@@ -40,6 +40,56 @@ pub struct ClientConfig {
     /// retried); later ones go out on the new session, or fail with the connect error while
     /// the server is down. Default `true`.
     pub auto_reconnect: bool,
+    /// How often a server that stays unreachable is tried again (with `auto_reconnect`).
+    /// Default: from 100 ms, doubling to 2 s, each wait shortened by up to half at random.
+    pub reconnect_backoff: Backoff,
+}
+
+/// Exponential backoff with jitter between reconnect attempts to a server thread whose
+/// session failed.
+///
+/// The first attempt follows the failure at once (a restarted server is back for the first
+/// request). After `n` failed attempts in a row the next waits `min(initial * 2^(n-1), max)`
+/// less a random part of up to `jitter` of it (so clients that lost one server together do
+/// not come back in step). While a thread waits, requests for it fail at once with
+/// [`Error::Unavailable`](crate::Error::Unavailable): no handshake traffic, no spinning. A
+/// success resets the count.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Backoff {
+    /// Wait after the first failed attempt. Default 100 ms.
+    pub initial: Duration,
+    /// Longest wait. Default 2 s.
+    pub max: Duration,
+    /// Fraction (0..=1) of each wait that is randomised away. Default 0.5.
+    pub jitter: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+            jitter: 0.5,
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait after `failures` (≥ 1) failed attempts in a row, before jitter.
+    pub fn base(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(30);
+        self.initial
+            .saturating_mul(1u32 << doublings)
+            .min(self.max)
+            .max(self.initial.min(self.max))
+    }
+
+    /// The wait after `failures` failed attempts, `unit` in `[0, 1)` choosing the jitter.
+    pub fn wait(&self, failures: u32, unit: f64) -> Duration {
+        let base = self.base(failures);
+        let cut = base.mul_f64(self.jitter.clamp(0.0, 1.0) * unit.clamp(0.0, 1.0));
+        base.saturating_sub(cut)
+    }
 }
 
 impl Default for ClientConfig {
@@ -53,6 +103,28 @@ impl Default for ClientConfig {
             max_pkt_size: None,
             rx_ring_size: None,
             auto_reconnect: true,
+            reconnect_backoff: Backoff::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_jitter_only_shortens() {
+        let b = Backoff::default();
+        let ms = |d: Duration| d.as_millis();
+        assert_eq!(
+            (1..=7).map(|n| ms(b.base(n))).collect::<Vec<_>>(),
+            [100, 200, 400, 800, 1600, 2000, 2000]
+        );
+        assert_eq!(b.base(u32::MAX), b.max);
+        assert_eq!(b.wait(3, 0.0), b.base(3));
+        assert_eq!(ms(b.wait(3, 0.999_999)), 200);
+        assert!(b.wait(3, 0.5) < b.base(3) && b.wait(3, 0.5) > b.base(3) / 2);
+        let none = Backoff { jitter: 0.0, ..b };
+        assert_eq!(none.wait(2, 0.9), none.base(2));
     }
 }

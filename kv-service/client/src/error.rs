@@ -20,6 +20,21 @@ pub enum Error {
         #[source]
         source: RpcError,
     },
+    /// The server thread's session failed and the last reconnect attempts failed too; the
+    /// client waits before trying again ([`ClientConfig::reconnect_backoff`](crate::ClientConfig)),
+    /// and requests for that thread fail at once meanwhile. Nothing was sent.
+    #[error("server {addr} unavailable: {failures} reconnect attempt(s) failed (last: {source}); next attempt in {} ms", retry_in.as_millis())]
+    Unavailable {
+        /// The server address.
+        addr: String,
+        /// Failed reconnect attempts in a row.
+        failures: u32,
+        /// How long until the next attempt.
+        retry_in: Duration,
+        /// Why the last attempt failed.
+        #[source]
+        source: RpcError,
+    },
     /// No answer within the configured timeout.
     #[error("no answer from the server within {0:?}")]
     Timeout(Duration),
@@ -66,6 +81,24 @@ impl Error {
         matches!(self, Error::Timeout(_))
     }
 
+    /// Whether the error says the server (or the way to it) is gone rather than that a
+    /// request was wrong: unreachable or unavailable, a failed peer, a handshake that timed
+    /// out or found no server thread to talk to, a session that is not connected. A request failing so may be retried once the
+    /// server is back (whether it ran is unknown only for [`RpcError::PeerFailed`]).
+    pub fn is_connection_error(&self) -> bool {
+        match self {
+            Error::Unreachable { .. } | Error::Unavailable { .. } => true,
+            Error::Rpc(e) => matches!(
+                e,
+                RpcError::PeerFailed
+                    | RpcError::Timeout
+                    | RpcError::NotConnected(_)
+                    | RpcError::NoSuchRemoteRpc(_)
+            ),
+            _ => false,
+        }
+    }
+
     /// The status of a server error, if this is one.
     pub fn status(&self) -> Option<Status> {
         match self {
@@ -107,6 +140,17 @@ impl Clone for Error {
             Error::BadAddress(a) => Error::BadAddress(a.clone()),
             Error::Unreachable { addr, source } => Error::Unreachable {
                 addr: addr.clone(),
+                source: clone_rpc(source),
+            },
+            Error::Unavailable {
+                addr,
+                failures,
+                retry_in,
+                source,
+            } => Error::Unavailable {
+                addr: addr.clone(),
+                failures: *failures,
+                retry_in: *retry_in,
                 source: clone_rpc(source),
             },
             Error::Timeout(d) => Error::Timeout(*d),

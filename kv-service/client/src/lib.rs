@@ -45,11 +45,11 @@ use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::time::Duration;
 
 use kv_proto::{self as protocol, op, KeyRouter, Request, ScanMerge, ServerInfo, ThreadStats};
-use rpc::{Completion, Nexus, Rpc, RpcConfig, RpcError, SessionId, SessionState};
+use rpc::{Completion, ConnectFailure, Nexus, Rpc, RpcConfig, RpcError, SessionId, SessionState};
 use transports::udp::{UdpConfig, UdpTransport};
 use transports::Transport;
 
-pub use config::ClientConfig;
+pub use config::{Backoff, ClientConfig};
 pub use error::Error;
 pub use kv_proto::{Item, Op, Reply};
 
@@ -97,6 +97,19 @@ struct InFlight {
     owner: Owner,
     op: u8,
     session: SessionId,
+}
+
+/// Where reconnecting one server thread's failed session stands.
+#[derive(Clone, Copy, Debug, Default)]
+struct Redial {
+    /// Failed attempts in a row (0: the next attempt may start at once).
+    failures: u32,
+    /// An attempt (a handshake) is under way.
+    attempting: bool,
+    /// No attempt before this instant of the rpc clock (ns).
+    not_before: u64,
+    /// Why the last attempt failed.
+    last: Option<ConnectFailure>,
 }
 
 /// Counters of a client.
@@ -162,6 +175,12 @@ pub struct Client<T: Transport = UdpTransport> {
     /// Completions taken from the rpc layer, routed after the event loop returns (reused).
     got: Vec<Completion>,
     counters: ClientCounters,
+    /// Per server thread (index = thread), the reconnect state of its session.
+    redial: Vec<Redial>,
+    /// Threads with a reconnect attempt under way.
+    redialing: usize,
+    /// Jitter of the reconnect backoff (splitmix64 state).
+    rng: u64,
 }
 
 /// Receive ring of a client whose `ClientConfig::rx_ring_size` is `None`, unless the
@@ -274,6 +293,8 @@ impl<T: Transport> Client<T> {
             source,
         };
         let s0 = rpc.create_session(server_uri, 0).map_err(unreachable)?;
+        // Jitter differs between clients (uri, start time) yet repeats under a virtual clock.
+        let rng = protocol::fnv1a64(server_uri.as_bytes()) ^ rpc.now_ns();
         let mut client = Client {
             rpc,
             nexus,
@@ -304,6 +325,9 @@ impl<T: Transport> Client<T> {
             scans: HashMap::new(),
             got: Vec::new(),
             counters: ClientCounters::default(),
+            redial: vec![Redial::default()],
+            redialing: 0,
+            rng,
         };
         // INFO waits in session 0's backlog until the handshake completes.
         let deadline = client.cfg.connect_timeout;
@@ -369,6 +393,7 @@ impl<T: Transport> Client<T> {
                     // server) is an rpc error; the remote's refusal comes as a failed session.
                     let s = self.rpc.create_session(&self.server, t as u8)?;
                     self.sessions.push(s);
+                    self.redial.push(Redial::default());
                 }
                 self.conn = Conn::Sessions;
             }
@@ -538,6 +563,88 @@ impl<T: Transport> Client<T> {
         self.user_inflight + self.done.len()
     }
 
+    /// How long until a reconnect may be tried, if some server thread is backing off after
+    /// failed reconnect attempts (requests for it fail at once with [`Error::Unavailable`]
+    /// until then); `None` if no thread is. A caller that would rather wait than fail sleeps
+    /// this long, then sends: the request starts the next attempt.
+    pub fn reconnect_wait(&self) -> Option<Duration> {
+        let now = self.rpc.now_ns();
+        self.redial
+            .iter()
+            .filter(|r| !r.attempting && r.not_before > now)
+            .map(|r| Duration::from_nanos(r.not_before - now))
+            .min()
+    }
+
+    /// Gives up on every request not yet answered: buffered ones and those the rpc layer
+    /// holds complete with `Error::Rpc(RpcError::Cancelled)` (a request already at the server
+    /// may still run there). Their outcomes come out of `poll` / `wait` as usual.
+    pub fn cancel_all(&mut self) {
+        for p in &mut self.pending {
+            p.msg.clear();
+        }
+        let buffered: Vec<(u64, u8)> = self
+            .pending
+            .iter_mut()
+            .flat_map(|p| std::mem::take(&mut p.tags))
+            .collect();
+        for (tag, _) in buffered {
+            self.finish(0, Owner::User(tag), Err(Error::Rpc(RpcError::Cancelled)));
+        }
+        let mut held: Vec<(u64, SessionId)> =
+            self.inflight.iter().map(|(&t, f)| (t, f.session)).collect();
+        held.sort_unstable();
+        for (tag, session) in held {
+            self.rpc.cancel_request(session, tag);
+        }
+        self.pump(Duration::ZERO);
+    }
+
+    /// Closes the sessions to the server (the rpc disconnect handshake), so the server frees
+    /// them at once instead of reaping them as failed: cancels what is not answered, then
+    /// waits up to the connect timeout for the server to confirm. Dropping a client does the
+    /// same with a shorter wait; call this to know whether it worked.
+    pub fn close(mut self) -> Result<(), Error> {
+        let bound = self.cfg.connect_timeout;
+        if self.disconnect_all(bound) {
+            Ok(())
+        } else {
+            Err(self.unreachable(RpcError::Timeout))
+        }
+    }
+
+    /// Cancels everything, starts disconnecting every connected session and runs the event
+    /// loop (sleeping when idle) until they are gone or `bound` has passed in real time.
+    /// Returns whether all are gone.
+    fn disconnect_all(&mut self, bound: Duration) -> bool {
+        self.cancel_all();
+        let mut closing = Vec::new();
+        for &s in &self.sessions {
+            let state = self.rpc.session_state(s);
+            let destroyed = matches!(
+                state,
+                Some(SessionState::Connected | SessionState::Failed(_))
+            ) && self.rpc.destroy_session(s).is_ok();
+            // Only a connected session waits for the server's confirmation.
+            if destroyed && state == Some(SessionState::Connected) {
+                closing.push(s);
+            }
+        }
+        let end = std::time::Instant::now() + bound;
+        loop {
+            closing.retain(|&s| self.rpc.session_state(s).is_some());
+            if closing.is_empty() {
+                return true;
+            }
+            if std::time::Instant::now() >= end {
+                return false;
+            }
+            if !self.rpc.run_once() {
+                self.rpc.wait_idle(Duration::from_millis(1));
+            }
+        }
+    }
+
     /// Pipelined API: runs the event loop once (never blocks) and returns a finished
     /// request, if any.
     pub fn poll(&mut self) -> Option<(u64, Result<Reply, Error>)> {
@@ -557,6 +664,28 @@ impl<T: Transport> Client<T> {
     /// When the client's rpc endpoint next has timer work (ns on its clock).
     pub fn next_timer_ns(&self) -> u64 {
         self.rpc.next_timer_ns()
+    }
+
+    /// Pipelined API: waits up to `max` for the next finished request; `None` if none is in
+    /// flight or none finished in time.
+    pub fn wait_timeout(&mut self, max: Duration) -> Option<(u64, Result<Reply, Error>)> {
+        let end = std::time::Instant::now() + max;
+        loop {
+            if let Some(d) = self.done.pop_front() {
+                return Some(d);
+            }
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if self.user_inflight == 0 || left.is_zero() {
+                return None;
+            }
+            self.pump(left.min(Duration::from_millis(1)));
+        }
+    }
+
+    /// Failed reconnect attempts in a row, for the server thread with the most (0 while every
+    /// session is up or its first attempt is still to come).
+    pub fn reconnect_failures(&self) -> u32 {
+        self.redial.iter().map(|r| r.failures).max().unwrap_or(0)
     }
 
     /// Pipelined API: waits for the next finished request; `None` if none is in flight.
@@ -665,16 +794,8 @@ impl<T: Transport> Client<T> {
                 return Err(self.fail_owner(owner, e));
             }
         };
-        if self.cfg.auto_reconnect
-            && matches!(
-                self.rpc.session_state(session),
-                Some(SessionState::Failed(_))
-            )
-        {
-            // Requests enqueued now wait for the new handshake (or fail with it).
-            if let Err(e) = self.rpc.reconnect(session) {
-                tracing::debug!(thread, error = %e, "reconnect refused");
-            }
+        if let Err(e) = self.redial_if_failed(thread, session) {
+            return Err(self.fail_owner(owner, e));
         }
         let m = self.rpc.ctx().msg_from(msg);
         let tag = self.next_tag;
@@ -718,9 +839,18 @@ impl<T: Transport> Client<T> {
         self.flush();
         let mut got = std::mem::take(&mut self.got);
         let work = if self.cfg.busy_poll || max.is_zero() {
-            let w = self.rpc.run_once();
+            let mut w = self.rpc.run_once();
             while let Some(c) = self.rpc.poll_completion() {
                 got.push(c);
+            }
+            if !w && got.is_empty() && !max.is_zero() && self.handshaking() {
+                // Only a handshake to wait for (a server that may be down): sleep in the
+                // transport's wait instead of spinning, even when busy-polling.
+                self.rpc.wait_idle(max);
+                w = self.rpc.run_once();
+                while let Some(c) = self.rpc.poll_completion() {
+                    got.push(c);
+                }
             }
             w
         } else {
@@ -739,7 +869,108 @@ impl<T: Transport> Client<T> {
             self.route(c);
         }
         self.got = got;
+        if self.redialing > 0 {
+            self.check_redials();
+        }
         work
+    }
+
+    /// Whether the client waits for a connect handshake: the first connect, or a reconnect.
+    fn handshaking(&self) -> bool {
+        self.conn != Conn::Ready || self.redialing > 0
+    }
+
+    /// Before a request goes out on `thread`'s `session`: if the session failed, start a
+    /// reconnect (the request then waits for the handshake, or fails with it) unless the
+    /// thread is backing off after failed attempts — then the request fails at once.
+    fn redial_if_failed(&mut self, thread: usize, session: SessionId) -> Result<(), Error> {
+        let Some(SessionState::Failed(f)) = self.rpc.session_state(session) else {
+            return Ok(());
+        };
+        if !self.cfg.auto_reconnect {
+            return Ok(()); // the rpc layer refuses the request: NotConnected
+        }
+        let now = self.rpc.now_ns();
+        if self.redial.get(thread).is_some_and(|r| r.attempting) {
+            self.attempt_failed(thread, f, now);
+        }
+        let Some(r) = self.redial.get_mut(thread) else {
+            return Ok(());
+        };
+        if now < r.not_before {
+            return Err(Error::Unavailable {
+                addr: self.server.clone(),
+                failures: r.failures,
+                retry_in: Duration::from_nanos(r.not_before - now),
+                source: r.last.unwrap_or(f).to_error(thread as u8),
+            });
+        }
+        match self.rpc.reconnect(session) {
+            Ok(()) => {
+                r.attempting = true;
+                self.redialing += 1;
+                tracing::debug!(thread, failures = r.failures, "reconnecting");
+            }
+            Err(e) => tracing::debug!(thread, error = %e, "reconnect refused"),
+        }
+        Ok(())
+    }
+
+    /// Looks at the reconnect attempts under way: connected ones reset their thread's
+    /// backoff, failed ones extend it.
+    fn check_redials(&mut self) {
+        let now = self.rpc.now_ns();
+        for t in 0..self.redial.len() {
+            if !self.redial.get(t).is_some_and(|r| r.attempting) {
+                continue;
+            }
+            let Some(&s) = self.sessions.get(t) else {
+                continue;
+            };
+            match self.rpc.session_state(s) {
+                Some(SessionState::Connected) => {
+                    if let Some(r) = self.redial.get_mut(t) {
+                        *r = Redial::default();
+                    }
+                    self.redialing = self.redialing.saturating_sub(1);
+                    tracing::debug!(thread = t, "reconnected");
+                }
+                Some(SessionState::Failed(f)) => self.attempt_failed(t, f, now),
+                _ => {}
+            }
+        }
+    }
+
+    /// Thread `t`'s reconnect attempt failed with `f` (at `now`): back off.
+    fn attempt_failed(&mut self, t: usize, f: ConnectFailure, now: u64) {
+        let unit = self.next_unit();
+        let backoff = self.cfg.reconnect_backoff;
+        let Some(r) = self.redial.get_mut(t) else {
+            return;
+        };
+        r.attempting = false;
+        r.failures = r.failures.saturating_add(1);
+        r.last = Some(f);
+        let wait = backoff.wait(r.failures, unit);
+        r.not_before = now.saturating_add(wait.as_nanos().min(u128::from(u64::MAX)) as u64);
+        self.redialing = self.redialing.saturating_sub(1);
+        tracing::debug!(
+            thread = t,
+            failures = r.failures,
+            ?f,
+            wait_ms = wait.as_millis() as u64,
+            "reconnect failed; backing off"
+        );
+    }
+
+    /// A uniform value in `[0, 1)` (splitmix64).
+    fn next_unit(&mut self) -> f64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
     }
 
     fn route(&mut self, c: Completion) {
@@ -928,6 +1159,17 @@ impl<T: Transport> Client<T> {
                 });
                 self.done.push_back((user, r));
             }
+        }
+    }
+}
+
+/// A dropped client closes its sessions (see [`Client::close`]), waiting at most 200 ms (or
+/// the connect timeout, if shorter) for the server to confirm.
+impl<T: Transport> Drop for Client<T> {
+    fn drop(&mut self) {
+        let bound = self.cfg.connect_timeout.min(Duration::from_millis(200));
+        if !self.disconnect_all(bound) {
+            tracing::debug!(server = %self.server, "sessions not confirmed closed");
         }
     }
 }

@@ -627,6 +627,7 @@ impl Sim {
             Error::Server { status, .. } => format!("Server {status:?}"),
             Error::Rpc(r) => format!("Rpc {r:?}"),
             Error::Timeout(_) => "Timeout".to_string(),
+            Error::Unavailable { .. } => "Unavailable".to_string(),
             other => format!("{other:?}"),
         };
         *self.stats.failures.entry(kind).or_default() += 1;
@@ -802,6 +803,8 @@ fn check_failure(seed: u64, e: &Error) {
         Error::Rpc(rpc::RpcError::PeerFailed | rpc::RpcError::Timeout) => {}
         Error::Rpc(rpc::RpcError::NoSuchRemoteRpc(_) | rpc::RpcError::Cancelled) => {}
         Error::Rpc(rpc::RpcError::DeadlineExceeded | rpc::RpcError::NotConnected(_)) => {}
+        // The server was down long enough for a reconnect attempt to fail: backing off.
+        Error::Unavailable { .. } => {}
         // An injected disk error, or the server stopping.
         Error::Server {
             status: Status::Internal | Status::ShuttingDown,
@@ -918,4 +921,124 @@ fn a_seed_reproduces_exactly() {
     let a = format!("{:?}", run(7));
     let b = format!("{:?}", run(7));
     assert_eq!(a, b);
+}
+
+/// While the server is down, a client fails requests at once instead of sending them,
+/// reconnects with waits that grow (exponential backoff with jitter), and once the server is
+/// back, the first request that gets through succeeds.
+#[test]
+fn a_client_backs_off_while_the_server_is_down_and_comes_back_with_it() {
+    let seed = 11;
+    let mut sim = Sim::new(seed);
+    sim.connect_all();
+    let key = key_of(0, 3);
+    let backoff = client_config().reconnect_backoff;
+    // One GET from client 0 every 5 ms of virtual time; outcomes are checked by the model.
+    let every = 5 * MS;
+    let get = |sim: &mut Sim| {
+        let t0 = sim.tick();
+        let tag = sim.next_tag;
+        sim.next_tag += 1;
+        if sim.send(0, Op::Get { key: key.clone() }, tag) {
+            sim.pending[0].insert(tag, Pending::Get { key: key.clone(), t0 });
+        }
+    };
+    let run_for = |sim: &mut Sim, d: u64, attempts: &mut Vec<(u64, u32)>| {
+        let end = sim.now() + d;
+        let mut next = sim.now();
+        while sim.now() < end {
+            if sim.now() >= next {
+                get(sim);
+                next += every;
+            }
+            sim.step();
+            let f = sim.clients[0].reconnect_failures();
+            if attempts.last().map_or(f > 0, |&(_, g)| f != g) {
+                attempts.push((sim.now(), f));
+            }
+        }
+    };
+    let mut attempts = Vec::new();
+    run_for(&mut sim, 200 * MS, &mut attempts);
+    sim.quiesce();
+    assert!(attempts.is_empty(), "seed {seed}: {attempts:?}");
+    let before = sim.stats.failures.clone();
+    let sm_before = sim.clients[0].rpc().stats().sm_tx;
+
+    // The server process goes away: its threads are gone, nothing answers for them.
+    sim.disk.crash();
+    sim.threads.clear();
+    let outage = 6_000 * MS;
+    let down_at = sim.now();
+    run_for(&mut sim, outage, &mut attempts);
+    let during = |k: &str, sim: &Sim| {
+        sim.stats.failures.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0)
+    };
+    let unavailable = during("Unavailable", &sim);
+    let requests = outage / every;
+    // Failed attempts in a row, as the client counts them: 1, 2, 3, ... each after a wait at
+    // least the jittered backoff for the count before.
+    let counts: Vec<u32> = attempts.iter().map(|&(_, f)| f).collect();
+    assert!(
+        counts.len() >= 4 && counts.iter().enumerate().all(|(i, &f)| f == i as u32 + 1),
+        "seed {seed}: attempts {attempts:?}"
+    );
+    for pair in attempts.windows(2) {
+        let [(t0, n), (t1, _)] = pair else { continue };
+        let least = backoff.base(*n).mul_f64(1.0 - backoff.jitter);
+        assert!(
+            Duration::from_nanos(t1 - t0) >= least,
+            "seed {seed}: attempt {} came {} ms after the one before (backoff {:?}): {attempts:?}",
+            n + 1,
+            (t1 - t0) / MS,
+            least
+        );
+    }
+    // Waits grow: the last gap is longer than the first (doubling from 100 ms to 2 s).
+    let gaps: Vec<u64> = attempts.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    assert!(
+        gaps.last() > gaps.first(),
+        "seed {seed}: gaps {gaps:?} ms/1e6"
+    );
+    // Nearly every request failed at once (nothing sent) rather than waiting for a handshake,
+    // and the few handshakes cost few session-management messages.
+    assert!(
+        unavailable * 10 >= requests * 8,
+        "seed {seed}: only {unavailable} of {requests} requests failed at once: {:?}",
+        sim.stats.failures
+    );
+    let sm = sim.clients[0].rpc().stats().sm_tx - sm_before;
+    println!("seed {seed}: attempts {attempts:?}, {unavailable} of {requests} refused at once, {sm} SM messages");
+    assert!(
+        sm <= 20 * attempts.len() as u64,
+        "seed {seed}: {sm} SM messages for {} attempts",
+        attempts.len()
+    );
+
+    // The server comes back: within one backoff period the client is back too, and the first
+    // GET that was not refused locally read the key.
+    sim.start_server();
+    let back_at = sim.now();
+    let ok_before = sim.stats.reads_checked;
+    let refused_before = during("Unavailable", &sim);
+    let fails_before = sim.stats.failed;
+    run_for(&mut sim, backoff.max.as_nanos() as u64 + 500 * MS, &mut attempts);
+    sim.quiesce();
+    assert!(
+        sim.stats.reads_checked > ok_before + 50,
+        "seed {seed}: not back after {} ms: {:?}",
+        (sim.now() - back_at) / MS,
+        sim.stats
+    );
+    let refused_after = during("Unavailable", &sim) - refused_before;
+    // Every failure after the restart is a local refusal during the last backoff wait (or
+    // the attempt that was under way when the server returned).
+    let other_failures = sim.stats.failed - fails_before - refused_after;
+    assert!(
+        other_failures <= 8,
+        "seed {seed}: {other_failures} requests failed otherwise after the restart: {:?}",
+        sim.stats.failures
+    );
+    assert_eq!(sim.clients[0].reconnect_failures(), 0);
+    assert!(down_at < back_at);
 }
