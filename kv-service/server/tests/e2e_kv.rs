@@ -925,3 +925,147 @@ fn garbage_datagrams_do_not_disturb_clients() {
     }
     s.terminate();
 }
+
+/// CPU time (user + system, all threads) of process `pid` so far; `None` once it is gone.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some(Duration::from_secs_f64(ticks as f64 / hz.max(1) as f64))
+}
+
+#[test]
+fn pipe_mode_gives_up_on_a_dead_server_soon_and_asleep() {
+    let dir = tempdir();
+    let s = ServerProc::start(dir.path(), free_port());
+    let budget = Duration::from_secs(2);
+    let mut child = Command::new(CLI)
+        .args(["--server", &s.addr, "--give-up-secs", "2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stdin = child.stdin.take().unwrap();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let feeder = std::thread::spawn(move || {
+        for i in 0..1000 {
+            writeln!(stdin, "put before{i} v").unwrap();
+        }
+        stdin.flush().unwrap();
+        if go_rx.recv().is_err() {
+            return;
+        }
+        // kv-cli stops reading when it gives up: later writes may fail (broken pipe).
+        for i in 0..2000 {
+            if writeln!(stdin, "put after{i} v").is_err() {
+                return;
+            }
+        }
+    });
+    let (tx, rx) = mpsc::channel::<(Instant, String)>();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send((Instant::now(), l)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut err = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut e = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut e);
+        e
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lines.len() < 1000 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (_, l) = rx.recv_timeout(left).expect("1000 answers before the kill");
+        lines.push(l);
+    }
+    assert!(lines.iter().all(|l| l == "OK"), "{:?}", &lines[..3]);
+    s.kill9();
+    let killed = Instant::now();
+    let cpu_at_kill = cpu_time(pid).expect("kv-cli is running");
+    go_tx.send(()).unwrap();
+    // Sample kv-cli's CPU time until it exits (the last sample is of the exiting process).
+    let mut last = (killed, cpu_at_kill);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "kv-cli never gave up"
+        );
+        if let Some(c) = cpu_time(pid) {
+            last = (Instant::now(), c);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let exited = Instant::now();
+    feeder.join().unwrap();
+    let stderr = stderr.join().unwrap();
+    let rest: Vec<(Instant, String)> = rx.try_iter().collect();
+    assert_eq!(status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("giving up"), "{stderr}");
+    // Every line after the kill is an error (no command is lost without a line), and the
+    // failure budget ran from the first of them.
+    assert!(
+        !rest.is_empty(),
+        "no error line after the kill; stderr: {stderr}"
+    );
+    assert!(
+        rest.iter().all(|(_, l)| l.starts_with("(error)")),
+        "{:?}",
+        rest.iter().find(|(_, l)| !l.starts_with("(error)"))
+    );
+    let first_error = rest[0].0;
+    let after_budget = exited.saturating_duration_since(first_error + budget);
+    assert!(
+        after_budget < Duration::from_secs(2),
+        "exited {after_budget:?} after its failure budget; stderr: {stderr}"
+    );
+    // Waiting for a dead server costs next to nothing.
+    let cpu = last.1.saturating_sub(cpu_at_kill).as_secs_f64();
+    let wall = last.0.duration_since(killed).as_secs_f64().max(0.1);
+    assert!(
+        cpu / wall < 0.10,
+        "kv-cli used {cpu:.2} s of CPU in {wall:.2} s while the server was gone"
+    );
+    // It said for every command it read what became of it: all 3000 lines either got a
+    // result line or were never read.
+    assert!(1000 + rest.len() <= 3000);
+}
+
+#[test]
+fn one_shot_cli_calls_close_their_sessions() {
+    let dir = tempdir();
+    let s = ServerProc::start(dir.path(), free_port());
+    for i in 0..100 {
+        let o = cli(&s.addr, &["put", &format!("k{i}"), "v"], None);
+        assert_eq!(ok(&o), "OK");
+    }
+    let mut c = client(&s.addr);
+    let threads = c.server_info().threads as u64;
+    let check = |c: &mut Client| {
+        let stats = c.stats().unwrap();
+        let live: u64 = stats.iter().map(|t| t.sessions).sum();
+        let reaped: u64 = stats.iter().map(|t| t.sessions_reaped).sum();
+        // Only this client's own sessions (one per thread) are left, none was reaped.
+        assert_eq!((live, reaped), (threads, 0), "{stats:?}");
+    };
+    check(&mut c);
+    // Past the server's failure timeout (1 s): still nothing for the reaper to find.
+    std::thread::sleep(Duration::from_millis(1500));
+    check(&mut c);
+    drop(c);
+    s.terminate();
+}

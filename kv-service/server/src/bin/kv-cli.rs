@@ -20,7 +20,7 @@ use std::io::{BufRead, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
@@ -47,6 +47,20 @@ struct Args {
     /// Requests in flight at most in pipe mode.
     #[arg(long, default_value_t = 64)]
     depth: usize,
+    /// Pipe mode, server gone: stop reading input after this many failed reconnect attempts
+    /// in a row.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    give_up_after: u32,
+    /// Pipe mode, server gone: stop reading input once it has been unreachable this long.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    give_up_secs: f64,
+    /// Pipe mode, server gone: never stop; wait for it (backing off) however long it takes.
+    #[arg(long)]
+    keep_retrying: bool,
+    /// Spin while waiting for answers (lowest latency, a full core) instead of sleeping
+    /// until they arrive.
+    #[arg(long)]
+    busy_poll: bool,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -277,7 +291,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cfg = ClientConfig {
         timeout: secs(args.timeout)?,
         connect_timeout: secs(args.connect_timeout)?,
-        busy_poll: true,
+        busy_poll: args.busy_poll,
         ..ClientConfig::default()
     };
     // Parse the command before connecting, so usage errors do not wait for the network.
@@ -304,8 +318,115 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect(&args.server, cfg)
         .with_context(|| format!("cannot connect to kv-service at {}", args.server))?;
     match line {
-        Some(l) => one_shot(&mut client, &codec, l),
-        None => pipe(&mut client, &codec, args.depth.max(1)),
+        Some(l) => {
+            let code = one_shot(&mut client, &codec, l);
+            // Close the sessions, so the server frees them now instead of reaping them later.
+            let _ = client.close();
+            code
+        }
+        None => {
+            let give_up = GiveUp {
+                after: args.give_up_after.max(1),
+                secs: secs(args.give_up_secs)?,
+                never: args.keep_retrying,
+            };
+            let code = pipe(&mut client, &codec, args.depth.max(1), give_up)?;
+            // A normal end closes the sessions (the server frees them at once); after giving
+            // up the server is gone and there is nothing to close.
+            if code == ExitCode::SUCCESS || client.reconnect_failures() == 0 {
+                let _ = client.close();
+            }
+            Ok(code)
+        }
+    }
+}
+
+/// When pipe mode stops waiting for a server that is gone.
+#[derive(Clone, Copy, Debug)]
+struct GiveUp {
+    /// Failed reconnect attempts in a row.
+    after: u32,
+    /// Time since the first connection error with no success since.
+    secs: Duration,
+    /// Never give up.
+    never: bool,
+}
+
+/// Lines of stdin, read by a thread only as far as asked for (at most `ahead` lines beyond
+/// what was taken), so that at any point kv-cli knows every line it has read.
+struct Input {
+    rx: mpsc::Receiver<Option<Vec<u8>>>,
+    want: mpsc::SyncSender<()>,
+    /// Lines asked for and not received yet.
+    asked: usize,
+    ahead: usize,
+}
+
+impl Input {
+    fn new(ahead: usize) -> Self {
+        let (tx, rx) = mpsc::sync_channel::<Option<Vec<u8>>>(ahead + 1);
+        let (want, want_rx) = mpsc::sync_channel::<()>(ahead + 1);
+        std::thread::spawn(move || {
+            let stdin = std::io::stdin();
+            let mut lock = stdin.lock();
+            for () in want_rx {
+                let mut buf = Vec::new();
+                let line = match lock.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => None,
+                    Ok(_) => Some(buf),
+                };
+                let end = line.is_none();
+                if tx.send(line).is_err() || end {
+                    break;
+                }
+            }
+        });
+        Input {
+            rx,
+            want,
+            asked: 0,
+            ahead,
+        }
+    }
+
+    fn ask(&mut self) {
+        while self.asked < self.ahead && self.want.try_send(()).is_ok() {
+            self.asked += 1;
+        }
+    }
+
+    /// The next line (blocking when `block`); `Some(None)` at the end of input; `None` if no
+    /// line is ready (non-blocking).
+    fn next(&mut self, block: bool) -> Option<Option<Vec<u8>>> {
+        self.ask();
+        let got = if block {
+            self.rx.recv().ok().or(Some(None))
+        } else {
+            match self.rx.try_recv() {
+                Ok(l) => Some(l),
+                Err(mpsc::TryRecvError::Empty) => None,
+                Err(mpsc::TryRecvError::Disconnected) => Some(None),
+            }
+        };
+        if got.is_some() {
+            self.asked = self.asked.saturating_sub(1);
+        }
+        got
+    }
+
+    /// Stops reading; returns the lines already read and not taken (waiting briefly for one
+    /// the reader may be in the middle of: a pipe delivers it at once, a terminal may not).
+    fn stop(self) -> Vec<Vec<u8>> {
+        let mut lines = Vec::new();
+        let mut left = self.asked;
+        while left > 0 {
+            match self.rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Some(l)) => lines.push(l),
+                Ok(None) | Err(_) => break,
+            }
+            left -= 1;
+        }
+        lines
     }
 }
 
@@ -352,57 +473,90 @@ fn one_shot(client: &mut Client, codec: &Codec, line: Line) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
+/// How a pipe-mode command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    /// An error about the request or the server's answer.
+    Failed,
+    /// The server is gone (or the way to it): `Error::is_connection_error`.
+    Unreachable,
+}
+
+impl Outcome {
+    fn of_error(e: &Error) -> Outcome {
+        if e.is_connection_error() {
+            Outcome::Unreachable
+        } else {
+            Outcome::Failed
+        }
+    }
+}
+
 /// Result line of a blocking scan / stats in pipe mode.
-fn blocking_line(client: &mut Client, codec: &Codec, line: &Line) -> (String, bool) {
+fn blocking_line(client: &mut Client, codec: &Codec, line: &Line) -> (String, Outcome) {
     match line {
         Line::Op(Op::Scan { start, max }) => {
             reply_line(codec, client.scan(start, *max).map(Reply::Items))
         }
         Line::Stats => match client.stats() {
-            Ok(s) => (stats_total(&s), true),
-            Err(e) => (format!("(error) {e}"), false),
+            Ok(s) => (stats_total(&s), Outcome::Ok),
+            Err(e) => (format!("(error) {e}"), Outcome::of_error(&e)),
         },
-        _ => ("(error) internal: not a blocking command".into(), false),
+        _ => (
+            "(error) internal: not a blocking command".into(),
+            Outcome::Failed,
+        ),
     }
 }
 
-fn reply_line(codec: &Codec, r: Result<Reply, Error>) -> (String, bool) {
-    match r {
-        Ok(Reply::Value(v)) => (codec.encode(&v, false), true),
-        Ok(Reply::NotFound) => ("(not found)".into(), true),
-        Ok(Reply::Written | Reply::Deleted) => ("OK".into(), true),
-        Ok(Reply::Items(items)) if items.is_empty() => ("(empty)".into(), true),
+fn reply_line(codec: &Codec, r: Result<Reply, Error>) -> (String, Outcome) {
+    let line = match r {
+        Ok(Reply::Value(v)) => codec.encode(&v, false),
+        Ok(Reply::NotFound) => "(not found)".into(),
+        Ok(Reply::Written | Reply::Deleted) => "OK".into(),
+        Ok(Reply::Items(items)) if items.is_empty() => "(empty)".into(),
         Ok(Reply::Items(items)) => {
             let parts: Vec<String> = items
                 .iter()
                 .map(|(k, v)| format!("{} {}", codec.encode(k, true), codec.encode(v, true)))
                 .collect();
-            (parts.join(" "), true)
+            parts.join(" ")
         }
-        Err(e) => (format!("(error) {e}"), false),
+        Err(e) => return (format!("(error) {e}"), Outcome::of_error(&e)),
+    };
+    (line, Outcome::Ok)
+}
+
+/// Keeps `down_since` (when the server became unreachable, with no success since) and
+/// `failed` (any command failed) up to date with one command's outcome.
+fn note(outcome: Outcome, down_since: &mut Option<Instant>, failed: &mut bool) {
+    match outcome {
+        Outcome::Ok => *down_since = None,
+        Outcome::Failed => *failed = true,
+        Outcome::Unreachable => {
+            *failed = true;
+            down_since.get_or_insert_with(Instant::now);
+        }
     }
 }
 
 /// Pipe mode: commands from stdin, results in order on stdout, up to `depth` in flight.
 /// A command whose key has a request in flight waits for it (so commands on one key run
 /// in order); scan and stats wait until everything before them is answered.
-fn pipe(client: &mut Client, codec: &Codec, depth: usize) -> anyhow::Result<ExitCode> {
-    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(4096);
-    std::thread::spawn(move || {
-        let stdin = std::io::stdin();
-        let mut lock = stdin.lock();
-        loop {
-            let mut buf = Vec::new();
-            match lock.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    if tx.send(buf).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
+///
+/// When the server goes away, requests fail (their lines say why) and the client backs off
+/// between reconnect attempts; kv-cli then takes no new command while the client waits,
+/// sleeping, so the first command after the server is back succeeds. Once the server has been
+/// unreachable for `give_up` (attempts or time), it cancels what is in flight, prints a line
+/// for every command it has read, says why on stderr and returns exit status 2.
+fn pipe(
+    client: &mut Client,
+    codec: &Codec,
+    depth: usize,
+    give_up: GiveUp,
+) -> anyhow::Result<ExitCode> {
+    let mut input = Input::new(depth);
     let mut out = std::io::stdout().lock();
     // Result lines not printed yet, in command order: outputs[i] is command `base + i`.
     let mut outputs: VecDeque<Option<String>> = VecDeque::new();
@@ -412,23 +566,41 @@ fn pipe(client: &mut Client, codec: &Codec, depth: usize) -> anyhow::Result<Exit
     let mut held: Option<Line> = None;
     let mut eof = false;
     let mut failed = false;
+    // Since when the server has been unreachable (first connection error, no success since).
+    let mut down_since: Option<Instant> = None;
+    let mut gave_up: Option<String> = None;
     loop {
+        if let Some(since) = down_since.filter(|_| !give_up.never) {
+            let attempts = client.reconnect_failures();
+            if attempts >= give_up.after || since.elapsed() >= give_up.secs {
+                gave_up = Some(format!(
+                    "server {} unreachable for {:.1} s ({attempts} failed reconnect attempts)",
+                    client.server_uri(),
+                    since.elapsed().as_secs_f64()
+                ));
+                break;
+            }
+        }
+        // While the client backs off, wait (asleep) instead of failing commands at once.
+        let backing_off = client.reconnect_wait();
+        if let Some(wait) = backing_off.filter(|_| client.in_flight() == 0) {
+            let left = match down_since {
+                Some(since) if !give_up.never => give_up.secs.saturating_sub(since.elapsed()),
+                _ => wait,
+            };
+            std::thread::sleep(wait.min(left).min(Duration::from_millis(100)));
+            continue;
+        }
         // Take in commands while there is room.
-        while client.in_flight() < depth {
+        while backing_off.is_none() && client.in_flight() < depth {
             let line = match held.take() {
                 Some(l) => l,
                 None => {
                     if eof {
                         break;
                     }
-                    let got = if client.in_flight() == 0 {
-                        rx.recv().ok()
-                    } else {
-                        match rx.try_recv() {
-                            Ok(l) => Some(l),
-                            Err(mpsc::TryRecvError::Empty) => break,
-                            Err(mpsc::TryRecvError::Disconnected) => None,
-                        }
+                    let Some(got) = input.next(client.in_flight() == 0) else {
+                        break;
                     };
                     let Some(raw) = got else {
                         eof = true;
@@ -452,8 +624,8 @@ fn pipe(client: &mut Client, codec: &Codec, depth: usize) -> anyhow::Result<Exit
                         held = Some(line);
                         break;
                     }
-                    let (s, ok) = blocking_line(client, codec, &line);
-                    failed |= !ok;
+                    let (s, outcome) = blocking_line(client, codec, &line);
+                    note(outcome, &mut down_since, &mut failed);
                     outputs.push_back(Some(s));
                 }
                 Some(key) => {
@@ -472,23 +644,27 @@ fn pipe(client: &mut Client, codec: &Codec, depth: usize) -> anyhow::Result<Exit
                             outputs.push_back(None);
                         }
                         Err(e) => {
-                            failed = true;
+                            note(Outcome::of_error(&e), &mut down_since, &mut failed);
                             outputs.push_back(Some(format!("(error) {e}")));
                         }
                     }
                 }
             }
         }
-        // Collect answers: wait for one if nothing can be printed or taken in.
-        let next =
-            if client.in_flight() > 0 && (held.is_some() || client.in_flight() >= depth || eof) {
-                client.wait()
-            } else {
-                client.poll()
-            };
+        // Collect answers: wait for one if nothing can be printed or taken in (while the
+        // server is down, a bounded wait, so the give-up budget is checked in time).
+        let waiting =
+            client.in_flight() > 0 && (held.is_some() || client.in_flight() >= depth || eof);
+        let next = if waiting && down_since.is_some() {
+            client.wait_timeout(Duration::from_millis(100))
+        } else if waiting {
+            client.wait()
+        } else {
+            client.poll()
+        };
         if let Some((tag, r)) = next {
-            let (s, ok) = reply_line(codec, r);
-            failed |= !ok;
+            let (s, outcome) = reply_line(codec, r);
+            note(outcome, &mut down_since, &mut failed);
             if let Some(key) = tag_keys.remove(&tag) {
                 if let Some(n) = busy_keys.get_mut(&key) {
                     *n -= 1;
@@ -504,24 +680,65 @@ fn pipe(client: &mut Client, codec: &Codec, depth: usize) -> anyhow::Result<Exit
                 *slot = Some(s);
             }
         }
-        let mut printed = false;
-        while let Some(Some(_)) = outputs.front() {
-            if let Some(Some(s)) = outputs.pop_front() {
-                writeln!(out, "{s}")?;
-                base += 1;
-                printed = true;
-            }
-        }
-        if printed {
-            out.flush()?;
-        }
+        print_ready(&mut out, &mut outputs, &mut base)?;
         if eof && held.is_none() && client.in_flight() == 0 && outputs.is_empty() {
             break;
         }
+    }
+    if let Some(why) = gave_up {
+        // Every command read gets its line: cancelled ones, then those never sent.
+        client.cancel_all();
+        while let Some((tag, r)) = client.wait() {
+            let (s, _) = reply_line(codec, r);
+            if let Some(slot) = tag
+                .checked_sub(base)
+                .and_then(|i| outputs.get_mut(i as usize))
+            {
+                *slot = Some(s);
+            }
+        }
+        print_ready(&mut out, &mut outputs, &mut base)?;
+        let not_sent = "(error) not sent: kv-cli gave up on the server";
+        let mut skipped = usize::from(held.is_some());
+        if held.is_some() {
+            writeln!(out, "{not_sent}")?;
+        }
+        for raw in input.stop() {
+            if matches!(parse_line(codec, &raw), Ok(Some(_)) | Err(_)) {
+                writeln!(out, "{not_sent}")?;
+                skipped += 1;
+            }
+        }
+        out.flush()?;
+        eprintln!(
+            "kv-cli: giving up: {why}; {skipped} command(s) read but not sent; \
+             the rest of the input was not read (--keep-retrying waits instead)"
+        );
+        return Ok(ExitCode::from(2));
     }
     Ok(if failed {
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Prints the result lines that are ready, in command order.
+fn print_ready(
+    out: &mut impl Write,
+    outputs: &mut VecDeque<Option<String>>,
+    base: &mut u64,
+) -> std::io::Result<()> {
+    let mut printed = false;
+    while let Some(Some(_)) = outputs.front() {
+        if let Some(Some(s)) = outputs.pop_front() {
+            writeln!(out, "{s}")?;
+            *base += 1;
+            printed = true;
+        }
+    }
+    if printed {
+        out.flush()?;
+    }
+    Ok(())
 }
