@@ -530,6 +530,8 @@ impl Endpoint {
         });
         let status = match matches {
             Some(true) => {
+                // A normal end of a session, unlike a reaped one (liveness logs that at INFO).
+                tracing::debug!(session = sid, "client closed its session");
                 self.free_server(sid);
                 SmStatus::Ok
             }
