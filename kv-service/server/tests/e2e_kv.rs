@@ -93,7 +93,17 @@ impl ServerProc {
         self.signal(libc::SIGTERM);
         let status = wait_timeout(&mut self.child, Duration::from_secs(20));
         assert!(status.success(), "kv-service exited with {status}");
-        self.lines.try_iter().collect()
+        // The reader thread may still hold the last lines: read until it sees the end of the
+        // pipe (it then drops the sender), bounded.
+        let mut tail = Vec::new();
+        let end = Instant::now() + Duration::from_secs(10);
+        while let Ok(l) = self
+            .lines
+            .recv_timeout(end.saturating_duration_since(Instant::now()))
+        {
+            tail.push(l);
+        }
+        tail
     }
 
     fn kill9(mut self) {

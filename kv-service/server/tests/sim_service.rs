@@ -940,7 +940,13 @@ fn a_client_backs_off_while_the_server_is_down_and_comes_back_with_it() {
         let tag = sim.next_tag;
         sim.next_tag += 1;
         if sim.send(0, Op::Get { key: key.clone() }, tag) {
-            sim.pending[0].insert(tag, Pending::Get { key: key.clone(), t0 });
+            sim.pending[0].insert(
+                tag,
+                Pending::Get {
+                    key: key.clone(),
+                    t0,
+                },
+            );
         }
     };
     let run_for = |sim: &mut Sim, d: u64, attempts: &mut Vec<(u64, u32)>| {
@@ -1022,7 +1028,11 @@ fn a_client_backs_off_while_the_server_is_down_and_comes_back_with_it() {
     let ok_before = sim.stats.reads_checked;
     let refused_before = during("Unavailable", &sim);
     let fails_before = sim.stats.failed;
-    run_for(&mut sim, backoff.max.as_nanos() as u64 + 500 * MS, &mut attempts);
+    run_for(
+        &mut sim,
+        backoff.max.as_nanos() as u64 + 500 * MS,
+        &mut attempts,
+    );
     sim.quiesce();
     assert!(
         sim.stats.reads_checked > ok_before + 50,
