@@ -37,11 +37,16 @@ fn cfg(failure_ms: u64) -> RpcConfig {
     }
 }
 
-/// How soon a 50 ms failure timeout must have fired, in these tests. Far above the timeout
-/// (a loaded CI machine may not schedule the client for tens of milliseconds) and far below
-/// anything else that could end a session here (no deadlines, 30 s defaults): it shows the
-/// failure timeout did the work. Detection latency itself is a benchmark figure, not an assert.
-const DETECTED_WITHIN: Duration = Duration::from_secs(1);
+/// The failure timeout of the tests that detect dead peers. Not smaller: a loaded CI machine
+/// can starve a thread for tens of milliseconds, and a live peer whose pongs sit unprocessed
+/// for a whole timeout would be declared dead.
+const FAILURE_MS: u64 = 250;
+
+/// How soon that failure timeout must have fired, in these tests. Far above the timeout (a
+/// loaded machine may not schedule the client for a while) and far below anything else that
+/// could end a session here (no deadlines, 30 s defaults): it shows the failure timeout did the
+/// work. Detection latency itself is a benchmark figure, not an assert.
+const DETECTED_WITHIN: Duration = Duration::from_secs(3);
 
 /// The tests of this file run one at a time (they time failure detection).
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -243,6 +248,18 @@ fn cancel_completes_a_pending_request_once() {
     assert_eq!(resp.as_slice(), b"after");
 }
 
+/// A call on a fresh session that must succeed; says what the session and the counters
+/// looked like if it does not.
+fn first_call(rpc: &mut Rpc<UdpTransport, ()>, s: u32, data: &[u8]) {
+    if let Err(e) = rpc.call(s, ECHO, data, Duration::from_secs(5)) {
+        panic!(
+            "first call failed: {e:?}; session {:?}, {:?}",
+            rpc.session_state(s),
+            rpc.stats()
+        );
+    }
+}
+
 /// Waits until `s` leaves Connected; returns how long that took.
 fn time_to_failure(rpc: &mut Rpc<UdpTransport>, s: u32) -> Duration {
     let t0 = Instant::now();
@@ -257,8 +274,8 @@ fn time_to_failure(rpc: &mut Rpc<UdpTransport>, s: u32) -> Duration {
 #[test]
 fn a_stopped_server_rpc_is_detected_and_pending_requests_fail_once() {
     let _serial = serial();
-    let mut server = Server::start("127.0.0.1:0", 50);
-    let (mut rpc, _n) = client(50);
+    let mut server = Server::start("127.0.0.1:0", FAILURE_MS);
+    let (mut rpc, _n) = client(FAILURE_MS);
     let s = rpc.connect(&server.uri, 0).unwrap();
     assert_eq!(
         rpc.call(s, ECHO, b"hi", Duration::from_secs(2))
@@ -295,10 +312,10 @@ fn a_stopped_server_rpc_is_detected_and_pending_requests_fail_once() {
 fn a_vanished_server_process_is_detected_by_timeout() {
     let _serial = serial();
     // The whole server Nexus goes away (nothing answers pings): the failure timeout decides.
-    let server = Server::start("127.0.0.1:0", 50);
-    let (mut rpc, _n) = client(50);
+    let server = Server::start("127.0.0.1:0", FAILURE_MS);
+    let (mut rpc, _n) = client(FAILURE_MS);
     let s = rpc.connect(&server.uri, 0).unwrap();
-    rpc.call(s, ECHO, b"hi", Duration::from_secs(2)).unwrap();
+    first_call(&mut rpc, s, b"hi");
     drop(server);
     let took = time_to_failure(&mut rpc, s);
     assert!(took < DETECTED_WITHIN, "detected after {took:?}");
@@ -307,16 +324,16 @@ fn a_vanished_server_process_is_detected_by_timeout() {
 #[test]
 fn reconnect_after_the_server_restarts() {
     let _serial = serial();
-    let mut server = Server::start("127.0.0.1:0", 50);
+    let mut server = Server::start("127.0.0.1:0", FAILURE_MS);
     let uri = server.uri.clone();
-    let (mut rpc, _n) = client(50);
+    let (mut rpc, _n) = client(FAILURE_MS);
     let s = rpc.connect(&uri, 0).unwrap();
-    rpc.call(s, ECHO, b"one", Duration::from_secs(2)).unwrap();
+    first_call(&mut rpc, s, b"one");
     server.stop_rpc();
     drop(server);
     time_to_failure(&mut rpc, s);
     // The server comes back on the same address.
-    let server = Server::start(&uri, 50);
+    let server = Server::start(&uri, FAILURE_MS);
     rpc.reconnect(s).unwrap();
     rpc.enqueue_request(s, ECHO, MsgBuf::from_slice(b"queued"), 1)
         .unwrap();
@@ -340,17 +357,17 @@ fn reconnect_after_the_server_restarts() {
 #[test]
 fn the_server_frees_the_sessions_of_a_dead_client() {
     let _serial = serial();
-    let mut server = Server::start("127.0.0.1:0", 50);
+    let mut server = Server::start("127.0.0.1:0", FAILURE_MS);
     {
-        let (mut rpc, _n) = client(50);
+        let (mut rpc, _n) = client(FAILURE_MS);
         for _ in 0..3 {
             let s = rpc.connect(&server.uri, 0).unwrap();
             rpc.call(s, ECHO, b"x", Duration::from_secs(2)).unwrap();
         }
         // The client Rpc and its Nexus disappear without disconnecting.
     }
-    // 20x the 50 ms failure timeout: enough for the server's reaper on a loaded machine.
-    std::thread::sleep(Duration::from_secs(1));
+    // 8x the failure timeout: enough for the server's reaper on a loaded machine.
+    std::thread::sleep(Duration::from_millis(8 * FAILURE_MS));
     let (stats, _) = server.stop_rpc();
     assert_eq!(stats.server_sessions_reaped, 3, "{stats:?}");
 }
@@ -395,7 +412,9 @@ fn connect_floods_are_refused_per_peer() {
     );
     stop.store(true, Ordering::Relaxed);
     let stats = t.join().unwrap();
-    assert_eq!(stats.connects_refused, 1);
+    // One refused session; its ConnectReq may have been retried (a loaded machine answers
+    // late), and each copy is refused and counted again.
+    assert!(stats.connects_refused >= 1, "{stats:?}");
 }
 
 /// Entry point of the child process in `a_killed_server_process_is_detected`.
@@ -405,7 +424,7 @@ fn child_server_process() {
         return;
     }
     let nexus = server_nexus("127.0.0.1:0");
-    let mut rpc = Rpc::new(&nexus, 0, udp(), State::default(), cfg(50)).unwrap();
+    let mut rpc = Rpc::new(&nexus, 0, udp(), State::default(), cfg(FAILURE_MS)).unwrap();
     println!("URI {}", nexus.uri());
     loop {
         rpc.run_for(Duration::from_millis(10));
@@ -452,7 +471,7 @@ fn a_killed_server_process_is_detected() {
     let uri = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("the child server printed its URI");
-    let (mut rpc, _n) = client(50);
+    let (mut rpc, _n) = client(FAILURE_MS);
     let s = rpc.connect(&uri, 0).unwrap();
     assert_eq!(
         rpc.call(s, ECHO, b"alive", Duration::from_secs(2))
