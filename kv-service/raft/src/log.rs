@@ -123,6 +123,19 @@ pub enum LogError {
         /// The most allowed.
         max: usize,
     },
+    /// A state machine that applied less than the log has compacted away.
+    #[error(
+        "raft log: shard {shard}'s state machine applied up to {applied}, but the log is \
+         compacted to {compacted}: the entries between are gone"
+    )]
+    StateMachineBehind {
+        /// The shard.
+        shard: ShardId,
+        /// The state machine's applied index.
+        applied: u64,
+        /// The log's compaction point.
+        compacted: u64,
+    },
     /// Invalid options.
     #[error("raft log: {0}")]
     Config(String),
@@ -747,6 +760,54 @@ impl<D: LogDir> ThreadLog<D> {
         store.compact(index, term);
         if let Some(m) = self.shards.get_mut(&shard) {
             m.compacted = (index, term);
+        }
+        Ok(())
+    }
+
+    /// Makes a recovered shard's log agree with its state machine, which has applied (and
+    /// made durable) everything up to `applied`, an entry of term `applied_term`. Call it
+    /// at start-up, before the shard's `RawNode` is made (with `Config::applied = applied`).
+    ///
+    /// - The state machine may be ahead of the log: it made a snapshot durable whose
+    ///   Snapshot record did not reach the log before a crash. The log then records that
+    ///   snapshot now.
+    /// - Its applied index may be past the durable commit index (the hard state recording
+    ///   the commit was not synced yet): what was applied was committed, so the commit index
+    ///   is raised to it.
+    /// - A state machine behind the log's compaction point cannot be brought up to date
+    ///   from this log: [`LogError::StateMachineBehind`] (the log is compacted only below
+    ///   what the state machine made durable, so this means data lost outside the log).
+    pub fn align_with_state_machine(
+        &mut self,
+        store: &mut ShardStore,
+        applied: u64,
+        applied_term: u64,
+    ) -> Result<()> {
+        self.check_shard(store)?;
+        if applied == 0 {
+            return Ok(());
+        }
+        let (compacted, _) = store.compacted();
+        if applied < compacted {
+            return Err(LogError::StateMachineBehind {
+                shard: store.shard(),
+                applied,
+                compacted,
+            });
+        }
+        if store.term_of(applied) != Some(applied_term) {
+            let meta = SnapshotMetadata {
+                index: applied,
+                term: applied_term,
+                conf_state: Some(store.conf_state().clone()).into(),
+                ..SnapshotMetadata::default()
+            };
+            self.apply_snapshot(store, &meta)?;
+        }
+        if store.hard_state().commit < applied {
+            let mut hs = store.hard_state().clone();
+            hs.commit = applied;
+            self.set_hard_state(store, &hs)?;
         }
         Ok(())
     }

@@ -162,7 +162,8 @@ impl ShardStore {
     }
 
     /// The index raft-rs asked a snapshot for and was told to wait (its owner should call
-    /// [`ShardStore::set_snapshot`] with one at least that recent).
+    /// [`ShardStore::set_snapshot`] with one at least that recent; never older than the
+    /// compaction point).
     pub fn snapshot_wanted(&self) -> Option<u64> {
         self.snapshot_wanted.get()
     }
@@ -334,12 +335,14 @@ impl Storage for ShardStore {
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // A snapshot older than the compaction point is useless: the follower would then
+        // need entries this log no longer has.
+        let at_least = request_index.max(self.compacted.0);
         match &self.snapshot {
-            Some(s) if s.get_metadata().index >= request_index => Ok(s.clone()),
+            Some(s) if s.get_metadata().index >= at_least => Ok(s.clone()),
             _ => {
-                self.snapshot_wanted.set(Some(
-                    request_index.max(self.snapshot_wanted.get().unwrap_or(0)),
-                ));
+                self.snapshot_wanted
+                    .set(Some(at_least.max(self.snapshot_wanted.get().unwrap_or(0))));
                 Err(raft::Error::Store(
                     StorageError::SnapshotTemporarilyUnavailable,
                 ))

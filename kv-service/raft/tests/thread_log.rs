@@ -521,6 +521,51 @@ fn storage_reads_what_the_log_holds() {
     assert_eq!(s.snapshot(5, 2).unwrap(), snap);
     assert!(s.snapshot(8, 2).is_err());
     assert_eq!(s.snapshot_wanted(), Some(8));
+    // One older than the compaction point is never handed out.
+    log.compact(&mut s, 8).unwrap();
+    s.set_snapshot(snap);
+    assert!(s.snapshot(0, 2).is_err());
+    assert_eq!(s.snapshot_wanted(), Some(8));
+}
+
+#[test]
+fn a_state_machine_ahead_of_the_log_is_recorded_as_a_snapshot() {
+    let fs = SimFs::new(29);
+    let (mut log, _) = ThreadLog::open(fs.dir("t0"), opts(1 << 20)).unwrap();
+    let mut s = log.bootstrap(0, voters(&[1, 2, 3])).unwrap();
+    log.append(&mut s, &entries(1, 10, 2, "e")).unwrap();
+    log.set_hard_state(&mut s, &hs(2, 1, 6)).unwrap();
+    // Applied up to 8 (committed, but the hard state saying so was not synced).
+    log.align_with_state_machine(&mut s, 8, 2).unwrap();
+    assert_eq!(
+        (s.compacted(), s.last(), s.hard_state().commit),
+        ((0, 0), 10, 8)
+    );
+    // Applied a snapshot at 40 that the log never heard of.
+    log.align_with_state_machine(&mut s, 40, 5).unwrap();
+    assert_eq!(
+        (s.compacted(), s.last(), s.hard_state().commit),
+        ((40, 5), 40, 40)
+    );
+    assert_eq!(s.term(40).unwrap(), 5);
+    // Nothing to do when they agree.
+    log.align_with_state_machine(&mut s, 40, 5).unwrap();
+    log.append(&mut s, &entries(41, 45, 5, "f")).unwrap();
+    log.compact(&mut s, 43).unwrap();
+    assert!(matches!(
+        log.align_with_state_machine(&mut s, 42, 5),
+        Err(LogError::StateMachineBehind {
+            applied: 42,
+            compacted: 43,
+            ..
+        })
+    ));
+    log.sync().unwrap();
+    let want = state(&s);
+    drop(log);
+    fs.power_cut();
+    let (_log, shards) = reopen(&fs, opts(1 << 20));
+    assert_eq!(state(&shards[&0]), want);
 }
 
 #[test]
