@@ -3,8 +3,8 @@
 //!
 //! A cluster is a fixed set of nodes (each a `kv-service` process with an id and an rpc
 //! address), a number of shards, a replication factor and a number of server threads per
-//! node. Every key belongs to one shard (`hash(key) mod shards`, the hash being the one the
-//! KV protocol partitions with); every shard is a Raft group of `replication` replicas on
+//! node. Every key belongs to one shard ([`Cluster::shard_of`]: `fnv1a64(key) mod shards`,
+//! the hash the KV protocol partitions with); every shard is a Raft group of `replication` replicas on
 //! distinct nodes; and every replica runs on one fixed server thread of its node, the same
 //! thread number on every node, so that a shard's Raft traffic always flows between the same
 //! threads.
@@ -337,6 +337,17 @@ impl Cluster {
     /// Votes a shard needs to elect a leader or commit a write: a majority of R.
     pub fn quorum(&self) -> usize {
         self.replication / 2 + 1
+    }
+
+    /// The shard of `key`: `fnv1a64(key) mod S`, with the hash the KV protocol partitions
+    /// keys with ([`kv_proto::fnv1a64`]).
+    ///
+    /// ```
+    /// # let c = kv_cluster::Cluster::new(vec![kv_cluster::Node { id: 1, addr: "127.0.0.1:1".parse().unwrap() }], 4, 1, 2).unwrap();
+    /// assert_eq!(c.shard_of(b"k"), (kv_proto::fnv1a64(b"k") % 4) as u32);
+    /// ```
+    pub fn shard_of(&self, key: &[u8]) -> ShardId {
+        self.shard_of_hash(kv_proto::fnv1a64(key))
     }
 
     /// The shard of a key whose partitioning hash is `hash`: `hash mod S`.
