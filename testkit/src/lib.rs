@@ -1,5 +1,6 @@
 //! Test-only helpers shared by the workspace's crates: where randomized tests get their seeds
-//! and case counts.
+//! and case counts, and a linearizability checker for key-value histories
+//! ([`linearizability`]).
 //!
 //! Every randomized test in the workspace is deterministic by default: `cargo test` (and so
 //! `ci/test`) runs each property test from [`CI_SEED`] with the case count written in the test,
@@ -27,6 +28,8 @@
 //! // Inside `proptest! { ... }` blocks: #![proptest_config(testkit::proptest_config(64, "..."))]
 //! ```
 #![forbid(unsafe_code)]
+
+pub mod linearizability;
 
 use proptest::test_runner::{Config, FileFailurePersistence, RngSeed};
 
