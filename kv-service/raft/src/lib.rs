@@ -12,6 +12,7 @@
 //! - [`LogDir`] / [`LogFile`]: the narrow file interface the log writes through, with
 //!   [`FsDir`] (a real directory) and [`SimFs`] (live and durable images, power cuts, torn
 //!   writes, injected faults) for deterministic tests.
+//! - [`sessions`]: (client, sequence) de-duplication of retried writes.
 //! - [`wire`]: batches of Raft messages between server threads.
 //! - [`ReplicaSettings`]: raft-rs settings, with deterministic election timeouts by rank.
 //! - [`raft_logger`]: raft-rs's `slog` output into `tracing`.
@@ -74,6 +75,7 @@ pub mod fs;
 mod log;
 mod logger;
 mod replica;
+pub mod sessions;
 pub mod sim;
 mod store;
 pub mod wire;
