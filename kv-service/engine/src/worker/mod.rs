@@ -402,6 +402,24 @@ impl<B: Backend> Worker<B> {
         n
     }
 
+    /// Makes every write that has completed so far durable — it survives power loss — with
+    /// an `fsync` of each of the worker's slab files and of the data directory. Blocking.
+    ///
+    /// For callers that run without [`SyncMode::Dsync`](crate::SyncMode::Dsync) but need a
+    /// durability point now and then: the replicated service, before it compacts its Raft
+    /// log below what the engine applied. Writes still in flight are not covered.
+    pub fn sync(&mut self) -> Result<()> {
+        let c = &mut self.core;
+        for s in c.slabs.iter().flatten() {
+            c.backend
+                .sync(s.file())
+                .map_err(|e| Error::io("syncing a slab file", e))?;
+        }
+        c.backend
+            .sync_dir()
+            .map_err(|e| Error::io("syncing the data directory", e))
+    }
+
     /// Blocks until at least one I/O completes, unless there is nothing in flight or
     /// something is already ready for [`Worker::poll`]. Call `poll` afterwards.
     pub fn wait(&mut self) -> Result<()> {
