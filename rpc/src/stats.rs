@@ -37,8 +37,11 @@ pub struct RpcStats {
     pub cancelled: u64,
     /// Client sessions reset because their peer failed.
     pub sessions_reset: u64,
-    /// Server sessions freed because their client failed.
+    /// Server sessions freed because their client failed (liveness, or a failed route).
     pub server_sessions_reaped: u64,
+    /// Routes the transport reported failed (`Transport::poll_route_failure`) while a
+    /// session end held them; each ended its session end at once.
+    pub route_failures: u64,
     /// Liveness pings sent.
     pub pings_sent: u64,
     /// Connect requests refused (limits, mismatches, bad parameters).

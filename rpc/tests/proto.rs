@@ -990,3 +990,238 @@ fn a_slot_that_waited_for_credits_is_not_retransmitted_as_soon_as_it_sends() {
         "A three times, B once"
     );
 }
+
+// ---------------------------------------------------------------------- reliable transports
+
+#[test]
+fn a_reliable_transport_is_never_retransmitted_on() {
+    // The same held request on both kinds of transport: the datagram endpoint rewinds every
+    // RTO, the reliable one never arms the timer; both complete exactly once, and a
+    // multi-packet exchange runs on credit returns and RFRs alone.
+    for reliable in [false, true] {
+        let mut p = if reliable {
+            Pair::reliable(cfg(), cfg(), 40)
+        } else {
+            Pair::new(cfg(), cfg(), 40)
+        };
+        let s = p.connect();
+        p.server.handler = Box::new(|_, _| None);
+        p.enqueue(s, b"held", 1).unwrap();
+        p.step();
+        let rto = 5 * MS;
+        let sent = p.now;
+        p.run_to(sent + 10 * rto);
+        let h = p.server.held.pop().expect("the request reached the handler");
+        p.server.respond(h, b"late").unwrap();
+        let done = p.completions(1, 100 * MS);
+        assert_eq!(done[0].result.as_ref().unwrap().as_slice(), b"late");
+        let retransmissions = p.client.ep.stats().retransmissions;
+        if reliable {
+            assert_eq!(retransmissions, 0);
+            assert_eq!(p.to_server.pkt_count(PktType::Req), 1, "sent once");
+        } else {
+            assert_eq!(retransmissions, 10, "one rewind per RTO");
+        }
+        assert_eq!(p.server.runs.get(&b"held".to_vec()), Some(&1));
+        let reqs: Vec<_> = (0..6u64)
+            .map(|i| (10 + i, 1 + i as usize * 7 * DPP, (i as u32 + 1) * 9 * DPP as u32))
+            .collect();
+        exchange(&mut p, s, &reqs, 10_000 * MS);
+        assert_eq!(p.client.ep.session_credits(s), Some(32));
+        if reliable {
+            assert_eq!(p.client.ep.stats().retransmissions, 0);
+        }
+    }
+}
+
+#[test]
+fn on_a_reliable_transport_deadlines_still_end_requests() {
+    // A packet lost although the transport is reliable (what a transport refusing a packet
+    // beyond its queue bound amounts to) is not resent: the request's deadline ends it, once,
+    // and the session keeps working.
+    let mut p = Pair::reliable(cfg(), cfg(), 41);
+    let s = p.connect();
+    p.to_server.filter = Some(first(1, |w| w.is_pkt(PktType::Req), Fate::Drop));
+    let start = p.now;
+    p.enqueue_with_deadline(s, b"lost", 1, Some(Duration::from_millis(50)))
+        .unwrap();
+    let done = p.completions(1, 1_000 * MS);
+    assert!(matches!(done[0].result, Err(RpcError::DeadlineExceeded)));
+    assert_eq!(p.now, start + 50 * MS, "at its deadline");
+    assert_eq!(p.client.ep.stats().retransmissions, 0);
+    assert_eq!(p.server.runs.get(&b"lost".to_vec()), None);
+    exchange(&mut p, s, &[(2, 3 * DPP, 3 * DPP as u32)], 100 * MS);
+    p.run_for(1_000 * MS);
+    assert!(p.client.completions.is_empty(), "exactly once");
+}
+
+#[test]
+fn a_route_failure_resets_the_client_at_once_and_requests_fail_once() {
+    // Liveness is on but slow (10 s): only the route failure can end the session this soon.
+    let mut p = Pair::reliable(live_cfg(10_000), live_cfg(10_000), 42);
+    let s = p.connect();
+    p.server.handler = Box::new(|_, _| None);
+    for i in 0..20u64 {
+        p.enqueue_with_deadline(s, &i.to_le_bytes(), i, None)
+            .unwrap();
+    }
+    let ok = p.run_until(100 * MS, |p| p.server.held.len() == 8);
+    assert!(ok, "the window's requests reached the handler");
+    let failed_at = p.now;
+    let routes = p.fail_routes(Side::Client);
+    assert_eq!(routes.len(), 1, "one session, one route");
+    // At once: the completions are there before any time passes.
+    p.step();
+    let done = p.client.take_completions();
+    assert_eq!(p.now, failed_at);
+    let mut tags: Vec<u64> = done.iter().map(|c| c.tag).collect();
+    tags.sort_unstable();
+    assert_eq!(tags, (0..20).collect::<Vec<_>>(), "slots and backlog");
+    assert!(done
+        .iter()
+        .all(|c| matches!(c.result, Err(RpcError::PeerFailed))));
+    assert_eq!(
+        p.client.ep.session_state(s),
+        Some(SessionState::Failed(ConnectFailure::PeerFailed))
+    );
+    // The same failure reported again (or after the route is gone) changes nothing.
+    p.client.ep.handle_route_failure(p.now, routes[0]);
+    p.run_for(100 * MS);
+    assert!(p.client.completions.is_empty(), "exactly once");
+    let st = p.client.ep.stats();
+    assert_eq!((st.route_failures, st.sessions_reset), (1, 1));
+    assert_eq!(p.client.events_of(s), (1, 0, 1));
+    assert_eq!(p.client.ep.ring_reserved(), 0);
+    assert_eq!(p.client.routes.open(), 0, "the failed route was released");
+    assert!(matches!(
+        p.enqueue(s, b"x", 99),
+        Err(RpcError::NotConnected(_))
+    ));
+}
+
+#[test]
+fn a_route_failure_frees_the_server_end_at_once() {
+    let mut p = Pair::reliable(live_cfg(10_000), live_cfg(10_000), 43);
+    let a = p.connect();
+    let b = p.connect();
+    p.server.handler = Box::new(|_, _| None);
+    p.enqueue(a, b"held", 1).unwrap();
+    let ok = p.run_until(100 * MS, |p| p.server.held.len() == 1);
+    assert!(ok);
+    let ends: Vec<u32> = p.server.live.keys().copied().collect();
+    assert_eq!(ends.len(), 2);
+    // The client process dies; the server's transport sees its connection close.
+    p.client.alive = false;
+    let reported = p.fail_routes(Side::Server);
+    assert_eq!(reported.len(), 2);
+    p.step();
+    assert_eq!(p.server.ep.num_sessions(), 0);
+    let st = p.server.ep.stats();
+    assert_eq!((st.route_failures, st.server_sessions_reaped), (2, 2));
+    assert_eq!(p.server.ep.ring_reserved(), 0);
+    for e in ends {
+        assert_eq!(p.server.events_of(e), (1, 1, 0));
+    }
+    assert_eq!(p.server.routes.open(), 0);
+    let h = p.server.held.pop().unwrap();
+    assert!(matches!(
+        p.server.respond(h, b"too late"),
+        Err(RpcError::StaleHandle)
+    ));
+    let _ = b;
+}
+
+#[test]
+fn reconnect_after_a_route_failure_takes_a_new_route() {
+    let mut p = Pair::reliable(live_cfg(10_000), live_cfg(10_000), 44);
+    let s = p.connect();
+    exchange(&mut p, s, &[(1, 2 * DPP, 100)], 100 * MS);
+    // The server process restarts: its connection breaks at both ends; the new process
+    // knows nothing.
+    p.fail_routes(Side::Client);
+    p.server.ep = endpoint_on(live_cfg(10_000), SERVER_RPC, 4096, 999, TransportKind::Tcp);
+    p.server.live.clear();
+    p.server.routes = Routes::default();
+    p.server.runs.clear();
+    assert_eq!(
+        p.client.ep.session_state(s),
+        Some(SessionState::Failed(ConnectFailure::PeerFailed))
+    );
+    p.client.ep.reconnect(p.now, s).unwrap();
+    exchange(&mut p, s, &[(2, 5 * DPP, 5 * DPP as u32)], 1_000 * MS);
+    assert_eq!(p.client.routes.allocated.len(), 2, "a fresh route");
+    assert_eq!(p.client.routes.open(), 1);
+    assert_eq!(p.client.events_of(s), (2, 0, 1));
+    assert_eq!(p.client.ep.session_stats(s).unwrap().resets, 1);
+    assert_eq!(p.client.ep.stats().retransmissions, 0);
+}
+
+#[test]
+fn a_liveness_reset_on_a_reliable_transport_reconnects_on_a_new_route() {
+    // No route failure is reported (a host that vanished without closing): liveness still
+    // detects it; the reconnect does not reuse the route of the dead connection.
+    let t = 40;
+    let mut p = Pair::reliable(live_cfg(t), live_cfg(t), 45);
+    let s = p.connect();
+    exchange(&mut p, s, &[(1, 100, 100)], 100 * MS);
+    p.server.rpc_exists = false;
+    let ok = p.run_until(p.now + 10 * t * MS, |p| {
+        p.client.ep.session_state(s) != Some(SessionState::Connected)
+    });
+    assert!(ok);
+    assert_eq!(p.client.ep.stats().route_failures, 0);
+    assert_eq!(p.client.ep.stats().sessions_reset, 1);
+    p.server.ep = endpoint_on(live_cfg(t), SERVER_RPC, 4096, 998, TransportKind::Tcp);
+    p.server.rpc_exists = true;
+    p.server.live.clear();
+    p.server.routes = Routes::default();
+    p.server.runs.clear();
+    p.client.ep.reconnect(p.now, s).unwrap();
+    exchange(&mut p, s, &[(2, 100, 100)], 1_000 * MS);
+    assert_eq!(p.client.routes.allocated.len(), 2);
+    assert_eq!(p.client.routes.open(), 1, "the old route was released");
+}
+
+#[test]
+fn route_failures_of_connecting_disconnecting_and_failed_sessions() {
+    let mut p = Pair::reliable(cfg(), cfg(), 46);
+    // Disconnecting: the end is freed at once.
+    let d = p.connect();
+    p.to_server.filter = Some(every(|w| w.is_sm(SmType::DisconnectReq), Fate::Drop));
+    p.client.ep.disconnect(p.now, d).unwrap();
+    p.fail_routes(Side::Client);
+    p.step();
+    assert_eq!(p.client.ep.session_state(d), None);
+    assert_eq!(p.client.events_of(d), (1, 1, 0));
+    p.to_server.filter = None;
+    // Connecting (the ConnectReq is out, the route allocated): the connect fails.
+    p.to_server.filter = Some(every(|w| w.is_sm(SmType::ConnectReq), Fate::Hold));
+    let c = p.begin_connect();
+    p.step();
+    let (route, _) = {
+        let r = &p.client.routes;
+        let open: Vec<_> = r.allocated.difference(&r.freed).copied().collect();
+        assert_eq!(open.len(), 1);
+        (open[0], ())
+    };
+    p.client.ep.handle_route_failure(p.now, route);
+    assert_eq!(
+        p.client.ep.session_state(c),
+        Some(SessionState::Failed(ConnectFailure::RoutingResolution))
+    );
+    p.step();
+    assert_eq!(p.client.routes.open(), 0);
+    // Failed: only the route goes; the reconnect asks for a new one and works.
+    p.to_server.filter = None;
+    p.release(Side::Server);
+    p.client.ep.reconnect(p.now, c).unwrap();
+    let ok = p.run_until(p.now + 1_000 * MS, |p| {
+        p.client.ep.session_state(c) == Some(SessionState::Connected)
+    });
+    assert!(ok, "{:?}", p.client.ep.session_state(c));
+    exchange(&mut p, c, &[(1, 10, 10)], 100 * MS);
+    // An unknown route is ignored.
+    p.client.ep.handle_route_failure(p.now, 12_345);
+    assert_eq!(p.client.ep.stats().route_failures, 2);
+    assert_eq!(p.client.ep.session_state(c), Some(SessionState::Connected));
+}

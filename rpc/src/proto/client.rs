@@ -326,7 +326,8 @@ impl ClientSession {
             slot.num_tx += 1;
             sent = true;
         }
-        if sent {
+        // A reliable transport delivers what it took: nothing to time out and resend.
+        if sent && !prm.reliable {
             timers.arm(Timer::Retransmit, slot.progress.saturating_add(prm.rto));
         }
     }

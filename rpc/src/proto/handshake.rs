@@ -123,7 +123,10 @@ impl Endpoint {
     }
 
     /// Reopens a failed client session — after a peer failure, or a failed connect — with a
-    /// new handshake and a new token. Requests may be enqueued while it connects.
+    /// new handshake and a new token. Requests may be enqueued while it connects. On a
+    /// reliable (connection-oriented) transport the session's old route is released and a
+    /// new one asked for ([`Event::FreeRoute`], [`Event::AllocRoute`]); on a datagram one the
+    /// route is kept.
     pub fn reconnect(&mut self, now: u64, sid: SessionId) -> Result<(), RpcError> {
         let p = self.p;
         match self.sessions.client(sid) {
@@ -157,7 +160,14 @@ impl Endpoint {
         c.remote_token = 0;
         c.live = Liveness::new(now);
         c.timers.set(Timer::Handshake, c.sm.deadline);
+        // A connection-oriented route (a TCP link, an RC queue pair) served the old session
+        // and cannot be resolved again to the peer's new end: a reconnect takes a new one. A
+        // datagram route is just the peer's address and is kept.
+        let old_route = if p.reliable { c.route.take() } else { None };
         let has_route = c.route.is_some();
+        if let Some((route, _)) = old_route {
+            self.release_route(route);
+        }
         self.ring.reserve(p.credits);
         if has_route {
             self.send_connect_req(sid, now);
@@ -218,6 +228,7 @@ impl Endpoint {
                 match route {
                     Some(r) => {
                         c.route = Some(r);
+                        self.routes.insert(r.0, sid);
                         self.send_connect_req(sid, now);
                     }
                     None => {
@@ -232,6 +243,7 @@ impl Endpoint {
                 match (route, peer) {
                     (Some((route, info)), Some(peer)) => {
                         s.route = Some((route, info));
+                        self.routes.insert(route, sid);
                         s.route_op = Some(resolve_op);
                         self.out.event(Event::ResolveRoute {
                             op: resolve_op,
@@ -433,7 +445,7 @@ impl Endpoint {
             self.ring.release(self.p.credits);
         }
         if let Some((route, _)) = c.route {
-            self.out.event(Event::FreeRoute { route });
+            self.release_route(route);
         }
         let ClientSession { slots, backlog, .. } = *c;
         for b in slots.into_iter().flat_map(|s| [s.req, s.resp]).flatten() {
@@ -442,6 +454,13 @@ impl Endpoint {
         for r in backlog {
             self.out.pool.free(r.req);
         }
+    }
+
+    /// Gives a session end's route back to the transport ([`Event::FreeRoute`]); it names no
+    /// session end from now on.
+    pub(crate) fn release_route(&mut self, route: RouteId) {
+        self.routes.remove(&route);
+        self.out.event(Event::FreeRoute { route });
     }
 
     /// Handles a ConnectReq (server side).
@@ -628,7 +647,7 @@ impl Endpoint {
             }
         }
         if let Some((route, _)) = s.route {
-            self.out.event(Event::FreeRoute { route });
+            self.release_route(route);
         }
         s.free_buffers(&mut self.out);
     }

@@ -17,8 +17,11 @@
 //! [`answer_ping`] is that answer; the runtime's table (`runtime/liveness.rs`) and the test
 //! harnesses both use it.
 
+use transports::RouteId;
+
 use crate::sm::{SmMsg, SmStatus, SmType};
 
+use super::client::ClientState;
 use super::event::Event;
 use super::server::ServerSession;
 use super::timer::Timer;
@@ -239,6 +242,43 @@ impl Endpoint {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// The route of session end `sid` failed (see `Endpoint::handle_route_failure`).
+    pub(crate) fn on_route_failure(&mut self, sid: u32, route: RouteId, now: u64) {
+        let client_state = match self.sessions.get(sid) {
+            Some(super::Session::Client(c)) => Some(c.state),
+            Some(super::Session::Server(_)) => None,
+            None => return,
+        };
+        match client_state {
+            None => {
+                tracing::info!(session = sid, route, "route to the client failed: freeing its session");
+                self.out.stats.server_sessions_reaped += 1;
+                self.free_server(sid);
+                return;
+            }
+            Some(ClientState::Connected) => {
+                tracing::info!(session = sid, route, "route to the server failed: resetting the session");
+                self.reset_client(sid, now);
+            }
+            Some(ClientState::Disconnecting) => {
+                self.free_client(sid);
+                return;
+            }
+            Some(ClientState::Connecting(_)) => {
+                tracing::info!(session = sid, route, "route failed while connecting");
+                self.fail_client(sid, super::ConnectFailure::RoutingResolution);
+            }
+            Some(ClientState::Failed(_)) => {}
+        }
+        // The end stays (failed); its route goes, and a reconnect asks for a new one.
+        if let Some(c) = self.sessions.client_mut(sid) {
+            if c.route.is_some_and(|(r, _)| r == route) {
+                c.route = None;
+                self.release_route(route);
+            }
         }
     }
 

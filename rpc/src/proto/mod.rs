@@ -16,8 +16,10 @@
 //! - **B. Handlers of input from the network and of time**, named `handle_*`:
 //!   [`handle_packet`](Endpoint::handle_packet) (one datapath packet),
 //!   [`handle_sm`](Endpoint::handle_sm) (one session-management message),
-//!   [`handle_timeout`](Endpoint::handle_timeout) (time passed); and the answers to the route
-//!   requests it made, [`route_allocated`](Endpoint::route_allocated) and
+//!   [`handle_timeout`](Endpoint::handle_timeout) (time passed),
+//!   [`handle_route_failure`](Endpoint::handle_route_failure) (a reliable transport lost the
+//!   connection under a route); and the answers to the route requests it made,
+//!   [`route_allocated`](Endpoint::route_allocated) and
 //!   [`route_resolved`](Endpoint::route_resolved).
 //! - **C. Commands from the application**, which change state but perform no I/O either:
 //!   [`connect`](Endpoint::connect), [`reconnect`](Endpoint::reconnect),
@@ -100,7 +102,7 @@ mod timer;
 use std::collections::HashMap;
 
 use transports::rng::SplitMix64;
-use transports::{TransportKind, TxPkt};
+use transports::{RouteId, TransportKind, TxPkt};
 
 use crate::config::RpcConfig;
 use crate::msgbuf::MsgBuf;
@@ -131,6 +133,10 @@ pub struct LocalEnd {
     pub max_pkt_size: usize,
     /// The transport's receive ring, which session admission reserves credits in.
     pub rx_ring_size: usize,
+    /// Whether the transport is reliable (`Transport::is_reliable`: a route's packets arrive
+    /// exactly once and in order unless its connection fails). The endpoint then never
+    /// retransmits (no go-back-N); deadlines, liveness and at-most-once stay.
+    pub reliable: bool,
 }
 
 /// The configuration in the units the core works in (ns), computed once.
@@ -143,6 +149,9 @@ pub(crate) struct Params {
     pub window: usize,
     pub credits: u32,
     pub rto: u64,
+    /// The transport is reliable (and connection-oriented): no go-back-N; a reconnect takes
+    /// a new route.
+    pub reliable: bool,
     pub sm_retry: u64,
     pub connect_timeout: u64,
     pub failure_timeout: Option<u64>,
@@ -166,6 +175,8 @@ pub struct Endpoint {
     conn_index: HashMap<ConnKey, SessionId>,
     /// Server ends per remote Nexus (for `max_sessions_per_peer`).
     peer_sessions: HashMap<SmAddr, usize>,
+    /// The session end that holds each route (for `handle_route_failure`).
+    routes: HashMap<RouteId, SessionId>,
     out: Out,
     timers: TimerQueue,
     rng: SplitMix64,
@@ -192,6 +203,7 @@ impl Endpoint {
             window: cfg.window,
             credits: cfg.credits,
             rto: ns(cfg.rto),
+            reliable: local.reliable,
             sm_retry: ns(cfg.sm_retry),
             connect_timeout: ns(cfg.connect_timeout),
             failure_timeout: cfg.failure_timeout.map(ns),
@@ -207,6 +219,7 @@ impl Endpoint {
             ring: RingBudget::new(local.rx_ring_size),
             conn_index: HashMap::new(),
             peer_sessions: HashMap::new(),
+            routes: HashMap::new(),
             timers: TimerQueue::default(),
             rng: SplitMix64::new(seed),
             route_seq: 0,
@@ -368,6 +381,26 @@ impl Endpoint {
             }
             SmType::ClientPing | SmType::ServerPing => return,
         };
+        self.schedule(sid);
+    }
+
+    /// Handles the failure of a route that the transport reported
+    /// (`Transport::poll_route_failure`: the connection under it closed or was reset, its
+    /// queue pair entered ERROR): nothing more will arrive or leave on it, so its session end
+    /// is ended at once instead of by the liveness timeout.
+    ///
+    /// A connected client end is reset as after a failed liveness check (every request it
+    /// holds completes with [`RpcError::PeerFailed`], exactly once; [`Event::SessionReset`]);
+    /// a connecting one fails its connect (`ConnectFailure::RoutingResolution`); a
+    /// disconnecting one is freed. A server end is freed. The route is released
+    /// ([`Event::FreeRoute`]), so a later [`reconnect`](Endpoint::reconnect) asks for a new
+    /// one. A route no session end holds — freed already, or reported twice — is ignored.
+    pub fn handle_route_failure(&mut self, now: u64, route: RouteId) {
+        let Some(&sid) = self.routes.get(&route) else {
+            return;
+        };
+        self.out.stats.route_failures += 1;
+        self.on_route_failure(sid, route, now);
         self.schedule(sid);
     }
 

@@ -13,6 +13,12 @@
 //! session is armed when a slot sends (at that slot's `progress + rto`), and not moved when a
 //! slot progresses: when it fires it rewinds the slots that are really stalled and is set
 //! again for the earliest `progress + rto` left, which is always later than now.
+//!
+//! On a reliable transport (`LocalEnd::reliable`: TCP, InfiniBand RC) the timer is never
+//! armed: what the transport took arrives exactly once and in order unless the route fails,
+//! and a failed route ends its session (`Endpoint::handle_route_failure`). Credits still pace
+//! the slots; a request that never completes ends at its deadline, or when liveness declares
+//! the peer failed.
 
 use super::client::ClientSession;
 use super::output::Out;

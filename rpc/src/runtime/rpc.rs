@@ -1,6 +1,6 @@
 //! The per-thread [`Rpc`]: the event loop that drives the protocol core ([`Endpoint`]) — it
-//! feeds it packets from a transport, SM messages from the Nexus, background results and
-//! timer expiries, and carries out its outputs: packets to the transport, SM messages to the
+//! feeds it packets and route failures from a transport, SM messages from the Nexus,
+//! background results and timer expiries, and carries out its outputs: packets to the transport, SM messages to the
 //! SM socket, route requests to the transport, liveness changes to the Nexus's table,
 //! requests to handlers, completions to the application.
 
@@ -99,6 +99,7 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
             transport: transport.kind(),
             max_pkt_size: transport.max_pkt_size(),
             rx_ring_size: transport.rx_ring_size(),
+            reliable: transport.is_reliable(),
         };
         let ep = Endpoint::new(cfg, local, seed)?;
         let (sm_tx, sm_rx) = crossbeam_channel::bounded(QUEUE_CAP);
@@ -413,6 +414,13 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
                 self.ctx.ep.handle_packet(now, self.transport.rx_pkt(i));
             }
             self.transport.rx_release(n);
+        }
+
+        // Routes whose connection failed (reliable transports; a datagram transport's
+        // `poll_route_failure` is the trait's `None`, which compiles to nothing here).
+        while let Some(route) = self.transport.poll_route_failure() {
+            work = true;
+            self.ctx.ep.handle_route_failure(now, route);
         }
 
         // Session management.

@@ -182,6 +182,9 @@ pub struct Routes {
     pub allocated: HashSet<RouteId>,
     pub resolved: HashSet<RouteId>,
     pub freed: HashSet<RouteId>,
+    /// Routes reported failed to the endpoint ([`Pair::fail_routes`]); nothing may be sent
+    /// on them, and they are never resolved again.
+    pub failed: HashSet<RouteId>,
     /// Make the next allocations fail.
     pub fail_alloc: bool,
     /// Make the next resolutions fail.
@@ -268,7 +271,8 @@ pub fn endpoint(cfg: RpcConfig, rpc_id: u8, ring: usize, seed: u64) -> Endpoint 
     endpoint_on(cfg, rpc_id, ring, seed, TransportKind::Sim)
 }
 
-/// The endpoint of a node with `cfg` on a transport of `kind`.
+/// The endpoint of a node with `cfg` on a transport of `kind`, reliable if transports of
+/// that kind are (TCP, InfiniBand RC).
 pub fn endpoint_on(
     cfg: RpcConfig,
     rpc_id: u8,
@@ -281,6 +285,7 @@ pub fn endpoint_on(
         transport: kind,
         max_pkt_size: MTU,
         rx_ring_size: ring,
+        reliable: matches!(kind, TransportKind::Tcp | TransportKind::InfinibandRc),
     };
     Endpoint::new(cfg, local, seed).expect("valid endpoint configuration")
 }
@@ -321,6 +326,17 @@ impl Pair {
         )
     }
 
+    /// A pair of endpoints on a reliable transport (TCP kind): no go-back-N; route
+    /// failures come from [`Pair::fail_routes`]. The links are lossless unless a test says
+    /// otherwise.
+    pub fn reliable(client: RpcConfig, server: RpcConfig, seed: u64) -> Self {
+        Self::with_endpoints(
+            endpoint_on(client, 0, 4096, seed ^ 0xC1, TransportKind::Tcp),
+            endpoint_on(server, SERVER_RPC, 4096, seed ^ 0x5E, TransportKind::Tcp),
+            seed,
+        )
+    }
+
     /// A pair of the given endpoints.
     pub fn with_endpoints(client: Endpoint, server: Endpoint, seed: u64) -> Self {
         Self {
@@ -352,6 +368,27 @@ impl Pair {
             self.seq += 1;
             link.in_flight.push((now + link.delay, self.seq, w));
         }
+    }
+
+    /// The connection of `side` to its peer breaks, as a reliable transport reports it: every
+    /// route of that node that is resolved and not freed fails and is reported to its
+    /// endpoint (`handle_route_failure`), in route order. Returns the routes reported.
+    pub fn fail_routes(&mut self, side: Side) -> Vec<RouteId> {
+        let now = self.now;
+        let node = self.node(side);
+        let mut failed: Vec<RouteId> = node
+            .routes
+            .resolved
+            .iter()
+            .copied()
+            .filter(|r| !node.routes.freed.contains(r) && !node.routes.failed.contains(r))
+            .collect();
+        failed.sort_unstable();
+        for &r in &failed {
+            node.routes.failed.insert(r);
+            node.ep.handle_route_failure(now, r);
+        }
+        failed
     }
 
     /// Puts a raw datapath packet on the link towards `side` (as if from the wire).
@@ -618,6 +655,11 @@ fn drive(
                 "packet on route {} that is not open and resolved",
                 p.route
             );
+            assert!(
+                !routes.failed.contains(&p.route),
+                "packet on route {} after its failure was reported",
+                p.route
+            );
             let mut b = p.hdr.to_vec();
             b.extend_from_slice(p.data);
             assert!(b.len() <= MTU, "packet larger than the MTU");
@@ -669,6 +711,10 @@ fn handle_event(node: &mut Node, now: u64, ev: Event, peer_routing: u8) {
             assert!(
                 r.allocated.contains(&route) && !r.freed.contains(&route),
                 "resolve of route {route} that is not open"
+            );
+            assert!(
+                !r.failed.contains(&route),
+                "resolve of route {route} after its failure was reported"
             );
             let ok = !r.fail_resolve && info.as_bytes() == [peer_routing];
             if ok {
