@@ -1011,7 +1011,11 @@ fn a_reliable_transport_is_never_retransmitted_on() {
         let rto = 5 * MS;
         let sent = p.now;
         p.run_to(sent + 10 * rto);
-        let h = p.server.held.pop().expect("the request reached the handler");
+        let h = p
+            .server
+            .held
+            .pop()
+            .expect("the request reached the handler");
         p.server.respond(h, b"late").unwrap();
         let done = p.completions(1, 100 * MS);
         assert_eq!(done[0].result.as_ref().unwrap().as_slice(), b"late");
@@ -1022,9 +1026,15 @@ fn a_reliable_transport_is_never_retransmitted_on() {
         } else {
             assert_eq!(retransmissions, 10, "one rewind per RTO");
         }
-        assert_eq!(p.server.runs.get(&b"held".to_vec()), Some(&1));
+        assert_eq!(p.server.runs.get(b"held".as_slice()), Some(&1));
         let reqs: Vec<_> = (0..6u64)
-            .map(|i| (10 + i, 1 + i as usize * 7 * DPP, (i as u32 + 1) * 9 * DPP as u32))
+            .map(|i| {
+                (
+                    10 + i,
+                    1 + i as usize * 7 * DPP,
+                    (i as u32 + 1) * 9 * DPP as u32,
+                )
+            })
             .collect();
         exchange(&mut p, s, &reqs, 10_000 * MS);
         assert_eq!(p.client.ep.session_credits(s), Some(32));
@@ -1049,7 +1059,7 @@ fn on_a_reliable_transport_deadlines_still_end_requests() {
     assert!(matches!(done[0].result, Err(RpcError::DeadlineExceeded)));
     assert_eq!(p.now, start + 50 * MS, "at its deadline");
     assert_eq!(p.client.ep.stats().retransmissions, 0);
-    assert_eq!(p.server.runs.get(&b"lost".to_vec()), None);
+    assert_eq!(p.server.runs.get(b"lost".as_slice()), None);
     exchange(&mut p, s, &[(2, 3 * DPP, 3 * DPP as u32)], 100 * MS);
     p.run_for(1_000 * MS);
     assert!(p.client.completions.is_empty(), "exactly once");

@@ -254,13 +254,21 @@ impl Endpoint {
         };
         match client_state {
             None => {
-                tracing::info!(session = sid, route, "route to the client failed: freeing its session");
+                tracing::info!(
+                    session = sid,
+                    route,
+                    "route to the client failed: freeing its session"
+                );
                 self.out.stats.server_sessions_reaped += 1;
                 self.free_server(sid);
                 return;
             }
             Some(ClientState::Connected) => {
-                tracing::info!(session = sid, route, "route to the server failed: resetting the session");
+                tracing::info!(
+                    session = sid,
+                    route,
+                    "route to the server failed: resetting the session"
+                );
                 self.reset_client(sid, now);
             }
             Some(ClientState::Disconnecting) => {
