@@ -5,7 +5,7 @@
 pub mod pair;
 
 use rpc::{Rpc, RpcConfig, VirtualClock};
-use transports::sim::{SimFabric, SimTransport};
+use transports::sim::SimFabric;
 
 /// A simulated fabric and the virtual clock it shares with the Rpcs of a test (none for a
 /// real-time fabric). Derefs to the fabric.
@@ -60,7 +60,7 @@ pub trait Step {
     fn next_timer(&self) -> u64;
 }
 
-impl<S: 'static> Step for Rpc<SimTransport, S> {
+impl<T: transports::Transport, S: 'static> Step for Rpc<T, S> {
     fn step(&mut self) -> bool {
         self.run_once()
     }
