@@ -267,3 +267,53 @@ pub trait Transport {
         None
     }
 }
+
+/// A boxed transport is a transport (e.g. `Box<dyn Transport + Send>`, to choose one at run
+/// time): every call goes to the box's content, one indirect call each.
+impl<T: Transport + ?Sized> Transport for Box<T> {
+    fn kind(&self) -> TransportKind {
+        (**self).kind()
+    }
+    fn routing_info(&self) -> RoutingInfo {
+        (**self).routing_info()
+    }
+    fn route_alloc(&mut self) -> Result<(RouteId, RoutingInfo), TransportError> {
+        (**self).route_alloc()
+    }
+    fn resolve(&mut self, route: RouteId, remote: &RoutingInfo) -> Result<(), TransportError> {
+        (**self).resolve(route, remote)
+    }
+    fn route_free(&mut self, route: RouteId) {
+        (**self).route_free(route)
+    }
+    fn max_pkt_size(&self) -> usize {
+        (**self).max_pkt_size()
+    }
+    fn rx_ring_size(&self) -> usize {
+        (**self).rx_ring_size()
+    }
+    fn tx_burst(&mut self, pkts: &[TxPkt<'_>]) -> Result<usize, TransportError> {
+        (**self).tx_burst(pkts)
+    }
+    fn rx_burst(&mut self) -> usize {
+        (**self).rx_burst()
+    }
+    fn rx_pkt(&self, i: usize) -> &[u8] {
+        (**self).rx_pkt(i)
+    }
+    fn rx_release(&mut self, n: usize) {
+        (**self).rx_release(n)
+    }
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), TransportError> {
+        (**self).wait(timeout)
+    }
+    fn stats(&self) -> TransportStats {
+        (**self).stats()
+    }
+    fn is_reliable(&self) -> bool {
+        (**self).is_reliable()
+    }
+    fn poll_route_failure(&mut self) -> Option<RouteId> {
+        (**self).poll_route_failure()
+    }
+}

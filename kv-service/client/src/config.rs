@@ -24,9 +24,10 @@ pub struct ClientConfig {
     pub batch: usize,
     /// Receive with UDP GRO (`transports::udp::UdpConfig::gro`). Default `true`.
     pub udp_gro: bool,
-    /// Largest UDP packet; `None` (default): the path MTU toward the server less the
-    /// headers, at most 8972 (`transports::udp::max_pkt_size_toward`). A session uses the
-    /// smaller of this and the server's.
+    /// Largest packet (rpc header + payload); `None` (default): over UDP the path MTU toward
+    /// the server less the headers, at most 8972 (`transports::udp::max_pkt_size_toward`);
+    /// over TCP and RC 8192, over UD the port's MTU. A session uses the smaller of this and
+    /// the server's.
     pub max_pkt_size: Option<usize>,
     /// Receive ring of the client's socket, in packets (preallocated: times the packet
     /// size). It must hold the credits of one session per server thread (32 each). `None`

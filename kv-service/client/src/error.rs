@@ -11,6 +11,15 @@ pub enum Error {
     /// The address could not be parsed or resolved.
     #[error("invalid server address {0:?}")]
     BadAddress(String),
+    /// The client's transport could not be set up on this machine (no RDMA device, no
+    /// socket, ...).
+    #[error("cannot set up the {kind} transport: {reason}")]
+    Transport {
+        /// The transport (`"udp"`, `"tcp"`, `"ud"`, `"rc"`).
+        kind: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// The server did not answer the connect.
     #[error("server {addr} not reachable")]
     Unreachable {
@@ -138,6 +147,10 @@ impl Clone for Error {
     fn clone(&self) -> Self {
         match self {
             Error::BadAddress(a) => Error::BadAddress(a.clone()),
+            Error::Transport { kind, reason } => Error::Transport {
+                kind,
+                reason: reason.clone(),
+            },
             Error::Unreachable { addr, source } => Error::Unreachable {
                 addr: addr.clone(),
                 source: clone_rpc(source),

@@ -28,8 +28,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! **Any transport.** [`Client::connect`] opens a UDP endpoint and blocks until connected.
-//! [`Client::start`] takes an rpc endpoint the caller made — on any transport, on any clock
+//! **Any transport.** [`Client::connect`] opens a UDP endpoint and blocks until connected;
+//! [`Client::connect_tcp`] does the same over TCP, `Client::connect_ud` / `connect_rc` over
+//! InfiniBand/RoCE verbs (feature `rdma`), and [`Client::connect_with`] over a
+//! [`ClientTransport`] chosen at run time. [`Client::start`] takes an rpc endpoint the caller made — on any transport, on any clock
 //! (e.g. the simulated fabric on a virtual clock) — and returns at once; the connection then
 //! progresses with every [`Client::run_once`] / [`Client::poll`], so a test can drive clients
 //! and servers from one thread, deterministically.
@@ -39,19 +41,21 @@
 mod config;
 mod decode;
 mod error;
+mod transport;
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use kv_proto::{self as protocol, op, KeyRouter, Request, ScanMerge, ServerInfo, ThreadStats};
 use rpc::{Completion, ConnectFailure, Nexus, Rpc, RpcConfig, RpcError, SessionId, SessionState};
-use transports::udp::{UdpConfig, UdpTransport};
+use transports::udp::UdpTransport;
 use transports::Transport;
 
 pub use config::{Backoff, ClientConfig};
 pub use error::Error;
 pub use kv_proto::{Item, Op, Reply};
+pub use transport::{AnyTransport, ClientTransport};
 
 use decode::{decode, decode_batch, Decoded};
 
@@ -187,28 +191,6 @@ pub struct Client<T: Transport = UdpTransport> {
 /// server has more than 32 threads.
 const DEFAULT_RX_RING: usize = 1024;
 
-/// The client's rpc endpoint: rpc `id` of `nexus` on a UDP socket bound to `local_ip`.
-fn open_udp(
-    nexus: &Nexus,
-    id: u8,
-    local_ip: std::net::IpAddr,
-    server: SocketAddr,
-    cfg: &ClientConfig,
-    ring: usize,
-) -> Result<Rpc<UdpTransport, ()>, Error> {
-    let udp = UdpTransport::new(UdpConfig {
-        bind: SocketAddr::new(local_ip, 0),
-        gro: cfg.udp_gro,
-        max_pkt_size: cfg
-            .max_pkt_size
-            .unwrap_or_else(|| transports::udp::max_pkt_size_toward(server.ip())),
-        rx_ring_size: ring,
-        ..UdpConfig::default()
-    })
-    .map_err(RpcError::from)?;
-    Ok(Rpc::new(nexus, id, udp, (), ClientConfig::rpc_config(cfg))?)
-}
-
 impl ClientConfig {
     /// The rpc settings a client endpoint needs (for [`Client::start`] callers that build
     /// their own): the connect timeout and busy polling of this configuration.
@@ -227,36 +209,7 @@ impl Client<UdpTransport> {
     /// then opens a session to every thread. Blocks until connected (at most about the
     /// connect timeout).
     pub fn connect(addr: &str, cfg: ClientConfig) -> Result<Self, Error> {
-        let server = addr
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| Error::BadAddress(addr.to_string()))?;
-        let local_ip = local_ip_for(server).map_err(|_| Error::BadAddress(addr.to_string()))?;
-        let nexus: Nexus = Nexus::new(&SocketAddr::new(local_ip, 0).to_string(), 0)?;
-        let ring = cfg.rx_ring_size.unwrap_or(DEFAULT_RX_RING);
-        let rpc = open_udp(&nexus, 0, local_ip, server, &cfg, ring)?;
-        let auto_ring = cfg.rx_ring_size.is_none();
-        let mut client = Client::start_inner(nexus, rpc, &server.to_string(), cfg, auto_ring)?;
-        match client.block_until_connected()? {
-            None => Ok(client),
-            Some(need) => {
-                // Too many server threads for the default ring: reopen the endpoint (as rpc id
-                // 1 of the same Nexus, the old one still exists) with a ring that holds them
-                // all.
-                let nexus = client.nexus.clone();
-                let cfg = client.cfg.clone();
-                let s0 = client.sessions.first().copied();
-                if let Some(s0) = s0 {
-                    let _ = client.rpc.disconnect(s0);
-                }
-                let rpc = open_udp(&nexus, 1, local_ip, server, &cfg, need)?;
-                drop(client);
-                let mut client = Client::start_inner(nexus, rpc, &server.to_string(), cfg, false)?;
-                client.block_until_connected()?;
-                Ok(client)
-            }
-        }
+        transport::connect_over(addr, cfg, &transport::udp)
     }
 
     /// The server's listen address.

@@ -28,6 +28,57 @@ impl Default for IdleMode {
     }
 }
 
+/// The datapath transport of the server's threads (session management is always UDP, on
+/// [`ServerConfig::listen`]). Clients must use the same kind: a mismatch fails their connect
+/// with `TransportMismatch`.
+#[derive(Clone, Debug, Default)]
+pub enum DataTransport {
+    /// Kernel UDP sockets, one per thread on the listen IP ([`ServerConfig::udp_gro`] and
+    /// [`ServerConfig::max_pkt_size`] apply).
+    #[default]
+    Udp,
+    /// Kernel TCP, one listening socket per thread on the listen IP (packets of up to 8 KiB,
+    /// the transport's default); reliable, so the rpc layer does no retransmission, and a
+    /// client whose connection closes has its sessions freed at once.
+    Tcp,
+    /// InfiniBand/RoCE unreliable datagrams over libibverbs on the RDMA device `device`
+    /// (`None`: the first one). The server fails to start, before opening the data directory,
+    /// if there is no such device.
+    #[cfg(feature = "rdma")]
+    Ud {
+        /// The device name (`ibv_devices`), `None` for the first.
+        device: Option<String>,
+    },
+    /// InfiniBand/RoCE reliable connections (one queue pair per session) over libibverbs.
+    #[cfg(feature = "rdma")]
+    Rc {
+        /// The device name (`ibv_devices`), `None` for the first.
+        device: Option<String>,
+    },
+    /// UD on the simulated verbs fabric `SimVerbs` (one simulated HCA per thread), shared with
+    /// clients in this process: for tests and simulations, never an RDMA measurement.
+    #[cfg(feature = "rdma")]
+    SimUd(transports::rdma::sim::SimVerbs),
+    /// RC on the simulated verbs fabric, as [`DataTransport::SimUd`].
+    #[cfg(feature = "rdma")]
+    SimRc(transports::rdma::sim::SimVerbs),
+}
+
+impl DataTransport {
+    /// The kind of transport (what clients must use).
+    pub fn kind(&self) -> transports::TransportKind {
+        use transports::TransportKind as K;
+        match self {
+            Self::Udp => K::Udp,
+            Self::Tcp => K::Tcp,
+            #[cfg(feature = "rdma")]
+            Self::Ud { .. } | Self::SimUd(_) => K::InfinibandUd,
+            #[cfg(feature = "rdma")]
+            Self::Rc { .. } | Self::SimRc(_) => K::InfinibandRc,
+        }
+    }
+}
+
 /// Server configuration.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -35,6 +86,8 @@ pub struct ServerConfig {
     /// thread's data socket binds the same IP with an ephemeral port. Default
     /// `127.0.0.1:31850`.
     pub listen: String,
+    /// The threads' datapath transport. Default [`DataTransport::Udp`].
+    pub transport: DataTransport,
     /// Data directory (created if missing). Default `./kv-data`.
     pub data_dir: PathBuf,
     /// Server threads = engine workers W (1..=255). Recorded in the data directory: reopening
@@ -62,6 +115,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:31850".into(),
+            transport: DataTransport::Udp,
             data_dir: PathBuf::from("./kv-data"),
             threads: 2,
             cache_bytes: 64 << 20,
@@ -95,6 +149,9 @@ pub enum ServerError {
     /// The transport could not be set up.
     #[error("transport: {0}")]
     Transport(#[from] TransportError),
+    /// The transport asked for cannot run on this machine (no RDMA device).
+    #[error("{0}")]
+    Unavailable(String),
     /// An operating-system error (spawning threads).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

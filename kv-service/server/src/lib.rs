@@ -2,8 +2,9 @@
 //! the `rpc` crate in the wire format of `kv-proto` — and the binaries `kv-service` and
 //! `kv-cli` (built on `kv-client`).
 //!
-//! - [`Server`]: the server behind the `kv-service` binary, over UDP: one OS thread per engine
-//!   worker, each stepping its own [`ServerThread`] (`docs/KV-SERVICE.md`).
+//! - [`Server`]: the server behind the `kv-service` binary, over UDP, TCP or (feature `rdma`)
+//!   InfiniBand UD / RC ([`DataTransport`]): one OS thread per engine worker, each stepping its
+//!   own [`ServerThread`] (`docs/KV-SERVICE.md`).
 //! - [`ServerThread`]: one server thread as a state machine (`step(now)`: serving, draining,
 //!   stopped), generic over the transport and the engine's storage backend, so a whole server
 //!   runs under deterministic simulation ([`build_threads`]; see `tests/sim_service.rs`).
@@ -55,12 +56,13 @@
 #![warn(missing_docs)]
 
 mod config;
+mod data;
 mod forward;
 mod server;
 mod state;
 mod thread;
 
-pub use config::{IdleMode, ServerConfig, ServerError};
+pub use config::{DataTransport, IdleMode, ServerConfig, ServerError};
 pub use server::Server;
 pub use state::ServerState;
 pub use thread::{build_threads, register_handlers, Phase, ServerThread, Shutdown, LINGER};

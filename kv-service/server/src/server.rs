@@ -1,6 +1,6 @@
-//! The KV server over UDP: W shared-nothing threads, thread `i` owning rpc endpoint `i` (its
-//! own UDP socket) and engine worker `i` (the partition of keys with `fnv1a64(key) mod W ==
-//! i`).
+//! The KV server: W shared-nothing threads, thread `i` owning rpc endpoint `i` (its own UDP
+//! socket — or TCP listener, or verbs queue pairs: [`DataTransport`](crate::DataTransport))
+//! and engine worker `i` (the partition of keys with `fnv1a64(key) mod W == i`).
 //!
 //! Each OS thread drives one [`ServerThread`]: its `step` runs the Rpc event loop once
 //! (receive, run handlers, transmit), the mail from sibling threads, and the engine worker
@@ -46,9 +46,10 @@ use std::time::Duration;
 
 use kv_engine::{self as engine, DiskBackend, EngineConfig, RecoveryStats};
 use rpc::{Nexus, RpcConfig};
-use transports::udp::{UdpConfig, UdpTransport};
+use transports::TransportError;
 
 use crate::config::{IdleMode, ServerConfig, ServerError};
+use crate::data::{thread_transports, DataEndpoint, ThreadTransport};
 use crate::forward::Post;
 use crate::state::ServerState;
 use crate::thread::{register_handlers, Phase, ServerThread, Shutdown};
@@ -57,6 +58,7 @@ use crate::thread::{register_handlers, Phase, ServerThread, Shutdown};
 pub struct Server {
     listen: SocketAddr,
     data_addrs: Vec<SocketAddr>,
+    data_endpoints: Vec<String>,
     recovery: RecoveryStats,
     backend: &'static str,
     shutdown: Arc<Shutdown>,
@@ -69,12 +71,14 @@ struct ThreadArgs {
     router: kv_engine::KeyRouter,
     worker: kv_engine::Worker,
     post: Post,
-    udp: UdpConfig,
     rpc: RpcConfig,
     idle: IdleMode,
     shutdown: Arc<Shutdown>,
-    ready: std::sync::mpsc::Sender<(usize, Result<SocketAddr, String>)>,
+    ready: std::sync::mpsc::Sender<(usize, Result<Ready, String>)>,
 }
+
+/// What a thread reports once it serves: its data socket (IP transports) and a description.
+type Ready = (Option<SocketAddr>, String);
 
 impl Server {
     /// Opens the data directory (running recovery), binds the listen address and starts the
@@ -96,6 +100,9 @@ impl Server {
                  sockets' addresses, which take this IP)"
             )));
         }
+        // Before the data directory: a transport that cannot be had (no RDMA device) fails
+        // the start at once.
+        let transports = thread_transports(&cfg, listen)?;
         let engine_cfg = EngineConfig {
             workers: w,
             cache_bytes: cfg.cache_bytes,
@@ -119,23 +126,21 @@ impl Server {
             busy_poll: cfg.idle == IdleMode::BusyPoll,
             ..RpcConfig::default()
         };
-        let udp = UdpConfig {
-            bind: SocketAddr::new(listen.ip(), 0),
-            gro: cfg.udp_gro,
-            max_pkt_size: cfg.max_pkt_size,
-            ..UdpConfig::default()
-        };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::with_capacity(w);
         let router = opened.router;
-        for (worker, post) in opened.workers.into_iter().zip(Post::mesh(w)) {
+        let parts = opened
+            .workers
+            .into_iter()
+            .zip(Post::mesh(w))
+            .zip(transports);
+        for ((worker, post), transport) in parts {
             let id = worker.id();
             let args = ThreadArgs {
                 nexus: nexus.clone(),
                 router,
                 worker,
                 post,
-                udp: udp.clone(),
                 rpc: rpc_cfg.clone(),
                 idle: cfg.idle,
                 shutdown: shutdown.clone(),
@@ -145,7 +150,7 @@ impl Server {
                 .name(format!("kv-{id}"))
                 .spawn(move || {
                     let shutdown = args.shutdown.clone();
-                    let r = thread_main(id, args);
+                    let r = thread_main(id, args, transport);
                     if let Err(e) = &r {
                         tracing::error!(thread = id, error = %e, "server thread failed");
                         shutdown.stop();
@@ -168,13 +173,13 @@ impl Server {
             }
         }
         drop(ready_tx);
-        let mut data_addrs = vec![sm_addr; w];
+        let mut data: Vec<Ready> = vec![(None, String::new()); w];
         let mut failure = None;
         for _ in 0..w {
             match ready_rx.recv() {
-                Ok((id, Ok(addr))) => {
-                    if let Some(slot) = data_addrs.get_mut(id) {
-                        *slot = addr;
+                Ok((id, Ok(ready))) => {
+                    if let Some(slot) = data.get_mut(id) {
+                        *slot = ready;
                     }
                 }
                 Ok((id, Err(e))) => {
@@ -194,7 +199,8 @@ impl Server {
         }
         let server = Server {
             listen: sm_addr,
-            data_addrs,
+            data_addrs: data.iter().filter_map(|d| d.0).collect(),
+            data_endpoints: data.into_iter().map(|d| d.1).collect(),
             recovery: opened.recovery,
             backend,
             shutdown,
@@ -214,9 +220,16 @@ impl Server {
         self.listen
     }
 
-    /// The data socket address of each thread (thread `i` at index `i`).
+    /// The data socket address of each thread (thread `i` at index `i`) on the IP
+    /// transports (UDP socket, TCP listener); empty on the verbs transports.
     pub fn data_addrs(&self) -> &[SocketAddr] {
         &self.data_addrs
+    }
+
+    /// Each thread's data endpoint described for people (`"udp 127.0.0.1:40000"`, `"tcp
+    /// ..."`, `"ud device mlx5_0 port 1 QPN 0x1a"`, ...), thread `i` at index `i`.
+    pub fn data_endpoints(&self) -> &[String] {
+        &self.data_endpoints
     }
 
     /// What the engine's recovery found at start.
@@ -272,22 +285,42 @@ impl Drop for Server {
     }
 }
 
-/// An OS thread of the server: builds its [`ServerThread`] on a UDP socket, then steps it
-/// until it stops, sleeping in the socket's wait when idle (per [`IdleMode`]).
-fn thread_main(id: usize, a: ThreadArgs) -> Result<(), ServerError> {
-    let made = UdpTransport::new(a.udp)
-        .map_err(ServerError::from)
-        .and_then(|udp| {
-            ServerThread::<UdpTransport, DiskBackend>::new(
-                &a.nexus,
-                a.router,
-                a.worker,
-                a.post,
-                udp,
-                &a.rpc,
-                a.shutdown.clone(),
-            )
-        });
+/// An OS thread of the server: makes its transport and runs [`serve`] on it.
+fn thread_main(id: usize, a: ThreadArgs, transport: ThreadTransport) -> Result<(), ServerError> {
+    use transports::tcp::TcpTransport;
+    use transports::udp::UdpTransport;
+    match transport {
+        ThreadTransport::Udp(c) => serve(id, a, UdpTransport::new(c)),
+        ThreadTransport::Tcp(c) => serve(id, a, TcpTransport::new(c)),
+        #[cfg(feature = "rdma")]
+        ThreadTransport::IbvUd(dev) => serve(id, a, crate::data::ud(dev)),
+        #[cfg(feature = "rdma")]
+        ThreadTransport::IbvRc(dev) => serve(id, a, crate::data::rc(dev)),
+        #[cfg(feature = "rdma")]
+        ThreadTransport::SimUd(dev) => serve(id, a, crate::data::ud(dev)),
+        #[cfg(feature = "rdma")]
+        ThreadTransport::SimRc(dev) => serve(id, a, crate::data::rc(dev)),
+    }
+}
+
+/// Builds the thread's [`ServerThread`] on `transport`, then steps it until it stops,
+/// sleeping in the transport's wait when idle (per [`IdleMode`]).
+fn serve<T: DataEndpoint>(
+    id: usize,
+    a: ThreadArgs,
+    transport: Result<T, TransportError>,
+) -> Result<(), ServerError> {
+    let made = transport.map_err(ServerError::from).and_then(|t| {
+        ServerThread::<T, DiskBackend>::new(
+            &a.nexus,
+            a.router,
+            a.worker,
+            a.post,
+            t,
+            &a.rpc,
+            a.shutdown.clone(),
+        )
+    });
     let mut t = match made {
         Ok(t) => t,
         Err(e) => {
@@ -296,9 +329,12 @@ fn thread_main(id: usize, a: ThreadArgs) -> Result<(), ServerError> {
             return Err(e);
         }
     };
-    let _ = a.ready.send((id, Ok(t.rpc().transport().local_addr())));
+    let endpoint = t.rpc().transport().describe();
+    tracing::debug!(thread = id, endpoint = %endpoint, "serving");
+    let _ = a
+        .ready
+        .send((id, Ok((t.rpc().transport().socket_addr(), endpoint))));
     drop(a.ready);
-    tracing::debug!(thread = id, addr = %t.rpc().transport().local_addr(), "serving");
     let spin_ns = match a.idle {
         IdleMode::SpinThenSleep { spin } => {
             Some(u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX))

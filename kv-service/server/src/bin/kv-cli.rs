@@ -4,6 +4,8 @@
 //! kv-cli [--server ADDR] [--hex] [--timeout SECS] get KEY | put KEY VALUE | del KEY
 //!                                                 | scan START [COUNT] | stats
 //! kv-cli [--server ADDR] < commands.txt     # pipe mode: one command per line
+//! kv-cli --transport tcp ...                 # the server's datapath: udp (default), tcp,
+//!                                            # ud | rc [--device NAME] (feature rdma)
 //! ```
 //!
 //! Keys and values are bytes. On the command line and in pipe mode they may hold escapes
@@ -23,9 +25,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use clap::{Parser, Subcommand};
-use kv_client::{Client, ClientConfig, Error, Op, Reply};
+use clap::{Parser, Subcommand, ValueEnum};
+use kv_client::{ClientConfig, ClientTransport, Error, Op, Reply};
 use kv_proto::ThreadStats;
+
+/// A client over the transport chosen with `--transport`.
+type Client = kv_client::Client<kv_client::AnyTransport>;
 
 /// Command-line client of kv-service. Without a command, reads commands from stdin, one per
 /// line, and prints one result line per command, in order (pipelined over the wire).
@@ -35,6 +40,13 @@ struct Args {
     /// Server address (its --listen address).
     #[arg(long, default_value = "127.0.0.1:31850")]
     server: String,
+    /// The server's datapath transport (its --transport).
+    #[arg(long, value_enum, default_value_t = Transport::Udp)]
+    transport: Transport,
+    /// RDMA device for --transport ud|rc (`ibv_devices` lists them); default: the first.
+    #[cfg(feature = "rdma")]
+    #[arg(long, value_name = "NAME")]
+    device: Option<String>,
     /// Keys and values are hex strings, in input and output.
     #[arg(long)]
     hex: bool,
@@ -63,6 +75,41 @@ struct Args {
     busy_poll: bool,
     #[command(subcommand)]
     cmd: Option<Cmd>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Transport {
+    /// Kernel UDP.
+    Udp,
+    /// Kernel TCP.
+    Tcp,
+    /// InfiniBand/RoCE unreliable datagrams (verbs).
+    #[cfg(feature = "rdma")]
+    Ud,
+    /// InfiniBand/RoCE reliable connections (verbs).
+    #[cfg(feature = "rdma")]
+    Rc,
+}
+
+impl Args {
+    fn client_transport(&self) -> anyhow::Result<ClientTransport> {
+        #[cfg(feature = "rdma")]
+        if self.device.is_some() && !matches!(self.transport, Transport::Ud | Transport::Rc) {
+            bail!("--device is for --transport ud or rc");
+        }
+        Ok(match self.transport {
+            Transport::Udp => ClientTransport::Udp,
+            Transport::Tcp => ClientTransport::Tcp,
+            #[cfg(feature = "rdma")]
+            Transport::Ud => ClientTransport::Ud {
+                device: self.device.clone(),
+            },
+            #[cfg(feature = "rdma")]
+            Transport::Rc => ClientTransport::Rc {
+                device: self.device.clone(),
+            },
+        })
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -315,7 +362,8 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             Cmd::Stats => Line::Stats,
         }),
     };
-    let mut client = Client::connect(&args.server, cfg)
+    let transport = args.client_transport()?;
+    let mut client = Client::connect_with(&args.server, &transport, cfg)
         .with_context(|| format!("cannot connect to kv-service at {}", args.server))?;
     match line {
         Some(l) => {

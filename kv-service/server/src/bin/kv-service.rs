@@ -2,7 +2,13 @@
 //!
 //! ```text
 //! kv-service [--listen 127.0.0.1:31850] [--data-dir ./kv-data] [--threads N] [--cache-mb 64]
-//!            [--sync] [--transport udp] [--busy-poll | --spin-ms 100] [--no-gro] [--log-level info]
+//!            [--sync] [--transport udp|tcp|ud|rc [--device NAME]] [--busy-poll | --spin-ms 100]
+//!            [--no-gro] [--log-level info]
+//! ```
+//!
+//! `ud` and `rc` (InfiniBand/RoCE verbs) exist when built with the cargo feature `rdma`.
+//!
+//! ```text
 //! ```
 #![forbid(unsafe_code)]
 
@@ -13,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use kv_engine::SyncMode;
-use kv_service::{IdleMode, Server, ServerConfig};
+use kv_service::{DataTransport, IdleMode, Server, ServerConfig};
 
 /// Persistent key-value server (KVell-derived engine over eRPC-style RPC).
 #[derive(Parser, Debug)]
@@ -38,9 +44,14 @@ struct Args {
     /// Acknowledge writes only once on stable storage (O_DSYNC): survives power loss, slower.
     #[arg(long)]
     sync: bool,
-    /// Network transport.
+    /// Datapath transport (clients must use the same). Session management is UDP on
+    /// --listen whatever the transport.
     #[arg(long, value_enum, default_value_t = Transport::Udp)]
     transport: Transport,
+    /// RDMA device for --transport ud|rc (`ibv_devices` lists them); default: the first.
+    #[cfg(feature = "rdma")]
+    #[arg(long, value_name = "NAME")]
+    device: Option<String>,
     /// Spin always, never sleep when idle (lowest latency, one core per thread at 100 %).
     #[arg(long)]
     busy_poll: bool,
@@ -59,8 +70,38 @@ struct Args {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Transport {
-    /// Kernel UDP sockets.
+    /// Kernel UDP sockets (eRPC-style).
     Udp,
+    /// Kernel TCP (reliable: no rpc retransmission).
+    Tcp,
+    /// InfiniBand/RoCE unreliable datagrams (verbs).
+    #[cfg(feature = "rdma")]
+    Ud,
+    /// InfiniBand/RoCE reliable connections (verbs), one queue pair per session.
+    #[cfg(feature = "rdma")]
+    Rc,
+}
+
+impl Args {
+    /// The server's datapath transport.
+    fn data_transport(&self) -> anyhow::Result<DataTransport> {
+        #[cfg(feature = "rdma")]
+        if self.device.is_some() && !matches!(self.transport, Transport::Ud | Transport::Rc) {
+            anyhow::bail!("--device is for --transport ud or rc");
+        }
+        Ok(match self.transport {
+            Transport::Udp => DataTransport::Udp,
+            Transport::Tcp => DataTransport::Tcp,
+            #[cfg(feature = "rdma")]
+            Transport::Ud => DataTransport::Ud {
+                device: self.device.clone(),
+            },
+            #[cfg(feature = "rdma")]
+            Transport::Rc => DataTransport::Rc {
+                device: self.device.clone(),
+            },
+        })
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,13 +114,15 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let Transport::Udp = args.transport;
+    let transport = args.data_transport()?;
+    let kind = transport.kind();
     let threads = match args.threads {
         Some(t) => t,
         None => default_threads(&args.data_dir)?,
     };
     let cfg = ServerConfig {
         listen: args.listen.clone(),
+        transport,
         data_dir: args.data_dir.clone(),
         threads,
         cache_bytes: args.cache_mb.saturating_mul(1 << 20),
@@ -116,7 +159,7 @@ fn main() -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "kv-service listening on {} (udp), {} threads, data dir {}",
+        "kv-service listening on {} ({kind}), {} threads, data dir {}",
         server.listen_addr(),
         threads,
         args.data_dir.display()
@@ -132,8 +175,14 @@ fn main() -> anyhow::Result<()> {
         r.bytes_read as f64 / 1e6,
         r.elapsed.as_secs_f64()
     )?;
-    for (i, a) in server.data_addrs().iter().enumerate() {
-        writeln!(out, "thread {i} data socket {a}")?;
+    if server.data_addrs().len() == threads {
+        for (i, a) in server.data_addrs().iter().enumerate() {
+            writeln!(out, "thread {i} data socket {a}")?;
+        }
+    } else {
+        for (i, e) in server.data_endpoints().iter().enumerate() {
+            writeln!(out, "thread {i} data endpoint {e}")?;
+        }
     }
     writeln!(out, "ready (Ctrl-C or SIGTERM to stop)")?;
     out.flush()?;
