@@ -39,8 +39,10 @@ pub struct RpcStats {
     pub sessions_reset: u64,
     /// Server sessions freed because their client failed (liveness, or a failed route).
     pub server_sessions_reaped: u64,
-    /// Routes the transport reported failed (`Transport::poll_route_failure`) while a
-    /// session end held them; each ended its session end at once.
+    /// Session ends ended at once because the transport reported their route failed
+    /// (`Transport::poll_route_failure`): client ends reset (or their connect failed, or
+    /// their disconnect cut short), server ends freed. A client end that had failed already
+    /// only gives its route back and is not counted.
     pub route_failures: u64,
     /// Liveness pings sent.
     pub pings_sent: u64,

@@ -1169,27 +1169,50 @@ fn reconnect_after_a_route_failure_takes_a_new_route() {
 #[test]
 fn a_liveness_reset_on_a_reliable_transport_reconnects_on_a_new_route() {
     // No route failure is reported (a host that vanished without closing): liveness still
-    // detects it; the reconnect does not reuse the route of the dead connection.
-    let t = 40;
-    let mut p = Pair::reliable(live_cfg(t), live_cfg(t), 45);
-    let s = p.connect();
-    exchange(&mut p, s, &[(1, 100, 100)], 100 * MS);
-    p.server.rpc_exists = false;
-    let ok = p.run_until(p.now + 10 * t * MS, |p| {
-        p.client.ep.session_state(s) != Some(SessionState::Connected)
-    });
-    assert!(ok);
-    assert_eq!(p.client.ep.stats().route_failures, 0);
-    assert_eq!(p.client.ep.stats().sessions_reset, 1);
-    p.server.ep = endpoint_on(live_cfg(t), SERVER_RPC, 4096, 998, TransportKind::Tcp);
-    p.server.rpc_exists = true;
-    p.server.live.clear();
-    p.server.routes = Routes::default();
-    p.server.runs.clear();
-    p.client.ep.reconnect(p.now, s).unwrap();
-    exchange(&mut p, s, &[(2, 100, 100)], 1_000 * MS);
-    assert_eq!(p.client.routes.allocated.len(), 2);
-    assert_eq!(p.client.routes.open(), 1, "the old route was released");
+    // detects it; the reconnect does not reuse the route of the dead connection. Run twice:
+    // the second time the dead connection is reported after the reset, when it ends nothing.
+    for report_late in [false, true] {
+        let t = 40;
+        let mut p = Pair::reliable(live_cfg(t), live_cfg(t), 45);
+        let s = p.connect();
+        exchange(&mut p, s, &[(1, 100, 100)], 100 * MS);
+        p.server.rpc_exists = false;
+        let ok = p.run_until(p.now + 10 * t * MS, |p| {
+            p.client.ep.session_state(s) != Some(SessionState::Connected)
+        });
+        assert!(ok);
+        assert_eq!(p.client.ep.stats().sessions_reset, 1);
+        let old: Vec<_> = p.client.routes.resolved.iter().copied().collect();
+        assert_eq!(old.len(), 1);
+        if report_late {
+            assert_eq!(p.fail_routes(Side::Client), old);
+            p.step();
+            assert_eq!(
+                p.client.routes.open(),
+                0,
+                "the failed end gave its route back"
+            );
+        }
+        assert_eq!(
+            p.client.ep.stats().route_failures,
+            0,
+            "none ended a session"
+        );
+        assert_eq!(p.client.ep.stats().sessions_reset, 1);
+        p.server.ep = endpoint_on(live_cfg(t), SERVER_RPC, 4096, 998, TransportKind::Tcp);
+        p.server.rpc_exists = true;
+        p.server.live.clear();
+        p.server.routes = Routes::default();
+        p.server.runs.clear();
+        p.client.ep.reconnect(p.now, s).unwrap();
+        exchange(&mut p, s, &[(2, 100, 100)], 1_000 * MS);
+        assert_eq!(p.client.routes.allocated.len(), 2, "a fresh route");
+        assert!(
+            p.client.routes.freed.contains(&old[0]),
+            "the old one released"
+        );
+        assert_eq!(p.client.routes.open(), 1);
+    }
 }
 
 #[test]

@@ -252,6 +252,9 @@ impl Endpoint {
             Some(super::Session::Server(_)) => None,
             None => return,
         };
+        if !matches!(client_state, Some(ClientState::Failed(_))) {
+            self.out.stats.route_failures += 1;
+        }
         match client_state {
             None => {
                 tracing::info!(

@@ -399,7 +399,6 @@ impl Endpoint {
         let Some(&sid) = self.routes.get(&route) else {
             return;
         };
-        self.out.stats.route_failures += 1;
         self.on_route_failure(sid, route, now);
         self.schedule(sid);
     }
