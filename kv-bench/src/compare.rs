@@ -1,8 +1,9 @@
 //! `kv-bench compare`: what does the network cost? One workload against the engine
 //! in-process (its non-blocking `Worker` API polled by the driver thread: no network, no
-//! thread hop) and through kv-service over each transport this build has (UDP), with the
-//! same number of requests in flight; a table with throughput, p50/p99 and the networking
-//! overhead (remote − in-process).
+//! thread hop) and through kv-service over each rpc transport this build has (`rpc/udp`,
+//! `rpc/tcp`; with the `rdma` feature `rpc/ud` and `rpc/rc` on the simulated verbs device,
+//! labelled as a simulation), with the same number of requests in flight; a table with
+//! throughput, p50/p99 and the networking overhead (remote − in-process).
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,13 +12,12 @@ use hdrhistogram::Histogram;
 use kv_engine::{open_workers, EngineConfig};
 use serde::Serialize;
 
+use crate::remote::{Remote, RpcTransport};
 use crate::report::{say, write_json};
+use crate::rpc_bench::SIMULATED;
 use crate::ycsb::driver::{Backend, Conns, EngineBackend, Pool};
 use crate::ycsb::gen::{Distribution, InsertCounter, OpGen, Workload};
-use crate::ycsb::{
-    kv_conns, load_system, run_rounds, start_embedded, temp_data_dir, Percentiles, System,
-    SystemReport,
-};
+use crate::ycsb::{load_system, run_rounds, temp_data_dir, Percentiles, System, SystemReport};
 
 /// Arguments of `kv-bench compare`.
 #[derive(clap::Args, Debug)]
@@ -58,11 +58,17 @@ pub struct CompareArgs {
     /// Draw throughput per transport and the latency CDFs to this SVG file.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// The rpc transports to compare (comma-separated); default: every one of this build
+    /// (udp, tcp; ud, rc on the simulated verbs device with the `rdma` feature).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    transports: Vec<RpcTransport>,
 }
 
 #[derive(Serialize)]
 struct Row {
     transport: String,
+    /// Measured on the simulated verbs device: a simulation, not an RDMA measurement.
+    simulated: bool,
     ops_per_s: f64,
     p50_us: f64,
     p99_us: f64,
@@ -120,37 +126,43 @@ pub fn run(args: CompareArgs) -> Result<()> {
     )
     .context("opening the in-process engine")?;
     let engine = EngineBackend::new(opened.workers, opened.router);
-    let remote_dir = temp_data_dir("kv-bench-compare-udp-")?;
-    let server = start_embedded(remote_dir.path(), args.workers, args.cache_mb, false, true)?;
-    let addr = server.listen_addr().to_string();
+    let wanted = if args.transports.is_empty() {
+        RpcTransport::all()
+    } else {
+        args.transports.clone()
+    };
+    let mut remotes = Vec::new();
+    for t in wanted {
+        remotes.push(Remote::start(t, args.workers, args.cache_mb, 32)?);
+    }
 
     // The in-process system has one "session" (the engine) with the whole window.
-    let mut systems = vec![
-        (
+    let mut systems = vec![(
+        System {
+            name: "in-process".into(),
+            version: "engine Worker API, same thread".into(),
+            pool: Pool::start(Conns::Owned(vec![vec![
+                Box::new(engine) as Box<dyn Backend + Send>
+            ]]))?,
+            gen: new_gen(),
+            stats: None,
+            report: SystemReport::default(),
+        },
+        in_flight,
+    )];
+    for r in &remotes {
+        systems.push((
             System {
-                name: "in-process".into(),
-                version: "engine Worker API, same thread".into(),
-                pool: Pool::start(Conns::Owned(vec![vec![
-                    Box::new(engine) as Box<dyn Backend + Send>
-                ]]))?,
-                gen: new_gen(),
-                stats: None,
-                report: SystemReport::default(),
-            },
-            in_flight,
-        ),
-        (
-            System {
-                name: "udp".into(),
-                version: "kv-service over rpc + kernel UDP, loopback".into(),
-                pool: Pool::start(kv_conns(&addr, 1, args.sessions, 32, true))?,
+                name: r.name.clone(),
+                version: r.version.clone(),
+                pool: Pool::start(r.conns(1, args.sessions))?,
                 gen: new_gen(),
                 stats: None,
                 report: SystemReport::default(),
             },
             args.window,
-        ),
-    ];
+        ));
+    }
     say!(
         json,
         "compare: YCSB-{} {} | {} items x {} B | {} in flight | {} worker(s) | {} x {} s",
@@ -206,6 +218,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         let r = &sys.report;
         let row = Row {
             transport: sys.name.clone(),
+            simulated: remotes.iter().any(|m| m.simulated && m.name == sys.name),
             ops_per_s: r.ops_per_s,
             p50_us: r.all.p50_us,
             p99_us: r.all.p99_us,
@@ -231,6 +244,10 @@ pub fn run(args: CompareArgs) -> Result<()> {
         );
         rows.push(row);
     }
+    let simulated = rows.iter().any(|r| r.simulated);
+    if simulated {
+        say!(json, "rows marked (simulated): {SIMULATED}");
+    }
     if let Some(path) = &args.plot {
         let tput: Vec<(String, f64)> = rows
             .iter()
@@ -241,16 +258,25 @@ pub fn run(args: CompareArgs) -> Result<()> {
             .filter_map(|(s, _)| s.stats.as_ref().map(|st| (s.name.clone(), &st.all)))
             .collect();
         let title = format!(
-            "YCSB-{}, {} in flight: throughput",
+            "YCSB-{}, {} in flight: throughput{}",
             args.workload.name().to_uppercase(),
-            in_flight
+            in_flight,
+            if simulated {
+                " ((simulated): simulated verbs device, not RDMA)"
+            } else {
+                ""
+            }
         );
         crate::plot::compare(path, &title, &tput, &series)?;
         say!(json, "plot written to {}", path.display());
     }
     let errors: u64 = rows.iter().map(|r| r.errors).sum();
     let report = CompareReport {
-        note: "same-run comparison; absolute numbers drift between runs".into(),
+        note: if simulated {
+            format!("same-run comparison; absolute numbers drift between runs; rows marked simulated: {SIMULATED}")
+        } else {
+            "same-run comparison; absolute numbers drift between runs".into()
+        },
         workload: args.workload.name().into(),
         distribution: distribution.name().into(),
         records: args.records,
@@ -269,7 +295,10 @@ pub fn run(args: CompareArgs) -> Result<()> {
             .collect(),
     };
     write_json(json, &report)?;
-    server.shutdown().context("stopping the embedded server")?;
+    // The systems (and their connections) are gone with the report; then the servers.
+    for r in remotes {
+        r.shutdown()?;
+    }
     if errors > 0 {
         bail!("{errors} operations failed");
     }

@@ -6,6 +6,7 @@ mod baseline;
 mod compare;
 mod engine_bench;
 mod plot;
+mod remote;
 mod report;
 mod rpc_bench;
 mod ycsb;
@@ -23,7 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// RPC benchmarks (latency, throughput, bandwidth) over UDP on loopback.
+    /// RPC benchmarks (latency, throughput, bandwidth) over UDP or TCP on loopback, or the
+    /// verbs transports on the simulated verbs device (feature `rdma`).
     Rpc {
         #[command(subcommand)]
         which: rpc_bench::RpcCmd,

@@ -1,5 +1,9 @@
-//! `kv-bench rpc`: latency, throughput and bandwidth of the rpc crate over UDP on loopback,
-//! with a raw-socket ping-pong measured in the same run for the latency ratio.
+//! `kv-bench rpc`: latency, throughput and bandwidth of the rpc crate over a transport
+//! (`--transport`): kernel UDP or TCP on loopback, or — with the `rdma` feature — InfiniBand
+//! UD or RC on the simulated verbs device `SimVerbs` (every figure of those is labelled as a
+//! simulation: this machine has no RDMA device). The latency bench measures the same exchange
+//! without the rpc layer in the same run, for the ratio: raw UDP sockets, raw TCP sockets, or
+//! the verbs transport alone on the same simulated fabric.
 //!
 //! The server runs on its own thread with one busy-polling Rpc; the client runs on the calling
 //! thread, also busy-polling.
@@ -13,9 +17,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use hdrhistogram::Histogram;
 use rpc::{MsgBuf, Nexus, Rpc, RpcConfig, SessionId};
 use serde::Serialize;
+use transports::tcp::{TcpConfig, TcpTransport};
 use transports::udp::{UdpConfig, UdpTransport};
+use transports::Transport;
 
-use crate::baseline::raw_udp;
+use crate::baseline::{raw_tcp, raw_udp};
 use crate::report::{new_histogram, say, write_json, Latency};
 
 /// The request type the bench server answers: the response size is the request's first
@@ -35,6 +41,24 @@ pub enum RpcCmd {
     Bw(BwArgs),
 }
 
+/// The transport the bench runs the rpc layer over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchTransport {
+    /// Kernel UDP on 127.0.0.1.
+    Udp,
+    /// Kernel TCP on 127.0.0.1.
+    Tcp,
+    /// InfiniBand UD on the simulated verbs device (a simulation, not an RDMA measurement).
+    #[cfg(feature = "rdma")]
+    Ud,
+    /// InfiniBand RC on the simulated verbs device (a simulation, not an RDMA measurement).
+    #[cfg(feature = "rdma")]
+    Rc,
+}
+
+/// The label of every figure measured on the simulated verbs device.
+pub const SIMULATED: &str = "simulated verbs device — not an RDMA measurement";
+
 #[derive(clap::Args)]
 pub struct Common {
     /// Seconds to measure.
@@ -43,9 +67,14 @@ pub struct Common {
     /// Write every figure as one JSON object to FILE (`-` for stdout).
     #[arg(long)]
     json: Option<String>,
-    /// Maximum UDP packet size (RPC header + payload).
-    #[arg(long, default_value_t = 1472)]
-    mtu: usize,
+    /// Transport under the rpc layer: udp, tcp (loopback); ud, rc on the simulated verbs
+    /// device (with the `rdma` feature).
+    #[arg(long, value_enum, default_value_t = BenchTransport::Udp)]
+    transport: BenchTransport,
+    /// Largest packet (RPC header + payload). Default: 1472 for UDP (one Ethernet frame),
+    /// 8192 for TCP and RC, the port MTU (4096) for UD.
+    #[arg(long)]
+    mtu: Option<usize>,
     /// Receive without UDP GRO (on by default: coalesced datagrams make receiving a burst
     /// cheap; off shows the per-datagram cost of the kernel stack).
     #[arg(long)]
@@ -118,12 +147,183 @@ pub struct BwArgs {
     window: usize,
 }
 
+impl RpcCmd {
+    fn common(&self) -> &Common {
+        match self {
+            RpcCmd::Latency(a) => &a.common,
+            RpcCmd::Tput(a) => &a.common,
+            RpcCmd::Overload(a) => &a.common,
+            RpcCmd::Bw(a) => &a.common,
+        }
+    }
+}
+
 pub fn run(cmd: RpcCmd) -> Result<()> {
+    let c = cmd.common();
+    let (transport, mtu, gro) = (c.transport, c.mtu, !c.no_gro);
+    match transport {
+        BenchTransport::Udp => run_on(cmd, Net::udp(mtu.unwrap_or(1472), gro)),
+        BenchTransport::Tcp => run_on(cmd, Net::tcp(mtu.unwrap_or(8192))),
+        #[cfg(feature = "rdma")]
+        BenchTransport::Ud => run_on(cmd, Net::sim_ud(mtu)),
+        #[cfg(feature = "rdma")]
+        BenchTransport::Rc => run_on(cmd, Net::sim_rc(mtu.unwrap_or(8192))),
+    }
+}
+
+fn run_on<T: Transport + Send + 'static>(cmd: RpcCmd, net: Net<T>) -> Result<()> {
     match cmd {
-        RpcCmd::Latency(a) => latency(a),
-        RpcCmd::Tput(a) => tput(a),
-        RpcCmd::Bw(a) => bw(a),
-        RpcCmd::Overload(a) => overload(a),
+        RpcCmd::Latency(a) => latency(a, &net),
+        RpcCmd::Tput(a) => tput(a, &net),
+        RpcCmd::Bw(a) => bw(a, &net),
+        RpcCmd::Overload(a) => overload(a, &net),
+    }
+}
+
+/// Makes one endpoint's transport.
+type Make<T> = Arc<dyn Fn() -> Result<T> + Send + Sync>;
+
+/// A baseline of the latency bench: (duration, message size) to round-trip times (ns).
+type Baseline = Box<dyn Fn(Duration, usize) -> Result<Histogram<u64>>>;
+
+/// What the bench runs over: how to make an endpoint's transport, what to call it, and the
+/// exchanges without the rpc layer the latency bench compares with (the first one is the
+/// ratio's denominator).
+struct Net<T> {
+    make: Make<T>,
+    /// "UDP on loopback", ...
+    label: String,
+    /// The largest packet asked for.
+    mtu: usize,
+    /// On the simulated verbs device: every figure says so.
+    simulated: bool,
+    baselines: Vec<(String, Baseline)>,
+}
+
+impl<T> Net<T> {
+    /// `text` with the simulation label in front, if this is a simulation.
+    fn tag(&self, text: &str) -> String {
+        if self.simulated {
+            format!("[{SIMULATED}] {text}")
+        } else {
+            text.to_string()
+        }
+    }
+}
+
+impl Net<UdpTransport> {
+    fn udp(mtu: usize, gro: bool) -> Self {
+        let cfg = UdpConfig {
+            max_pkt_size: mtu,
+            gro,
+            ..UdpConfig::default()
+        };
+        Self {
+            make: Arc::new(move || Ok(UdpTransport::new(cfg.clone())?)),
+            label: "UDP on loopback".into(),
+            mtu,
+            simulated: false,
+            baselines: vec![
+                (
+                    "raw UDP (send_to/recv_from)".into(),
+                    Box::new(|d, n| raw_udp::raw_ping_pong(d, n, false)),
+                ),
+                (
+                    "raw UDP (connected)".into(),
+                    Box::new(|d, n| raw_udp::raw_ping_pong(d, n, true)),
+                ),
+            ],
+        }
+    }
+}
+
+impl Net<TcpTransport> {
+    fn tcp(mtu: usize) -> Self {
+        let cfg = TcpConfig {
+            max_pkt_size: mtu,
+            ..TcpConfig::default()
+        };
+        Self {
+            make: Arc::new(move || Ok(TcpTransport::new(cfg.clone())?)),
+            label: "TCP on loopback".into(),
+            mtu,
+            simulated: false,
+            baselines: vec![
+                (
+                    "raw TCP (sockperf-style)".into(),
+                    Box::new(raw_tcp::ping_pong),
+                ),
+                (
+                    "TCP transport alone".into(),
+                    Box::new(raw_tcp::ping_pong_transport),
+                ),
+            ],
+        }
+    }
+}
+
+#[cfg(feature = "rdma")]
+mod verbs {
+    use std::sync::Arc;
+
+    use transports::rdma::rc::{RcConfig, RcTransport};
+    use transports::rdma::sim::{SimDevice, SimDeviceConfig, SimVerbs};
+    use transports::rdma::ud::{UdConfig, UdTransport};
+
+    use super::{Baseline, Make, Net};
+    use crate::baseline::raw_udp::ping_pong_over;
+
+    /// The exchange without the rpc layer: two endpoints of `make` ping-ponging.
+    fn alone<T: transports::Transport + Send + 'static>(make: Make<T>) -> Baseline {
+        Box::new(move |d, n| ping_pong_over(make()?, make()?, d, n))
+    }
+
+    impl Net<UdTransport<SimDevice>> {
+        /// UD on a real-time simulated fabric shared by the server's and the client's threads.
+        pub(super) fn sim_ud(mtu: Option<usize>) -> Self {
+            let fabric = SimVerbs::new_realtime(1);
+            let make: Make<UdTransport<SimDevice>> = Arc::new(move || {
+                let cfg = UdConfig {
+                    max_pkt_size: mtu,
+                    ..UdConfig::default()
+                };
+                Ok(UdTransport::new(
+                    fabric.open_device(SimDeviceConfig::default()),
+                    cfg,
+                )?)
+            });
+            Self {
+                baselines: vec![("UD transport alone".into(), alone(make.clone()))],
+                make,
+                label: "InfiniBand UD on SimVerbs".into(),
+                mtu: mtu.unwrap_or(4096),
+                simulated: true,
+            }
+        }
+    }
+
+    impl Net<RcTransport<SimDevice>> {
+        /// RC on a real-time simulated fabric shared by the server's and the client's threads.
+        pub(super) fn sim_rc(mtu: usize) -> Self {
+            let fabric = SimVerbs::new_realtime(1);
+            let make: Make<RcTransport<SimDevice>> = Arc::new(move || {
+                let cfg = RcConfig {
+                    max_pkt_size: mtu,
+                    ..RcConfig::default()
+                };
+                Ok(RcTransport::new(
+                    fabric.open_device(SimDeviceConfig::default()),
+                    cfg,
+                )?)
+            });
+            Self {
+                baselines: vec![("RC transport alone".into(), alone(make.clone()))],
+                make,
+                label: "InfiniBand RC on SimVerbs".into(),
+                mtu,
+                simulated: true,
+            }
+        }
     }
 }
 
@@ -135,12 +335,12 @@ struct Server {
 }
 
 impl Server {
-    fn start(mtu: usize, gro: bool) -> Result<Self> {
-        Self::start_with_work(mtu, gro, Duration::ZERO)
+    fn start<T: Transport + 'static>(net: &Net<T>) -> Result<Self> {
+        Self::start_with_work(net, Duration::ZERO)
     }
 
     /// A server whose handler spins `work` per request before answering.
-    fn start_with_work(mtu: usize, gro: bool, work: Duration) -> Result<Self> {
+    fn start_with_work<T: Transport + 'static>(net: &Net<T>, work: Duration) -> Result<Self> {
         let nexus: Nexus = Nexus::new("127.0.0.1:0", 0)?;
         nexus.register(BENCH_REQ, move |_, ctx, req| {
             if !work.is_zero() {
@@ -161,11 +361,11 @@ impl Server {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = {
             let stop = stop.clone();
+            let make = net.make.clone();
             std::thread::Builder::new()
                 .name("bench-server".into())
                 .spawn(move || -> Result<rpc::RpcStats> {
-                    let udp = UdpTransport::new(udp_config(mtu, gro))?;
-                    let mut rpc = Rpc::new(&nexus, 0, udp, (), rpc_config())?;
+                    let mut rpc = Rpc::new(&nexus, 0, make()?, (), rpc_config())?;
                     let _ = ready_tx.send(());
                     while !stop.load(Ordering::Relaxed) {
                         for _ in 0..64 {
@@ -203,14 +403,6 @@ impl Drop for Server {
     }
 }
 
-fn udp_config(mtu: usize, gro: bool) -> UdpConfig {
-    UdpConfig {
-        max_pkt_size: mtu,
-        gro,
-        ..UdpConfig::default()
-    }
-}
-
 fn rpc_config() -> RpcConfig {
     RpcConfig {
         busy_poll: true,
@@ -218,21 +410,15 @@ fn rpc_config() -> RpcConfig {
     }
 }
 
-struct Client {
-    rpc: Rpc<UdpTransport>,
+struct Client<T: Transport> {
+    rpc: Rpc<T>,
     _nexus: Nexus,
 }
 
-impl Client {
-    fn connect(
-        server: &Server,
-        mtu: usize,
-        gro: bool,
-        sessions: usize,
-    ) -> Result<(Self, Vec<SessionId>)> {
+impl<T: Transport + 'static> Client<T> {
+    fn connect(server: &Server, net: &Net<T>, sessions: usize) -> Result<(Self, Vec<SessionId>)> {
         let nexus: Nexus = Nexus::new("127.0.0.1:0", 0)?;
-        let udp = UdpTransport::new(udp_config(mtu, gro))?;
-        let mut rpc = Rpc::new(&nexus, 0, udp, (), rpc_config())?;
+        let mut rpc = Rpc::new(&nexus, 0, (net.make)()?, (), rpc_config())?;
         let mut ids = Vec::with_capacity(sessions);
         for _ in 0..sessions {
             ids.push(
@@ -252,8 +438,18 @@ fn request(size: usize, resp_size: usize) -> MsgBuf {
 }
 
 #[derive(Serialize)]
+struct Named {
+    name: String,
+    latency: Latency,
+}
+
+#[derive(Serialize)]
 struct LatencyReport {
     bench: &'static str,
+    transport: String,
+    /// Measured on the simulated verbs device: a simulation, not an RDMA measurement.
+    simulated: bool,
+    note: Option<&'static str>,
     size: usize,
     mtu: usize,
     duration_s: f64,
@@ -261,45 +457,57 @@ struct LatencyReport {
     p99_us: f64,
     p999_us: f64,
     rpc: Latency,
-    /// The raw baseline the ratio uses: unconnected sockets (`send_to`/`recv_from`), as a
-    /// server talking to many peers, and the rpc transport, must use.
+    /// The baseline the ratio divides by: the same exchange without the rpc layer (UDP:
+    /// unconnected sockets, `send_to`/`recv_from`, as a server talking to many peers, and the
+    /// rpc transport, must use; TCP: plain non-blocking `TCP_NODELAY` sockets; the verbs
+    /// transports: the transport alone on the same simulated fabric).
+    baseline: String,
     raw_p50_us: f64,
     raw_p99_us: f64,
     raw: Latency,
-    /// Raw ping-pong with both sockets `connect`ed (no per-packet route lookup).
-    raw_connected: Latency,
+    /// Every baseline measured, the ratio's first.
+    baselines: Vec<Named>,
+    /// UDP: raw ping-pong with both sockets `connect`ed (no per-packet route lookup).
+    raw_connected: Option<Latency>,
     ratio: f64,
     ratio_p99: f64,
-    ratio_vs_connected: f64,
+    ratio_vs_connected: Option<f64>,
 }
 
-fn latency(a: LatencyArgs) -> Result<()> {
+fn latency<T: Transport + 'static>(a: LatencyArgs, net: &Net<T>) -> Result<()> {
     let json = a.common.json.clone();
     let json = json.as_deref();
     let total = a.common.duration()?;
-    let mtu = a.common.mtu;
+    let mtu = net.mtu;
     if a.size + rpc::pkthdr::HDR_SIZE > mtu {
         bail!("--size {} does not fit one packet of --mtu {mtu}", a.size);
     }
     let rounds = a.rounds.max(1);
-    let slice = total / (3 * rounds);
-    let server = Server::start(mtu, !a.common.no_gro)?;
-    let (mut client, sessions) = Client::connect(&server, mtu, !a.common.no_gro, 1)?;
+    let slices = 1 + net.baselines.len() as u32;
+    let slice = total / (slices * rounds);
+    let server = Server::start(net)?;
+    let (mut client, sessions) = Client::connect(&server, net, 1)?;
     let session = sessions[0];
     let mut h_rpc = new_histogram();
-    let mut h_raw = new_histogram();
-    let mut h_conn = new_histogram();
+    let mut h_base: Vec<Histogram<u64>> = net.baselines.iter().map(|_| new_histogram()).collect();
     for _ in 0..rounds {
         rpc_pingpong(&mut client.rpc, session, a.size, slice, &mut h_rpc)?;
-        h_raw.add(raw_udp::raw_ping_pong(slice, a.size, false)?)?;
-        h_conn.add(raw_udp::raw_ping_pong(slice, a.size, true)?)?;
+        for ((name, run), h) in net.baselines.iter().zip(h_base.iter_mut()) {
+            h.add(run(slice, a.size).with_context(|| format!("baseline {name}"))?)?;
+        }
     }
     server.finish()?;
     let rpc = Latency::from_ns(&h_rpc);
-    let raw = Latency::from_ns(&h_raw);
-    let raw_connected = Latency::from_ns(&h_conn);
+    let base: Vec<Latency> = h_base.iter().map(Latency::from_ns).collect();
+    let raw = base.first().copied().unwrap_or_default();
+    let connected = (net.label.starts_with("UDP"))
+        .then(|| base.get(1).copied())
+        .flatten();
     let report = LatencyReport {
         bench: "rpc latency",
+        transport: net.label.clone(),
+        simulated: net.simulated,
+        note: net.simulated.then_some(SIMULATED),
         size: a.size,
         mtu,
         duration_s: total.as_secs_f64(),
@@ -307,55 +515,84 @@ fn latency(a: LatencyArgs) -> Result<()> {
         p99_us: rpc.p99_us,
         p999_us: rpc.p999_us,
         rpc,
+        baseline: net
+            .baselines
+            .first()
+            .map(|b| b.0.clone())
+            .unwrap_or_default(),
         raw_p50_us: raw.p50_us,
         raw_p99_us: raw.p99_us,
         raw,
-        raw_connected,
+        baselines: net
+            .baselines
+            .iter()
+            .zip(&base)
+            .map(|(b, l)| Named {
+                name: b.0.clone(),
+                latency: *l,
+            })
+            .collect(),
+        raw_connected: connected,
         ratio: rpc.p50_us / raw.p50_us,
         ratio_p99: rpc.p99_us / raw.p99_us,
-        ratio_vs_connected: rpc.p50_us / raw_connected.p50_us,
+        ratio_vs_connected: connected.map(|c| rpc.p50_us / c.p50_us),
     };
     say!(
         json,
-        "rpc latency, {} B request/response, busy-polling, UDP on loopback ({} samples)",
-        a.size,
-        rpc.samples
+        "{}",
+        net.tag(&format!(
+            "rpc latency, {} B request/response, busy-polling, {} ({} samples)",
+            a.size, net.label, rpc.samples
+        ))
     );
     say!(
         json,
-        "  {:<26} {:>9} {:>9} {:>9}",
+        "  {:<30} {:>9} {:>9} {:>9}",
         "",
         "p50 µs",
         "p99 µs",
         "p99.9 µs"
     );
-    for (name, l) in [
-        ("rpc", rpc),
-        ("raw UDP (send_to/recv_from)", raw),
-        ("raw UDP (connected)", raw_connected),
-    ] {
+    let rows = std::iter::once(("rpc".to_string(), rpc)).chain(
+        net.baselines
+            .iter()
+            .map(|b| b.0.clone())
+            .zip(base.iter().copied()),
+    );
+    for (name, l) in rows {
+        let name = if net.simulated {
+            format!("{name} (simulated)")
+        } else {
+            name
+        };
         say!(
             json,
-            "  {:<26} {:>9.2} {:>9.2} {:>9.2}",
+            "  {:<30} {:>9.2} {:>9.2} {:>9.2}",
             name,
             l.p50_us,
             l.p99_us,
             l.p999_us
         );
     }
-    say!(
-        json,
-        "  ratio rpc/raw p50 {:.3} (target <= 1.10), p99 {:.3}; vs connected sockets p50 {:.3}",
-        report.ratio,
-        report.ratio_p99,
-        report.ratio_vs_connected
+    let target = match (net.simulated, net.label.starts_with("UDP")) {
+        (true, _) => String::new(),
+        (false, true) => " (target <= 1.10)".into(),
+        (false, false) => " (target <= 1.20)".into(),
+    };
+    let mut ratios = format!(
+        "ratio rpc / {} p50 {:.3}{target}, p99 {:.3}",
+        report.baseline, report.ratio, report.ratio_p99
     );
+    if let Some(r) = report.ratio_vs_connected {
+        ratios.push_str(&format!("; vs connected sockets p50 {r:.3}"));
+    }
+    say!(json, "  {}", net.tag(&ratios));
     write_json(json, &report)
 }
 
 /// One request at a time, timing each round trip.
-fn rpc_pingpong(
-    rpc: &mut Rpc<UdpTransport>,
+fn rpc_pingpong<T: Transport>(
+    rpc: &mut Rpc<T>,
     session: SessionId,
     size: usize,
     d: Duration,
@@ -398,6 +635,8 @@ fn rpc_pingpong(
 #[derive(Serialize)]
 struct TputReport {
     bench: &'static str,
+    transport: String,
+    simulated: bool,
     sessions: usize,
     window: usize,
     size: usize,
@@ -412,8 +651,8 @@ struct TputReport {
 }
 
 /// Keeps `window` requests in flight on every session for `d`; returns (completions, latency).
-fn closed_loop(
-    rpc: &mut Rpc<UdpTransport>,
+fn closed_loop<T: Transport>(
+    rpc: &mut Rpc<T>,
     sessions: &[SessionId],
     window: usize,
     size: usize,
@@ -467,16 +706,16 @@ fn closed_loop(
     }
 }
 
-fn tput(a: TputArgs) -> Result<()> {
+fn tput<T: Transport + 'static>(a: TputArgs, net: &Net<T>) -> Result<()> {
     let json = a.common.json.clone();
     let json = json.as_deref();
     let d = a.common.duration()?;
-    let mtu = a.common.mtu;
+    let mtu = net.mtu;
     if a.sessions == 0 || a.window == 0 {
         bail!("--sessions and --window must be at least 1");
     }
-    let server = Server::start(mtu, !a.common.no_gro)?;
-    let (mut client, sessions) = Client::connect(&server, mtu, !a.common.no_gro, a.sessions)?;
+    let server = Server::start(net)?;
+    let (mut client, sessions) = Client::connect(&server, net, a.sessions)?;
     let (done, secs, hist) = closed_loop(&mut client.rpc, &sessions, a.window, a.size, a.size, d)?;
     let cstats = client.rpc.stats();
     drop(client);
@@ -484,6 +723,8 @@ fn tput(a: TputArgs) -> Result<()> {
     tracing::info!(?cstats, ?sstats, "rpc stats");
     let report = TputReport {
         bench: "rpc tput",
+        transport: net.label.clone(),
+        simulated: net.simulated,
         sessions: a.sessions,
         window: a.window,
         size: a.size,
@@ -496,17 +737,19 @@ fn tput(a: TputArgs) -> Result<()> {
         client_credit_stalls: cstats.credit_stalls,
         server_handlers_run: sstats.handlers_run,
     };
-    say!(json,
-        "rpc tput: {} sessions x {} in flight, {} B: {:.3} M requests/s; latency p50 {:.1} µs p99 {:.1} µs; {} retransmissions",
-        a.sessions, a.window, a.size, report.mrps, report.latency.p50_us, report.latency.p99_us,
+    say!(json, "{}", net.tag(&format!(
+        "rpc tput over {}: {} sessions x {} in flight, {} B: {:.3} M requests/s; latency p50 {:.1} µs p99 {:.1} µs; {} retransmissions",
+        net.label, a.sessions, a.window, a.size, report.mrps, report.latency.p50_us, report.latency.p99_us,
         report.client_retransmissions
-    );
+    )));
     write_json(json, &report)
 }
 
 #[derive(Serialize)]
 struct BwReport {
     bench: &'static str,
+    transport: String,
+    simulated: bool,
     size: usize,
     window: usize,
     mtu: usize,
@@ -518,16 +761,16 @@ struct BwReport {
     client_tx_dropped: u64,
 }
 
-fn bw(a: BwArgs) -> Result<()> {
+fn bw<T: Transport + 'static>(a: BwArgs, net: &Net<T>) -> Result<()> {
     let json = a.common.json.clone();
     let json = json.as_deref();
     let d = a.common.duration()?;
-    let mtu = a.common.mtu;
+    let mtu = net.mtu;
     if a.size > 8 << 20 || a.window == 0 {
         bail!("--size must be at most 8 MiB and --window at least 1");
     }
-    let server = Server::start(mtu, !a.common.no_gro)?;
-    let (mut client, sessions) = Client::connect(&server, mtu, !a.common.no_gro, 1)?;
+    let server = Server::start(net)?;
+    let (mut client, sessions) = Client::connect(&server, net, 1)?;
     let (done, secs, hist) = closed_loop(&mut client.rpc, &sessions, a.window, a.size, 32, d)?;
     let cstats = client.rpc.stats();
     drop(client);
@@ -535,6 +778,8 @@ fn bw(a: BwArgs) -> Result<()> {
     let gbit = done as f64 * a.size as f64 * 8.0 / secs.max(1e-9) / 1e9;
     let report = BwReport {
         bench: "rpc bw",
+        transport: net.label.clone(),
+        simulated: net.simulated,
         size: a.size,
         window: a.window,
         mtu,
@@ -545,16 +790,18 @@ fn bw(a: BwArgs) -> Result<()> {
         client_retransmissions: cstats.retransmissions,
         client_tx_dropped: cstats.tx_dropped,
     };
-    say!(json,
-        "rpc bw: {} B messages, {} in flight, MTU {}: {:.2} Gbit/s goodput ({} messages); {} retransmissions",
-        a.size, a.window, mtu, gbit, done, report.client_retransmissions
-    );
+    say!(json, "{}", net.tag(&format!(
+        "rpc bw over {}: {} B messages, {} in flight, packets of {} B: {:.2} Gbit/s goodput ({} messages); {} retransmissions",
+        net.label, a.size, a.window, mtu, gbit, done, report.client_retransmissions
+    )));
     write_json(json, &report)
 }
 
 #[derive(Serialize)]
 struct OverloadReport {
     bench: &'static str,
+    transport: String,
+    simulated: bool,
     sessions: usize,
     factor: f64,
     peak_mrps: f64,
@@ -602,8 +849,8 @@ struct OpenLoop {
 }
 
 /// Offers `rate` requests/s for `d` (see `overload`), then drains what is still queued.
-fn open_loop(
-    rpc: &mut Rpc<UdpTransport>,
+fn open_loop<T: Transport>(
+    rpc: &mut Rpc<T>,
     sessions: &[SessionId],
     rate: f64,
     d: Duration,
@@ -683,16 +930,15 @@ fn open_loop(
     Ok(())
 }
 
-fn overload(a: OverloadArgs) -> Result<()> {
+fn overload<T: Transport + 'static>(a: OverloadArgs, net: &Net<T>) -> Result<()> {
     let json = a.common.json.clone();
     let json = json.as_deref();
     let d = a.common.duration()?;
     if a.sessions == 0 || !(a.factor > 0.0 && a.factor <= 1000.0) {
         bail!("--sessions must be at least 1 and --factor in (0, 1000]");
     }
-    let mtu = a.common.mtu;
-    let server = Server::start_with_work(mtu, !a.common.no_gro, Duration::from_nanos(a.work_ns))?;
-    let (mut client, sessions) = Client::connect(&server, mtu, !a.common.no_gro, a.sessions)?;
+    let server = Server::start_with_work(net, Duration::from_nanos(a.work_ns))?;
+    let (mut client, sessions) = Client::connect(&server, net, a.sessions)?;
     let rpc = &mut client.rpc;
     // Alternate closed-loop (peak) and open-loop (factor x peak) phases, 3 rounds, so machine
     // drift hits both alike.
@@ -724,6 +970,8 @@ fn overload(a: OverloadArgs) -> Result<()> {
     server.finish()?;
     let report = OverloadReport {
         bench: "rpc overload",
+        transport: net.label.clone(),
+        simulated: net.simulated,
         sessions: a.sessions,
         factor: a.factor,
         peak_mrps: peak / 1e6,
@@ -739,9 +987,9 @@ fn overload(a: OverloadArgs) -> Result<()> {
         work_ns: a.work_ns,
         phases,
     };
-    say!(
-        json,
-        "rpc overload: peak {:.3} M/s; offered {:.3} M/s ({}x); goodput {:.3} M/s = {:.2} of peak; {} refused (Overloaded), {} failed; latency p50 {:.0} µs p99 {:.0} µs; client RSS {:.1} -> {:.1} MiB",
+    let line = format!(
+        "rpc overload over {}: peak {:.3} M/s; offered {:.3} M/s ({}x); goodput {:.3} M/s = {:.2} of peak; {} refused (Overloaded), {} failed; latency p50 {:.0} µs p99 {:.0} µs; client RSS {:.1} -> {:.1} MiB",
+        net.label,
         report.peak_mrps,
         report.offered_mrps,
         a.factor,
@@ -754,5 +1002,6 @@ fn overload(a: OverloadArgs) -> Result<()> {
         rss_start,
         rss_end
     );
+    say!(json, "{}", net.tag(&line));
     write_json(json, &report)
 }

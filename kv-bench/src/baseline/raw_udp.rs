@@ -235,7 +235,7 @@ pub fn transport_ping_pong(
 /// `tx_burst`) between two transports for `duration`, both busy-polling `rx_burst`, the
 /// server end echoing from a thread of its own; a reply that takes longer than 200 ms counts
 /// as lost and the request is sent again. Routes are set up as an rpc connect does.
-pub(super) fn ping_pong_over<T: Transport + Send + 'static>(
+pub(crate) fn ping_pong_over<T: Transport + Send + 'static>(
     mut client: T,
     mut server_t: T,
     duration: Duration,

@@ -11,6 +11,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use hdrhistogram::Histogram;
 use kv_client::{Client, Reply};
 use kv_engine::{merge_scan, KeyRouter, Worker};
+use transports::udp::UdpTransport;
+use transports::Transport;
 
 use super::gen::{key_of, load_value_size, value_of, Op, OpKind, Workload};
 use crate::baseline::redis::{RedisConn, Resp};
@@ -45,15 +47,15 @@ pub trait Backend {
     fn poll(&mut self, out: &mut Vec<Done>) -> Result<()>;
 }
 
-/// A kv-service client connection (one rpc session per server thread).
-pub struct KvBackend {
-    client: Client,
+/// A kv-service client connection (one rpc session per server thread), over any transport.
+pub struct KvBackend<T: Transport = UdpTransport> {
+    client: Client<T>,
     local: Vec<Done>,
 }
 
-impl KvBackend {
+impl<T: Transport> KvBackend<T> {
     /// Wraps a connected client.
-    pub fn new(client: Client) -> Self {
+    pub fn new(client: Client<T>) -> Self {
         Self {
             client,
             local: Vec::new(),
@@ -61,7 +63,7 @@ impl KvBackend {
     }
 }
 
-impl Backend for KvBackend {
+impl<T: Transport> Backend for KvBackend<T> {
     fn submit(&mut self, req: Req, tag: u64) {
         if let Err(e) = self.client.submit(req, tag) {
             self.local.push((tag, Err(e.to_string())));
