@@ -252,6 +252,7 @@ impl Parser {
                     }
                     self.spans.clear();
                     if count <= 0 {
+                        self.state = State::Start { scanned: 0 };
                         return Ok(Some(Done::multibulk(next)));
                     }
                     let argc = count as usize;
@@ -752,6 +753,24 @@ mod tests {
         assert_eq!(c.consumed(), frame.len());
         assert_eq!(c.to_vec(), words(&["GET", "0123456789"]));
         assert!(!p.in_frame());
+    }
+
+    #[test]
+    fn an_empty_frame_fed_byte_by_byte_does_not_hide_the_next() {
+        // The `*0` line is searched in pieces; the next frame's search starts afresh.
+        let input = b"*0\r\n*1\r\n$1\r\na\r\n";
+        let mut p = Parser::default();
+        let mut buf = Vec::new();
+        let mut frames = Vec::new();
+        for &b in input {
+            buf.push(b);
+            while let Some(c) = p.parse(&buf).unwrap() {
+                frames.push(c.to_vec());
+                let n = c.consumed();
+                buf.drain(..n);
+            }
+        }
+        assert_eq!(frames, vec![vec![], words(&["a"])]);
     }
 
     #[test]
