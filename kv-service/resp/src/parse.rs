@@ -379,7 +379,12 @@ impl Parser {
             line = stripped;
         }
         self.state = State::Start { scanned: 0 };
-        split_args(line, &mut self.scratch, &mut self.spans)?;
+        split_args(
+            line,
+            self.limits.max_args,
+            &mut self.scratch,
+            &mut self.spans,
+        )?;
         Ok(Some(Done {
             consumed: nl + 1,
             inline: true,
@@ -471,9 +476,14 @@ fn hex_val(b: u8) -> u8 {
 }
 
 /// Splits an inline line into words the way Redis's `sdssplitargs` does, writing the words
-/// into `out` (cleared first) and their positions into `spans`. Redis works on a C string,
-/// so a NUL byte ends the line there.
-fn split_args(line: &[u8], out: &mut Vec<u8>, spans: &mut Vec<Span>) -> Result<(), ProtocolError> {
+/// into `out` (cleared first) and their positions into `spans`; more than `max_args` words
+/// is an error. Redis works on a C string, so a NUL byte ends the line there.
+fn split_args(
+    line: &[u8],
+    max_args: usize,
+    out: &mut Vec<u8>,
+    spans: &mut Vec<Span>,
+) -> Result<(), ProtocolError> {
     out.clear();
     spans.clear();
     let line = match memchr::memchr(0, line) {
@@ -557,6 +567,12 @@ fn split_args(line: &[u8], out: &mut Vec<u8>, spans: &mut Vec<Span>) -> Result<(
                 }
                 p += 1;
             }
+        }
+        if spans.len() == max_args {
+            return Err(ProtocolError::TooManyArgs {
+                count: spans.len() as u64 + 1,
+                max: max_args,
+            });
         }
         spans.push(Span {
             start,
@@ -731,6 +747,10 @@ mod tests {
             Some(ProtocolError::InlineTooLong)
         );
         assert_eq!(parse_all(b"get abc", tight).1, None, "not too long yet");
+        assert_eq!(
+            parse_all(b"a b c\n", tight).1,
+            Some(ProtocolError::TooManyArgs { count: 3, max: 2 })
+        );
         assert_eq!(
             parse_all(b"*123456789", tight).1,
             Some(ProtocolError::CountLineTooLong)
