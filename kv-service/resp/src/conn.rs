@@ -168,6 +168,8 @@ pub(crate) struct Session {
 pub(crate) struct Slot {
     /// Operations not answered yet.
     left: u32,
+    /// Which of the command's operations have answered (each may answer once).
+    answered: PartSet,
     pending: Pending,
     /// The reply (complete once `pending` is `Ready`).
     buf: Vec<u8>,
@@ -175,6 +177,42 @@ pub(crate) struct Slot {
     err: Option<String>,
     /// The protocol in force when the command ran.
     proto: Protocol,
+}
+
+/// A set of part numbers below a bound: one word for up to 64 parts (every command but
+/// large multi-key ones), a vector beyond.
+#[derive(Debug)]
+enum PartSet {
+    Small { parts: u32, bits: u64 },
+    Large { parts: u32, words: Vec<u64> },
+}
+
+impl PartSet {
+    fn new(parts: u32) -> Self {
+        if parts <= 64 {
+            PartSet::Small { parts, bits: 0 }
+        } else {
+            PartSet::Large {
+                parts,
+                words: vec![0; parts.div_ceil(64) as usize],
+            }
+        }
+    }
+
+    /// Adds `part`; false if it is out of range or already in.
+    fn insert(&mut self, part: u32) -> bool {
+        let (parts, word) = match self {
+            PartSet::Small { parts, bits } => (*parts, Some(bits)),
+            PartSet::Large { parts, words } => (*parts, words.get_mut((part / 64) as usize)),
+        };
+        let Some(word) = word.filter(|_| part < parts) else {
+            return false;
+        };
+        let bit = 1u64 << (part % 64);
+        let fresh = *word & bit == 0;
+        *word |= bit;
+        fresh
+    }
 }
 
 /// How a queued reply is built from its operations' outcomes.
@@ -520,6 +558,7 @@ impl Session {
             self.held += buf.len();
             self.slots.push_back(Slot {
                 left: 0,
+                answered: PartSet::new(0),
                 pending: Pending::Ready,
                 buf,
                 err: None,
@@ -553,6 +592,7 @@ impl Session {
         self.held += buf.len();
         self.slots.push_back(Slot {
             left: parts,
+            answered: PartSet::new(parts),
             pending,
             buf,
             err: None,
@@ -569,7 +609,7 @@ impl Session {
             .and_then(|d| usize::try_from(d).ok())
             .ok_or(UnknownOp(id))?;
         let slot = self.slots.get_mut(idx).ok_or(UnknownOp(id))?;
-        if slot.left == 0 {
+        if slot.left == 0 || !slot.answered.insert(id.part) {
             return Err(UnknownOp(id));
         }
         slot.left -= 1;

@@ -150,6 +150,37 @@ fn mismatched_outcomes_and_stray_ids_are_reported_not_panics() {
 }
 
 #[test]
+fn each_part_of_a_multi_key_command_is_accepted_once() {
+    let (mut c, mut s) = (conn(), MemStore::new());
+    c.feed(&cmd("DEL a b"));
+    c.process(&mut s);
+    let (first, _) = s.pending[0];
+    c.complete(first, Outcome::Deleted).unwrap();
+    assert!(c.complete(first, Outcome::Deleted).is_err(), "part 0 again");
+    let beyond = kv_resp::OpId {
+        seq: first.seq,
+        part: 2,
+    };
+    assert!(c.complete(beyond, Outcome::Deleted).is_err(), "no part 2");
+    assert_eq!(c.ops_in_flight(), 1);
+    let (second, _) = s.pending[1];
+    c.complete(second, Outcome::NotFound).unwrap();
+    assert_eq!(replies(&mut c), vec![Value::Integer(1)]);
+    // Wide commands keep count past one word of parts.
+    let keys: Vec<String> = (0..150).map(|i| format!("k{i}")).collect();
+    let line = format!("EXISTS {}", keys.join(" "));
+    s.pending.clear();
+    c.feed(&cmd(&line));
+    c.process(&mut s);
+    let ids: Vec<_> = s.pending.iter().map(|(id, _)| *id).collect();
+    for id in &ids {
+        c.complete(*id, Outcome::Value(b"v")).unwrap();
+        assert!(c.complete(*id, Outcome::Value(b"v")).is_err());
+    }
+    assert_eq!(replies(&mut c), vec![Value::Integer(150)]);
+}
+
+#[test]
 fn limits_on_keys_and_values_are_errors_that_submit_nothing() {
     let config = Config {
         limits: Limits {
