@@ -1,8 +1,9 @@
-//! A small RESP2 client for the same-run Redis baseline: pipelined GET/SET over one
+//! A small RESP2 client for the same-run Redis baseline and `kv-bench ycsb --target
+//! resp=ADDR` (any RESP server: Redis, kv-service's RESP port): pipelined GET/SET over one
 //! non-blocking TCP connection, and starting a throw-away `redis-server`.
 //!
-//! Replies are parsed defensively: anything malformed or unexpected is an error, never a
-//! panic.
+//! Requests are encoded and replies read with `kv_resp` (the same code kv-service's RESP
+//! front-end is tested with): anything malformed or unexpected is an error, never a panic.
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -11,8 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use kv_resp::Value;
 
-/// A parsed RESP reply (only what GET/SET/PING/INFO produce is kept).
+/// A RESP reply as the bench uses it (only what GET/SET/PING/INFO produce is kept).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resp {
     /// `+...`
@@ -27,85 +29,28 @@ pub enum Resp {
     Array(i64),
 }
 
-/// Longest line or bulk string accepted (Redis's own default proto-max-bulk-len is 512 MB;
-/// the bench never stores more than a few KiB).
-const MAX_BULK: usize = 64 << 20;
-
-fn find_crlf(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|w| w == b"\r\n")
-}
-
-fn parse_int(line: &[u8]) -> Result<i64> {
-    std::str::from_utf8(line)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("malformed RESP integer {:?}", String::from_utf8_lossy(line)))
-}
-
-/// Parses one reply at the start of `buf`: `Ok(None)` if incomplete, else the reply and the
-/// bytes it used.
+/// Parses one reply at the start of `buf` (with `kv_resp`'s reader): `Ok(None)` if
+/// incomplete, else the reply and the bytes it used. RESP3-only types are errors: the
+/// connection never asks for RESP3.
 pub fn parse_reply(buf: &[u8]) -> Result<Option<(Resp, usize)>> {
-    let Some(&kind) = buf.first() else {
+    let Some((v, used)) = kv_resp::parse_reply(buf).context("malformed RESP reply")? else {
         return Ok(None);
     };
-    let Some(end) = find_crlf(buf) else {
-        if buf.len() > MAX_BULK {
-            bail!("RESP line longer than {MAX_BULK} bytes");
-        }
-        return Ok(None);
+    let r = match v {
+        Value::Simple(s) => Resp::Simple(s),
+        Value::Error(e) => Resp::Error(String::from_utf8_lossy(&e).into_owned()),
+        Value::Integer(i) => Resp::Int(i),
+        Value::Bulk(b) => Resp::Bulk(Some(b)),
+        Value::Null => Resp::Bulk(None),
+        Value::Array(items) => Resp::Array(items.len() as i64),
+        other => bail!("unexpected RESP3 reply {other:?} on a RESP2 connection"),
     };
-    let line = &buf[1..end];
-    let after = end + 2;
-    match kind {
-        b'+' => Ok(Some((Resp::Simple(line.to_vec()), after))),
-        b'-' => Ok(Some((
-            Resp::Error(String::from_utf8_lossy(line).into_owned()),
-            after,
-        ))),
-        b':' => Ok(Some((Resp::Int(parse_int(line)?), after))),
-        b'$' => {
-            let n = parse_int(line)?;
-            if n < 0 {
-                return Ok(Some((Resp::Bulk(None), after)));
-            }
-            let n = usize::try_from(n)?;
-            if n > MAX_BULK {
-                bail!("RESP bulk string of {n} bytes");
-            }
-            if buf.len() < after + n + 2 {
-                return Ok(None);
-            }
-            if &buf[after + n..after + n + 2] != b"\r\n" {
-                bail!("RESP bulk string not terminated by CRLF");
-            }
-            Ok(Some((
-                Resp::Bulk(Some(buf[after..after + n].to_vec())),
-                after + n + 2,
-            )))
-        }
-        b'*' => {
-            let n = parse_int(line)?;
-            let mut used = after;
-            for _ in 0..n.max(0) {
-                match parse_reply(&buf[used..])? {
-                    Some((_, u)) => used += u,
-                    None => return Ok(None),
-                }
-            }
-            Ok(Some((Resp::Array(n), used)))
-        }
-        other => bail!("unexpected RESP type byte {other:#04x}"),
-    }
+    Ok(Some((r, used)))
 }
 
 /// Appends a RESP command (array of bulk strings) to `out`.
 pub fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
-    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
+    kv_resp::encode_request(args, out);
 }
 
 /// One pipelined connection. Commands are buffered by [`RedisConn::send`] and written by
@@ -328,6 +273,7 @@ mod tests {
         assert!(parse_reply(b"$x\r\n").is_err());
         assert!(parse_reply(b"$2\r\nabcd").is_err());
         assert!(parse_reply(b"$99999999999\r\n").is_err());
+        assert!(parse_reply(b"%1\r\n+a\r\n+b\r\n").is_err(), "RESP3 map");
         let mut out = Vec::new();
         encode_command(&mut out, &[b"SET", b"k", b""]);
         assert_eq!(out, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n");
