@@ -22,7 +22,7 @@ use kv_client::{Client, ClientConfig};
 use kv_service::{IdleMode, Server, ServerConfig};
 use serde::Serialize;
 
-use crate::baseline::redis::RedisServer;
+use crate::baseline::redis::{RedisConn, RedisServer, Resp};
 use crate::report::{say, write_json};
 use driver::{Backend, Conns, Control, Factory, KvBackend, RedisBackend, Stats};
 use gen::{Distribution, InsertCounter, OpGen, OpKind, Workload};
@@ -65,6 +65,12 @@ pub struct YcsbArgs {
     /// kv-service client and embedded server: receive without UDP GRO.
     #[arg(long)]
     pub no_gro: bool,
+    /// The system under test: `kv` (kv-service through its own client library over the
+    /// rpc protocol: an embedded server, or `--server`) or `resp=HOST:PORT` (any RESP
+    /// server — kv-service's `--resp` port, Redis — through pipelined RESP connections,
+    /// GET/SET only: RESP has no ordered range scan, so YCSB-E's scans are skipped).
+    #[arg(long, default_value = "kv")]
+    pub target: String,
     /// A running kv-service (its listen address). Default: an embedded server.
     #[arg(long, conflicts_with = "embedded")]
     pub server: Option<String>,
@@ -167,6 +173,49 @@ impl SystemReport {
     }
 }
 
+/// What `--target` names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Target {
+    /// kv-service over its rpc protocol.
+    Kv,
+    /// A RESP server at this address.
+    Resp(String),
+}
+
+impl Target {
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "kv" => Ok(Target::Kv),
+            _ => match s.strip_prefix("resp=") {
+                Some(addr) if !addr.is_empty() => Ok(Target::Resp(addr.to_string())),
+                _ => bail!("--target takes kv or resp=HOST:PORT, not {s:?}"),
+            },
+        }
+    }
+}
+
+/// What the RESP server at `addr` says it is (from `INFO server`): kv-service's RESP
+/// front-end reports `kv_service_version`, Redis `redis_version`.
+fn resp_server_version(addr: &str) -> Result<String> {
+    let mut c = RedisConn::connect(addr)?;
+    let info = match c.call(&[b"INFO", b"server"])? {
+        Resp::Bulk(Some(text)) => String::from_utf8_lossy(&text).into_owned(),
+        other => bail!("unexpected answer to INFO from {addr}: {other:?}"),
+    };
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    Ok(
+        match (field("kv_service_version"), field("redis_version")) {
+            (Some(v), _) => format!("kv-service {v} (resp)"),
+            (None, Some(v)) => format!("Redis {v} (resp)"),
+            _ => "unknown RESP server".into(),
+        },
+    )
+}
+
 #[derive(Serialize)]
 struct Ratios {
     /// kv-service ops/s ÷ Redis ops/s.
@@ -175,8 +224,8 @@ struct Ratios {
     p50: f64,
     /// kv-service read p50 ÷ Redis read p50 (when both read).
     read_p50: Option<f64>,
-    /// False when Redis skipped part of the mix (scans): the ratios then compare different
-    /// work.
+    /// False when only one side skipped part of the mix (scans: Redis and RESP targets skip
+    /// them): the ratios then compare different work.
     comparable: bool,
 }
 
@@ -546,12 +595,18 @@ pub fn run(args: YcsbArgs) -> Result<()> {
         .unwrap_or(if redis_addr.is_some() { 2 } else { 1 })
         .max(1);
 
-    // The kv-service under test.
+    let under_test = Target::parse(&args.target)?;
+    if matches!(under_test, Target::Resp(_)) && (args.server.is_some() || args.embedded) {
+        bail!("--target resp=ADDR measures the RESP server at ADDR: --server and --embedded do not apply");
+    }
+
+    // The kv-service under test (--target kv).
     let mut temp = None;
     let mut server = None;
-    let (addr, target) = match &args.server {
-        Some(a) => (a.clone(), a.clone()),
-        None => {
+    let (addr, target) = match (&under_test, &args.server) {
+        (Target::Resp(a), _) => (a.clone(), format!("resp={a}")),
+        (Target::Kv, Some(a)) => (a.clone(), a.clone()),
+        (Target::Kv, None) => {
             let dir = match &args.data_dir {
                 Some(d) => d.clone(),
                 None => {
@@ -597,16 +652,28 @@ pub fn run(args: YcsbArgs) -> Result<()> {
     };
     let mut systems = Vec::new();
     let inserts = InsertCounter::new(args.records);
+    let (name, version, conns) = match &under_test {
+        Target::Kv => (
+            "kv-service",
+            format!("kv-service {} (udp)", env!("CARGO_PKG_VERSION")),
+            kv_conns(
+                &addr,
+                args.threads,
+                args.sessions,
+                args.kv_batch,
+                !args.no_gro,
+            ),
+        ),
+        Target::Resp(a) => (
+            "resp",
+            resp_server_version(a)?,
+            redis_conns(a, args.threads, args.sessions),
+        ),
+    };
     systems.push(System {
-        name: "kv-service".into(),
-        version: format!("kv-service {} (udp)", env!("CARGO_PKG_VERSION")),
-        pool: driver::Pool::start(kv_conns(
-            &addr,
-            args.threads,
-            args.sessions,
-            args.kv_batch,
-            !args.no_gro,
-        ))?,
+        name: name.into(),
+        version,
+        pool: driver::Pool::start(conns)?,
         gen: new_gen(inserts),
         stats: None,
         report: SystemReport::default(),
@@ -625,7 +692,7 @@ pub fn run(args: YcsbArgs) -> Result<()> {
     }
     say!(
         json,
-        "YCSB-{} {} | {} items x {} B | {} thread(s) x {} session(s) x window {} = {} in flight | kv-service (batch {}): {}{}",
+        "YCSB-{} {} | {} items x {} B | {} thread(s) x {} session(s) x window {} = {} in flight | {}: {}{}",
         args.workload.name().to_uppercase(),
         distribution.name(),
         args.records,
@@ -634,10 +701,19 @@ pub fn run(args: YcsbArgs) -> Result<()> {
         args.sessions,
         args.window,
         args.threads * args.sessions * args.window,
-        args.kv_batch,
+        match &under_test {
+            Target::Kv => format!("kv-service (batch {})", args.kv_batch),
+            Target::Resp(_) => systems[0].version.clone(),
+        },
         target,
         if server.is_some() { format!(" ({} server thread(s))", args.server_threads) } else { String::new() }
     );
+    if matches!(under_test, Target::Resp(_)) && args.workload.has_scans() {
+        say!(
+            json,
+            "note: RESP has no ordered range scan: the target's scans are skipped (not counted)"
+        );
+    }
     if let Some((a, v)) = &redis {
         say!(json, "baseline: Redis at {a} {v}");
         if args.workload.has_scans() {
@@ -682,11 +758,12 @@ pub fn run(args: YcsbArgs) -> Result<()> {
                 throughput: kv.report.ops_per_s / rd.report.ops_per_s.max(1e-9),
                 p50: kv.report.all.p50_us / rd.report.all.p50_us.max(1e-9),
                 read_p50,
-                comparable: rd.report.skipped == 0,
+                comparable: (rd.report.skipped > 0) == (kv.report.skipped > 0),
             };
             say!(
                 json,
-                "ratio kv-service / redis: throughput {:.2}x, p50 {:.2}x{}{}",
+                "ratio {} / redis: throughput {:.2}x, p50 {:.2}x{}{}",
+                kv.name,
                 r.throughput,
                 r.p50,
                 r.read_p50
@@ -695,7 +772,7 @@ pub fn run(args: YcsbArgs) -> Result<()> {
                 if r.comparable {
                     ""
                 } else {
-                    " (not comparable: Redis skipped the scans)"
+                    " (not comparable: only one side skipped the scans)"
                 }
             );
             Some(r)
