@@ -435,6 +435,12 @@ impl Connection {
         !self.rx.drained && self.s.closing.is_none()
     }
 
+    /// Whether [`Connection::process`] would run something now: buffered input not yet
+    /// parsed, and no bound (queued commands, unsent output) in the way.
+    pub fn can_process(&self) -> bool {
+        self.has_input() && self.s.can_run(&self.limits())
+    }
+
     /// Whether the connection is done: closing (QUIT, protocol error) or its input closed
     /// and processed, with every reply written. Drop it then.
     pub fn is_finished(&self) -> bool {

@@ -58,6 +58,7 @@
 mod config;
 mod data;
 mod forward;
+pub mod resp;
 mod server;
 mod state;
 mod thread;
