@@ -16,6 +16,7 @@ use crate::conn::{Close, Pending, ScanState, Session};
 use crate::encode::{Encoder, Protocol};
 use crate::glob::literal_prefix;
 use crate::info::{config_get, info_text};
+use crate::order::{key_hash, Access, Touched};
 use crate::parse::{parse_i64, parse_u64, Command};
 use crate::store::{KvOp, OpId, SetCond, Store};
 use crate::table::{self, Cmd, Spec, COMMANDS};
@@ -174,6 +175,8 @@ impl Session {
             ),
             Cmd::MSet => self.mset(cmd, spec, store),
             Cmd::Scan => self.scan(cmd, store),
+            Cmd::DbSize if self.order.writes_in_flight() => self.stalled = true,
+            Cmd::Info if self.order.writes_in_flight() => self.stalled = true,
             Cmd::DbSize => {
                 let keys = store.figures().keys;
                 self.reply(|e| e.integer(i64::try_from(keys).unwrap_or(i64::MAX)));
@@ -493,7 +496,12 @@ impl Session {
         if !self.key_ok(key) {
             return;
         }
-        let seq = self.begin(pending, 1, |_| {});
+        let touched = Touched::One(key_hash(key), Access::Read);
+        if self.order.blocks(&touched) {
+            self.stalled = true;
+            return;
+        }
+        let seq = self.begin(pending, 1, touched, |_| {});
         store.submit(OpId { seq, part: 0 }, KvOp::Get { key });
     }
 
@@ -509,8 +517,8 @@ impl Session {
         if !self.key_ok(key) || !self.value_ok(value) {
             return;
         }
-        let (pending, op) = match cond {
-            None => (Pending::Ok, KvOp::Put { key, value }),
+        let (pending, op, access) = match cond {
+            None => (Pending::Ok, KvOp::Put { key, value }, Access::Write),
             Some((cond, get)) => (
                 Pending::Set { get },
                 KvOp::Set {
@@ -519,9 +527,15 @@ impl Session {
                     cond,
                     get,
                 },
+                Access::ReadWrite,
             ),
         };
-        let seq = self.begin(pending, 1, |_| {});
+        let touched = Touched::One(key_hash(key), access);
+        if self.order.blocks(&touched) {
+            self.stalled = true;
+            return;
+        }
+        let seq = self.begin(pending, 1, touched, |_| {});
         store.submit(OpId { seq, part: 0 }, op);
     }
 
@@ -590,7 +604,13 @@ impl Session {
         let n = keys.len();
         let is_mget = matches!(pending, Pending::MGet { .. });
         let is_del = matches!(pending, Pending::Del(_));
-        let seq = self.begin(pending, n as u32, |e| {
+        let access = if is_del { Access::Write } else { Access::Read };
+        let touched = Touched::Many(keys.clone().map(|k| (key_hash(k), access)).collect());
+        if self.order.blocks(&touched) {
+            self.stalled = true;
+            return;
+        }
+        let seq = self.begin(pending, n as u32, touched, |e| {
             if is_mget {
                 e.array(n);
             }
@@ -623,7 +643,17 @@ impl Session {
             }
         }
         let pairs = args.len() / 2;
-        let seq = self.begin(Pending::Ok, pairs as u32, |_| {});
+        let touched = Touched::Many(
+            args.chunks(2)
+                .filter_map(|p| p.first())
+                .map(|k| (key_hash(k), Access::Write))
+                .collect(),
+        );
+        if self.order.blocks(&touched) {
+            self.stalled = true;
+            return;
+        }
+        let seq = self.begin(Pending::Ok, pairs as u32, touched, |_| {});
         for (part, pair) in args.chunks(2).enumerate() {
             if let [key, value] = *pair {
                 let id = OpId {
@@ -690,7 +720,11 @@ impl Session {
         };
         let max = count.min(self.limits().max_scan_count);
         let state = ScanState { pattern, prefix };
-        let seq = self.begin(Pending::Scan(Box::new(state)), 1, |_| {});
+        if self.order.blocks(&Touched::Scan) {
+            self.stalled = true;
+            return;
+        }
+        let seq = self.begin(Pending::Scan(Box::new(state)), 1, Touched::Scan, |_| {});
         store.submit(OpId { seq, part: 0 }, KvOp::Scan { start: &start, max });
     }
 }

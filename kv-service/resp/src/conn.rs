@@ -51,6 +51,7 @@ use std::sync::Arc;
 use crate::config::{Limits, Shared};
 use crate::encode::{Encoder, Protocol};
 use crate::glob::glob_match;
+use crate::order::{InFlight, Touched};
 use crate::parse::Parser;
 use crate::store::{OpId, Outcome, Store};
 
@@ -155,6 +156,11 @@ pub(crate) struct Session {
     /// Sequence number of `slots.front()`.
     head_seq: u64,
     in_flight: usize,
+    /// The keys of the operations in flight (see [`crate::order`]).
+    pub(crate) order: InFlight,
+    /// The next command conflicts with an operation in flight: nothing runs until an
+    /// operation answers.
+    pub(crate) stalled: bool,
     /// Bytes of reply held in queued slots (finished behind an unfinished one, or partly
     /// built); they count against the output bound like unsent output.
     held: usize,
@@ -170,6 +176,8 @@ pub(crate) struct Slot {
     left: u32,
     /// Which of the command's operations have answered (each may answer once).
     answered: PartSet,
+    /// The keys its operations hold.
+    touched: Option<Touched>,
     pending: Pending,
     /// The reply (complete once `pending` is `Ready`).
     buf: Vec<u8>,
@@ -307,6 +315,8 @@ impl Connection {
                 slots: VecDeque::new(),
                 head_seq: 0,
                 in_flight: 0,
+                order: InFlight::default(),
+                stalled: false,
                 held: 0,
                 read_closed: false,
                 stats: ConnStats::default(),
@@ -438,7 +448,7 @@ impl Connection {
     /// Whether [`Connection::process`] would run something now: buffered input not yet
     /// parsed, and no bound (queued commands, unsent output) in the way.
     pub fn can_process(&self) -> bool {
-        self.has_input() && self.s.can_run(&self.limits())
+        self.has_input() && !self.s.stalled && self.s.can_run(&self.limits())
     }
 
     /// Whether the connection is done: closing (QUIT, protocol error) or its input closed
@@ -474,13 +484,21 @@ impl Connection {
     pub fn process<S: Store>(&mut self, store: &mut S) -> usize {
         let limits = self.limits();
         let mut ran = 0;
-        while ran < limits.batch && self.s.closing.is_none() && self.s.can_run(&limits) {
+        while ran < limits.batch
+            && self.s.closing.is_none()
+            && !self.s.stalled
+            && self.s.can_run(&limits)
+        {
             let buf = self.rx.buf.get(self.rx.start..self.rx.end).unwrap_or(&[]);
             match self.rx.parser.parse(buf) {
                 Ok(Some(cmd)) => {
                     let used = cmd.consumed();
                     if !cmd.is_empty() {
                         self.s.run(&cmd, store);
+                        if self.s.stalled {
+                            // Not consumed: it is parsed again once an operation answers.
+                            break;
+                        }
                         ran += 1;
                     }
                     self.rx.start += used;
@@ -565,6 +583,7 @@ impl Session {
             self.slots.push_back(Slot {
                 left: 0,
                 answered: PartSet::new(0),
+                touched: None,
                 pending: Pending::Ready,
                 buf,
                 err: None,
@@ -584,14 +603,17 @@ impl Session {
         self.closing = Some(Close::ProtocolError);
     }
 
-    /// Queues a command waiting for `parts` operations; returns its sequence number. `init`
-    /// may write the reply's head (an array header).
+    /// Queues a command waiting for `parts` operations on the keys `touched` (held until
+    /// they answer); returns its sequence number. `init` may write the reply's head (an
+    /// array header).
     pub(crate) fn begin(
         &mut self,
         pending: Pending,
         parts: u32,
+        touched: Touched,
         init: impl FnOnce(&mut Encoder<'_>),
     ) -> u64 {
+        self.order.hold(&touched);
         let seq = self.head_seq + self.slots.len() as u64;
         let mut buf = self.take_buf();
         init(&mut Encoder::new(&mut buf, self.proto));
@@ -599,6 +621,7 @@ impl Session {
         self.slots.push_back(Slot {
             left: parts,
             answered: PartSet::new(parts),
+            touched: Some(touched),
             pending,
             buf,
             err: None,
@@ -620,6 +643,11 @@ impl Session {
         }
         slot.left -= 1;
         self.in_flight -= 1;
+        if let Some(t) = &slot.touched {
+            self.order.release(t, id.part);
+        }
+        // A command waiting for a conflicting operation may run now.
+        self.stalled = false;
         let before = slot.buf.len();
         slot.apply(id.part, outcome, &self.shared, &mut self.stats);
         let done = slot.left == 0;

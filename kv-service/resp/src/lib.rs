@@ -25,7 +25,7 @@
 //! #[derive(Default)]
 //! struct Mem {
 //!     data: BTreeMap<Vec<u8>, Vec<u8>>,
-//!     done: Vec<(OpId, Option<Vec<u8>>)>,
+//!     done: Vec<(OpId, Option<Option<Vec<u8>>>)>, // None: written; Some(v): a GET's value
 //! }
 //! impl Store for Mem {
 //!     fn submit(&mut self, id: OpId, op: KvOp<'_>) {
@@ -34,7 +34,7 @@
 //!                 self.data.insert(key.to_vec(), value.to_vec());
 //!                 None
 //!             }
-//!             KvOp::Get { key } => Some(self.data.get(key).cloned().unwrap_or_default()),
+//!             KvOp::Get { key } => Some(self.data.get(key).cloned()),
 //!             _ => unimplemented!("not needed here"),
 //!         };
 //!         self.done.push((id, answer));
@@ -43,25 +43,33 @@
 //!         Figures { keys: self.data.len() as u64, ..Figures::default() }
 //!     }
 //! }
-//!
-//! let shared = Shared::new(Config::default());
-//! let mut conn = Connection::new(shared);
-//! let mut store = Mem::default();
-//! // Three pipelined commands, split in the middle of a frame.
-//! conn.feed(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nv");
-//! conn.process(&mut store);
-//! conn.feed(b"1\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\nDBSIZE\r\n");
-//! conn.process(&mut store);
-//! // The engine answers the GET before the SET: the replies still come out in order.
-//! store.done.reverse();
-//! for (id, answer) in std::mem::take(&mut store.done) {
-//!     let outcome = match &answer {
-//!         None => Outcome::Written,
-//!         Some(v) => Outcome::Value(v),
-//!     };
-//!     conn.complete(id, outcome).unwrap();
+//! impl Mem {
+//!     fn answer(&mut self, conn: &mut Connection) {
+//!         // Newest first: the replies still come out in pipeline order.
+//!         while let Some((id, answer)) = self.done.pop() {
+//!             let outcome = match &answer {
+//!                 None => Outcome::Written,
+//!                 Some(Some(v)) => Outcome::Value(v),
+//!                 Some(None) => Outcome::NotFound,
+//!             };
+//!             conn.complete(id, outcome).unwrap();
+//!         }
+//!     }
 //! }
-//! assert_eq!(conn.output(), b"+OK\r\n$2\r\nv1\r\n:1\r\n");
+//!
+//! let mut conn = Connection::new(Shared::new(Config::default()));
+//! let mut store = Mem::default();
+//! // SET a, GET b, GET a, pipelined and split in the middle of a frame.
+//! conn.feed(b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$2\r\nv");
+//! conn.process(&mut store);
+//! conn.feed(b"1\r\n*2\r\n$3\r\nGET\r\n$1\r\nb\r\nGET a\r\n");
+//! conn.process(&mut store);
+//! // GET a must see the SET before it: it waits until the SET has answered.
+//! assert_eq!(store.done.len(), 2);
+//! store.answer(&mut conn);
+//! conn.process(&mut store);
+//! store.answer(&mut conn);
+//! assert_eq!(conn.output(), b"+OK\r\n$-1\r\n$2\r\nv1\r\n");
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -72,6 +80,7 @@ pub mod conn;
 pub mod encode;
 pub mod glob;
 mod info;
+mod order;
 pub mod parse;
 pub mod reply;
 pub mod store;

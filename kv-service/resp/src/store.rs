@@ -13,9 +13,10 @@
 //!
 //! # What the store must guarantee
 //!
-//! - Operations on the same key submitted by one connection take effect in submission order
-//!   (a GET submitted after a PUT of the same key sees it). Operations on different keys may
-//!   complete in any order.
+//! - Writes (PUT, DELETE, SET) of the same key take effect in submission order. Nothing
+//!   else is asked about order: a connection never has a read and a write of the same key
+//!   in flight together (it waits for the first to answer, see `order.rs`), so operations
+//!   in flight together may run and complete in any order.
 //! - [`Outcome::Written`] and [`Outcome::Deleted`] mean durable under the store's rule: the
 //!   connection acknowledges the write to the client on it.
 //! - A [`KvOp::Scan`] covers the whole key space in key order: `max` items from `start`

@@ -121,6 +121,53 @@ fn multi_key_parts_reassemble_in_key_order_whatever_the_completion_order() {
 }
 
 #[test]
+fn a_read_waits_for_a_write_of_its_key_and_a_write_for_a_read() {
+    let (mut c, mut s) = (conn(), MemStore::new());
+    s.deferred = true;
+    let mut input = cmd("SET k v1");
+    input.extend(cmd("GET other"));
+    input.extend(cmd("GET k"));
+    input.extend(cmd("PING"));
+    c.feed(&input);
+    // SET k and GET other are in flight together; GET k must see the SET: it waits, and
+    // PING behind it too (commands run in order).
+    assert_eq!(c.process(&mut s), 2);
+    assert_eq!(s.queued.len(), 2);
+    assert!(!c.can_process(), "stalled until an operation answers");
+    s.deliver_shuffled(&mut c, 3);
+    assert!(c.can_process());
+    assert_eq!(c.process(&mut s), 2);
+    // Now a write of k waits for the read of k in flight; writes of one key overlap.
+    c.feed(&cmd("SET k v2"));
+    assert_eq!(c.process(&mut s), 0);
+    s.deliver_all(&mut c);
+    c.feed(&cmd("SET k v3"));
+    assert_eq!(c.process(&mut s), 2, "SET k v2 and SET k v3 overlap");
+    assert_eq!(s.queued.len(), 2);
+    c.feed(&cmd("DBSIZE"));
+    assert_eq!(
+        c.process(&mut s),
+        0,
+        "DBSIZE waits for the writes in flight"
+    );
+    s.deliver_all(&mut c);
+    assert_eq!(c.process(&mut s), 1);
+    assert_eq!(
+        replies(&mut c),
+        vec![
+            simple("OK"),
+            Value::Null,
+            bulk("v1"),
+            simple("PONG"),
+            simple("OK"),
+            simple("OK"),
+            Value::Integer(1)
+        ]
+    );
+    assert_eq!(s.data.get(&b"k"[..]), Some(&b"v3".to_vec()));
+}
+
+#[test]
 fn an_operation_error_is_the_reply_of_its_command() {
     let (mut c, mut s) = (conn(), MemStore::new());
     s.fail = Some("disk on fire".into());

@@ -40,11 +40,51 @@ impl Answer {
     }
 }
 
+/// An owned [`KvOp`], kept by a deferred store until it runs.
+#[derive(Clone, Debug)]
+pub enum OwnedOp {
+    Get(Vec<u8>),
+    Put(Vec<u8>, Vec<u8>),
+    Set(Vec<u8>, Vec<u8>, SetCond, bool),
+    Delete(Vec<u8>),
+    Scan(Vec<u8>, usize),
+}
+
+impl OwnedOp {
+    fn of(op: KvOp<'_>) -> Self {
+        match op {
+            KvOp::Get { key } => OwnedOp::Get(key.to_vec()),
+            KvOp::Put { key, value } => OwnedOp::Put(key.to_vec(), value.to_vec()),
+            KvOp::Set {
+                key,
+                value,
+                cond,
+                get,
+            } => OwnedOp::Set(key.to_vec(), value.to_vec(), cond, get),
+            KvOp::Delete { key } => OwnedOp::Delete(key.to_vec()),
+            KvOp::Scan { start, max } => OwnedOp::Scan(start.to_vec(), max),
+        }
+    }
+
+    /// The key of a write (writes of one key run in submission order).
+    fn written_key(&self) -> Option<&[u8]> {
+        match self {
+            OwnedOp::Put(k, _) | OwnedOp::Set(k, ..) | OwnedOp::Delete(k) => Some(k),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct MemStore {
     pub data: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Answers not yet delivered, in submission order.
     pub pending: Vec<(OpId, Answer)>,
+    /// Deferred mode: operations run when delivered, not when submitted (in submission
+    /// order).
+    pub deferred: bool,
+    /// Deferred mode: the operations not yet run.
+    pub queued: Vec<(OpId, OwnedOp)>,
     /// Every operation submitted, as text (for tests that check what was asked).
     pub log: Vec<String>,
     /// Largest page a SCAN answers with (`more` set when cut short).
@@ -63,13 +103,41 @@ impl MemStore {
 
     /// Delivers every pending answer, in submission order.
     pub fn deliver_all(&mut self, conn: &mut Connection) {
+        for (id, op) in std::mem::take(&mut self.queued) {
+            let a = self.apply(&op);
+            conn.complete(id, a.outcome()).expect("pending op");
+        }
         for (id, a) in std::mem::take(&mut self.pending) {
             conn.complete(id, a.outcome()).expect("pending op");
         }
     }
 
-    /// Delivers every pending answer in the order `perm` gives (a permutation seed).
+    /// Delivers every pending answer in an order drawn from `seed`. In deferred mode each
+    /// operation runs when delivered, in an order that keeps the writes of one key in
+    /// submission order (what the real store guarantees) and nothing else: a read may run
+    /// before or after a write of its key submitted earlier.
     pub fn deliver_shuffled(&mut self, conn: &mut Connection, seed: u64) {
+        if self.deferred {
+            let mut x = seed | 1;
+            while !self.queued.is_empty() {
+                let eligible: Vec<usize> = (0..self.queued.len())
+                    .filter(|&i| match self.queued[i].1.written_key() {
+                        None => true,
+                        Some(k) => !self.queued[..i]
+                            .iter()
+                            .any(|(_, o)| o.written_key() == Some(k)),
+                    })
+                    .collect();
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let pick = eligible[(x % eligible.len() as u64) as usize];
+                let (id, op) = self.queued.remove(pick);
+                let a = self.apply(&op);
+                conn.complete(id, a.outcome()).expect("pending op");
+            }
+            return;
+        }
         let mut p = std::mem::take(&mut self.pending);
         // Fisher-Yates with a small xorshift: deterministic per seed.
         let mut x = seed | 1;
@@ -85,28 +153,21 @@ impl MemStore {
     }
 }
 
-impl Store for MemStore {
-    fn submit(&mut self, id: OpId, op: KvOp<'_>) {
-        self.log.push(format!("{op:?}"));
+impl MemStore {
+    fn apply(&mut self, op: &OwnedOp) -> Answer {
         if let Some(msg) = &self.fail {
-            self.pending.push((id, Answer::Error(msg.clone())));
-            return;
+            return Answer::Error(msg.clone());
         }
-        let answer = match op {
-            KvOp::Get { key } => match self.data.get(key) {
+        match op {
+            OwnedOp::Get(key) => match self.data.get(key) {
                 Some(v) => Answer::Value(v.clone()),
                 None => Answer::NotFound,
             },
-            KvOp::Put { key, value } => {
-                self.data.insert(key.to_vec(), value.to_vec());
+            OwnedOp::Put(key, value) => {
+                self.data.insert(key.clone(), value.clone());
                 Answer::Written
             }
-            KvOp::Set {
-                key,
-                value,
-                cond,
-                get,
-            } => {
+            OwnedOp::Set(key, value, cond, get) => {
                 let old = self.data.get(key).cloned();
                 let write = match cond {
                     SetCond::Always => true,
@@ -114,22 +175,22 @@ impl Store for MemStore {
                     SetCond::IfPresent => old.is_some(),
                 };
                 if write {
-                    self.data.insert(key.to_vec(), value.to_vec());
+                    self.data.insert(key.clone(), value.clone());
                 }
                 Answer::Set {
                     written: write,
-                    old: if get { old } else { None },
+                    old: if *get { old } else { None },
                 }
             }
-            KvOp::Delete { key } => match self.data.remove(key) {
+            OwnedOp::Delete(key) => match self.data.remove(key) {
                 Some(_) => Answer::Deleted,
                 None => Answer::NotFound,
             },
-            KvOp::Scan { start, max } => {
-                let take = max.min(self.scan_page);
+            OwnedOp::Scan(start, max) => {
+                let take = (*max).min(self.scan_page);
                 let mut items: Vec<Item> = self
                     .data
-                    .range(start.to_vec()..)
+                    .range(start.clone()..)
                     .take(take + 1)
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
@@ -137,7 +198,19 @@ impl Store for MemStore {
                 items.truncate(take);
                 Answer::Items(items, more)
             }
-        };
+        }
+    }
+}
+
+impl Store for MemStore {
+    fn submit(&mut self, id: OpId, op: KvOp<'_>) {
+        self.log.push(format!("{op:?}"));
+        let op = OwnedOp::of(op);
+        if self.deferred {
+            self.queued.push((id, op));
+            return;
+        }
+        let answer = self.apply(&op);
         self.pending.push((id, answer));
     }
 
@@ -191,7 +264,7 @@ pub fn replies(conn: &mut Connection) -> Vec<Value> {
 /// Runs `input` to completion (answers delivered in order) and returns the replies.
 pub fn run(conn: &mut Connection, store: &mut MemStore, input: &[u8]) -> Vec<Value> {
     assert_eq!(conn.feed(input), input.len());
-    while conn.process(store) > 0 || !store.pending.is_empty() {
+    while conn.process(store) > 0 || !store.pending.is_empty() || !store.queued.is_empty() {
         store.deliver_all(conn);
     }
     replies(conn)
