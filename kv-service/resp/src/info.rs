@@ -117,7 +117,6 @@ fn section(out: &mut String, name: &str, config: &Config, fig: &Figures) {
             kv("keyspace_misses", &fig.keyspace_misses);
             kv("kv_engine_reads", &fig.engine_reads);
             kv("kv_engine_writes", &fig.engine_writes);
-            kv("kv_rpc_requests", &fig.rpc_requests);
         }
         "replication" => {
             kv("role", &"master");

@@ -172,8 +172,6 @@ pub struct Figures {
     pub engine_reads: u64,
     /// Engine block writes since the start.
     pub engine_writes: u64,
-    /// Requests served by the store's other front-ends (its own rpc protocol).
-    pub rpc_requests: u64,
 }
 
 /// The key-value store behind RESP connections (implemented by the server).

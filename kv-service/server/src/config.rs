@@ -109,6 +109,9 @@ pub struct ServerConfig {
     /// loopback and 1472 across a 1500-byte Ethernet). Each thread's receive ring
     /// preallocates 4096 packets of this size.
     pub max_pkt_size: usize,
+    /// Also speak RESP (the Redis protocol) on TCP with these settings: every thread serves
+    /// its share of the connections (`docs/KV-SERVICE.md`, "RESP"). Default: off.
+    pub resp: Option<crate::resp::RespConfig>,
 }
 
 impl Default for ServerConfig {
@@ -124,6 +127,7 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(10),
             udp_gro: true,
             max_pkt_size: transports::udp::MAX_AUTO_PKT_SIZE,
+            resp: None,
         }
     }
 }
@@ -155,6 +159,15 @@ pub enum ServerError {
     /// An operating-system error (spawning threads).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The RESP listener could not be set up.
+    #[error("cannot listen for RESP on {addr}: {source}")]
+    Resp {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A server thread failed or panicked.
     #[error("server thread {thread} failed: {reason}")]
     Thread {

@@ -3,6 +3,7 @@
 //! data directory is opened), and how a thread's endpoint is described.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 
 use transports::tcp::{TcpConfig, TcpTransport};
 use transports::udp::{UdpConfig, UdpTransport};
@@ -111,6 +112,13 @@ pub(crate) trait DataEndpoint: Transport {
 
     /// A line for the log and the start-up banner.
     fn describe(&self) -> String;
+
+    /// A descriptor that becomes readable when the transport has work (a packet, a
+    /// connection), for a thread that sleeps in another poll (the RESP front-end's); `None`
+    /// when the transport has none (the verbs ones: no completion channel).
+    fn wake_fd(&self) -> Option<RawFd> {
+        None
+    }
 }
 
 impl DataEndpoint for UdpTransport {
@@ -121,6 +129,10 @@ impl DataEndpoint for UdpTransport {
     fn describe(&self) -> String {
         format!("udp {}", self.local_addr())
     }
+
+    fn wake_fd(&self) -> Option<RawFd> {
+        Some(self.as_raw_fd())
+    }
 }
 
 impl DataEndpoint for TcpTransport {
@@ -130,6 +142,11 @@ impl DataEndpoint for TcpTransport {
 
     fn describe(&self) -> String {
         format!("tcp {}", self.local_addr())
+    }
+
+    /// The transport's epoll instance: readable when any of its sockets is.
+    fn wake_fd(&self) -> Option<RawFd> {
+        Some(self.as_raw_fd())
     }
 }
 

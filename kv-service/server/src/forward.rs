@@ -27,7 +27,23 @@ pub(crate) enum Mail {
     },
     /// The answer to this thread's forward `tag`: a complete response message.
     Reply { tag: u64, resp: Vec<u8> },
+    /// Thread `from` asks this thread, the key's owner, to run a conditional SET of the RESP
+    /// front-end (read the key, write it if `cond` holds, atomically) and to answer with
+    /// `tag`: a response whose flags carry [`SET_WRITTEN`] and whose body is the old value
+    /// when `get` asked for it and the key existed (count 1).
+    SetIf {
+        from: usize,
+        tag: u64,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        cond: kv_resp::SetCond,
+        get: bool,
+    },
 }
+
+/// Response flag of a [`Mail::SetIf`] answer: the write happened. In-process only, never on
+/// the wire.
+pub(crate) const SET_WRITTEN: u16 = 1 << 15;
 
 /// A thread's end of the mesh: its mailbox and every sibling's address.
 pub(crate) struct Post {

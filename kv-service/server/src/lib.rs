@@ -59,6 +59,7 @@ mod config;
 mod data;
 mod forward;
 pub mod resp;
+mod resp_ops;
 mod server;
 mod state;
 mod thread;

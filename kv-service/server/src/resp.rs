@@ -56,7 +56,13 @@ impl Default for RespConfig {
             password: None,
             max_clients: 10_000,
             idle_timeout: Duration::from_secs(300),
-            limits: kv_resp::Limits::default(),
+            // The keys and values the engine stores; longer ones are refused with an error
+            // reply (bulk strings up to 8 MiB are read, larger ones close the connection).
+            limits: kv_resp::Limits {
+                max_key_len: kv_proto::MAX_KEY_LEN,
+                max_value_len: kv_proto::MAX_VALUE_LEN,
+                ..kv_resp::Limits::default()
+            },
         }
     }
 }
@@ -71,6 +77,54 @@ pub struct RespTag {
     pub gen: u32,
     /// The operation on its connection.
     pub op: OpId,
+}
+
+/// An owned [`Outcome`]: how the server thread hands an operation's answer back to its
+/// front-end after the step that produced it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RespAnswer {
+    /// GET: the value.
+    Value(Vec<u8>),
+    /// GET / DELETE: no such key.
+    NotFound,
+    /// PUT: durable.
+    Written,
+    /// DELETE: done, durably.
+    Deleted,
+    /// A conditional SET: whether it wrote, and the old value if asked for.
+    Set {
+        /// The write happened.
+        written: bool,
+        /// The value before (when asked for and the key existed).
+        old: Option<Vec<u8>>,
+    },
+    /// SCAN: items in key order, and whether the key space may go on.
+    Items {
+        /// The items.
+        items: Vec<kv_resp::Item>,
+        /// More may follow.
+        more: bool,
+    },
+    /// The operation failed (the message, with its code word if it has one).
+    Error(String),
+}
+
+impl RespAnswer {
+    /// The borrowed outcome `kv_resp` takes.
+    pub fn outcome(&self) -> Outcome<'_> {
+        match self {
+            RespAnswer::Value(v) => Outcome::Value(v),
+            RespAnswer::NotFound => Outcome::NotFound,
+            RespAnswer::Written => Outcome::Written,
+            RespAnswer::Deleted => Outcome::Deleted,
+            RespAnswer::Set { written, old } => Outcome::Set {
+                written: *written,
+                old: old.as_deref(),
+            },
+            RespAnswer::Items { items, more } => Outcome::Items { items, more: *more },
+            RespAnswer::Error(e) => Outcome::Error(e),
+        }
+    }
 }
 
 /// What runs the key-value operations of a thread's RESP connections.

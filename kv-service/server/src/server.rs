@@ -51,12 +51,15 @@ use transports::TransportError;
 use crate::config::{IdleMode, ServerConfig, ServerError};
 use crate::data::{thread_transports, DataEndpoint, ThreadTransport};
 use crate::forward::Post;
+use crate::resp::{self, RespFront, RespShared};
+use crate::resp_ops::Board;
 use crate::state::ServerState;
 use crate::thread::{register_handlers, Phase, ServerThread, Shutdown};
 
 /// A running server. Dropping it shuts it down (like [`Server::shutdown`], ignoring errors).
 pub struct Server {
     listen: SocketAddr,
+    resp_addr: Option<SocketAddr>,
     data_addrs: Vec<SocketAddr>,
     data_endpoints: Vec<String>,
     recovery: RecoveryStats,
@@ -75,6 +78,30 @@ struct ThreadArgs {
     idle: IdleMode,
     shutdown: Arc<Shutdown>,
     ready: std::sync::mpsc::Sender<(usize, Result<Ready, String>)>,
+    resp: Option<ThreadResp>,
+}
+
+/// A thread's part of the RESP front-end: its listener and what the threads share.
+struct ThreadResp {
+    listener: std::net::TcpListener,
+    shared: Arc<RespShared>,
+    board: Arc<Board>,
+}
+
+/// Binds one RESP listener per thread on the same address (`SO_REUSEPORT`: the kernel
+/// spreads the connections over them). Port 0 is resolved by the first.
+fn bind_resp(
+    cfg: &crate::resp::RespConfig,
+    threads: usize,
+) -> Result<(SocketAddr, Vec<std::net::TcpListener>), ServerError> {
+    let err = |addr, source| ServerError::Resp { addr, source };
+    let first = resp::bind_listener(cfg.listen).map_err(|e| err(cfg.listen, e))?;
+    let addr = first.local_addr().map_err(|e| err(cfg.listen, e))?;
+    let mut all = vec![first];
+    for _ in 1..threads {
+        all.push(resp::bind_listener(addr).map_err(|e| err(addr, e))?);
+    }
+    Ok((addr, all))
 }
 
 /// What a thread reports once it serves: its data socket (IP transports) and a description.
@@ -126,6 +153,29 @@ impl Server {
             busy_poll: cfg.idle == IdleMode::BusyPoll,
             ..RpcConfig::default()
         };
+        let mut resp_addr = None;
+        let mut resp_parts: Vec<Option<ThreadResp>> = (0..w).map(|_| None).collect();
+        if let Some(rc) = &cfg.resp {
+            let (addr, listeners) = bind_resp(rc, w)?;
+            resp_addr = Some(addr);
+            let facts = kv_resp::ServerFacts {
+                tcp_port: addr.port(),
+                threads: w,
+                data_dir: cfg.data_dir.display().to_string(),
+                sync_writes: cfg.sync == engine::SyncMode::Dsync,
+                io_backend: backend.to_string(),
+                ..kv_resp::ServerFacts::default()
+            };
+            let shared = RespShared::new(rc, facts);
+            let board = Board::new(w);
+            for (slot, listener) in resp_parts.iter_mut().zip(listeners) {
+                *slot = Some(ThreadResp {
+                    listener,
+                    shared: shared.clone(),
+                    board: board.clone(),
+                });
+            }
+        }
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::with_capacity(w);
         let router = opened.router;
@@ -133,8 +183,9 @@ impl Server {
             .workers
             .into_iter()
             .zip(Post::mesh(w))
-            .zip(transports);
-        for ((worker, post), transport) in parts {
+            .zip(transports)
+            .zip(resp_parts);
+        for (((worker, post), transport), resp) in parts {
             let id = worker.id();
             let args = ThreadArgs {
                 nexus: nexus.clone(),
@@ -145,6 +196,7 @@ impl Server {
                 idle: cfg.idle,
                 shutdown: shutdown.clone(),
                 ready: ready_tx.clone(),
+                resp,
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("kv-{id}"))
@@ -199,6 +251,7 @@ impl Server {
         }
         let server = Server {
             listen: sm_addr,
+            resp_addr,
             data_addrs: data.iter().filter_map(|d| d.0).collect(),
             data_endpoints: data.into_iter().map(|d| d.1).collect(),
             recovery: opened.recovery,
@@ -218,6 +271,11 @@ impl Server {
     /// The session-management address clients connect to.
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// The RESP address (every thread listens on it), when the server speaks RESP.
+    pub fn resp_addr(&self) -> Option<SocketAddr> {
+        self.resp_addr
     }
 
     /// The data socket address of each thread (thread `i` at index `i`) on the IP
@@ -321,6 +379,18 @@ fn serve<T: DataEndpoint>(
             a.shutdown.clone(),
         )
     });
+    let made = made.and_then(|mut t| {
+        if let Some(r) = a.resp {
+            let front = RespFront::new(r.listener, r.shared)?;
+            // The thread sleeps in the front-end's poll: the data transport's descriptor (if
+            // it has one) wakes it there too.
+            if let Some(fd) = t.rpc().transport().wake_fd() {
+                front.watch_fd(fd)?;
+            }
+            t.attach_resp(front, r.board);
+        }
+        Ok(t)
+    });
     let mut t = match made {
         Ok(t) => t,
         Err(e) => {
@@ -360,7 +430,19 @@ fn serve<T: DataEndpoint>(
             && now.saturating_sub(last_work) >= spin_ns
         {
             // Nothing for a while: sleep in the socket's wait (at most 1 ms at a time, so mail
-            // from a sibling thread waits at most that long) until there is work.
+            // from a sibling thread waits at most that long) until there is work. With a RESP
+            // front-end, its poll is that one place (the data transport's descriptor is in its
+            // epoll set); a transport without one (verbs: no completion channel) naps as its
+            // own wait would.
+            let nap = if t.rpc().transport().wake_fd().is_some() {
+                Duration::from_millis(1)
+            } else {
+                Duration::from_micros(20)
+            };
+            if let Some(front) = t.resp_mut() {
+                front.wait(nap, now);
+                continue;
+            }
             let woke = t.rpc_mut().run_until(
                 |r| {
                     let st = r.state();

@@ -13,16 +13,24 @@ use kv_proto::{self as protocol, op, Op, Reply, Request, Status, ThreadStats, HD
 use rpc::{Ctx, ReqHandle, Request as RpcRequest};
 
 use crate::forward::{Mail, Post, MAX_FORWARDS};
+use crate::resp::RespTag;
+use crate::resp_ops::{RespKind, RespSide, SetDest, SetOp};
 
 /// Where the answer to one operation goes.
 #[derive(Clone, Copy, Debug)]
-enum Dest {
+pub(crate) enum Dest {
     /// A request of its own: answered with a response message.
     Single(ReqHandle),
     /// Entry `pos` of BATCH `id` (a key of [`ServerState::batches`]).
     Batch { id: usize, pos: usize },
     /// A request sibling thread `from` forwarded: answered by mail, with `tag`.
     Forwarded { from: usize, tag: u64 },
+    /// An operation of a RESP connection of this thread: answered into `resp.done`.
+    Resp { tag: RespTag, kind: RespKind },
+    /// One partition's part of RESP scan `id` (a key of `resp.scans`).
+    RespScan { id: usize },
+    /// The read or the write of conditional SET `id` (a key of `resp.sets`), at the owner.
+    SetStep { id: usize },
 }
 
 /// One entry's answer inside a BATCH response.
@@ -45,13 +53,16 @@ struct PendingOp {
     op: u8,
     /// SCAN: the item count asked for (after the server's cap).
     scan_max: u32,
+    /// A write counted in `resp.writing` under this key hash (only while a RESP front-end
+    /// may run conditional SETs).
+    write_hash: Option<u64>,
 }
 
 /// The per-thread state the rpc handlers run on (one per server thread). `B`: the engine's
 /// I/O backend.
 pub struct ServerState<B: Backend = DiskBackend> {
-    id: usize,
-    router: KeyRouter,
+    pub(crate) id: usize,
+    pub(crate) router: KeyRouter,
     pub(crate) worker: Worker<B>,
     next_tag: u64,
     ops: HashMap<u64, PendingOp>,
@@ -64,6 +75,8 @@ pub struct ServerState<B: Backend = DiskBackend> {
     stats: ThreadStats,
     done: Vec<engine::Completion>,
     scratch: Vec<u8>,
+    /// What the RESP front-end needs of the thread (see `resp_ops`).
+    pub(crate) resp: RespSide,
 }
 
 impl<B: Backend> ServerState<B> {
@@ -84,6 +97,7 @@ impl<B: Backend> ServerState<B> {
             },
             done: Vec::new(),
             scratch: Vec::new(),
+            resp: RespSide::default(),
         }
     }
 
@@ -94,6 +108,7 @@ impl<B: Backend> ServerState<B> {
             && self.forwards.is_empty()
             && self.worker.pending() == 0
             && !self.post.has_mail()
+            && self.resp.is_idle()
     }
 
     /// Requests in progress (for the log).
@@ -246,13 +261,24 @@ impl<B: Backend> ServerState<B> {
                     }
                 }
                 Mail::Reply { tag, resp } => self.on_forwarded(ctx, tag, &resp),
+                Mail::SetIf {
+                    from,
+                    tag,
+                    key,
+                    value,
+                    cond,
+                    get,
+                } => {
+                    let set = SetOp::new(SetDest::Mail { from, tag }, key, value, cond, get);
+                    self.start_set(ctx, set);
+                }
             }
         }
         any
     }
 
     /// Runs a GET / PUT / DELETE / SCAN (`raw`: its encoding, for forwarding).
-    fn execute(&mut self, ctx: &mut Ctx, dest: Dest, o: Op<&[u8]>, raw: &[u8]) {
+    pub(crate) fn execute(&mut self, ctx: &mut Ctx, dest: Dest, o: Op<&[u8]>, raw: &[u8]) {
         let req_type = o.code();
         let mut scan_max = 0;
         if let Op::Scan { max, .. } = o {
@@ -267,6 +293,15 @@ impl<B: Backend> ServerState<B> {
                 return;
             }
         }
+        if !matches!(o, Op::Scan { .. }) && self.resp.defer(dest, o) {
+            // A conditional SET holds the key: this runs after it.
+            return;
+        }
+        let write_hash = if o.is_write() {
+            self.resp.count_write(o.key())
+        } else {
+            None
+        };
         let op = match o {
             Op::Scan { start, .. } => Op::Scan {
                 start: start.to_vec(),
@@ -274,6 +309,18 @@ impl<B: Backend> ServerState<B> {
             },
             other => other.to_vec(),
         };
+        self.submit_local(dest, op, req_type, scan_max, write_hash);
+    }
+
+    /// Hands `op` to the worker; its completion goes to `dest`.
+    pub(crate) fn submit_local(
+        &mut self,
+        dest: Dest,
+        op: Op,
+        req_type: u8,
+        scan_max: u32,
+        write_hash: Option<u64>,
+    ) {
         let tag = self.next_tag;
         self.next_tag += 1;
         self.ops.insert(
@@ -282,6 +329,7 @@ impl<B: Backend> ServerState<B> {
                 dest,
                 op: req_type,
                 scan_max,
+                write_hash,
             },
         );
         self.worker.submit(op, tag);
@@ -289,8 +337,27 @@ impl<B: Backend> ServerState<B> {
 
     /// Answers a GET / PUT / DELETE (no flags, no count): a response of its own, an entry of
     /// a BATCH (sent when it is the last one), or mail to the thread that forwarded it.
-    fn answer(&mut self, ctx: &mut Ctx, dest: Dest, status: Status, body: Vec<u8>) {
+    pub(crate) fn answer(&mut self, ctx: &mut Ctx, dest: Dest, status: Status, body: Vec<u8>) {
+        if status != Status::Ok && status != Status::NotFound {
+            if let Dest::Resp { .. } | Dest::RespScan { .. } | Dest::SetStep { .. } = dest {
+                self.stats.errors += 1;
+            }
+        }
         let id = match dest {
+            Dest::Resp { tag, kind } => {
+                self.resp.answer(tag, kind, status, body);
+                return;
+            }
+            Dest::RespScan { id } => {
+                let msg = String::from_utf8_lossy(&body).into_owned();
+                self.resp_scan_part(id, Err(msg));
+                return;
+            }
+            Dest::SetStep { id } => {
+                let msg = String::from_utf8_lossy(&body).into_owned();
+                self.finish_set(ctx, id, Err(msg));
+                return;
+            }
             Dest::Single(h) => {
                 self.respond(ctx, h, status, 0, 0, &body);
                 return;
@@ -354,6 +421,23 @@ impl<B: Backend> ServerState<B> {
 
     /// Hands a request for another thread's key to that thread.
     fn forward(&mut self, ctx: &mut Ctx, dest: Dest, owner: usize, req_type: u8, raw: &[u8]) {
+        self.forward_mail(ctx, dest, owner, |from, tag| Mail::Request {
+            from,
+            tag,
+            req_type,
+            msg: raw.to_vec(),
+        });
+    }
+
+    /// Posts the mail `make(this thread, tag)` to thread `owner` and remembers that its
+    /// answer goes to `dest` (answered OVERLOADED past [`MAX_FORWARDS`] outstanding).
+    pub(crate) fn forward_mail(
+        &mut self,
+        ctx: &mut Ctx,
+        dest: Dest,
+        owner: usize,
+        make: impl FnOnce(usize, u64) -> Mail,
+    ) {
         if self.forwards.len() >= MAX_FORWARDS {
             let msg = b"forwarding queue full".to_vec();
             self.answer(ctx, dest, Status::Overloaded, msg);
@@ -361,12 +445,7 @@ impl<B: Backend> ServerState<B> {
         }
         let tag = self.next_tag;
         self.next_tag += 1;
-        let mail = Mail::Request {
-            from: self.id,
-            tag,
-            req_type,
-            msg: raw.to_vec(),
-        };
+        let mail = make(self.id, tag);
         match self.post.send(owner, mail) {
             Ok(()) => {
                 self.stats.forwarded += 1;
@@ -391,7 +470,25 @@ impl<B: Backend> ServerState<B> {
                     tracing::debug!(thread = self.id, error = %e, "forwarded response not sent");
                 }
             }
-            Dest::Batch { .. } | Dest::Forwarded { .. } => {
+            Dest::Resp {
+                tag,
+                kind: RespKind::Set,
+            } => self.resp.answer_set_mail(tag, resp),
+            Dest::RespScan { id } => {
+                let part = protocol::parse_response(resp)
+                    .map_err(|e| format!("forwarded scan: {e}"))
+                    .and_then(|r| match r.status {
+                        Status::Ok => protocol::parse_scan_items(r.body, r.count)
+                            .map(|items| (items, r.flags & protocol::RESP_FLAG_MORE != 0))
+                            .map_err(|e| format!("forwarded scan: {e}")),
+                        s => Err(format!("{s:?}: {}", String::from_utf8_lossy(r.body))),
+                    });
+                self.resp_scan_part(id, part);
+            }
+            Dest::Batch { .. }
+            | Dest::Forwarded { .. }
+            | Dest::Resp { .. }
+            | Dest::SetStep { .. } => {
                 let (status, body) = match protocol::parse_response(resp) {
                     Ok(r) => (r.status, r.body.to_vec()),
                     Err(e) => (
@@ -408,6 +505,9 @@ impl<B: Backend> ServerState<B> {
     pub(crate) fn poll_worker(&mut self, ctx: &mut Ctx) -> bool {
         let mut done = std::mem::take(&mut self.done);
         let any = self.worker.poll(&mut done) > 0;
+        // Before any answer leaves: a client that saw its write acknowledged and then asks
+        // how many keys there are counts its key.
+        self.resp.publish_items(self.worker.len() as u64);
         for c in done.drain(..) {
             self.on_engine_done(ctx, c);
         }
@@ -425,9 +525,38 @@ impl<B: Backend> ServerState<B> {
             op::DELETE => self.stats.deletes += 1,
             _ => self.stats.scans += 1,
         }
+        if let Some(h) = p.write_hash {
+            if let Some(waiting) = self.resp.write_done(h) {
+                self.set_read(waiting);
+            }
+        }
         let result = match (c.result, p.dest) {
             (Ok(Reply::Items(items)), Dest::Single(h)) => {
                 self.respond_scan(ctx, h, &items, p.scan_max);
+                return;
+            }
+            (Ok(Reply::Items(items)), Dest::Forwarded { from, tag }) => {
+                let (body, count, more) = self.scan_body(&items, p.scan_max);
+                let flags = if more { protocol::RESP_FLAG_MORE } else { 0 };
+                let mut resp = Vec::with_capacity(HDR_LEN + body.len());
+                protocol::encode_response(Status::Ok, flags, count, &body, &mut resp);
+                self.recycle_scratch(body);
+                if self.post.send(from, Mail::Reply { tag, resp }).is_err() {
+                    tracing::debug!(thread = self.id, from, "forwarding thread gone");
+                }
+                return;
+            }
+            (r, Dest::RespScan { id }) => {
+                let part = match r {
+                    Ok(Reply::Items(items)) => Ok(crate::resp_ops::cut_scan(items, p.scan_max)),
+                    Ok(_) => Err("scan answered with something else".to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                self.resp_scan_part(id, part);
+                return;
+            }
+            (r, Dest::SetStep { id }) => {
+                self.on_set_step(ctx, id, r);
                 return;
             }
             (r, _) => r,
@@ -452,6 +581,16 @@ impl<B: Backend> ServerState<B> {
     }
 
     fn respond_scan(&mut self, ctx: &mut Ctx, h: ReqHandle, items: &[protocol::Item], max: u32) {
+        let (body, count, more) = self.scan_body(items, max);
+        let flags = if more { protocol::RESP_FLAG_MORE } else { 0 };
+        self.respond(ctx, h, Status::Ok, flags, count, &body);
+        self.recycle_scratch(body);
+    }
+
+    /// A SCAN response body of `items` (in the scratch buffer): at most
+    /// [`MAX_SCAN_BODY`](protocol::MAX_SCAN_BODY) bytes; its item count, and whether there
+    /// may be more (cut short, or all `max` items asked for given).
+    fn scan_body(&mut self, items: &[protocol::Item], max: u32) -> (Vec<u8>, u32, bool) {
         let mut body = std::mem::take(&mut self.scratch);
         body.clear();
         let mut count = 0u32;
@@ -466,8 +605,10 @@ impl<B: Backend> ServerState<B> {
         }
         // The client got all the items it asked for: there may be more.
         more |= count >= max;
-        let flags = if more { protocol::RESP_FLAG_MORE } else { 0 };
-        self.respond(ctx, h, Status::Ok, flags, count, &body);
+        (body, count, more)
+    }
+
+    fn recycle_scratch(&mut self, mut body: Vec<u8>) {
         body.clear();
         if body.capacity() <= protocol::MAX_SCAN_BODY {
             self.scratch = body;

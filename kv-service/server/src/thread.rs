@@ -15,6 +15,8 @@ use transports::Transport;
 
 use crate::config::ServerError;
 use crate::forward::Post;
+use crate::resp::RespFront;
+use crate::resp_ops::{Board, RespDriver};
 use crate::state::ServerState;
 
 /// Time the threads keep answering (retransmitted requests) after every thread has drained
@@ -87,7 +89,19 @@ pub struct ServerThread<T: Transport, B: Backend> {
     phase: Phase,
     stop_seen: Option<u64>,
     drained_at: Option<u64>,
+    /// The thread's share of the RESP connections, if the server speaks RESP.
+    resp: Option<RespFront>,
+    /// When the engine figures were last published for INFO.
+    published_at: u64,
+    steps: u64,
 }
+
+/// How often a thread with a RESP front-end publishes its engine figures for INFO.
+const PUBLISH_NS: u64 = 100_000_000;
+
+/// Steps between two looks at the RESP sockets while the thread has no RESP connection (a
+/// look is a system call; new connections can wait a few steps).
+const IDLE_RESP_POLL: u64 = 16;
 
 /// Registers the server's request handlers on `nexus` (once per Nexus).
 pub fn register_handlers<B: Backend>(nexus: &Nexus<ServerState<B>>) -> Result<(), RpcError> {
@@ -157,7 +171,27 @@ impl<T: Transport, B: Backend> ServerThread<T, B> {
             phase: Phase::Serving,
             stop_seen: None,
             drained_at: None,
+            resp: None,
+            published_at: 0,
+            steps: 0,
         })
+    }
+
+    /// Gives the thread its share of the RESP connections: `front` is served from every
+    /// [`ServerThread::step`]. Every thread of a server with a front-end must have one
+    /// (conditional SETs run at their key's owner, whichever thread that is; `board` is where
+    /// the threads publish their figures).
+    pub(crate) fn attach_resp(&mut self, front: RespFront, board: Arc<Board>) {
+        let id = self.id;
+        let st = self.rpc.state_mut();
+        st.resp.enable(board, id);
+        st.resp.publish_stats(&st.worker.stats());
+        self.resp = Some(front);
+    }
+
+    /// The RESP front-end, if any.
+    pub(crate) fn resp_mut(&mut self) -> Option<&mut RespFront> {
+        self.resp.as_mut()
     }
 
     /// The thread's number (= its rpc id and its engine worker's id).
@@ -190,7 +224,10 @@ impl<T: Transport, B: Backend> ServerThread<T, B> {
     /// from a sibling. (A simulation must keep stepping rather than move time on.)
     pub fn busy(&self) -> bool {
         let st = self.rpc.state();
-        st.worker.io_in_flight() > 0 || st.post.has_mail()
+        st.worker.io_in_flight() > 0
+            || st.post.has_mail()
+            || !st.resp.done.is_empty()
+            || self.resp.as_ref().is_some_and(RespFront::busy)
     }
 
     /// Whether the engine worker has operations in progress.
@@ -210,6 +247,24 @@ impl<T: Transport, B: Backend> ServerThread<T, B> {
             let (st, ctx) = self.rpc.split();
             work |= st.on_mail(ctx);
             work |= st.poll_worker(ctx);
+            if let Some(front) = &mut self.resp {
+                self.steps = self.steps.wrapping_add(1);
+                for (tag, answer) in st.resp.done.drain(..) {
+                    front.complete(tag, answer.outcome(), now);
+                    work = true;
+                }
+                let look = front.connections() > 0
+                    || front.busy()
+                    || self.steps.is_multiple_of(IDLE_RESP_POLL);
+                if look {
+                    work |= front.poll(&mut RespDriver { st, ctx }, now);
+                }
+            }
+        }
+        if self.resp.is_some() && now.saturating_sub(self.published_at) >= PUBLISH_NS {
+            self.published_at = now;
+            let st = self.rpc.state();
+            st.resp.publish_stats(&st.worker.stats());
         }
         self.advance_phase(now);
         work
@@ -220,13 +275,17 @@ impl<T: Transport, B: Backend> ServerThread<T, B> {
             self.stop_seen = Some(now);
             self.phase = Phase::Draining;
             self.rpc.state_mut().stopping = true;
+            if let Some(front) = &mut self.resp {
+                front.begin_drain();
+            }
             tracing::debug!(thread = self.id, "draining");
         }
         let Some(since) = self.stop_seen else {
             return;
         };
         let st = self.rpc.state();
-        if self.drained_at.is_none() && st.is_idle() {
+        let resp_done = self.resp.as_ref().is_none_or(RespFront::drained);
+        if self.drained_at.is_none() && st.is_idle() && resp_done {
             self.drained_at = Some(now);
             self.shutdown.drained_one();
         }

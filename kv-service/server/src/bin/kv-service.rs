@@ -4,12 +4,10 @@
 //! kv-service [--listen 127.0.0.1:31850] [--data-dir ./kv-data] [--threads N] [--cache-mb 64]
 //!            [--sync] [--transport udp|tcp|ud|rc [--device NAME]] [--busy-poll | --spin-ms 100]
 //!            [--no-gro] [--log-level info]
+//!            [--resp 127.0.0.1:6380 [--requirepass PASS] [--resp-max-clients N] [--resp-timeout S]]
 //! ```
 //!
 //! `ud` and `rc` (InfiniBand/RoCE verbs) exist when built with the cargo feature `rdma`.
-//!
-//! ```text
-//! ```
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -19,6 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use kv_engine::SyncMode;
+use kv_service::resp::RespConfig;
 use kv_service::{DataTransport, IdleMode, Server, ServerConfig};
 
 /// Persistent key-value server (KVell-derived engine over eRPC-style RPC).
@@ -63,6 +62,23 @@ struct Args {
     /// request on this kernel).
     #[arg(long)]
     no_gro: bool,
+    /// Also speak RESP (the Redis protocol) on this TCP address, for redis-cli,
+    /// redis-benchmark and Redis client libraries (port 0 picks a free one). Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    resp: Option<std::net::SocketAddr>,
+    /// RESP: connections must AUTH with this password first (as Redis's requirepass; the
+    /// process list shows it: prefer --requirepass-file).
+    #[arg(long, requires = "resp", conflicts_with = "requirepass_file")]
+    requirepass: Option<String>,
+    /// RESP: read the password from this file (its first line).
+    #[arg(long, requires = "resp", value_name = "PATH")]
+    requirepass_file: Option<PathBuf>,
+    /// RESP: most connections at once, over all threads.
+    #[arg(long, requires = "resp", default_value_t = 10_000)]
+    resp_max_clients: usize,
+    /// RESP: close a connection idle for this many seconds (0: never).
+    #[arg(long, requires = "resp", default_value_t = 300)]
+    resp_timeout: u64,
     /// Log level (error, warn, info, debug, trace) when RUST_LOG is not set.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -139,6 +155,7 @@ fn main() -> anyhow::Result<()> {
             }
         },
         udp_gro: !args.no_gro,
+        resp: resp_config(&args)?,
         ..ServerConfig::default()
     };
     let server = Server::start(cfg).with_context(|| {
@@ -175,6 +192,9 @@ fn main() -> anyhow::Result<()> {
         r.bytes_read as f64 / 1e6,
         r.elapsed.as_secs_f64()
     )?;
+    if let Some(a) = server.resp_addr() {
+        writeln!(out, "RESP listening on {a} (redis-cli -p {})", a.port())?;
+    }
     if server.data_addrs().len() == threads {
         for (i, a) in server.data_addrs().iter().enumerate() {
             writeln!(out, "thread {i} data socket {a}")?;
@@ -190,6 +210,31 @@ fn main() -> anyhow::Result<()> {
     server.wait().context("kv-service failed")?;
     println!("kv-service stopped cleanly");
     Ok(())
+}
+
+/// The RESP settings, if `--resp` is given.
+fn resp_config(args: &Args) -> anyhow::Result<Option<RespConfig>> {
+    let Some(listen) = args.resp else {
+        return Ok(None);
+    };
+    let password = match (&args.requirepass, &args.requirepass_file) {
+        (Some(p), _) => Some(p.clone().into_bytes()),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the password file {}", path.display()))?;
+            let first = text.lines().next().unwrap_or_default();
+            anyhow::ensure!(!first.is_empty(), "{} holds no password", path.display());
+            Some(first.as_bytes().to_vec())
+        }
+        (None, None) => None,
+    };
+    Ok(Some(RespConfig {
+        listen,
+        password,
+        max_clients: args.resp_max_clients,
+        idle_timeout: Duration::from_secs(args.resp_timeout),
+        ..RespConfig::default()
+    }))
 }
 
 /// The thread count recorded in an existing data directory, else half the cores (≥ 1).
