@@ -112,6 +112,16 @@ impl Session {
     /// Runs one non-empty command.
     pub(crate) fn run<S: Store>(&mut self, cmd: &Command<'_>, store: &mut S) {
         let name = cmd.arg(0).unwrap_or_default();
+        if self.authenticated {
+            if self.transaction(name) {
+                return;
+            }
+        } else if [&b"multi"[..], b"exec", b"discard"]
+            .iter()
+            .any(|w| name.eq_ignore_ascii_case(w))
+        {
+            return self.error(NOAUTH);
+        }
         let Some(top) = table::lookup(name) else {
             match table::refused(name) {
                 Some(_) if !self.authenticated => self.error(NOAUTH),
@@ -349,6 +359,54 @@ impl Session {
             // Containers always resolve to a subcommand above.
             Cmd::Config | Cmd::Client => self.arity_error(spec),
         }
+    }
+
+    /// MULTI / EXEC / DISCARD, and every command between them: whether `name` was handled
+    /// here.
+    ///
+    /// kv-service has no transactions: running the commands between MULTI and EXEC one by
+    /// one would give a client that pipelines a transaction half of it, unisolated, with an
+    /// error. So MULTI is refused, and — as Redis does with a transaction it discards — the
+    /// commands up to EXEC or DISCARD are not run either: each is answered with an error, and
+    /// EXEC with EXECABORT. Nothing of the transaction happens.
+    fn transaction(&mut self, name: &[u8]) -> bool {
+        let is = |w: &str| name.eq_ignore_ascii_case(w.as_bytes());
+        if !self.in_refused_multi {
+            if is("multi") {
+                self.in_refused_multi = true;
+                self.error(
+                    "ERR MULTI is not supported: kv-service has no transactions; the commands up \
+                     to EXEC or DISCARD will not run (send them as a plain pipeline instead, \
+                     e.g. redis-py's pipeline(transaction=False))",
+                );
+                return true;
+            }
+            if is("exec") || is("discard") {
+                let msg = format!("ERR {} without MULTI", shown(name, 8).to_ascii_uppercase());
+                self.error(&msg);
+                return true;
+            }
+            return false;
+        }
+        if is("exec") {
+            self.in_refused_multi = false;
+            self.error(
+                "EXECABORT Transaction discarded: kv-service does not run MULTI transactions",
+            );
+        } else if is("discard") {
+            self.in_refused_multi = false;
+            self.reply(|e| e.ok());
+        } else if is("quit") {
+            return false;
+        } else if is("multi") {
+            self.error("ERR MULTI calls can not be nested");
+        } else {
+            self.error(
+                "ERR not run: this connection is inside a MULTI that kv-service refused; \
+                 send EXEC or DISCARD to end it",
+            );
+        }
+        true
     }
 
     /// Checks a password (and user: only `default` exists).

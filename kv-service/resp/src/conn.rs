@@ -150,6 +150,8 @@ pub(crate) struct Session {
     pub(crate) lib_name: Option<Vec<u8>>,
     pub(crate) lib_ver: Option<Vec<u8>>,
     pub(crate) closing: Option<Close>,
+    /// Between a refused MULTI and its EXEC or DISCARD: nothing runs.
+    pub(crate) in_refused_multi: bool,
     out: Vec<u8>,
     out_start: usize,
     slots: VecDeque<Slot>,
@@ -310,6 +312,7 @@ impl Connection {
                 lib_name: None,
                 lib_ver: None,
                 closing: None,
+                in_refused_multi: false,
                 out: Vec::new(),
                 out_start: 0,
                 slots: VecDeque::new(),

@@ -585,13 +585,11 @@ pub(crate) fn lookup(name: &[u8]) -> Option<&'static Spec> {
 
 /// Commands of Redis that kv-service deliberately does not run, with the reason given.
 pub(crate) fn refused(name: &[u8]) -> Option<&'static str> {
-    const NO_TX: &str = "kv-service has no transactions; send the commands as a plain pipeline \
-                         (redis-py: pipeline(transaction=False))";
+    const NO_TX: &str = "kv-service has no transactions";
     const NO_EXPIRY: &str = "kv-service keys do not expire";
-    let table: [(&str, &str); 11] = [
-        ("multi", NO_TX),
-        ("exec", NO_TX),
-        ("discard", NO_TX),
+    // MULTI, EXEC and DISCARD are answered before the table is looked at (they change the
+    // connection's state: see `Session::transaction`).
+    let table: [(&str, &str); 8] = [
         ("watch", NO_TX),
         ("unwatch", NO_TX),
         ("expire", NO_EXPIRY),

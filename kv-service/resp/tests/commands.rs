@@ -295,8 +295,8 @@ fn unknown_commands_and_arity_errors_have_redis_shapes() {
         err("ERR unknown subcommand 'BOGUS'. Try CONFIG HELP.")
     );
     assert_eq!(
-        one(&mut c, &mut s, "MULTI"),
-        err("ERR MULTI is not supported: kv-service has no transactions; send the commands as a plain pipeline (redis-py: pipeline(transaction=False))")
+        one(&mut c, &mut s, "WATCH k"),
+        err("ERR WATCH is not supported: kv-service has no transactions")
     );
     // An error line never carries CR or LF.
     let mut input = req(&[b"FOO", b"a\r\nb"]);
@@ -323,6 +323,7 @@ fn auth_gates_everything_but_auth_hello_and_quit() {
     assert_eq!(one(&mut c, &mut s, "PING"), noauth);
     assert_eq!(one(&mut c, &mut s, "CONFIG GET save"), noauth);
     assert_eq!(one(&mut c, &mut s, "MULTI"), noauth);
+    assert_eq!(one(&mut c, &mut s, "WATCH k"), noauth);
     // Unknown commands and arity errors come first, as in Redis.
     assert_eq!(
         one(&mut c, &mut s, "NOPE"),
@@ -350,6 +351,48 @@ fn auth_gates_everything_but_auth_hello_and_quit() {
     let mut c3 = kv_resp::Connection::new(shared);
     assert_eq!(one(&mut c3, &mut s, "AUTH default s3cret"), simple("OK"));
     assert_eq!(one(&mut c3, &mut s, "QUIT"), simple("OK"));
+}
+
+#[test]
+fn a_refused_transaction_runs_nothing_of_itself() {
+    let (mut c, mut s) = (conn(), MemStore::new());
+    // As a client library pipelines a transaction: MULTI, the commands, EXEC.
+    let mut input = cmd("MULTI");
+    input.extend(cmd("SET tx 1"));
+    input.extend(cmd("GET tx"));
+    input.extend(cmd("EXEC"));
+    input.extend(cmd("GET tx"));
+    let r = run(&mut c, &mut s, &input);
+    assert_eq!(r.len(), 5);
+    assert!(matches!(&r[0], Value::Error(e) if e.starts_with(b"ERR MULTI is not supported")));
+    for not_run in &r[1..3] {
+        assert!(
+            matches!(not_run, Value::Error(e) if e.starts_with(b"ERR not run")),
+            "{not_run:?}"
+        );
+    }
+    assert_eq!(
+        r[3],
+        err("EXECABORT Transaction discarded: kv-service does not run MULTI transactions")
+    );
+    assert_eq!(r[4], Value::Null, "the SET inside never ran");
+    assert!(s.data.is_empty());
+    let mut input = cmd("MULTI");
+    input.extend(cmd("MULTI"));
+    input.extend(cmd("DISCARD"));
+    input.extend(cmd("SET after 1"));
+    input.extend(cmd("EXEC"));
+    input.extend(cmd("DISCARD"));
+    let r = run(&mut c, &mut s, &input);
+    assert_eq!(r[1], err("ERR MULTI calls can not be nested"));
+    assert_eq!(r[2], simple("OK"));
+    assert_eq!(
+        r[3],
+        simple("OK"),
+        "out of the refused MULTI, commands run again"
+    );
+    assert_eq!(r[4], err("ERR EXEC without MULTI"));
+    assert_eq!(r[5], err("ERR DISCARD without MULTI"));
 }
 
 #[test]
