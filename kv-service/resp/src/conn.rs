@@ -491,6 +491,7 @@ impl Connection {
             && self.s.closing.is_none()
             && !self.s.stalled
             && self.s.can_run(&limits)
+            && store.accepting()
         {
             let buf = self.rx.buf.get(self.rx.start..self.rx.end).unwrap_or(&[]);
             match self.rx.parser.parse(buf) {

@@ -182,4 +182,12 @@ pub trait Store {
 
     /// The server's figures now (INFO, DBSIZE).
     fn figures(&self) -> Figures;
+
+    /// Whether the store takes more operations now. While it does not,
+    /// [`Connection::process`](crate::Connection::process) runs no further command (they
+    /// stay buffered; call `process` again later). For backpressure inside the server, e.g.
+    /// when its queues towards other threads are full.
+    fn accepting(&self) -> bool {
+        true
+    }
 }

@@ -41,6 +41,47 @@ pub(crate) enum Mail {
     },
 }
 
+/// A request for another thread before it is posted (it gets its sender and tag then).
+#[derive(Debug)]
+pub(crate) enum Letter {
+    /// Becomes [`Mail::Request`].
+    Request { req_type: u8, msg: Vec<u8> },
+    /// Becomes [`Mail::SetIf`].
+    SetIf {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        cond: kv_resp::SetCond,
+        get: bool,
+    },
+}
+
+impl Letter {
+    /// The mail, from thread `from`, answered with `tag`.
+    pub(crate) fn seal(self, from: usize, tag: u64) -> Mail {
+        match self {
+            Letter::Request { req_type, msg } => Mail::Request {
+                from,
+                tag,
+                req_type,
+                msg,
+            },
+            Letter::SetIf {
+                key,
+                value,
+                cond,
+                get,
+            } => Mail::SetIf {
+                from,
+                tag,
+                key,
+                value,
+                cond,
+                get,
+            },
+        }
+    }
+}
+
 /// Response flag of a [`Mail::SetIf`] answer: the write happened. In-process only, never on
 /// the wire.
 pub(crate) const SET_WRITTEN: u16 = 1 << 15;

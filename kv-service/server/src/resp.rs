@@ -131,9 +131,15 @@ impl RespAnswer {
 pub trait RespBackend {
     /// Starts `op`; answer with [`RespFront::complete`] and `tag`.
     fn submit(&mut self, tag: RespTag, op: KvOp<'_>);
-    /// The store's own figures (keys, memory, disk, engine I/O, rpc requests); the front-end
-    /// adds the connection figures.
+    /// The store's own figures (keys, memory, disk, engine I/O); the front-end adds the
+    /// connection figures.
     fn figures(&self) -> Figures;
+
+    /// Whether to run more commands now (false: operations wait for room; the connections
+    /// try again on the next poll).
+    fn accepting(&self) -> bool {
+        true
+    }
 }
 
 /// Counters shared by the RESP front-ends of all threads (INFO, the connection limit).
@@ -275,6 +281,10 @@ impl<B: RespBackend> Store for ConnStore<'_, B> {
         let mut f = self.backend.figures();
         self.shared.fill(&mut f);
         f
+    }
+
+    fn accepting(&self) -> bool {
+        self.backend.accepting()
     }
 }
 

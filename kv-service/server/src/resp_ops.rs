@@ -30,7 +30,7 @@ use kv_proto::{self as protocol, fnv1a64, op, Item, Op, Reply, Request, Status};
 use kv_resp::{Figures, KvOp, SetCond};
 use rpc::Ctx;
 
-use crate::forward::{Mail, SET_WRITTEN};
+use crate::forward::{Letter, Mail, SET_WRITTEN};
 use crate::resp::{RespAnswer, RespBackend, RespTag};
 use crate::state::{Dest, ServerState};
 
@@ -168,6 +168,8 @@ pub(crate) struct RespSide {
     track_writes: bool,
     scans: slab::Slab<RespScan>,
     board: Option<(Arc<Board>, usize)>,
+    /// RESP forwards waiting for a forward slot (thread, destination, letter).
+    pub(crate) overflow: VecDeque<(usize, Dest, Letter)>,
 }
 
 impl RespSide {
@@ -180,7 +182,10 @@ impl RespSide {
     }
 
     pub(crate) fn is_idle(&self) -> bool {
-        self.done.is_empty() && self.sets.is_empty() && self.scans.is_empty()
+        self.done.is_empty()
+            && self.sets.is_empty()
+            && self.scans.is_empty()
+            && self.overflow.is_empty()
     }
 
     /// If a conditional SET holds `o`'s key, queues `o` behind it and says so.
@@ -367,12 +372,7 @@ impl<B: Backend> ServerState<B> {
             let mut msg = Vec::new();
             protocol::encode_request(&Request::Op(o), &mut msg);
             let req_type = o.code();
-            self.forward_mail(ctx, dest, owner, |from, tag| Mail::Request {
-                from,
-                tag,
-                req_type,
-                msg,
-            });
+            self.forward_mail(ctx, dest, owner, Letter::Request { req_type, msg });
         }
     }
 
@@ -401,14 +401,13 @@ impl<B: Backend> ServerState<B> {
             kind: RespKind::Set,
         };
         let (key, value) = (key.to_vec(), value.to_vec());
-        self.forward_mail(ctx, dest, owner, |from, tag| Mail::SetIf {
-            from,
-            tag,
+        let letter = Letter::SetIf {
             key,
             value,
             cond,
             get,
-        });
+        };
+        self.forward_mail(ctx, dest, owner, letter);
     }
 
     /// A conditional SET at the key's owner: holds the key, then reads it.
@@ -565,13 +564,11 @@ impl<B: Backend> ServerState<B> {
             if p == self.id {
                 self.execute(ctx, dest, o, &msg);
             } else {
-                let m = msg.clone();
-                self.forward_mail(ctx, dest, p, |from, tag| Mail::Request {
-                    from,
-                    tag,
+                let letter = Letter::Request {
                     req_type: op::SCAN,
-                    msg: m,
-                });
+                    msg: msg.clone(),
+                };
+                self.forward_mail(ctx, dest, p, letter);
             }
         }
     }
@@ -618,6 +615,10 @@ impl<B: Backend> RespBackend for RespDriver<'_, B> {
 
     fn figures(&self) -> Figures {
         self.st.resp.figures()
+    }
+
+    fn accepting(&self) -> bool {
+        self.st.resp.overflow.is_empty()
     }
 }
 

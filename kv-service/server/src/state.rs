@@ -12,7 +12,7 @@ use kv_engine::{self as engine, Backend, DiskBackend, KeyRouter, Worker};
 use kv_proto::{self as protocol, op, Op, Reply, Request, Status, ThreadStats, HDR_LEN};
 use rpc::{Ctx, ReqHandle, Request as RpcRequest};
 
-use crate::forward::{Mail, Post, MAX_FORWARDS};
+use crate::forward::{Letter, Mail, Post, MAX_FORWARDS};
 use crate::resp::RespTag;
 use crate::resp_ops::{RespKind, RespSide, SetDest, SetOp};
 
@@ -421,31 +421,27 @@ impl<B: Backend> ServerState<B> {
 
     /// Hands a request for another thread's key to that thread.
     fn forward(&mut self, ctx: &mut Ctx, dest: Dest, owner: usize, req_type: u8, raw: &[u8]) {
-        self.forward_mail(ctx, dest, owner, |from, tag| Mail::Request {
-            from,
-            tag,
-            req_type,
-            msg: raw.to_vec(),
-        });
+        let msg = raw.to_vec();
+        self.forward_mail(ctx, dest, owner, Letter::Request { req_type, msg });
     }
 
-    /// Posts the mail `make(this thread, tag)` to thread `owner` and remembers that its
-    /// answer goes to `dest` (answered OVERLOADED past [`MAX_FORWARDS`] outstanding).
-    pub(crate) fn forward_mail(
-        &mut self,
-        ctx: &mut Ctx,
-        dest: Dest,
-        owner: usize,
-        make: impl FnOnce(usize, u64) -> Mail,
-    ) {
+    /// Posts `letter` to thread `owner` and remembers that its answer goes to `dest`. Past
+    /// [`MAX_FORWARDS`] outstanding, an rpc request is answered OVERLOADED (its client
+    /// retries); a RESP operation waits in `resp.overflow` instead (RESP clients expect
+    /// backpressure, not errors), and the front-end runs no command until that drains.
+    pub(crate) fn forward_mail(&mut self, ctx: &mut Ctx, dest: Dest, owner: usize, letter: Letter) {
         if self.forwards.len() >= MAX_FORWARDS {
+            if let Dest::Resp { .. } | Dest::RespScan { .. } = dest {
+                self.resp.overflow.push_back((owner, dest, letter));
+                return;
+            }
             let msg = b"forwarding queue full".to_vec();
             self.answer(ctx, dest, Status::Overloaded, msg);
             return;
         }
         let tag = self.next_tag;
         self.next_tag += 1;
-        let mail = make(self.id, tag);
+        let mail = letter.seal(self.id, tag);
         match self.post.send(owner, mail) {
             Ok(()) => {
                 self.stats.forwarded += 1;
@@ -463,6 +459,10 @@ impl<B: Backend> ServerState<B> {
         let Some(dest) = self.forwards.remove(&tag) else {
             return;
         };
+        // A forward slot is free: RESP operations waiting for one go first.
+        if let Some((owner, d, letter)) = self.resp.overflow.pop_front() {
+            self.forward_mail(ctx, d, owner, letter);
+        }
         match dest {
             // Relayed unchanged.
             Dest::Single(h) => {
