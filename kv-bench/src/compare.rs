@@ -1,9 +1,11 @@
 //! `kv-bench compare`: what does the network cost? One workload against the engine
 //! in-process (its non-blocking `Worker` API polled by the driver thread: no network, no
-//! thread hop) and through kv-service over each rpc transport this build has (`rpc/udp`,
-//! `rpc/tcp`; with the `rdma` feature `rpc/ud` and `rpc/rc` on the simulated verbs device,
-//! labelled as a simulation), with the same number of requests in flight; a table with
-//! throughput, p50/p99 and the networking overhead (remote − in-process).
+//! thread hop) and through kv-service each way this build has — the rpc crate over kernel
+//! UDP and TCP (`rpc/udp`, `rpc/tcp`; with the `rdma` feature `rpc/ud` and `rpc/rc` on the
+//! simulated verbs device, labelled as a simulation) and the RESP front-end over TCP
+//! (`resp/tcp`, pipelined RESP connections, as a Redis client talks) — with the same number
+//! of requests in flight; a table with throughput, p50/p99 and the networking overhead
+//! (remote − in-process). RESP has no ordered range scan: with YCSB-E its row skips the scans.
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use hdrhistogram::Histogram;
 use kv_engine::{open_workers, EngineConfig};
 use serde::Serialize;
 
-use crate::remote::{Remote, RpcTransport};
+use crate::remote::{Remote, RemoteKind};
 use crate::report::{say, write_json};
 use crate::rpc_bench::SIMULATED;
 use crate::ycsb::driver::{Backend, Conns, EngineBackend, Pool};
@@ -58,10 +60,11 @@ pub struct CompareArgs {
     /// Draw throughput per transport and the latency CDFs to this SVG file.
     #[arg(long)]
     plot: Option<PathBuf>,
-    /// The rpc transports to compare (comma-separated); default: every one of this build
-    /// (udp, tcp; ud, rc on the simulated verbs device with the `rdma` feature).
+    /// The ways into kv-service to compare (comma-separated): `udp`, `tcp` (the rpc crate over
+    /// them), `resp` (the RESP front-end over TCP), and with the `rdma` feature `ud`, `rc` on
+    /// the simulated verbs device; default: every one of this build.
     #[arg(long, value_enum, value_delimiter = ',')]
-    transports: Vec<RpcTransport>,
+    transports: Vec<RemoteKind>,
 }
 
 #[derive(Serialize)]
@@ -127,7 +130,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     .context("opening the in-process engine")?;
     let engine = EngineBackend::new(opened.workers, opened.router);
     let wanted = if args.transports.is_empty() {
-        RpcTransport::all()
+        RemoteKind::all()
     } else {
         args.transports.clone()
     };

@@ -1,6 +1,7 @@
-//! kv-service embedded in this process over each rpc transport, for `kv-bench compare`: a
-//! server of its own per transport (its own data directory) and the client connections the
-//! driver threads make to it — `rpc/udp` and `rpc/tcp` on loopback, and with the `rdma`
+//! kv-service embedded in this process, for `kv-bench compare`: a server of its own per way
+//! in (its own data directory) and the client connections the driver threads make to it —
+//! the rpc crate over `rpc/udp` and `rpc/tcp` on loopback, the RESP front-end over TCP
+//! (`resp/tcp`, pipelined RESP connections as a Redis client makes them), and with the `rdma`
 //! feature `rpc/ud` and `rpc/rc` on the simulated verbs device (labelled as a simulation:
 //! never an RDMA measurement).
 
@@ -11,15 +12,17 @@ use kv_client::{Client, ClientConfig};
 use kv_service::{DataTransport, IdleMode, Server, ServerConfig};
 
 use crate::ycsb::driver::{Backend, Conns, Factory, KvBackend};
-use crate::ycsb::temp_data_dir;
+use crate::ycsb::{redis_conns, temp_data_dir};
 
-/// A transport `kv-bench compare` can run kv-service over.
+/// A way into kv-service that `kv-bench compare` can measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum RpcTransport {
+pub enum RemoteKind {
     /// The rpc crate over kernel UDP.
     Udp,
     /// The rpc crate over kernel TCP.
     Tcp,
+    /// The RESP (Redis protocol) front-end over kernel TCP.
+    Resp,
     /// The rpc crate over InfiniBand UD on the simulated verbs device.
     #[cfg(feature = "rdma")]
     Ud,
@@ -28,12 +31,13 @@ pub enum RpcTransport {
     Rc,
 }
 
-impl RpcTransport {
-    /// Every transport of this build.
-    pub fn all() -> Vec<RpcTransport> {
+impl RemoteKind {
+    /// Every way of this build.
+    pub fn all() -> Vec<RemoteKind> {
         vec![
             Self::Udp,
             Self::Tcp,
+            Self::Resp,
             #[cfg(feature = "rdma")]
             Self::Ud,
             #[cfg(feature = "rdma")]
@@ -42,9 +46,9 @@ impl RpcTransport {
     }
 }
 
-/// A kv-service over one transport, and how to connect to it.
+/// A kv-service reached one way, and how to connect to it.
 pub struct Remote {
-    /// The row's name: `rpc/udp`, `rpc/tcp`, `rpc/ud (simulated)`, ...
+    /// The row's name: `rpc/udp`, `rpc/tcp`, `resp/tcp`, `rpc/ud (simulated)`, ...
     pub name: String,
     /// What it is.
     pub version: String,
@@ -52,39 +56,53 @@ pub struct Remote {
     pub simulated: bool,
     server: Server,
     _dir: tempfile::TempDir,
-    factory: Factory,
+    factory: Connect,
+}
+
+/// How the driver threads connect to a [`Remote`].
+enum Connect {
+    /// kv-client over the server's rpc transport.
+    Rpc(Factory),
+    /// Pipelined RESP connections to this address.
+    Resp(String),
 }
 
 impl Remote {
-    /// Starts kv-service with `workers` threads and a `cache_mb` page cache over `t`;
+    /// Starts kv-service with `workers` threads and a `cache_mb` page cache for `t`; rpc
     /// connections pipeline up to `batch` requests per BATCH message.
-    pub fn start(t: RpcTransport, workers: usize, cache_mb: usize, batch: usize) -> Result<Self> {
+    pub fn start(t: RemoteKind, workers: usize, cache_mb: usize, batch: usize) -> Result<Self> {
         let cfg = ClientConfig {
             batch,
             ..ClientConfig::default()
         };
         let (name, version, simulated, transport) = match t {
-            RpcTransport::Udp => (
+            RemoteKind::Udp => (
                 "rpc/udp",
                 "kv-service over rpc + kernel UDP, loopback",
                 false,
                 DataTransport::Udp,
             ),
-            RpcTransport::Tcp => (
+            RemoteKind::Tcp => (
                 "rpc/tcp",
                 "kv-service over rpc + kernel TCP, loopback",
                 false,
                 DataTransport::Tcp,
             ),
+            RemoteKind::Resp => (
+                "resp/tcp",
+                "kv-service's RESP front-end, pipelined RESP over TCP, loopback",
+                false,
+                DataTransport::Udp,
+            ),
             #[cfg(feature = "rdma")]
-            RpcTransport::Ud => (
+            RemoteKind::Ud => (
                 "rpc/ud (simulated)",
                 "kv-service over rpc + InfiniBand UD on SimVerbs: simulated verbs device — not an RDMA measurement",
                 true,
                 DataTransport::SimUd(transports::rdma::sim::SimVerbs::new_realtime(7)),
             ),
             #[cfg(feature = "rdma")]
-            RpcTransport::Rc => (
+            RemoteKind::Rc => (
                 "rpc/rc (simulated)",
                 "kv-service over rpc + InfiniBand RC on SimVerbs: simulated verbs device — not an RDMA measurement",
                 true,
@@ -99,11 +117,17 @@ impl Remote {
             threads: workers,
             cache_bytes: cache_mb << 20,
             idle: IdleMode::default(),
+            resp: (t == RemoteKind::Resp).then(|| kv_service::resp::RespConfig {
+                listen: ([127, 0, 0, 1], 0).into(),
+                ..kv_service::resp::RespConfig::default()
+            }),
             ..ServerConfig::default()
         })
-        .with_context(|| format!("starting the embedded kv-service over {name}"))?;
-        let addr = server.listen_addr().to_string();
-        let factory = connector(&addr, cfg, transport);
+        .with_context(|| format!("starting the embedded kv-service for {name}"))?;
+        let factory = match server.resp_addr() {
+            Some(resp) => Connect::Resp(resp.to_string()),
+            None => Connect::Rpc(connector(&server.listen_addr().to_string(), cfg, transport)),
+        };
         Ok(Self {
             name: name.into(),
             version: version.into(),
@@ -116,10 +140,13 @@ impl Remote {
 
     /// `threads` × `sessions` client connections, made on the driver threads.
     pub fn conns(&self, threads: usize, sessions: usize) -> Conns {
-        Conns::Connect {
-            factory: self.factory.clone(),
-            threads,
-            sessions,
+        match &self.factory {
+            Connect::Rpc(factory) => Conns::Connect {
+                factory: factory.clone(),
+                threads,
+                sessions,
+            },
+            Connect::Resp(addr) => redis_conns(addr, threads, sessions),
         }
     }
 

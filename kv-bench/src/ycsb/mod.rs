@@ -66,9 +66,10 @@ pub struct YcsbArgs {
     #[arg(long)]
     pub no_gro: bool,
     /// The system under test: `kv` (kv-service through its own client library over the
-    /// rpc protocol: an embedded server, or `--server`) or `resp=HOST:PORT` (any RESP
+    /// rpc protocol: an embedded server, or `--server`), `resp=HOST:PORT` (any RESP
     /// server — kv-service's `--resp` port, Redis — through pipelined RESP connections,
-    /// GET/SET only: RESP has no ordered range scan, so YCSB-E's scans are skipped).
+    /// GET/SET only: RESP has no ordered range scan, so YCSB-E's scans are skipped), or
+    /// `resp` (an embedded kv-service, through its RESP front-end).
     #[arg(long, default_value = "kv")]
     pub target: String,
     /// A running kv-service (its listen address). Default: an embedded server.
@@ -178,17 +179,18 @@ impl SystemReport {
 enum Target {
     /// kv-service over its rpc protocol.
     Kv,
-    /// A RESP server at this address.
-    Resp(String),
+    /// A RESP server at this address (`None`: the embedded kv-service's RESP port).
+    Resp(Option<String>),
 }
 
 impl Target {
     fn parse(s: &str) -> Result<Self> {
         match s {
             "kv" => Ok(Target::Kv),
+            "resp" => Ok(Target::Resp(None)),
             _ => match s.strip_prefix("resp=") {
-                Some(addr) if !addr.is_empty() => Ok(Target::Resp(addr.to_string())),
-                _ => bail!("--target takes kv or resp=HOST:PORT, not {s:?}"),
+                Some(addr) if !addr.is_empty() => Ok(Target::Resp(Some(addr.to_string()))),
+                _ => bail!("--target takes kv, resp or resp=HOST:PORT, not {s:?}"),
             },
         }
     }
@@ -267,15 +269,21 @@ pub fn temp_data_dir(prefix: &str) -> Result<tempfile::TempDir> {
         .context("creating a temporary data directory")
 }
 
-/// Starts an in-process kv-service on a free loopback port.
+/// Starts an in-process kv-service on a free loopback port (and with `resp`, its RESP
+/// front-end on another).
 pub fn start_embedded(
     dir: &Path,
     threads: usize,
     cache_mb: usize,
     busy_poll: bool,
     udp_gro: bool,
+    resp: bool,
 ) -> Result<Server> {
     Server::start(ServerConfig {
+        resp: resp.then(|| kv_service::resp::RespConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            ..kv_service::resp::RespConfig::default()
+        }),
         listen: "127.0.0.1:0".into(),
         data_dir: dir.to_path_buf(),
         threads,
@@ -595,18 +603,21 @@ pub fn run(args: YcsbArgs) -> Result<()> {
         .unwrap_or(if redis_addr.is_some() { 2 } else { 1 })
         .max(1);
 
-    let under_test = Target::parse(&args.target)?;
-    if matches!(under_test, Target::Resp(_)) && (args.server.is_some() || args.embedded) {
+    let mut under_test = Target::parse(&args.target)?;
+    if matches!(under_test, Target::Resp(Some(_))) && (args.server.is_some() || args.embedded) {
         bail!("--target resp=ADDR measures the RESP server at ADDR: --server and --embedded do not apply");
     }
+    if matches!(under_test, Target::Resp(None)) && args.server.is_some() {
+        bail!("--target resp starts an embedded server; for a running one give --target resp=HOST:PORT");
+    }
 
-    // The kv-service under test (--target kv).
+    // The kv-service under test (--target kv, or resp embedded).
     let mut temp = None;
     let mut server = None;
     let (addr, target) = match (&under_test, &args.server) {
-        (Target::Resp(a), _) => (a.clone(), format!("resp={a}")),
+        (Target::Resp(Some(a)), _) => (a.clone(), format!("resp={a}")),
         (Target::Kv, Some(a)) => (a.clone(), a.clone()),
-        (Target::Kv, None) => {
+        (Target::Kv | Target::Resp(None), None) => {
             let dir = match &args.data_dir {
                 Some(d) => d.clone(),
                 None => {
@@ -622,11 +633,19 @@ pub fn run(args: YcsbArgs) -> Result<()> {
                 args.cache_mb,
                 args.server_busy_poll,
                 !args.no_gro,
+                matches!(under_test, Target::Resp(None)),
             )?;
-            let a = s.listen_addr().to_string();
+            let a = match s.resp_addr() {
+                Some(r) if matches!(under_test, Target::Resp(None)) => {
+                    under_test = Target::Resp(Some(r.to_string()));
+                    r.to_string()
+                }
+                _ => s.listen_addr().to_string(),
+            };
             server = Some(s);
             (a, "embedded".to_string())
         }
+        (_, Some(_)) => bail!("--target resp with --server"),
     };
     let mut redis_server = None;
     let redis = match redis_addr {
@@ -664,11 +683,14 @@ pub fn run(args: YcsbArgs) -> Result<()> {
                 !args.no_gro,
             ),
         ),
-        Target::Resp(a) => (
-            "resp",
-            resp_server_version(a)?,
-            redis_conns(a, args.threads, args.sessions),
-        ),
+        Target::Resp(a) => {
+            let a = a.as_deref().unwrap_or(&addr);
+            (
+                "resp",
+                resp_server_version(a)?,
+                redis_conns(a, args.threads, args.sessions),
+            )
+        }
     };
     systems.push(System {
         name: name.into(),
