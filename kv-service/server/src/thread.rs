@@ -256,8 +256,17 @@ impl<T: Transport, B: Backend> ServerThread<T, B> {
                 let look = front.connections() > 0
                     || front.busy()
                     || self.steps.is_multiple_of(IDLE_RESP_POLL);
-                if look {
-                    work |= front.poll(&mut RespDriver { st, ctx }, now);
+                if look && front.poll(&mut RespDriver { st, ctx }, now) {
+                    work = true;
+                    // What the commands just read submitted often completes at once (cache
+                    // hits): run the worker again and write those replies in this step,
+                    // rather than one step later.
+                    if st.worker.pending() > 0 && st.poll_worker(ctx) && !st.resp.done.is_empty() {
+                        for (tag, answer) in st.resp.done.drain(..) {
+                            front.complete(tag, answer.outcome(), now);
+                        }
+                        front.poll(&mut RespDriver { st, ctx }, now);
+                    }
                 }
             }
         }
