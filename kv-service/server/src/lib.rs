@@ -8,6 +8,9 @@
 //! - [`ServerThread`]: one server thread as a state machine (`step(now)`: serving, draining,
 //!   stopped), generic over the transport and the engine's storage backend, so a whole server
 //!   runs under deterministic simulation ([`build_threads`]; see `tests/sim_service.rs`).
+//! - [`resp`]: the RESP (Redis protocol) front-end each thread runs when
+//!   [`ServerConfig::resp`] is set (`kv-service --resp ADDR`): its share of the TCP
+//!   connections, served from the same step loop, on top of the sans-IO `kv-resp` crate.
 //!
 //! # Example: a server and a client in one process
 //!
