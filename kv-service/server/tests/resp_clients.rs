@@ -132,7 +132,17 @@ impl ServerProc {
         assert_eq!(r, 0);
         let status = wait_timeout(&mut self.child, Duration::from_secs(30));
         assert!(status.success(), "kv-service exited with {status}");
-        self.lines.try_iter().collect()
+        // The reader thread may not have passed on the last lines yet: take them until it
+        // ends at the pipe's end of file (bounded, should a grandchild hold the pipe open).
+        let mut lines = Vec::new();
+        let end = Instant::now() + Duration::from_secs(10);
+        while let Ok(l) = self
+            .lines
+            .recv_timeout(end.saturating_duration_since(Instant::now()))
+        {
+            lines.push(l);
+        }
+        lines
     }
 }
 
