@@ -16,6 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_kv-service");
+const KV_CLI: &str = env!("CARGO_BIN_EXE_kv-cli");
 
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
@@ -69,6 +70,8 @@ fn python_redis() -> bool {
 struct ServerProc {
     child: Child,
     resp: SocketAddr,
+    /// The rpc listen (session-management) address, for kv-cli.
+    listen: SocketAddr,
     lines: mpsc::Receiver<String>,
 }
 
@@ -114,9 +117,16 @@ impl ServerProc {
             .and_then(|l| l.split_whitespace().next())
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("no RESP address in {startup:?}"));
+        let listen = startup
+            .iter()
+            .find_map(|l| l.strip_prefix("kv-service listening on "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no listen address in {startup:?}"));
         ServerProc {
             child,
             resp,
+            listen,
             lines: rx,
         }
     }
@@ -672,4 +682,46 @@ fn idle_connections_are_closed_and_writes_survive_a_restart() {
     let s = ServerProc::start(dir.path(), &[]);
     assert_eq!(cli_or_raw(&s, &["GET", "durable"]), "yes");
     s.terminate();
+}
+
+/// The RESP front-end beside the rpc datapath over TCP: the server threads sleep in the
+/// front-end's poll, which must wake for the TCP transport's connections too. Each request
+/// is sent after an idle spell longer than the spin (20 ms), so the thread is asleep.
+#[test]
+fn resp_and_kv_cli_over_the_tcp_transport_share_the_data() {
+    let dir = tempdir();
+    let s = ServerProc::start(dir.path(), &["--transport", "tcp"]);
+    let kv = |args: &[&str]| {
+        std::thread::sleep(Duration::from_millis(100));
+        let out = run(
+            Command::new(KV_CLI)
+                .args(["--server", &s.listen.to_string(), "--transport", "tcp"])
+                .args(args),
+            b"",
+            Duration::from_secs(30),
+        );
+        assert!(
+            out.status.success(),
+            "kv-cli {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let resp = |args: &[&str]| {
+        std::thread::sleep(Duration::from_millis(100));
+        cli_or_raw(&s, args)
+    };
+    for i in 0..4 {
+        let (a, b) = (format!("rpc{i}"), format!("resp{i}"));
+        assert_eq!(kv(&["put", &a, "from-kv-cli"]), "OK\n");
+        assert_eq!(resp(&["GET", &a]), "from-kv-cli");
+        assert_eq!(resp(&["SET", &b, "from-resp"]), "OK");
+        assert_eq!(kv(&["get", &b]), "from-resp\n");
+    }
+    assert_eq!(resp(&["DBSIZE"]), "Integer(8)");
+    let lines = s.terminate();
+    assert!(
+        lines.iter().any(|l| l.contains("stopped cleanly")),
+        "{lines:?}"
+    );
 }
