@@ -700,26 +700,36 @@ impl Session {
                 }
             }
         }
-        let pairs = args.len() / 2;
+        // A key named twice ends with its last value (MSET is atomic: nobody sees the one
+        // before), so only that pair is written: one engine write per key, never a chain
+        // of writes of one key, which the engine runs one after another.
+        let mut seen = std::collections::HashSet::new();
+        let mut pairs: Vec<(&[u8], &[u8])> = args
+            .chunks(2)
+            .rev()
+            .filter_map(|p| match *p {
+                [k, v] => seen.insert(k).then_some((k, v)),
+                _ => None,
+            })
+            .collect();
+        pairs.reverse();
         let touched = Touched::Many(
-            args.chunks(2)
-                .filter_map(|p| p.first())
-                .map(|k| (key_hash(k), Access::Write))
+            pairs
+                .iter()
+                .map(|(k, _)| (key_hash(k), Access::Write))
                 .collect(),
         );
         if self.order.blocks(&touched) {
             self.stalled = true;
             return;
         }
-        let seq = self.begin(Pending::Ok, pairs as u32, touched, |_| {});
-        for (part, pair) in args.chunks(2).enumerate() {
-            if let [key, value] = *pair {
-                let id = OpId {
-                    seq,
-                    part: part as u32,
-                };
-                store.submit(id, KvOp::Put { key, value });
-            }
+        let seq = self.begin(Pending::Ok, pairs.len() as u32, touched, |_| {});
+        for (part, &(key, value)) in pairs.iter().enumerate() {
+            let id = OpId {
+                seq,
+                part: part as u32,
+            };
+            store.submit(id, KvOp::Put { key, value });
         }
     }
 

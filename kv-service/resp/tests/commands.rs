@@ -103,6 +103,17 @@ fn multi_key_commands() {
 }
 
 #[test]
+fn mset_writes_each_key_once_with_its_last_value() {
+    let (mut c, mut s) = (conn(), MemStore::new());
+    assert_eq!(one(&mut c, &mut s, "MSET k a j x k b k c"), simple("OK"));
+    assert_eq!(s.log.len(), 2, "one put per key: {:?}", s.log);
+    assert_eq!(
+        one(&mut c, &mut s, "MGET k j"),
+        Value::Array(vec![bulk("c"), bulk("x")])
+    );
+}
+
+#[test]
 fn multi_key_parts_reassemble_in_key_order_whatever_the_completion_order() {
     let (mut c, mut s) = (conn(), MemStore::new());
     run(&mut c, &mut s, &cmd("MSET k0 v0 k1 v1 k2 v2 k3 v3 k4 v4"));
