@@ -379,7 +379,12 @@ impl ClientSession {
             tag: slot.tag,
             req_type: slot.req_type,
             req,
-            result: result.and_then(|()| resp.ok_or(RpcError::HandlerFailed)),
+            // A match, not `ok_or`: that builds (and drops) the error on every success.
+            result: match (result, resp) {
+                (Ok(()), Some(r)) => Ok(r),
+                (Ok(()), None) => Err(RpcError::HandlerFailed),
+                (Err(e), _) => Err(e),
+            },
         };
         if completion.result.is_ok() {
             self.stats.completed += 1;
@@ -396,7 +401,12 @@ impl ClientSession {
         }
         out.complete(completion, slot.internal);
         self.start_from_backlog(idx, now, prm, out);
-        self.pump_all(now, prm, out);
+        // The credits that came back can only help a slot that could not send for lack of
+        // them, and such a slot marked the session stalled: every other slot has sent all it
+        // may (a slot's next packet becomes sendable only in a transition that pumps it).
+        if self.credits.is_stalled() {
+            self.pump_all(now, prm, out);
+        }
     }
 
     /// Starts the next backlogged request that fits the agreed message size in the free slot

@@ -146,40 +146,53 @@ pub(crate) fn drain_transmits(
     txq: &mut Vec<TxItem>,
     mut send: impl FnMut(&[TxPkt<'_>]),
 ) -> u64 {
-    let mut skipped = 0;
-    {
-        let mut items = txq.iter();
-        loop {
-            let mut pkts = [TxPkt {
-                route: 0,
-                hdr: &[],
-                data: &[],
-            }; TX_BATCH];
-            let mut n = 0;
-            for item in items.by_ref() {
-                match view(sessions, item) {
-                    Some((hdr, data)) => {
-                        if let Some(p) = pkts.get_mut(n) {
-                            *p = TxPkt {
-                                route: item.route,
-                                hdr,
-                                data,
-                            };
-                            n += 1;
-                        }
-                        if n == TX_BATCH {
-                            break;
-                        }
-                    }
-                    None => skipped += 1,
-                }
-            }
-            if n == 0 {
-                break;
-            }
-            send(pkts.get(..n).unwrap_or(&[]));
-        }
-    }
+    // A lone packet (the latency path) does not pay for filling a batch array of
+    // `TX_BATCH` descriptors; the batches handed out are the same either way.
+    let skipped = if txq.len() == 1 {
+        drain_in::<1>(sessions, txq, &mut send)
+    } else {
+        drain_in::<TX_BATCH>(sessions, txq, &mut send)
+    };
     txq.clear();
     skipped
+}
+
+/// [`drain_transmits`] with batches of at most `N` descriptors.
+fn drain_in<const N: usize>(
+    sessions: &SessionTable,
+    txq: &[TxItem],
+    send: &mut impl FnMut(&[TxPkt<'_>]),
+) -> u64 {
+    let mut skipped = 0;
+    let mut items = txq.iter();
+    loop {
+        let mut pkts = [TxPkt {
+            route: 0,
+            hdr: &[],
+            data: &[],
+        }; N];
+        let mut n = 0;
+        for item in items.by_ref() {
+            match view(sessions, item) {
+                Some((hdr, data)) => {
+                    if let Some(p) = pkts.get_mut(n) {
+                        *p = TxPkt {
+                            route: item.route,
+                            hdr,
+                            data,
+                        };
+                        n += 1;
+                    }
+                    if n == N {
+                        break;
+                    }
+                }
+                None => skipped += 1,
+            }
+        }
+        if n == 0 {
+            return skipped;
+        }
+        send(pkts.get(..n).unwrap_or(&[]));
+    }
 }

@@ -121,6 +121,7 @@ pub(crate) struct TimerQueue {
 
 impl TimerQueue {
     /// Queues `session` for its table's earliest timer if it is not queued that early already.
+    #[inline]
     pub(crate) fn schedule(&mut self, session: SessionId, table: &mut TimerTable) {
         let next = table.next;
         if next < table.queued {

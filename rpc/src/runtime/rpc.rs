@@ -423,14 +423,21 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
             self.ctx.ep.handle_route_failure(now, route);
         }
 
-        // Session management.
-        while let Ok(m) = self.sm_rx.try_recv() {
+        // Session management. (`is_empty` is a cheaper look than a failing `try_recv`, and
+        // both queues are empty in almost every iteration.)
+        while !self.sm_rx.is_empty() {
+            let Ok(m) = self.sm_rx.try_recv() else {
+                break;
+            };
             work = true;
             self.ctx.ep.handle_sm(now, m.from, m.msg);
         }
 
         // Background handler results.
-        while let Ok(done) = self.bg_done_rx.try_recv() {
+        while !self.bg_done_rx.is_empty() {
+            let Ok(done) = self.bg_done_rx.try_recv() else {
+                break;
+            };
             work = true;
             let status = if done.resp.is_some() {
                 RespStatus::Ok
@@ -485,7 +492,15 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
     /// Takes the core's events: route requests and liveness changes are carried out at once,
     /// requests to dispatch and completions are kept for `dispatch` and
     /// `deliver_completions` (or `poll_completion`, `call`).
+    #[inline]
     fn absorb_events(&mut self) {
+        // Called after every handler and completion, and usually with nothing queued.
+        if self.ctx.ep.has_events() {
+            self.absorb_queued_events();
+        }
+    }
+
+    fn absorb_queued_events(&mut self) {
         let now = self.ctx.now;
         while let Some(ev) = self.ctx.ep.poll_event() {
             match ev {
