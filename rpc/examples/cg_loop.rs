@@ -33,27 +33,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sessions = args.next().unwrap_or(Ok(4))? as usize;
     let window = args.next().unwrap_or(Ok(8))? as usize;
     let requests = args.next().unwrap_or(Ok(100_000))?;
+    // Receive without UDP GRO (a plain `recvfrom` per datagram instead of `recvmsg` with a
+    // control message), to see what GRO costs per receive.
+    let gro = std::env::var_os("CG_NO_GRO").is_none();
+    let udp = || UdpConfig {
+        gro,
+        ..UdpConfig::default()
+    };
 
     let server_nexus: Nexus = Nexus::new("127.0.0.1:0", 0)?;
     server_nexus.register(BENCH_REQ, |_, ctx, req| {
         let resp = ctx.alloc_msg(req.data.len());
         let _ = ctx.respond(req.handle, resp);
     })?;
-    let mut server = Rpc::new(
-        &server_nexus,
-        0,
-        UdpTransport::new(UdpConfig::default())?,
-        (),
-        config(),
-    )?;
+    let mut server = Rpc::new(&server_nexus, 0, UdpTransport::new(udp())?, (), config())?;
     let client_nexus: Nexus = Nexus::new("127.0.0.1:0", 0)?;
-    let mut client = Rpc::new(
-        &client_nexus,
-        0,
-        UdpTransport::new(UdpConfig::default())?,
-        (),
-        config(),
-    )?;
+    let mut client = Rpc::new(&client_nexus, 0, UdpTransport::new(udp())?, (), config())?;
     let mut ids = Vec::new();
     for _ in 0..sessions {
         ids.push(client.create_session(server_nexus.uri(), 0)?);

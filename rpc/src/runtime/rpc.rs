@@ -395,8 +395,6 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
     /// results and timers, run handlers and continuations, transmit. Returns whether
     /// anything happened.
     pub fn run_once(&mut self) -> bool {
-        let now = self.clock.now();
-        self.ctx.now = now;
         let mut work = false;
 
         // Requests enqueued since the last iteration go out before we look for input:
@@ -406,8 +404,11 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
             self.flush_tx();
         }
 
-        // Receive.
+        // Receive. The iteration's time is read after the receive call: sending above needs
+        // none, and what arrived is then stamped with the time it was taken in.
         let n = self.transport.rx_burst().min(self.ctx.config().rx_batch);
+        let now = self.clock.now();
+        self.ctx.now = now;
         if n > 0 {
             work = true;
             for i in 0..n {

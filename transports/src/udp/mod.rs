@@ -616,6 +616,49 @@ impl UdpTransport {
         }
     }
 
+    /// `tx_burst` of a single packet (a round trip's request or response): the same checks,
+    /// errors and counters as a burst, without planning one. Returns the packets sent.
+    fn tx_one(&mut self, p: &TxPkt<'_>) -> usize {
+        let size = p.hdr.len() + p.data.len();
+        let dst = match self.routes.get(p.route as usize) {
+            Some(Route::Resolved(a)) if size <= self.cfg.max_pkt_size => a,
+            _ => {
+                self.stats.tx_dropped += 1;
+                return 0;
+            }
+        };
+        // While connected, every resolved route leads to the connected peer (see `tx_burst`).
+        let dst = if self.connected.is_some() {
+            None
+        } else {
+            Some(dst)
+        };
+        let fd = self.socket.as_raw_fd();
+        let mut refused_retried = false;
+        loop {
+            match sys::send_one(fd, p.hdr, p.data, dst) {
+                Ok(()) => {
+                    self.stats.tx_batches += 1;
+                    self.stats.tx_pkts += 1;
+                    return 1;
+                }
+                Err(e) => {
+                    let errno = e.raw_os_error();
+                    if errno == Some(libc::ECONNREFUSED) && !refused_retried {
+                        // A stale ICMP error from an earlier datagram; it is now cleared.
+                        refused_retried = true;
+                        continue;
+                    }
+                    if e.kind() != io::ErrorKind::WouldBlock && errno != Some(libc::ENOBUFS) {
+                        self.log_tx_error(&e);
+                    }
+                    self.stats.tx_dropped += 1;
+                    return 0;
+                }
+            }
+        }
+    }
+
     /// Replaces plan entries `from..` by one datagram per packet (after GSO was rejected).
     fn unbundle_plan(&mut self, from: usize) {
         self.plan_spare.clear();
@@ -742,6 +785,9 @@ impl Transport for UdpTransport {
     }
 
     fn tx_burst(&mut self, pkts: &[TxPkt<'_>]) -> Result<usize, TransportError> {
+        if let [one] = pkts {
+            return Ok(self.tx_one(one));
+        }
         self.plan_burst(pkts);
         let fd = self.socket.as_raw_fd();
         let mut sent = 0;

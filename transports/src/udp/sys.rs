@@ -209,6 +209,52 @@ pub(super) fn send_batch<'a>(
     }
 }
 
+/// Sends one datagram made of `hdr` followed by `data` (either may be empty) to `dst`, or to
+/// the connected peer when `dst` is `None`: `sendto` for one buffer, `sendmsg` for two. The
+/// latency path, without the arrays `send_batch` builds for a burst.
+pub(super) fn send_one(
+    fd: RawFd,
+    hdr: &[u8],
+    data: &[u8],
+    dst: Option<&SockAddr>,
+) -> io::Result<()> {
+    let (name, namelen) = match dst {
+        Some(a) => (a.as_ptr(), a.len()),
+        None => (ptr::null(), 0),
+    };
+    let rc = if hdr.is_empty() || data.is_empty() {
+        let buf = if hdr.is_empty() { data } else { hdr };
+        // SAFETY: `buf` is a live borrowed slice of `buf.len()` bytes; `name`/`namelen` are
+        // null/0 or come from the borrowed peer address. The kernel only reads them.
+        unsafe { libc::sendto(fd, buf.as_ptr().cast(), buf.len(), 0, name, namelen) }
+    } else {
+        let mut iov = [
+            libc::iovec {
+                iov_base: hdr.as_ptr() as *mut c_void,
+                iov_len: hdr.len(),
+            },
+            libc::iovec {
+                iov_base: data.as_ptr() as *mut c_void,
+                iov_len: data.len(),
+            },
+        ];
+        // SAFETY: `msghdr` is a plain C struct for which all-zero bytes are a valid value.
+        let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+        h.msg_name = name as *mut c_void;
+        h.msg_namelen = namelen;
+        h.msg_iov = iov.as_mut_ptr();
+        h.msg_iovlen = 2;
+        // SAFETY: `h` points at two iovecs describing live borrowed slices and at the borrowed
+        // peer address (or none), all alive for the call; the kernel only reads them.
+        unsafe { libc::sendmsg(fd, &h, 0) }
+    };
+    if rc < 0 {
+        Err(last_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// What `recvmmsg` reported for one message.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct RecvMeta {
