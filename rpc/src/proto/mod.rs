@@ -604,7 +604,7 @@ impl Endpoint {
         !self.out.sm.is_empty()
     }
 
-    /// Hands every queued datapath packet to `send`, in batches of at most 32 descriptors in
+    /// Hands every queued datapath packet to `send`, in batches of at most 64 descriptors in
     /// the order they were queued; each descriptor is a route, a header slice and a payload
     /// slice borrowed from the endpoint's buffers. Packets whose buffer is gone (their
     /// request completed since they were queued) are skipped and counted in `tx_skipped`.

@@ -20,8 +20,9 @@ use super::event::{Completion, Event, SmTransmit};
 use super::server::ServerSlotState;
 use super::session::{Session, SessionId, SessionTable};
 
-/// Descriptors handed to the transport per `tx_burst` call, at most.
-pub(crate) const TX_BATCH: usize = 32;
+/// Descriptors handed to the transport per `tx_burst` call, at most: as many datagrams as
+/// the UDP transport sends with one `sendmmsg`, and as many segments as one GSO datagram holds.
+pub(crate) const TX_BATCH: usize = 64;
 
 /// Where a queued packet's payload lives.
 #[derive(Clone, Copy)]
@@ -146,12 +147,12 @@ pub(crate) fn drain_transmits(
     txq: &mut Vec<TxItem>,
     mut send: impl FnMut(&[TxPkt<'_>]),
 ) -> u64 {
-    // A lone packet (the latency path) does not pay for filling a batch array of
-    // `TX_BATCH` descriptors; the batches handed out are the same either way.
-    let skipped = if txq.len() == 1 {
-        drain_in::<1>(sessions, txq, &mut send)
-    } else {
-        drain_in::<TX_BATCH>(sessions, txq, &mut send)
+    // A short queue (a lone packet on the latency path) does not pay for filling a batch
+    // array of `TX_BATCH` descriptors; the batches handed out are the same either way.
+    let skipped = match txq.len() {
+        1 => drain_in::<1>(sessions, txq, &mut send),
+        2..=32 => drain_in::<32>(sessions, txq, &mut send),
+        _ => drain_in::<TX_BATCH>(sessions, txq, &mut send),
     };
     txq.clear();
     skipped
