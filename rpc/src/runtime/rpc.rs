@@ -72,6 +72,9 @@ pub struct Rpc<T: Transport, S = ()> {
     bg_tx: Option<Sender<BgJob>>,
     bg_done_tx: Sender<BgDone>,
     bg_done_rx: Receiver<BgDone>,
+    /// Background jobs handed out whose results have not come back (only then is
+    /// `bg_done_rx` worth a look).
+    bg_pending: usize,
     clock: Clock,
     nexus: Nexus<S>,
     /// Requests whose handlers are to run (from `Event::Request`).
@@ -115,6 +118,7 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
             bg_tx: nexus.bg_sender(),
             bg_done_tx,
             bg_done_rx,
+            bg_pending: 0,
             clock: Clock::wall(),
             transport,
             state,
@@ -435,10 +439,11 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
         }
 
         // Background handler results.
-        while !self.bg_done_rx.is_empty() {
+        while self.bg_pending > 0 {
             let Ok(done) = self.bg_done_rx.try_recv() else {
                 break;
             };
+            self.bg_pending -= 1;
             work = true;
             let status = if done.resp.is_some() {
                 RespStatus::Ok
@@ -597,11 +602,12 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
                         req,
                         reply: self.bg_done_tx.clone(),
                     };
-                    if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) =
-                        tx.try_send(job)
-                    {
-                        self.ctx.ep.restore_request(h, job.req);
-                        self.fail_request(h, RespStatus::Overloaded);
+                    match tx.try_send(job) {
+                        Ok(()) => self.bg_pending += 1,
+                        Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                            self.ctx.ep.restore_request(h, job.req);
+                            self.fail_request(h, RespStatus::Overloaded);
+                        }
                     }
                 }
                 None => {
