@@ -218,6 +218,7 @@ impl Net<UdpTransport> {
             gro,
             ..UdpConfig::default()
         };
+        let cfg2 = cfg.clone();
         Self {
             make: Arc::new(move || Ok(UdpTransport::new(cfg.clone())?)),
             label: "UDP on loopback".into(),
@@ -231,6 +232,15 @@ impl Net<UdpTransport> {
                 (
                     "raw UDP (connected)".into(),
                     Box::new(|d, n| raw_udp::raw_ping_pong(d, n, true)),
+                ),
+                // The same ping-pong through the UDP transport the rpc runs on (same
+                // configuration, no rpc layer): splits what the transport adds over raw
+                // sockets from what the rpc layer adds over the transport.
+                (
+                    "UDP transport alone".into(),
+                    Box::new(move |d, n| {
+                        raw_udp::transport_ping_pong(d, n + rpc::pkthdr::HDR_SIZE, cfg2.clone())
+                    }),
                 ),
             ],
         }
