@@ -37,16 +37,17 @@ fn cfg(failure_ms: u64) -> RpcConfig {
     }
 }
 
-/// The failure timeout of the tests that detect dead peers. Not smaller: a loaded CI machine
-/// can starve a thread for tens of milliseconds, and a live peer whose pongs sit unprocessed
-/// for a whole timeout would be declared dead.
-const FAILURE_MS: u64 = 250;
+/// The failure timeout of the tests that detect dead peers. Not smaller: a heavily loaded
+/// machine (load average 15 on 2 cores was seen) can leave a process unscheduled for hundreds
+/// of milliseconds, and a live peer whose pongs sit unprocessed for a whole timeout would be
+/// declared dead.
+const FAILURE_MS: u64 = 1000;
 
 /// How soon that failure timeout must have fired, in these tests. Far above the timeout (a
 /// loaded machine may not schedule the client for a while) and far below anything else that
 /// could end a session here (no deadlines, 30 s defaults): it shows the failure timeout did the
 /// work. Detection latency itself is a benchmark figure, not an assert.
-const DETECTED_WITHIN: Duration = Duration::from_secs(3);
+const DETECTED_WITHIN: Duration = Duration::from_secs(10);
 
 /// The tests of this file run one at a time (they time failure detection).
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -265,7 +266,7 @@ fn time_to_failure(rpc: &mut Rpc<UdpTransport>, s: u32) -> Duration {
     let t0 = Instant::now();
     let failed = rpc.run_until(
         |r| r.session_state(s) != Some(SessionState::Connected),
-        Duration::from_secs(5),
+        2 * DETECTED_WITHIN,
     );
     assert!(failed, "failure not detected");
     t0.elapsed()
@@ -366,8 +367,8 @@ fn the_server_frees_the_sessions_of_a_dead_client() {
         }
         // The client Rpc and its Nexus disappear without disconnecting.
     }
-    // 8x the failure timeout: enough for the server's reaper on a loaded machine.
-    std::thread::sleep(Duration::from_millis(8 * FAILURE_MS));
+    // 5x the failure timeout: enough for the server's reaper on a loaded machine.
+    std::thread::sleep(Duration::from_millis(5 * FAILURE_MS));
     let (stats, _) = server.stop_rpc();
     assert_eq!(stats.server_sessions_reaped, 3, "{stats:?}");
 }

@@ -621,8 +621,10 @@ fn connect_error_matrix() {
     let dn = server_nexus(&hub, "dead");
     let _dead = sim_rpc(&dn, &fabric, RING, Server::default(), sim_config(8));
     let tn: Nexus<()> = Nexus::new_local(&hub, "impatient", 0).unwrap();
+    // 2 s of 20 ms retries: at least 3 attempts even if a loaded machine leaves this thread
+    // unscheduled for most of the timeout (the fabric runs in real time here).
     let cfg = RpcConfig {
-        connect_timeout: Duration::from_millis(150),
+        connect_timeout: Duration::from_secs(2),
         sm_retry: Duration::from_millis(20),
         ..sim_config(9)
     };
