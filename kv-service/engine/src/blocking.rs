@@ -9,10 +9,14 @@ use kv_proto::{Op, Reply};
 
 use super::backend::{Backend, Disk, DiskBackend, Storage};
 use super::worker::{Completion, Worker, WorkerStats};
-use super::{merge_scan, open_workers_with, EngineConfig, KeyRouter};
+use super::{choose_scan_keys, merge_scan, open_workers_with, EngineConfig, KeyRouter};
 
 enum Request {
     Op(Op, SyncSender<Result<Reply>>),
+    /// A scan's first phase: the worker's first keys ≥ start (index only).
+    ScanKeys(Vec<u8>, usize, SyncSender<Vec<Vec<u8>>>),
+    /// A scan's second phase: read exactly these keys.
+    ScanOf(Vec<Vec<u8>>, SyncSender<Result<Reply>>),
     Stats(SyncSender<WorkerStats>),
 }
 
@@ -105,15 +109,32 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Up to `max` items with key ≥ `start`, in lexicographic key order across all workers.
+    ///
+    /// In two phases: every worker lists its first keys from its index, the first `max` of
+    /// them all are chosen, and each worker reads only its chosen ones — no value is read
+    /// that the answer does not hold.
     pub fn scan(&self, start: &[u8], max: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut replies = Vec::new();
+        kv_proto::check_key(start)?;
+        let mut key_replies = Vec::new();
         for tx in &self.senders {
             let (rtx, rrx) = mpsc::sync_channel(1);
-            let op = Op::Scan {
-                start: start.to_vec(),
-                max,
-            };
-            tx.send(Request::Op(op, rtx)).map_err(|_| Error::Closed)?;
+            tx.send(Request::ScanKeys(start.to_vec(), max, rtx))
+                .map_err(|_| Error::Closed)?;
+            key_replies.push(rrx);
+        }
+        let mut keys = Vec::with_capacity(key_replies.len());
+        for rx in key_replies {
+            keys.push(rx.recv().map_err(|_| Error::Closed)?);
+        }
+        choose_scan_keys(&mut keys, max);
+        let mut replies = Vec::new();
+        for (tx, keys) in self.senders.iter().zip(keys) {
+            if keys.is_empty() {
+                continue;
+            }
+            let (rtx, rrx) = mpsc::sync_channel(1);
+            tx.send(Request::ScanOf(keys, rtx))
+                .map_err(|_| Error::Closed)?;
             replies.push(rrx);
         }
         let mut parts = Vec::new();
@@ -168,24 +189,34 @@ fn serve<B: Backend>(mut worker: Worker<B>, rx: Receiver<Request>) {
     let mut free: Vec<u64> = Vec::new();
     let mut done: Vec<Completion> = Vec::new();
     let mut closed = false;
+    let tag_for = |reply: SyncSender<Result<Reply>>,
+                   replies: &mut Vec<Option<SyncSender<Result<Reply>>>>,
+                   free: &mut Vec<u64>| match free.pop() {
+        Some(t) => {
+            if let Some(slot) = replies.get_mut(t as usize) {
+                *slot = Some(reply);
+            }
+            t
+        }
+        None => {
+            replies.push(Some(reply));
+            (replies.len() - 1) as u64
+        }
+    };
     let accept = |req: Request,
                   worker: &mut Worker<B>,
                   replies: &mut Vec<Option<SyncSender<Result<Reply>>>>,
                   free: &mut Vec<u64>| match req {
         Request::Op(op, reply) => {
-            let tag = match free.pop() {
-                Some(t) => {
-                    if let Some(slot) = replies.get_mut(t as usize) {
-                        *slot = Some(reply);
-                    }
-                    t
-                }
-                None => {
-                    replies.push(Some(reply));
-                    (replies.len() - 1) as u64
-                }
-            };
+            let tag = tag_for(reply, replies, free);
             worker.submit(op, tag);
+        }
+        Request::ScanKeys(start, max, reply) => {
+            let _ = reply.send(worker.scan_keys(&start, max));
+        }
+        Request::ScanOf(keys, reply) => {
+            let tag = tag_for(reply, replies, free);
+            worker.submit_scan_of(keys, tag);
         }
         Request::Stats(reply) => {
             let _ = reply.send(worker.stats());

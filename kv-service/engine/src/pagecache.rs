@@ -98,6 +98,11 @@ impl PageCache {
         Some(idx)
     }
 
+    /// Finds a block without counting a hit or changing the recency order.
+    pub(crate) fn find(&self, key: BlockKey) -> Option<u32> {
+        self.map.get(&key).copied()
+    }
+
     fn entry(&self, idx: u32) -> Option<&Entry> {
         self.entries.get(idx as usize)?.as_ref()
     }

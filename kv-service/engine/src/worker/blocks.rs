@@ -178,6 +178,13 @@ impl Blocks {
         None
     }
 
+    /// Block `block` of `class` if it is cached and loaded, for an operation already queued
+    /// on it (no new registration; no hit counted twice).
+    pub(super) fn loaded(&mut self, class: u8, block: u64) -> Option<u32> {
+        let e = self.cache.find(block_key(class, block))?;
+        (!self.state(e).loading).then_some(e)
+    }
+
     /// The bytes of the slot `loc` inside cached block `e`.
     pub(super) fn slot(&self, e: u32, loc: Location) -> Option<&[u8]> {
         let g = Geometry::of(loc.class);

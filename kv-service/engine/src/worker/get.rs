@@ -9,10 +9,9 @@ use crate::slab::Geometry;
 
 use super::{Core, OpId, Step};
 
-/// A get, or one key of a scan (`parent`: the scan and the key's position in it).
+/// A get.
 pub(super) struct GetOp {
     pub(super) key: Vec<u8>,
-    pub(super) parent: Option<(OpId, usize)>,
 }
 
 impl GetOp {

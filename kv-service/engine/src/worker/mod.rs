@@ -25,6 +25,8 @@ mod keys;
 mod put;
 mod scan;
 
+pub use scan::choose_scan_keys;
+
 use std::collections::{HashMap, VecDeque};
 
 use ::slab::Slab as OpTable;
@@ -83,6 +85,11 @@ pub struct WorkerStats {
     pub file_bytes: u64,
     /// Free slots (below the append positions) ready for reuse.
     pub free_slots: u64,
+    /// Items returned by scans.
+    pub scan_items: u64,
+    /// Items returned by scans whose block was not cached when the scan looked for it (the
+    /// reads a scan cannot avoid without reorganising the data).
+    pub scan_items_uncached: u64,
 }
 
 /// An operation's handle inside its worker.
@@ -226,6 +233,8 @@ pub struct Worker<B: Backend = DiskBackend> {
     ready: Vec<Completion>,
     pending: usize,
     ops_completed: u64,
+    scan_items: u64,
+    scan_items_uncached: u64,
     recovery: RecoveryStats,
 }
 
@@ -259,6 +268,8 @@ impl<B: Backend> Worker<B> {
             ready: Vec::new(),
             pending: 0,
             ops_completed: 0,
+            scan_items: 0,
+            scan_items_uncached: 0,
             recovery: rec.stats,
         }
     }
@@ -313,6 +324,8 @@ impl<B: Backend> Worker<B> {
             cache_bytes: cache.used_bytes() as u64,
             file_bytes: c.slabs.iter().flatten().map(|s| s.len()).sum(),
             free_slots: c.slabs.iter().flatten().map(|s| s.free.len() as u64).sum(),
+            scan_items: self.scan_items,
+            scan_items_uncached: self.scan_items_uncached,
         }
     }
 
@@ -333,11 +346,14 @@ impl<B: Backend> Worker<B> {
             Op::Get { key } => {
                 let id = self.ops.insert(OpEntry {
                     tag,
-                    op: OpState::Get(GetOp { key, parent: None }),
+                    op: OpState::Get(GetOp { key }),
                 });
                 self.runnable.push_back(id);
             }
-            Op::Scan { start, max } => self.start_scan(tag, &start, max),
+            Op::Scan { start, max } => {
+                let keys = self.scan_keys(&start, max);
+                self.start_scan(keys, tag);
+            }
             Op::Put { key, value } => {
                 let hash = fnv1a64(&key);
                 let op = OpState::Put(PutOp::new(key, value, hash));
@@ -359,28 +375,53 @@ impl<B: Backend> Worker<B> {
         }
     }
 
-    /// A scan reads each of its keys with a get of its own.
-    fn start_scan(&mut self, tag: u64, start: &[u8], max: usize) {
-        let keys = self.core.index.range_keys(start, max);
+    /// Up to `max` of this worker's keys ≥ `start`, in order, from the index alone (no I/O).
+    ///
+    /// A scan across workers asks each worker for its keys, keeps the first `max` of them all
+    /// ([`choose_scan_keys`](crate::choose_scan_keys)), and reads only those with
+    /// [`Worker::submit_scan_of`], instead of reading `max` items in every worker and
+    /// throwing the surplus away.
+    pub fn scan_keys(&self, start: &[u8], max: usize) -> Vec<Vec<u8>> {
+        self.core
+            .index
+            .range_keys(start, max)
+            .into_iter()
+            .map(<[u8]>::into_vec)
+            .collect()
+    }
+
+    /// Enqueues the read of exactly `keys` (this worker's, normally from
+    /// [`Worker::scan_keys`]); it completes with [`Reply::Items`] in the order of `keys`,
+    /// leaving out keys deleted meanwhile. Keys over [`MAX_KEY_LEN`](crate::MAX_KEY_LEN)
+    /// complete with [`Error::KeyTooLarge`]. The missing blocks are read in one batch, each
+    /// once.
+    pub fn submit_scan_of(&mut self, keys: Vec<Vec<u8>>, tag: u64) {
+        self.pending += 1;
+        if let Some(Err(e)) = keys
+            .iter()
+            .map(|k| kv_proto::check_key(k))
+            .find(Result::is_err)
+        {
+            self.ready.push(Completion {
+                tag,
+                result: Err(e.into()),
+            });
+            return;
+        }
+        self.start_scan(keys, tag);
+    }
+
+    /// Starts a scan of `keys` (counted in `pending` by the caller).
+    fn start_scan(&mut self, keys: Vec<Vec<u8>>, tag: u64) {
         if keys.is_empty() {
             self.complete(tag, Ok(Reply::Items(Vec::new())));
             return;
         }
-        let parent = self.ops.insert(OpEntry {
+        let id = self.ops.insert(OpEntry {
             tag,
-            op: OpState::Scan(ScanOp::new(keys.len())),
+            op: OpState::Scan(ScanOp::new(keys)),
         });
-        for (pos, key) in keys.into_iter().enumerate() {
-            let get = GetOp {
-                key: key.into_vec(),
-                parent: Some((parent, pos)),
-            };
-            let id = self.ops.insert(OpEntry {
-                tag: 0,
-                op: OpState::Get(get),
-            });
-            self.runnable.push_back(id);
-        }
+        self.runnable.push_back(id);
     }
 
     /// Makes progress without blocking: reaps I/O completions, runs operations, hands the
@@ -450,7 +491,7 @@ impl<B: Backend> Worker<B> {
                     OpState::Get(g) => g.read_failed(e),
                     OpState::Put(p) => p.read_failed(core, e),
                     OpState::Delete(d) => d.read_failed(e),
-                    OpState::Scan(_) => Step::Wait,
+                    OpState::Scan(s) => s.read_failed(e),
                 }),
             }
         }
@@ -463,7 +504,7 @@ impl<B: Backend> Worker<B> {
             OpState::Get(g) => g.step(id, core),
             OpState::Put(p) => p.step(id, core),
             OpState::Delete(d) => d.step(id, core),
-            OpState::Scan(_) => Step::Wait,
+            OpState::Scan(s) => s.step(id, core),
         });
     }
 
@@ -480,26 +521,18 @@ impl<B: Backend> Worker<B> {
         }
     }
 
-    /// Completes an operation (top level or a scan's get) and frees its handle.
+    /// Completes an operation and frees its handle.
     fn finish(&mut self, id: OpId, result: Result<Reply>) {
         let Some(entry) = self.ops.try_remove(id) else {
             return;
         };
         match entry.op {
-            OpState::Get(GetOp {
-                key,
-                parent: Some((parent, pos)),
-            }) => {
-                let done = match self.ops.get_mut(parent) {
-                    Some(OpEntry {
-                        op: OpState::Scan(s),
-                        ..
-                    }) => s.part_done(pos, key, result),
-                    _ => None,
-                };
-                if let Some(r) = done {
-                    self.finish(parent, r);
+            OpState::Scan(s) => {
+                if let Ok(Reply::Items(items)) = &result {
+                    self.scan_items += items.len() as u64;
+                    self.scan_items_uncached += s.uncached.min(items.len() as u64);
                 }
+                self.complete(entry.tag, result);
             }
             OpState::Put(PutOp { hash, .. }) | OpState::Delete(DeleteOp { hash, .. }) => {
                 if let Some(next) = self.keys.release(hash) {
@@ -507,7 +540,7 @@ impl<B: Backend> Worker<B> {
                 }
                 self.complete(entry.tag, result);
             }
-            OpState::Get(_) | OpState::Scan(_) => self.complete(entry.tag, result),
+            OpState::Get(_) => self.complete(entry.tag, result),
         }
     }
 

@@ -1,59 +1,192 @@
-//! A worker's part of a scan: up to `max` of its keys ≥ `start` from the index, each read by a
-//! get of its own (they share block reads like any gets); the items come back in key order.
+//! A worker's part of a scan: a list of keys known in advance (from this worker's index, or
+//! chosen by the caller across workers, see [`Worker::scan_keys`](super::Worker::scan_keys)),
+//! read by one operation. Items in cached blocks are copied out at once; the blocks that miss
+//! are all queued in the same step, so they go to the backend in one submission, and each
+//! block is read once however many of the scan's items it holds. The items come back in the
+//! order of the keys.
+//!
+//! Invariant: the scan is registered as a waiter on a block at most once at a time (`waits`
+//! counts those registrations), and it finishes only once every registration has been
+//! answered, so that no [`Event`](super::blocks::Event) for its id can arrive after its id
+//! has been reused.
 
 use kv_proto::{Item, Reply};
 
-use crate::error::{Error, Result};
+use crate::backend::Backend;
+use crate::error::Error;
+use crate::pagecache::{block_key, BlockKey};
+use crate::record::{self, Slot};
+use crate::slab::Geometry;
 
-/// A scan waiting for its gets.
+use super::{Core, OpId, Step};
+
+/// One key of a scan.
+enum Part {
+    /// Not read yet.
+    Pending(Vec<u8>),
+    /// Read: the item.
+    Found(Item),
+    /// Not in the index any more (deleted since the keys were chosen).
+    Gone,
+}
+
+/// A scan of known keys.
 pub(super) struct ScanOp {
-    /// One slot per key, in key order; `None` until read (or if the key vanished meanwhile).
-    results: Vec<Option<Item>>,
+    parts: Vec<Part>,
+    /// Parts still `Pending`.
     pending: usize,
+    /// Blocks the scan is registered on (waiting for their load); at most one entry per block.
+    waiting_on: Vec<BlockKey>,
+    /// Registrations not yet answered by an event.
+    waits: usize,
+    /// The first step has run (later steps each answer one registration).
+    started: bool,
     error: Option<Error>,
+    /// Items whose block was not cached when the scan first looked for it.
+    pub(super) uncached: u64,
 }
 
 impl ScanOp {
-    /// A scan of `keys` (which the caller reads with one get each).
-    pub(super) fn new(keys: usize) -> Self {
+    /// A scan of `keys`, in the order given (key order for a scan's answer).
+    pub(super) fn new(keys: Vec<Vec<u8>>) -> Self {
+        let pending = keys.len();
         Self {
-            results: (0..keys).map(|_| None).collect(),
-            pending: keys,
+            parts: keys.into_iter().map(Part::Pending).collect(),
+            pending,
+            waiting_on: Vec::new(),
+            waits: 0,
+            started: false,
             error: None,
+            uncached: 0,
         }
     }
 
-    /// The get of key number `pos` finished; the scan's result once every get has.
-    pub(super) fn part_done(
-        &mut self,
-        pos: usize,
-        key: Vec<u8>,
-        result: Result<Reply>,
-    ) -> Option<Result<Reply>> {
-        match result {
-            Ok(Reply::Value(v)) => {
-                if let Some(slot) = self.results.get_mut(pos) {
-                    *slot = Some((key, v));
+    /// Reads what is cached, queues one read per missing block, and finishes once every key
+    /// is answered.
+    pub(super) fn step<B: Backend>(&mut self, id: OpId, core: &mut Core<B>) -> Step {
+        if self.started {
+            self.waits = self.waits.saturating_sub(1);
+        }
+        let first = !self.started;
+        self.started = true;
+        loop {
+            if self.error.is_none() {
+                self.read_parts(id, core, first);
+            }
+            if self.waits > 0 {
+                return Step::Wait;
+            }
+            if let Some(e) = self.error.take() {
+                return Step::Done(Err(e));
+            }
+            if self.pending == 0 {
+                return Step::Done(Ok(Reply::Items(self.take_items())));
+            }
+            // Every registration answered, yet keys remain: their blocks were loaded and
+            // evicted again before this step. Register afresh.
+            self.waiting_on.clear();
+        }
+    }
+
+    fn read_parts<B: Backend>(&mut self, id: OpId, core: &mut Core<B>, first: bool) {
+        for part in self.parts.iter_mut() {
+            let Part::Pending(key) = part else {
+                continue;
+            };
+            let Some(loc) = core.index.get(key) else {
+                *part = Part::Gone;
+                self.pending -= 1;
+                continue;
+            };
+            let (block, _) = Geometry::of(loc.class).locate(loc.slot);
+            let bk = block_key(loc.class, block);
+            let entry = if self.waiting_on.contains(&bk) {
+                // Already registered: usable only if its load has completed meanwhile.
+                core.blocks.loaded(loc.class, block)
+            } else {
+                match core.blocks.acquire(loc.class, block, id, false, false) {
+                    Some(e) => Some(e),
+                    None => {
+                        self.waiting_on.push(bk);
+                        self.waits += 1;
+                        if first {
+                            self.uncached += 1;
+                        }
+                        None
+                    }
                 }
-            }
-            // Deleted since the index was walked: not part of the scan.
-            Ok(_) => {}
-            Err(e) => {
-                self.error.get_or_insert(e);
+            };
+            let Some(e) = entry else {
+                continue;
+            };
+            let value = match core.blocks.slot(e, loc).map(record::decode) {
+                Some(Slot::Live { key: k, value, .. }) if k == key.as_slice() => value.to_vec(),
+                // Never a wrong value: a record that does not hold the key is an error.
+                _ => {
+                    self.error.get_or_insert(core.corrupt(loc));
+                    return;
+                }
+            };
+            let key = std::mem::take(key);
+            *part = Part::Found((key, value));
+            self.pending -= 1;
+        }
+    }
+
+    fn take_items(&mut self) -> Vec<Item> {
+        std::mem::take(&mut self.parts)
+            .into_iter()
+            .filter_map(|p| match p {
+                Part::Found(item) => Some(item),
+                Part::Pending(_) | Part::Gone => None,
+            })
+            .collect()
+    }
+
+    /// A block the scan waited for could not be read: the scan fails once its other
+    /// registrations are answered.
+    pub(super) fn read_failed(&mut self, err: Error) -> Step {
+        self.waits = self.waits.saturating_sub(1);
+        self.error.get_or_insert(err);
+        if self.waits > 0 {
+            Step::Wait
+        } else {
+            Step::Done(Err(self.error.take().unwrap_or(Error::Closed)))
+        }
+    }
+}
+
+/// Keeps, of each worker's first keys of a scan ([`Worker::scan_keys`](super::Worker::scan_keys),
+/// each list sorted, the lists disjoint), only those among the first `max` keys of all of them:
+/// afterwards the lists together hold exactly the keys the scan returns, each list still a
+/// prefix of what it was. Allocates one counter per list.
+///
+/// ```
+/// let mut parts = vec![
+///     vec![b"a".to_vec(), b"d".to_vec(), b"e".to_vec()],
+///     vec![b"b".to_vec(), b"c".to_vec(), b"f".to_vec()],
+/// ];
+/// kv_engine::choose_scan_keys(&mut parts, 3);
+/// assert_eq!(parts, vec![vec![b"a".to_vec()], vec![b"b".to_vec(), b"c".to_vec()]]);
+/// ```
+pub fn choose_scan_keys(parts: &mut [Vec<Vec<u8>>], max: usize) {
+    let mut taken = vec![0usize; parts.len()];
+    for _ in 0..max {
+        let mut best: Option<(usize, &[u8])> = None;
+        for (w, part) in parts.iter().enumerate() {
+            let Some(k) = taken.get(w).and_then(|&t| part.get(t)) else {
+                continue;
+            };
+            if best.is_none_or(|(_, b)| k.as_slice() < b) {
+                best = Some((w, k));
             }
         }
-        self.pending = self.pending.saturating_sub(1);
-        if self.pending > 0 {
-            return None;
+        let Some((w, _)) = best else { break };
+        if let Some(t) = taken.get_mut(w) {
+            *t += 1;
         }
-        Some(match self.error.take() {
-            Some(e) => Err(e),
-            None => Ok(Reply::Items(
-                std::mem::take(&mut self.results)
-                    .into_iter()
-                    .flatten()
-                    .collect(),
-            )),
-        })
+    }
+    for (part, t) in parts.iter_mut().zip(taken) {
+        part.truncate(t);
     }
 }
