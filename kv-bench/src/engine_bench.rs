@@ -15,12 +15,42 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use kv_engine::{
-    backend, merge_scan, open_workers, Completion, EngineConfig, KeyRouter, Op, Reply, Worker,
-    WorkerStats,
+    backend, choose_scan_keys, merge_scan, open_workers, Completion, EngineConfig, KeyRouter, Op,
+    Reply, Worker, WorkerStats,
 };
 use serde::Serialize;
 
+use crate::baseline::rocksdb as baseline;
 use crate::report::{new_histogram, say, write_json, Latency};
+
+/// The db_bench run matching the engine's: same items, sizes, cache and concurrency.
+fn db_bench_params(args: &EngineArgs, dir: &std::path::Path) -> baseline::DbBenchParams {
+    baseline::DbBenchParams {
+        workload: workload_letter(args.workload),
+        records: args.records,
+        key_size: 8,
+        value_size: args.value_size,
+        cache_bytes: (args.cache_mb as u64) << 20,
+        threads: args
+            .db_bench_threads
+            .unwrap_or(args.workers * args.inflight),
+        // The mean of the engine's scan lengths (uniform 1-99).
+        seek_nexts: 50,
+        duration: args.duration,
+        db: dir.join("rocksdb"),
+    }
+}
+
+/// The workload's letter, as db_bench's mapping takes it.
+fn workload_letter(w: Workload) -> char {
+    match w {
+        Workload::A => 'a',
+        Workload::B => 'b',
+        Workload::C => 'c',
+        Workload::E => 'e',
+        Workload::F => 'f',
+    }
+}
 
 /// YCSB workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -92,6 +122,14 @@ pub struct EngineArgs {
     /// Write the results as JSON to this file (`-` = stdout).
     #[arg(long)]
     json: Option<String>,
+    /// Same-run baseline: `rocksdb` runs RocksDB's `db_bench` (Debian `rocksdb-tools`) on as
+    /// many items of the same sizes, with the same cache size and direct reads, after the
+    /// engine's run (A, B: `readrandomwriterandom`, C: `readrandom`, E: `seekrandom`).
+    #[arg(long)]
+    baseline: Option<String>,
+    /// db_bench threads (default: the engine's outstanding requests, workers x inflight).
+    #[arg(long)]
+    db_bench_threads: Option<usize>,
 }
 
 #[derive(Serialize, Default)]
@@ -125,12 +163,33 @@ struct EngineReport {
     device_read_iops: f64,
     device_write_iops: f64,
     ratio_to_device: f64,
+    scans: u64,
+    items_per_scan: f64,
+    uncached_items_per_scan: f64,
+    reads_per_scan: f64,
+    baseline: Option<BaselineReport>,
+}
+
+#[derive(Serialize, Default)]
+struct BaselineReport {
+    name: String,
+    command: String,
+    ops_per_s: f64,
+    engine_ratio: f64,
 }
 
 /// Runs the benchmark.
 pub fn run(args: EngineArgs) -> Result<()> {
     if args.records == 0 || args.workers == 0 || args.inflight == 0 {
         bail!("--records, --workers and --inflight must be positive");
+    }
+    match args.baseline.as_deref() {
+        None | Some("rocksdb") => {}
+        Some(b) => bail!("--baseline takes rocksdb, not {b:?}"),
+    }
+    if args.baseline.is_some() {
+        // Fail before the long run, not after it.
+        baseline::benchmark_for(workload_letter(args.workload), 50)?;
     }
     let temp;
     let dir: PathBuf = match &args.data_dir {
@@ -229,7 +288,7 @@ pub fn run(args: EngineArgs) -> Result<()> {
     )?;
     let before: Vec<WorkerStats> = workers.iter().map(Worker::stats).collect();
     let mut hist = new_histogram();
-    let (ops, elapsed) = phase(
+    let (ops, scans, elapsed) = phase(
         &mut workers,
         &router,
         &args,
@@ -254,6 +313,14 @@ pub fn run(args: EngineArgs) -> Result<()> {
     report.engine_iops = (reads + writes) as f64 / secs;
     report.engine_read_fraction = reads as f64 / (reads + writes).max(1) as f64;
     report.submits_per_op = sum(|s| s.submits) as f64 / ops.max(1) as f64;
+    if scans > 0 {
+        let per_scan = |n: u64| n as f64 / scans as f64;
+        report.scans = scans;
+        report.items_per_scan = per_scan(sum(|s| s.scan_items));
+        report.uncached_items_per_scan = per_scan(sum(|s| s.scan_items_uncached));
+        // All reads of the run, inserts' included: an upper bound on the scans' own reads.
+        report.reads_per_scan = per_scan(reads);
+    }
     let items: u64 = after.iter().map(|s| s.items).sum();
     let index_bytes: u64 = after.iter().map(|s| s.index_bytes).sum();
     report.index_bytes_per_item_estimate = index_bytes as f64 / items.max(1) as f64;
@@ -278,6 +345,17 @@ pub fn run(args: EngineArgs) -> Result<()> {
     report.device_read_iops = probe.reads as f64 / psecs;
     report.device_write_iops = probe.writes as f64 / psecs;
     report.ratio_to_device = report.engine_iops / report.device_iops.max(1e-9);
+
+    if args.baseline.is_some() {
+        let p = db_bench_params(&args, &dir);
+        let r = baseline::load_and_run(&p)?;
+        report.baseline = Some(BaselineReport {
+            name: format!("rocksdb db_bench {}", r.benchmark),
+            command: r.command,
+            ops_per_s: r.ops_per_s,
+            engine_ratio: report.ops_per_s / r.ops_per_s.max(1e-9),
+        });
+    }
 
     print_report(&report, args.json.as_deref());
     write_json(args.json.as_deref(), &report)
@@ -341,6 +419,25 @@ fn print_report(r: &EngineReport, json: Option<&str>) {
         r.index_bytes_per_item_estimate,
         r.index_bytes_per_item_rss
     );
+    if r.scans > 0 {
+        say!(
+            json,
+            "  scans           {:.1} items/scan, {:.1} of them uncached; {:.1} reads/scan",
+            r.items_per_scan,
+            r.uncached_items_per_scan,
+            r.reads_per_scan
+        );
+    }
+    if let Some(b) = &r.baseline {
+        say!(
+            json,
+            "  baseline        {} {:.0} ops/s -> engine = {:.2}x\n  ({})",
+            b.name,
+            b.ops_per_s,
+            b.engine_ratio,
+            b.command
+        );
+    }
     if r.recovery_secs > 0.0 {
         say!(
             json,
@@ -483,48 +580,50 @@ fn phase(
     duration: Duration,
     hist: Option<&mut hdrhistogram::Histogram<u64>>,
     per_worker_threads: bool,
-) -> Result<(u64, Duration)> {
+) -> Result<(u64, u64, Duration)> {
     if !per_worker_threads {
         let gen = gens.first_mut().context("no generator")?;
         return drive(workers, router, args, gen, duration, hist, None);
     }
     let record = hist.is_some();
-    let results: Vec<Result<(u64, Duration, hdrhistogram::Histogram<u64>)>> =
-        std::thread::scope(|s| {
-            let handles: Vec<_> = workers
-                .iter_mut()
-                .zip(gens.iter_mut())
-                .enumerate()
-                .map(|(i, (w, gen))| {
-                    s.spawn(move || {
-                        let mut h = new_histogram();
-                        let one = std::slice::from_mut(w);
-                        let hist = if record { Some(&mut h) } else { None };
-                        let (n, e) = drive(one, router, args, gen, duration, hist, Some(i))?;
-                        Ok((n, e, h))
-                    })
+    type ThreadResult = Result<(u64, u64, Duration, hdrhistogram::Histogram<u64>)>;
+    let results: Vec<ThreadResult> = std::thread::scope(|s| {
+        let handles: Vec<_> = workers
+            .iter_mut()
+            .zip(gens.iter_mut())
+            .enumerate()
+            .map(|(i, (w, gen))| {
+                s.spawn(move || {
+                    let mut h = new_histogram();
+                    let one = std::slice::from_mut(w);
+                    let hist = if record { Some(&mut h) } else { None };
+                    let (n, sc, e) = drive(one, router, args, gen, duration, hist, Some(i))?;
+                    Ok((n, sc, e, h))
                 })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("driver thread panicked")))
-                })
-                .collect()
-        });
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("driver thread panicked")))
+            })
+            .collect()
+    });
     let mut ops = 0;
+    let mut scans = 0;
     let mut elapsed = Duration::ZERO;
     let mut merged = hist;
     for r in results {
-        let (n, e, h) = r?;
+        let (n, sc, e, h) = r?;
         ops += n;
+        scans += sc;
         elapsed = elapsed.max(e);
         if let Some(m) = merged.as_deref_mut() {
             m.add(&h).context("merging histograms")?;
         }
     }
-    Ok((ops, elapsed))
+    Ok((ops, scans, elapsed))
 }
 
 /// Bulk load in shuffled order.
@@ -578,13 +677,18 @@ struct Pending {
     parts_left: usize,
     parts: Vec<Vec<(Vec<u8>, Vec<u8>)>>,
     scan_len: usize,
+    scan: bool,
     /// Read-modify-write: the put still to do.
     rmw: Option<u64>,
     free: bool,
 }
 
 /// Closed loop: keeps `inflight` requests per worker outstanding for `duration`. Returns
-/// (completed requests, elapsed).
+/// (completed requests, completed scans among them, elapsed).
+///
+/// A scan runs in two phases, as [`kv_engine::Engine::scan`] does: every worker's first keys
+/// from its index (no I/O), the first `len` of them all chosen, then each worker reads only
+/// its chosen keys.
 fn drive(
     workers: &mut [Worker],
     router: &KeyRouter,
@@ -593,7 +697,7 @@ fn drive(
     duration: Duration,
     mut hist: Option<&mut hdrhistogram::Histogram<u64>>,
     owned: Option<usize>,
-) -> Result<(u64, Duration)> {
+) -> Result<(u64, u64, Duration)> {
     let w_count = workers.len();
     // With `owned`, `workers` is that one worker and only its keys are generated.
     let route = |key: &[u8]| {
@@ -610,6 +714,7 @@ fn drive(
     let mut outstanding = 0usize;
     let mut done: Vec<Completion> = Vec::new();
     let mut completed = 0u64;
+    let mut scans = 0u64;
     let start = Instant::now();
     let mut stopping = false;
     let mut elapsed = Duration::ZERO;
@@ -631,6 +736,7 @@ fn drive(
                         parts_left: 0,
                         parts: Vec::new(),
                         scan_len: 0,
+                        scan: false,
                         rmw: None,
                         free: true,
                     });
@@ -641,6 +747,7 @@ fn drive(
             p.start = Instant::now();
             p.free = false;
             p.rmw = None;
+            p.scan = false;
             p.parts_left = 1;
             outstanding += 1;
             let next = loop {
@@ -667,17 +774,20 @@ fn drive(
                     (route(&key_of(id)), Op::Get { key: key_of(id) })
                 }
                 Next::Scan(id, len) => {
-                    p.parts_left = w_count;
+                    let start = key_of(id);
+                    let mut keys: Vec<Vec<Vec<u8>>> =
+                        workers.iter().map(|w| w.scan_keys(&start, len)).collect();
+                    choose_scan_keys(&mut keys, len);
+                    p.scan = true;
                     p.scan_len = len;
                     p.parts.clear();
-                    for worker in workers.iter_mut() {
-                        worker.submit(
-                            Op::Scan {
-                                start: key_of(id),
-                                max: len,
-                            },
-                            tag,
-                        );
+                    p.parts_left = keys.iter().filter(|k| !k.is_empty()).count().max(1);
+                    let any = keys.iter().any(|k| !k.is_empty());
+                    for (i, (worker, keys)) in workers.iter_mut().zip(keys).enumerate() {
+                        // With no key anywhere, worker 0 answers the empty scan.
+                        if !keys.is_empty() || (!any && i == 0) {
+                            worker.submit_scan_of(keys, tag);
+                        }
                     }
                     continue;
                 }
@@ -721,13 +831,14 @@ fn drive(
             }
             if !stopping {
                 completed += 1;
+                scans += u64::from(p.scan);
             }
             p.free = true;
             free_tags.push(tag);
             outstanding -= 1;
         }
     }
-    Ok((completed, elapsed))
+    Ok((completed, scans, elapsed))
 }
 
 /// Index memory per item measured from the process's resident size while building a
@@ -764,6 +875,51 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         args: EngineArgs,
+    }
+
+    #[test]
+    fn db_bench_runs_with_the_engine_runs_sizes_cache_and_concurrency() {
+        let cli = Cli::try_parse_from([
+            "engine",
+            "--workload",
+            "e",
+            "--records",
+            "5000",
+            "--value-size",
+            "100",
+            "--cache-mb",
+            "128",
+            "--workers",
+            "2",
+            "--inflight",
+            "8",
+            "--duration",
+            "7",
+            "--baseline",
+            "rocksdb",
+        ])
+        .unwrap();
+        let p = db_bench_params(&cli.args, std::path::Path::new("/data"));
+        assert_eq!(p.workload, 'e');
+        assert_eq!((p.records, p.key_size, p.value_size), (5000, 8, 100));
+        assert_eq!(p.cache_bytes, 128 << 20);
+        assert_eq!(p.threads, 16, "one db_bench thread per outstanding request");
+        assert_eq!(p.duration, 7);
+        assert_eq!(p.db, std::path::PathBuf::from("/data/rocksdb"));
+        let args = baseline::run_args(&p).unwrap();
+        assert!(
+            args.iter().any(|a| a == "--benchmarks=seekrandom"),
+            "{args:?}"
+        );
+        let cli = Cli::try_parse_from(["engine", "--db-bench-threads", "3"]).unwrap();
+        assert_eq!(
+            db_bench_params(&cli.args, std::path::Path::new("/d")).threads,
+            3
+        );
+        assert_eq!(
+            db_bench_params(&cli.args, std::path::Path::new("/d")).workload,
+            'a'
+        );
     }
 
     #[test]

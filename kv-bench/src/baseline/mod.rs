@@ -2,3 +2,4 @@
 pub mod raw_tcp;
 pub mod raw_udp;
 pub mod redis;
+pub mod rocksdb;
