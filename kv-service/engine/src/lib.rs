@@ -68,7 +68,7 @@ pub use kv_proto::{fnv1a64, merge_scan, KeyRouter, MAX_KEY_LEN, MAX_VALUE_LEN};
 pub use kv_proto::{Op, Reply};
 pub use manifest::recorded_workers;
 pub use recovery::RecoveryStats;
-pub use worker::{choose_scan_keys, Completion, Worker, WorkerStats};
+pub use worker::{choose_scan_keys, CachedGet, Completion, Worker, WorkerStats};
 
 /// Durability of acknowledged writes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

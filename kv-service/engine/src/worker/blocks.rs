@@ -178,6 +178,17 @@ impl Blocks {
         None
     }
 
+    /// Block `block` of `class` if it is cached and loaded, as a cache lookup (a hit counts
+    /// and the block becomes the most recently used); `None` changes nothing (the operation
+    /// that follows counts the miss).
+    pub(super) fn loaded_lookup(&mut self, class: u8, block: u64) -> Option<u32> {
+        let key = block_key(class, block);
+        match self.cache.find(key) {
+            Some(e) if !self.state(e).loading => self.cache.lookup(key),
+            _ => None,
+        }
+    }
+
     /// Block `block` of `class` if it is cached and loaded, for an operation already queued
     /// on it (no new registration; no hit counted twice).
     pub(super) fn loaded(&mut self, class: u8, block: u64) -> Option<u32> {

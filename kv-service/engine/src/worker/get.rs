@@ -9,6 +9,34 @@ use crate::slab::Geometry;
 
 use super::{Core, OpId, Step};
 
+/// What [`Worker::get_cached`](super::Worker::get_cached) found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CachedGet<'a> {
+    /// The value, borrowed from the cached block (valid until the worker is used again).
+    Value(&'a [u8]),
+    /// The key does not exist.
+    NotFound,
+    /// No answer without waiting (the block is not cached or still loading, a write of the
+    /// key is in progress, or the record does not check out): submit an [`Op::Get`](kv_proto::Op::Get).
+    Miss,
+}
+
+/// The cached-key case of a get, answered in place: index lookup, cache lookup, record.
+pub(super) fn get_cached<'a, B: Backend>(core: &'a mut Core<B>, key: &[u8]) -> CachedGet<'a> {
+    let Some(loc) = core.index.get(key) else {
+        return CachedGet::NotFound;
+    };
+    let (block, _) = Geometry::of(loc.class).locate(loc.slot);
+    let Some(e) = core.blocks.loaded_lookup(loc.class, block) else {
+        return CachedGet::Miss;
+    };
+    match core.blocks.slot(e, loc).map(record::decode) {
+        Some(Slot::Live { key: k, value, .. }) if k == key => CachedGet::Value(value),
+        // The slow path reports the corruption.
+        _ => CachedGet::Miss,
+    }
+}
+
 /// A get.
 pub(super) struct GetOp {
     pub(super) key: Vec<u8>,

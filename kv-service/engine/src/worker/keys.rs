@@ -34,6 +34,12 @@ impl KeyQueue {
         }
     }
 
+    /// Whether a write of the key with this hash is running or queued (`hash` is computed
+    /// only if some write is).
+    pub(super) fn is_busy(&self, hash: impl FnOnce() -> u64) -> bool {
+        !self.busy.is_empty() && self.busy.contains_key(&hash())
+    }
+
     /// The running write of this key finished: the next one to run, if any.
     pub(super) fn release(&mut self, hash: u64) -> Option<OpId> {
         let next = self.busy.get_mut(&hash)?.pop_front();

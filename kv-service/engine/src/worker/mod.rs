@@ -25,6 +25,7 @@ mod keys;
 mod put;
 mod scan;
 
+pub use get::CachedGet;
 pub use scan::choose_scan_keys;
 
 use std::collections::{HashMap, VecDeque};
@@ -365,6 +366,21 @@ impl<B: Backend> Worker<B> {
                 self.start_write(tag, hash, op);
             }
         }
+    }
+
+    /// A get answered at once if it needs no I/O: the key is missing, or its block is cached
+    /// (and no write of the key is in progress, which the get would have to see in order).
+    /// No allocation, no operation slot, no completion; [`CachedGet::Miss`] otherwise, and
+    /// the caller submits an [`Op::Get`]. The answer is what a submitted get would return.
+    pub fn get_cached(&mut self, key: &[u8]) -> CachedGet<'_> {
+        if kv_proto::check_key(key).is_err() || self.keys.is_busy(|| fnv1a64(key)) {
+            return CachedGet::Miss;
+        }
+        let r = get::get_cached(&mut self.core, key);
+        if r != CachedGet::Miss {
+            self.ops_completed += 1;
+        }
+        r
     }
 
     /// A put or delete runs at once unless a write of the same key is running.
