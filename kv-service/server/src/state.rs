@@ -207,7 +207,37 @@ impl<B: Backend> ServerState<B> {
                 self.stats.scans += 1;
                 self.respond(ctx, h, Status::Ok, 0, 0, b"");
             }
+            Request::Op(Op::Get { key }) if self.router.partition_of(key) == self.id => {
+                self.get_fast(ctx, h, key, req.data);
+            }
             Request::Op(o) => self.execute(ctx, Dest::Single(h), o, req.data),
+        }
+    }
+
+    /// A GET of this thread's key: answered inside the handler when the engine can answer
+    /// without I/O (a cached block or a missing key) — no allocation, the value copied once,
+    /// from the cached block into the response; submitted to the worker otherwise.
+    fn get_fast(&mut self, ctx: &mut Ctx, h: ReqHandle, key: &[u8], raw: &[u8]) {
+        let (status, value) = match self.worker.get_cached(key) {
+            engine::CachedGet::Value(v) => (Status::Ok, v),
+            engine::CachedGet::NotFound => (Status::NotFound, &[][..]),
+            engine::CachedGet::Miss => {
+                self.execute(ctx, Dest::Single(h), Op::Get { key }, raw);
+                return;
+            }
+        };
+        let mut m = ctx.alloc_msg(HDR_LEN + value.len());
+        let buf = m.as_mut_slice();
+        protocol::write_resp_header(buf, status, 0, 0, value.len());
+        if let Some(dst) = buf.get_mut(HDR_LEN..) {
+            dst.copy_from_slice(value);
+        }
+        self.stats.gets += 1;
+        if status == Status::NotFound {
+            self.stats.not_found += 1;
+        }
+        if let Err(e) = ctx.respond(h, m) {
+            tracing::debug!(thread = self.id, error = %e, "response not sent");
         }
     }
 
@@ -219,12 +249,18 @@ impl<B: Backend> ServerState<B> {
             return;
         };
         let n = reqs.len();
+        let Some(parts) = self.batch_fast(ctx, h, reqs.clone()) else {
+            return;
+        };
+        let answered = parts.len();
+        let mut parts = parts;
+        parts.resize_with(n, Part::default);
         let id = self.batches.insert(PendingBatch {
             handle: h,
-            left: n,
-            parts: (0..n).map(|_| Part::default()).collect(),
+            left: n - answered,
+            parts,
         });
-        for (pos, (r, raw)) in reqs.enumerate() {
+        for (pos, (r, raw)) in reqs.enumerate().skip(answered) {
             let dest = Dest::Batch { id, pos };
             match r {
                 Request::Op(o) => self.execute(ctx, dest, o, raw),
@@ -235,6 +271,72 @@ impl<B: Backend> ServerState<B> {
                 }
             }
         }
+    }
+
+    /// The fast path of a BATCH: its leading GETs of this thread's keys that the engine
+    /// answers without I/O ([`Worker::get_cached`]) are written straight into the response.
+    /// `None`: every entry was answered and the response sent (no allocation but the pooled
+    /// response buffer). Otherwise the answers so far, as parts, for the slow path to go on
+    /// from (rare: a miss, a write, or another thread's key).
+    fn batch_fast(
+        &mut self,
+        ctx: &mut Ctx,
+        h: ReqHandle,
+        reqs: protocol::BatchRequests<'_>,
+    ) -> Option<Vec<Part>> {
+        let n = reqs.len();
+        // A guess at the size (the buffer grows if values are larger).
+        let mut m = ctx.alloc_msg(HDR_LEN + n * (HDR_LEN + 128));
+        let mut off = HDR_LEN;
+        let mut answered = 0usize;
+        let mut not_found = 0u64;
+        for (r, _) in reqs {
+            let Request::Op(Op::Get { key }) = r else {
+                break;
+            };
+            if self.router.partition_of(key) != self.id {
+                break;
+            }
+            let (status, value) = match self.worker.get_cached(key) {
+                engine::CachedGet::Value(v) => (Status::Ok, v),
+                engine::CachedGet::NotFound => (Status::NotFound, &[][..]),
+                engine::CachedGet::Miss => break,
+            };
+            let end = off + HDR_LEN + value.len();
+            if end > m.len() {
+                m.resize(end.max(2 * m.len()));
+            }
+            if let Some(dst) = m.as_mut_slice().get_mut(off..end) {
+                protocol::write_resp_header(dst, status, 0, 0, value.len());
+                if let Some(d) = dst.get_mut(HDR_LEN..) {
+                    d.copy_from_slice(value);
+                }
+            }
+            off = end;
+            answered += 1;
+            not_found += u64::from(status == Status::NotFound);
+        }
+        self.stats.gets += answered as u64;
+        self.stats.not_found += not_found;
+        if answered == n {
+            m.resize(off);
+            protocol::write_resp_header(m.as_mut_slice(), Status::Ok, 0, n as u32, off - HDR_LEN);
+            if let Err(e) = ctx.respond(h, m) {
+                tracing::debug!(thread = self.id, error = %e, "batch response not sent");
+            }
+            return None;
+        }
+        // Hand the answers so far to the slow path.
+        let mut parts = Vec::with_capacity(n);
+        let written = m.as_slice().get(HDR_LEN..off).unwrap_or(&[]);
+        if let Ok(rs) = protocol::parse_batch_responses(written, answered as u32) {
+            parts.extend(rs.into_iter().map(|r| Part {
+                status: Some(r.status),
+                body: r.body.to_vec(),
+            }));
+        }
+        ctx.free_msg(m);
+        Some(parts)
     }
 
     /// Picks up the mail from sibling threads: requests to run here, answers to forwards.
