@@ -9,6 +9,8 @@
 //! - [`limits`]: [`MAX_KEY_LEN`], [`MAX_VALUE_LEN`], the SCAN and BATCH caps.
 //! - [`partition`]: [`fnv1a64`] and [`KeyRouter`] (key → thread).
 //! - [`scan`]: [`merge_scan`] and [`ScanMerge`], the continuation of a scan past the caps.
+//! - [`cluster`]: what the replicated service adds: the cluster extension of requests,
+//!   NOT_LEADER, CLUSTER_STATUS.
 //! - [`wire`]: headers, [`Status`], request / response / BATCH / INFO / STATS encodings. Every
 //!   parser is total: any bytes give a value or an error, never a panic.
 //!
@@ -27,12 +29,18 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod limits;
 pub mod operation;
 pub mod partition;
 pub mod scan;
 pub mod wire;
 
+pub use cluster::{
+    append_request_ext, encode_cluster_status, encode_not_leader, parse_cluster_status,
+    parse_not_leader, request_ext, ClusterExt, Role, ShardStatus, CLUSTER_EXT_LEN,
+    SHARD_STATUS_LEN,
+};
 pub use limits::{
     check_key, check_value, LimitError, MAX_BATCH, MAX_KEY_LEN, MAX_SCAN_BODY, MAX_SCAN_ITEMS,
     MAX_VALUE_LEN,

@@ -33,6 +33,16 @@ pub const HDR_LEN: usize = 16;
 /// partition may follow the last key returned.
 pub const RESP_FLAG_MORE: u16 = 1;
 
+/// Request flag (GET, PUT, DELETE, SCAN): a [`ClusterExt`](crate::ClusterExt) of
+/// [`CLUSTER_EXT_LEN`](crate::CLUSTER_EXT_LEN) bytes follows the header, before the key
+/// (replicated service: the shard, the client's cluster file and the write's identity).
+pub const REQ_FLAG_CLUSTER: u16 = 1;
+
+/// Request flag (GET, SCAN; only with [`REQ_FLAG_CLUSTER`]): read the receiving replica's
+/// state as it is, without confirming that it leads the shard. Not linearizable (a follower
+/// may be behind): for diagnostics and tests.
+pub const REQ_FLAG_LOCAL: u16 = 2;
+
 /// The rpc request types (one per KV operation).
 pub mod op {
     /// INFO: the server's thread count, partitioning and limits (no key).
@@ -50,8 +60,19 @@ pub mod op {
     /// BATCH: several GET / PUT / DELETE requests in one message, answered by one message
     /// holding their responses in the same order (see [`super::parse_batch`]).
     pub const BATCH: u8 = 7;
-    /// Every request type, in order.
+    /// Every request type a client sends to a single server, in order.
     pub const ALL: [u8; 7] = [INFO, GET, PUT, DELETE, SCAN, STATS, BATCH];
+    /// RAFT: Raft messages from a peer node's server thread to the same thread here
+    /// (replicated service; answered with an empty response). Body: see `kv_raft::wire`.
+    pub const RAFT: u8 = 16;
+    /// RAFT_SNAPSHOT: one chunk of a shard snapshot from the shard's leader (answered with a
+    /// one-byte verdict). Body: see `kv_raft::wire`.
+    pub const RAFT_SNAPSHOT: u8 = 17;
+    /// CLUSTER_STATUS: the Raft state of the receiving thread's shard replicas
+    /// ([`ShardStatus`](crate::ShardStatus) entries).
+    pub const CLUSTER_STATUS: u8 = 18;
+    /// The request types of the replicated service (cluster mode).
+    pub const CLUSTER: [u8; 3] = [RAFT, RAFT_SNAPSHOT, CLUSTER_STATUS];
 }
 
 /// A 16-bit little-endian integer with alignment 1.
@@ -176,6 +197,9 @@ pub enum Status {
     ShuttingDown = 7,
     /// The request's `version` is not one the server speaks.
     UnsupportedVersion = 8,
+    /// Replicated service: this node does not lead the key's shard. The body is the node id
+    /// of the leader it knows (u64 LE; 0 = none known yet): send the request there.
+    NotLeader = 9,
 }
 
 impl Status {
@@ -191,6 +215,7 @@ impl Status {
             6 => Status::Internal,
             7 => Status::ShuttingDown,
             8 => Status::UnsupportedVersion,
+            9 => Status::NotLeader,
             _ => return None,
         })
     }
@@ -207,6 +232,7 @@ impl Status {
             Status::Internal => "internal error",
             Status::ShuttingDown => "shutting down",
             Status::UnsupportedVersion => "unsupported protocol version",
+            Status::NotLeader => "not the shard's leader",
         }
     }
 }
@@ -391,7 +417,12 @@ fn split_request(data: &[u8]) -> Result<(Request<'_>, &[u8], &[u8]), RequestErro
         .ok_or(RequestError::Malformed("batch entry shorter than a header"))?;
     let hdr: &ReqHeader = bytemuck::try_from_bytes(hdr_bytes)
         .map_err(|_| RequestError::Malformed("header not readable"))?;
-    let len = HDR_LEN as u64 + u64::from(hdr.key_len.get()) + u64::from(hdr.val_len.get());
+    let ext = if hdr.flags.get() & REQ_FLAG_CLUSTER != 0 {
+        crate::cluster::CLUSTER_EXT_LEN as u64
+    } else {
+        0
+    };
+    let len = HDR_LEN as u64 + ext + u64::from(hdr.key_len.get()) + u64::from(hdr.val_len.get());
     if hdr.key_len.get() as usize > MAX_KEY_LEN {
         return Err(RequestError::KeyTooLarge(hdr.key_len.get().into()));
     }
@@ -492,8 +523,24 @@ fn read_header(req_type: u8, data: &[u8]) -> Result<&ReqHeader, RequestError> {
 /// Parses the request message `data` received with rpc request type `req_type`.
 pub fn parse_request(req_type: u8, data: &[u8]) -> Result<Request<'_>, RequestError> {
     let hdr = read_header(req_type, data)?;
-    if hdr.flags.get() != 0 {
+    let flags = hdr.flags.get();
+    if flags & !(REQ_FLAG_CLUSTER | REQ_FLAG_LOCAL) != 0 {
         return Err(RequestError::Malformed("unknown flags"));
+    }
+    let ext = if flags & REQ_FLAG_CLUSTER != 0 {
+        if !matches!(req_type, op::GET | op::PUT | op::DELETE | op::SCAN) {
+            return Err(RequestError::Malformed(
+                "only GET, PUT, DELETE and SCAN carry the cluster extension",
+            ));
+        }
+        crate::cluster::CLUSTER_EXT_LEN
+    } else {
+        0
+    };
+    if flags & REQ_FLAG_LOCAL != 0 && (ext == 0 || !matches!(req_type, op::GET | op::SCAN)) {
+        return Err(RequestError::Malformed(
+            "the LOCAL flag is for GET and SCAN with the cluster extension",
+        ));
     }
     let key_len = u64::from(hdr.key_len.get());
     let val_len = u64::from(hdr.val_len.get());
@@ -505,11 +552,12 @@ pub fn parse_request(req_type: u8, data: &[u8]) -> Result<Request<'_>, RequestEr
         return Err(RequestError::ValueTooLarge(val_len));
     }
     let rest = data.get(HDR_LEN..).unwrap_or(&[]);
-    if rest.len() as u64 != key_len + val_len {
+    if rest.len() as u64 != ext as u64 + key_len + val_len {
         return Err(RequestError::Malformed(
-            "message length differs from 16 + key_len + val_len",
+            "message length differs from 16 + extension + key_len + val_len",
         ));
     }
+    let rest = rest.get(ext..).unwrap_or(&[]);
     let (key, value) = rest.split_at(key_len as usize);
     let no_key = |r: Request<'static>| {
         if key_len != 0 || val_len != 0 || count != 0 {
