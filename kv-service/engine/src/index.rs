@@ -242,6 +242,16 @@ impl Index {
 
     /// Up to `max` keys ≥ `start`, in order.
     pub(crate) fn range_keys(&self, start: &[u8], max: usize) -> Vec<Box<[u8]>> {
+        self.range_keys_where(start, max, &|_| true)
+    }
+
+    /// Up to `max` keys ≥ `start` for which `keep` holds, in order.
+    pub(crate) fn range_keys_where(
+        &self,
+        start: &[u8],
+        max: usize,
+        keep: &dyn Fn(&[u8]) -> bool,
+    ) -> Vec<Box<[u8]>> {
         let mut out = Vec::new();
         if max == 0 {
             return out;
@@ -258,7 +268,7 @@ impl Index {
                 Bucket::Many(v) => v.as_slice(),
             };
             for (k, _) in keys {
-                if k.as_slice() >= start {
+                if k.as_slice() >= start && keep(k.as_slice()) {
                     out.push(k.as_slice().into());
                     if out.len() >= max {
                         return out;

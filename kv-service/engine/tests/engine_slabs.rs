@@ -402,3 +402,57 @@ fn in_flight_operations_share_page_io() {
         Some(&Reply::Value(vec![2u8; 60]))
     );
 }
+
+#[test]
+fn a_filtered_scan_reads_only_the_keys_it_keeps() {
+    let dir = tempdir();
+    let mut opened = open_workers(dir.path(), &one_worker()).expect("open");
+    let w = &mut opened.workers[0];
+    let mut done = Vec::new();
+    let run = |w: &mut kv_engine::Worker, done: &mut Vec<kv_engine::Completion>, n: usize| {
+        while done.len() < n {
+            w.poll(done);
+            if done.len() < n {
+                w.wait().expect("wait");
+            }
+        }
+    };
+    for i in 0..60u32 {
+        let op = Op::Put {
+            key: format!("k{i:03}").into_bytes(),
+            value: format!("v{i}").into_bytes(),
+        };
+        w.submit(op, u64::from(i));
+    }
+    run(w, &mut done, 60);
+    done.clear();
+    // Keep the keys whose number is a multiple of 3: "k000", "k003", ...
+    let keep = |k: &[u8]| {
+        std::str::from_utf8(&k[1..])
+            .ok()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n % 3 == 0)
+    };
+    let keys = w.keys_where(b"k010", 4, &keep);
+    let keys: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+    assert_eq!(keys, [&b"k012"[..], b"k015", b"k018", b"k021"]);
+    let reads_before = w.stats().reads + w.stats().cache_hits;
+    w.submit_scan_where(b"k050", 100, &keep, 99);
+    run(w, &mut done, 1);
+    let c = done.pop().expect("done");
+    assert_eq!(c.tag, 99);
+    let Ok(Reply::Items(items)) = c.result else {
+        panic!("scan: {:?}", c.result);
+    };
+    let got: Vec<(String, String)> = items
+        .into_iter()
+        .map(|(k, v)| (String::from_utf8(k).unwrap(), String::from_utf8(v).unwrap()))
+        .collect();
+    let want: Vec<(String, String)> = [51u32, 54, 57]
+        .iter()
+        .map(|i| (format!("k{i:03}"), format!("v{i}")))
+        .collect();
+    assert_eq!(got, want);
+    // Three gets, no more: the other keys' values were never looked at.
+    assert_eq!(w.stats().reads + w.stats().cache_hits - reads_before, 3);
+}

@@ -383,6 +383,46 @@ impl<B: Backend> Worker<B> {
         r
     }
 
+    /// Like a submitted [`Op::Scan`], limited to the keys for which `keep` holds (decided
+    /// from the in-memory index, so the values of other keys are never read): up to `max`
+    /// such items with key ≥ `start`, in key order, completing with [`Reply::Items`]. The
+    /// replicated service scans one shard of the worker's keys this way.
+    pub fn submit_scan_where(
+        &mut self,
+        start: &[u8],
+        max: usize,
+        keep: &dyn Fn(&[u8]) -> bool,
+        tag: u64,
+    ) {
+        self.pending += 1;
+        if let Err(e) = kv_proto::check_key(start) {
+            self.ready.push(Completion {
+                tag,
+                result: Err(e.into()),
+            });
+            return;
+        }
+        let keys = self
+            .core
+            .index
+            .range_keys_where(start, max, keep)
+            .into_iter()
+            .map(<[u8]>::into_vec)
+            .collect();
+        self.start_scan(keys, tag);
+    }
+
+    /// Up to `max` keys ≥ `start` for which `keep` holds, in key order, from the in-memory
+    /// index (no I/O; keys whose writes are still in progress may or may not be listed).
+    pub fn keys_where(
+        &self,
+        start: &[u8],
+        max: usize,
+        keep: &dyn Fn(&[u8]) -> bool,
+    ) -> Vec<Box<[u8]>> {
+        self.core.index.range_keys_where(start, max, keep)
+    }
+
     /// A put or delete runs at once unless a write of the same key is running.
     fn start_write(&mut self, tag: u64, hash: u64, op: OpState) {
         let id = self.ops.insert(OpEntry { tag, op });
