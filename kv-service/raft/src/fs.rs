@@ -197,3 +197,110 @@ impl LogFile for FsFile {
         self.file.sync_data()
     }
 }
+
+/// Any [`LogDir`] behind one type (its files boxed), for owners that choose the backend at
+/// run time — a server on real directories, the same server under simulation on a
+/// [`SimFs`](crate::SimFs) — without a type parameter for it.
+///
+/// ```
+/// use kv_raft::{AnyDir, LogOptions, SimFs, ThreadLog};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let fs = SimFs::new(1);
+/// let (mut log, _) = ThreadLog::open(AnyDir::new(fs.dir("t0")), LogOptions::default())?;
+/// log.sync()?;
+/// let real = tempfile::tempdir()?;
+/// let (_log, _) = ThreadLog::open(AnyDir::new(kv_raft::FsDir::open(real.path())?), LogOptions::default())?;
+/// # Ok(()) }
+/// ```
+pub struct AnyDir(Box<dyn DynDir>);
+
+/// The object-safe face of a cloneable [`LogDir`].
+trait DynDir: Send {
+    fn list(&self) -> io::Result<Vec<String>>;
+    fn open(&self, name: &str) -> io::Result<Box<dyn LogFile>>;
+    fn create(&self, name: &str) -> io::Result<Box<dyn LogFile>>;
+    fn remove(&self, name: &str) -> io::Result<()>;
+    fn sync_dir(&self) -> io::Result<()>;
+    fn clone_box(&self) -> Box<dyn DynDir>;
+}
+
+impl<D: LogDir + Clone> DynDir for D {
+    fn list(&self) -> io::Result<Vec<String>> {
+        LogDir::list(self)
+    }
+    fn open(&self, name: &str) -> io::Result<Box<dyn LogFile>> {
+        Ok(Box::new(LogDir::open(self, name)?))
+    }
+    fn create(&self, name: &str) -> io::Result<Box<dyn LogFile>> {
+        Ok(Box::new(LogDir::create(self, name)?))
+    }
+    fn remove(&self, name: &str) -> io::Result<()> {
+        LogDir::remove(self, name)
+    }
+    fn sync_dir(&self) -> io::Result<()> {
+        LogDir::sync_dir(self)
+    }
+    fn clone_box(&self) -> Box<dyn DynDir> {
+        Box::new(self.clone())
+    }
+}
+
+impl AnyDir {
+    /// Wraps `dir`.
+    pub fn new<D: LogDir + Clone>(dir: D) -> Self {
+        Self(Box::new(dir))
+    }
+}
+
+impl Clone for AnyDir {
+    fn clone(&self) -> Self {
+        Self(self.0.clone_box())
+    }
+}
+
+impl std::fmt::Debug for AnyDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AnyDir")
+    }
+}
+
+impl LogDir for AnyDir {
+    type File = Box<dyn LogFile>;
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        self.0.list()
+    }
+    fn open(&self, name: &str) -> io::Result<Self::File> {
+        self.0.open(name)
+    }
+    fn create(&self, name: &str) -> io::Result<Self::File> {
+        self.0.create(name)
+    }
+    fn remove(&self, name: &str) -> io::Result<()> {
+        self.0.remove(name)
+    }
+    fn sync_dir(&self) -> io::Result<()> {
+        self.0.sync_dir()
+    }
+}
+
+impl LogFile for Box<dyn LogFile> {
+    fn file_len(&self) -> io::Result<u64> {
+        (**self).file_len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        (**self).read_at(buf, offset)
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_at(buf, offset)
+    }
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        (**self).set_len(len)
+    }
+    fn allocate(&mut self, len: u64) -> io::Result<()> {
+        (**self).allocate(len)
+    }
+    fn sync_data(&mut self) -> io::Result<()> {
+        (**self).sync_data()
+    }
+}

@@ -81,7 +81,7 @@ mod store;
 pub mod wire;
 
 pub use format::ShardId;
-pub use fs::{FsDir, FsFile, LogDir, LogFile};
+pub use fs::{AnyDir, FsDir, FsFile, LogDir, LogFile};
 pub use log::{
     LogError, LogOptions, LogStats, Recovered, Result, SyncPolicy, ThreadLog,
     DEFAULT_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
