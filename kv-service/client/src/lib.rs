@@ -38,6 +38,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cluster;
 mod config;
 mod decode;
 mod error;
@@ -52,6 +53,7 @@ use rpc::{Completion, ConnectFailure, Nexus, Rpc, RpcConfig, RpcError, SessionId
 use transports::udp::UdpTransport;
 use transports::Transport;
 
+pub use cluster::{ClusterClient, ClusterClientConfig};
 pub use config::{Backoff, ClientConfig};
 pub use error::Error;
 pub use kv_proto::{Item, Op, Reply};

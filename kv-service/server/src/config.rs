@@ -112,6 +112,9 @@ pub struct ServerConfig {
     /// Also speak RESP (the Redis protocol) on TCP with these settings: every thread serves
     /// its share of the connections (`docs/KV-SERVICE.md`, "RESP"). Default: off.
     pub resp: Option<crate::resp::RespConfig>,
+    /// Cluster mode: run this node's shard replicas (`listen` and `threads` then come from
+    /// the cluster file). Default `None`: a single server.
+    pub cluster: Option<crate::cluster::ClusterOptions>,
 }
 
 impl Default for ServerConfig {
@@ -128,6 +131,7 @@ impl Default for ServerConfig {
             udp_gro: true,
             max_pkt_size: transports::udp::MAX_AUTO_PKT_SIZE,
             resp: None,
+            cluster: None,
         }
     }
 }

@@ -58,6 +58,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cluster;
 mod config;
 mod data;
 mod forward;
@@ -67,6 +68,7 @@ mod server;
 mod state;
 mod thread;
 
+pub use cluster::{ClusterOptions, Replicas};
 pub use config::{DataTransport, IdleMode, ServerConfig, ServerError};
 pub use server::Server;
 pub use state::ServerState;

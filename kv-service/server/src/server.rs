@@ -79,6 +79,8 @@ struct ThreadArgs {
     shutdown: Arc<Shutdown>,
     ready: std::sync::mpsc::Sender<(usize, Result<Ready, String>)>,
     resp: Option<ThreadResp>,
+    /// Cluster mode: the thread's replicas.
+    replicas: Option<crate::cluster::Replicas>,
 }
 
 /// A thread's part of the RESP front-end: its listener and what the threads share.
@@ -110,7 +112,15 @@ type Ready = (Option<SocketAddr>, String);
 impl Server {
     /// Opens the data directory (running recovery), binds the listen address and starts the
     /// threads. Returns once every thread serves.
-    pub fn start(cfg: ServerConfig) -> Result<Server, ServerError> {
+    pub fn start(mut cfg: ServerConfig) -> Result<Server, ServerError> {
+        if let Some(c) = &cfg.cluster {
+            let node = c.cluster.node(c.node).ok_or_else(|| {
+                ServerError::Config(format!("node {} is not in the cluster file", c.node))
+            })?;
+            cfg.listen = node.addr.to_string();
+            cfg.threads = c.cluster.threads();
+            crate::cluster::check_data_dir(&cfg.data_dir, c)?;
+        }
         let w = cfg.threads;
         if w == 0 || w > 255 {
             return Err(ServerError::Config(format!(
@@ -176,6 +186,14 @@ impl Server {
                 });
             }
         }
+        let mut replicas: Vec<Option<crate::cluster::Replicas>> = Vec::with_capacity(w);
+        for i in 0..w {
+            replicas.push(match &cfg.cluster {
+                Some(c) => Some(crate::cluster::Replicas::open(&cfg.data_dir, c, i)?),
+                None => None,
+            });
+        }
+        let mut replicas = replicas.into_iter();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::with_capacity(w);
         let router = opened.router;
@@ -197,6 +215,7 @@ impl Server {
                 shutdown: shutdown.clone(),
                 ready: ready_tx.clone(),
                 resp,
+                replicas: replicas.next().flatten(),
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("kv-{id}"))
@@ -399,6 +418,10 @@ fn serve<T: DataEndpoint>(
             return Err(e);
         }
     };
+    let cluster_mode = a.replicas.is_some();
+    if let Some(r) = a.replicas {
+        t.attach_cluster(r);
+    }
     let endpoint = t.rpc().transport().describe();
     tracing::debug!(thread = id, endpoint = %endpoint, "serving");
     let _ = a
@@ -448,7 +471,8 @@ fn serve<T: DataEndpoint>(
                     let st = r.state();
                     st.worker.pending() > 0 || st.post.has_mail() || stop.load(Ordering::Relaxed)
                 },
-                Duration::from_millis(10),
+                // Cluster mode: Raft ticks every 1 ms and heartbeats every 10.
+                Duration::from_millis(if cluster_mode { 1 } else { 10 }),
             );
             if woke {
                 last_work = t.now_ns();

@@ -48,14 +48,14 @@ struct PendingBatch {
 }
 
 /// An operation submitted to the worker, waiting for its completion.
-struct PendingOp {
-    dest: Dest,
-    op: u8,
+pub(crate) struct PendingOp {
+    pub(crate) dest: Dest,
+    pub(crate) op: u8,
     /// SCAN: the item count asked for (after the server's cap).
-    scan_max: u32,
+    pub(crate) scan_max: u32,
     /// A write counted in `resp.writing` under this key hash (only while a RESP front-end
     /// may run conditional SETs).
-    write_hash: Option<u64>,
+    pub(crate) write_hash: Option<u64>,
 }
 
 /// The per-thread state the rpc handlers run on (one per server thread). `B`: the engine's
@@ -64,19 +64,21 @@ pub struct ServerState<B: Backend = DiskBackend> {
     pub(crate) id: usize,
     pub(crate) router: KeyRouter,
     pub(crate) worker: Worker<B>,
-    next_tag: u64,
-    ops: HashMap<u64, PendingOp>,
+    pub(crate) next_tag: u64,
+    pub(crate) ops: HashMap<u64, PendingOp>,
     /// This thread's forwards outstanding, by tag: where their answers go.
     forwards: HashMap<u64, Dest>,
     batches: slab::Slab<PendingBatch>,
     pub(crate) post: Post,
     /// Answer new requests with SHUTTING_DOWN.
     pub(crate) stopping: bool,
-    stats: ThreadStats,
+    pub(crate) stats: ThreadStats,
     done: Vec<engine::Completion>,
     scratch: Vec<u8>,
     /// What the RESP front-end needs of the thread (see `resp_ops`).
     pub(crate) resp: RespSide,
+    /// Cluster mode: the Raft replicas of this thread's shards (`None`: a single server).
+    pub(crate) cluster: Option<Box<crate::cluster::Replicas>>,
 }
 
 impl<B: Backend> ServerState<B> {
@@ -98,6 +100,7 @@ impl<B: Backend> ServerState<B> {
             done: Vec::new(),
             scratch: Vec::new(),
             resp: RespSide::default(),
+            cluster: None,
         }
     }
 
@@ -109,6 +112,7 @@ impl<B: Backend> ServerState<B> {
             && self.worker.pending() == 0
             && !self.post.has_mail()
             && self.resp.is_idle()
+            && self.cluster.as_ref().is_none_or(|c| c.is_idle())
     }
 
     /// Requests in progress (for the log).
@@ -116,7 +120,7 @@ impl<B: Backend> ServerState<B> {
         self.ops.len() + self.forwards.len()
     }
 
-    fn respond(
+    pub(crate) fn respond(
         &mut self,
         ctx: &mut Ctx,
         h: ReqHandle,
@@ -141,7 +145,7 @@ impl<B: Backend> ServerState<B> {
 
     /// A parsed request may run: answers a malformed one with its error status (counted in
     /// `bad_requests`) and any one with SHUTTING_DOWN once the server is stopping.
-    fn admit<T>(
+    pub(crate) fn admit<T>(
         &mut self,
         ctx: &mut Ctx,
         dest: Dest,
@@ -166,6 +170,9 @@ impl<B: Backend> ServerState<B> {
     /// The rpc handler of every request type.
     pub(crate) fn on_request(&mut self, ctx: &mut Ctx, req: RpcRequest<'_>) {
         let h = req.handle;
+        if self.cluster.is_some() && self.on_cluster_request(ctx, &req) {
+            return;
+        }
         if req.req_type == op::BATCH {
             self.on_batch(ctx, h, req.data);
             return;
@@ -624,6 +631,10 @@ impl<B: Backend> ServerState<B> {
     }
 
     fn on_engine_done(&mut self, ctx: &mut Ctx, c: engine::Completion) {
+        if self.cluster.as_ref().is_some_and(|cl| cl.owns_tag(c.tag)) {
+            self.on_cluster_engine_done(ctx, c);
+            return;
+        }
         let Some(p) = self.ops.remove(&c.tag) else {
             return;
         };
@@ -725,7 +736,7 @@ impl<B: Backend> ServerState<B> {
 }
 
 /// The status answering an engine error: the one mapping from engine errors to the wire.
-fn status_of(e: &engine::Error) -> Status {
+pub(crate) fn status_of(e: &engine::Error) -> Status {
     match e {
         engine::Error::KeyTooLarge { .. } => Status::KeyTooLarge,
         engine::Error::ValueTooLarge { .. } => Status::ValueTooLarge,

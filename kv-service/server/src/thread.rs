@@ -105,7 +105,7 @@ const IDLE_RESP_POLL: u64 = 16;
 
 /// Registers the server's request handlers on `nexus` (once per Nexus).
 pub fn register_handlers<B: Backend>(nexus: &Nexus<ServerState<B>>) -> Result<(), RpcError> {
-    for t in kv_proto::op::ALL {
+    for t in kv_proto::op::ALL.into_iter().chain(kv_proto::op::CLUSTER) {
         nexus.register(t, |st: &mut ServerState<B>, ctx, req| {
             st.on_request(ctx, req)
         })?;
@@ -194,6 +194,20 @@ impl<T: Transport, B: Backend> ServerThread<T, B> {
         self.resp.as_mut()
     }
 
+    /// Runs `replicas` (cluster mode) on this thread from now on.
+    pub fn attach_cluster(&mut self, replicas: crate::cluster::Replicas) {
+        self.rpc.state_mut().cluster = Some(Box::new(replicas));
+    }
+
+    /// The Raft state of this thread's replicas (cluster mode; empty otherwise).
+    pub fn cluster_status(&self) -> Vec<kv_proto::ShardStatus> {
+        self.rpc
+            .state()
+            .cluster
+            .as_ref()
+            .map_or_else(Vec::new, |c| c.status())
+    }
+
     /// The thread's number (= its rpc id and its engine worker's id).
     pub fn id(&self) -> usize {
         self.id
@@ -243,6 +257,7 @@ impl<T: Transport, B: Backend> ServerThread<T, B> {
             return false;
         }
         let mut work = self.rpc.run_once();
+        work |= crate::cluster::drive(&mut self.rpc, now);
         {
             let (st, ctx) = self.rpc.split();
             work |= st.on_mail(ctx);

@@ -6,6 +6,7 @@
 //! kv-cli [--server ADDR] < commands.txt     # pipe mode: one command per line
 //! kv-cli --transport tcp ...                 # the server's datapath: udp (default), tcp,
 //!                                            # ud | rc [--device NAME] (feature rdma)
+//! kv-cli --cluster FILE get KEY | ... | stats  # a replicated cluster (stats: every replica's Raft state)
 //! ```
 //!
 //! Keys and values are bytes. On the command line and in pipe mode they may hold escapes
@@ -26,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
-use kv_client::{ClientConfig, ClientTransport, Error, Op, Reply};
+use kv_client::{
+    ClientConfig, ClientTransport, ClusterClient, ClusterClientConfig, Error, Op, Reply,
+};
 use kv_proto::ThreadStats;
 
 /// A client over the transport chosen with `--transport`.
@@ -73,6 +76,11 @@ struct Args {
     /// until they arrive.
     #[arg(long)]
     busy_poll: bool,
+    /// Talk to a replicated cluster described by this cluster file (docs/CLUSTER.md)
+    /// instead of one server: keys go to their shard's leader; `stats` prints every
+    /// replica's Raft state. Pipe mode then runs one command at a time.
+    #[arg(long, value_name = "FILE")]
+    cluster: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -362,6 +370,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             Cmd::Stats => Line::Stats,
         }),
     };
+    if let Some(path) = &args.cluster {
+        return run_cluster(&args, path, &codec, line);
+    }
     let transport = args.client_transport()?;
     let mut client = Client::connect_with(&args.server, &transport, cfg)
         .with_context(|| format!("cannot connect to kv-service at {}", args.server))?;
@@ -387,6 +398,109 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(code)
         }
     }
+}
+
+/// Cluster mode: one-shot, or pipe mode one command at a time.
+fn run_cluster(
+    args: &Args,
+    path: &std::path::Path,
+    codec: &Codec,
+    line: Option<Line>,
+) -> anyhow::Result<ExitCode> {
+    let cluster = kv_cluster::Cluster::load(path)
+        .with_context(|| format!("reading the cluster file {}", path.display()))?;
+    let cfg = ClusterClientConfig {
+        deadline: secs(args.timeout)?,
+        connect_timeout: secs(args.connect_timeout)?.min(Duration::from_millis(500)),
+        ..ClusterClientConfig::default()
+    };
+    let mut client = ClusterClient::new(cluster, cfg).context("opening the client endpoint")?;
+    let mut out = std::io::stdout().lock();
+    if let Some(l) = line {
+        let (text, code) = cluster_line(&mut client, codec, l);
+        writeln!(out, "{text}")?;
+        out.flush()?;
+        return Ok(code);
+    }
+    let mut failed = false;
+    for l in std::io::stdin().lock().split(b'\n') {
+        let l = l.context("reading stdin")?;
+        let text = match parse_line(codec, &l) {
+            Ok(None) => continue,
+            Ok(Some(l)) => {
+                let (text, code) = cluster_line(&mut client, codec, l);
+                failed |= code == ExitCode::from(2);
+                text
+            }
+            Err(e) => {
+                failed = true;
+                format!("(error) {e:#}")
+            }
+        };
+        writeln!(out, "{text}")?;
+        out.flush()?;
+    }
+    Ok(if failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Runs one command on a cluster: its output and exit code (1: not found, 2: error).
+fn cluster_line(client: &mut ClusterClient, codec: &Codec, line: Line) -> (String, ExitCode) {
+    let r: Result<(String, ExitCode), Error> = (|| {
+        Ok(match line {
+            Line::Op(Op::Get { key }) => match client.get(&key)? {
+                Some(v) => (codec.encode(&v, false), ExitCode::SUCCESS),
+                None => ("(not found)".into(), ExitCode::from(1)),
+            },
+            Line::Op(Op::Put { key, value }) => {
+                client.put(&key, &value)?;
+                ("OK".into(), ExitCode::SUCCESS)
+            }
+            Line::Op(Op::Delete { key }) => {
+                if client.delete(&key)? {
+                    ("OK".into(), ExitCode::SUCCESS)
+                } else {
+                    ("(not found)".into(), ExitCode::from(1))
+                }
+            }
+            Line::Op(Op::Scan { start, max }) => {
+                let items = client.scan(&start, max)?;
+                let text = if items.is_empty() {
+                    "(empty)".to_string()
+                } else {
+                    items
+                        .iter()
+                        .map(|(k, v)| {
+                            format!("{} {}", codec.encode(k, true), codec.encode(v, true))
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                };
+                (text, ExitCode::SUCCESS)
+            }
+            Line::Stats => {
+                let nodes: Vec<u64> = client.cluster().nodes().iter().map(|n| n.id).collect();
+                let mut lines = Vec::new();
+                for n in nodes {
+                    match client.status_of(n) {
+                        Ok(st) => lines.extend(st.iter().map(|s| {
+                            format!(
+                                "node={} shard={} role={} term={} leader={} commit={} applied={} last_index={} compacted={}",
+                                s.node, s.shard, s.role.name(), s.term, s.leader, s.commit,
+                                s.applied, s.last_index, s.compacted
+                            )
+                        })),
+                        Err(e) => lines.push(format!("node={n} (error) {e}")),
+                    }
+                }
+                (lines.join("\n"), ExitCode::SUCCESS)
+            }
+        })
+    })();
+    r.unwrap_or_else(|e| (format!("(error) {e}"), ExitCode::from(2)))
 }
 
 /// When pipe mode stops waiting for a server that is gone.

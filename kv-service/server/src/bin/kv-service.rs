@@ -5,6 +5,7 @@
 //!            [--sync] [--transport udp|tcp|ud|rc [--device NAME]] [--busy-poll | --spin-ms 100]
 //!            [--no-gro] [--log-level info]
 //!            [--resp 127.0.0.1:6380 [--requirepass PASS] [--resp-max-clients N] [--resp-timeout S]]
+//! kv-service --cluster FILE --node ID --data-dir DIR [--raft-sync always|never] ...
 //! ```
 //!
 //! `ud` and `rc` (InfiniBand/RoCE verbs) exist when built with the cargo feature `rdma`.
@@ -79,9 +80,29 @@ struct Args {
     /// RESP: close a connection idle for this many seconds (0: never).
     #[arg(long, requires = "resp", default_value_t = 300)]
     resp_timeout: u64,
+    /// Cluster mode: the cluster file (docs/CLUSTER.md). This node runs its replicas of the
+    /// cluster's shards; its listen address and thread count come from the file.
+    #[arg(long, requires = "node")]
+    cluster: Option<PathBuf>,
+    /// Cluster mode: this node's id in the cluster file.
+    #[arg(long, requires = "cluster")]
+    node: Option<u64>,
+    /// Cluster mode: `always` fdatasyncs the Raft log once per loop iteration before
+    /// anything is acknowledged; `never` does not — UNSAFE: a power cut or kernel crash can
+    /// lose acknowledged writes on every replica at once (for latency comparison only).
+    #[arg(long, value_enum, default_value_t = RaftSync::Always)]
+    raft_sync: RaftSync,
     /// Log level (error, warn, info, debug, trace) when RUST_LOG is not set.
     #[arg(long, default_value = "info")]
     log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum RaftSync {
+    /// fdatasync the Raft log every loop iteration (durable).
+    Always,
+    /// Never fdatasync the Raft log (unsafe).
+    Never,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -130,11 +151,34 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let cluster = match (&args.cluster, args.node) {
+        (Some(path), Some(node)) => {
+            let c = kv_cluster::Cluster::load(path)
+                .with_context(|| format!("reading the cluster file {}", path.display()))?;
+            let mut o = kv_service::ClusterOptions::new(c, node);
+            if args.raft_sync == RaftSync::Never {
+                tracing::warn!("--raft-sync never: the Raft log is not fsynced; a power cut can lose acknowledged writes");
+                o.raft_sync = kv_raft::SyncPolicy::Never;
+            }
+            Some(o)
+        }
+        _ => None,
+    };
     let transport = args.data_transport()?;
     let kind = transport.kind();
-    let threads = match args.threads {
-        Some(t) => t,
-        None => default_threads(&args.data_dir)?,
+    if cluster.is_some() && args.transport != Transport::Udp {
+        anyhow::bail!(
+            "--cluster runs over --transport udp only (its Raft traffic and clients are tested there)"
+        );
+    }
+    if cluster.is_some() && args.resp.is_some() {
+        // RESP commands run on the local engine: in cluster mode they would bypass Raft.
+        anyhow::bail!("--resp is not available with --cluster (RESP commands are not replicated)");
+    }
+    let threads = match (&cluster, args.threads) {
+        (Some(c), _) => c.cluster.threads(),
+        (None, Some(t)) => t,
+        (None, None) => default_threads(&args.data_dir)?,
     };
     let cfg = ServerConfig {
         listen: args.listen.clone(),
@@ -156,12 +200,17 @@ fn main() -> anyhow::Result<()> {
         },
         udp_gro: !args.no_gro,
         resp: resp_config(&args)?,
+        cluster,
         ..ServerConfig::default()
     };
     let server = Server::start(cfg).with_context(|| {
         format!(
             "kv-service could not start (listen {}, data dir {})",
-            args.listen,
+            if args.cluster.is_some() {
+                "from the cluster file"
+            } else {
+                args.listen.as_str()
+            },
             args.data_dir.display()
         )
     })?;

@@ -1,0 +1,1016 @@
+//! Cluster mode (`docs/CLUSTER.md`): the Raft replicas of one server thread's shards, driven
+//! from the thread's `step(now)` loop.
+//!
+//! Each iteration ([`drive`]): keep a session open to the same thread of every peer node,
+//! take the completions of the Raft requests sent, then for each replica: tick on the
+//! thread's clock (1 ms ticks), issue one `read_index` for all linearizable reads waiting,
+//! handle its ready (send messages at once, buffer entries and hard state in the thread's
+//! log, apply committed entries to the engine, note read states), **one** `ThreadLog::sync`
+//! for every replica of the thread, then `on_persist_ready` and the persisted messages
+//! (votes, append answers: only once durable). Messages for one peer thread go as one
+//! `RAFT` rpc request per iteration.
+//!
+//! - **Writes** (PUT, DELETE with the cluster extension) are proposed by the leader only;
+//!   others answer NOT_LEADER with the leader raft-rs knows. The entry is the write and its
+//!   (client, seq) identity; at apply, on every replica in log order, the shard's
+//!   [`Sessions`] decide whether it is new (run on the engine) or a retry (answered as the
+//!   first time). The client is answered once the engine completed the write on the leader.
+//!   A proposal whose index later holds another term, or pending when the replica stops
+//!   leading, is answered NOT_LEADER: the client retries with the same identity.
+//! - **Reads** (GET, SCAN) are linearizable through ReadIndex: one round per iteration
+//!   covers every read waiting on a shard; each runs on the engine once every entry up to
+//!   the read state's index has completed there. With `REQ_FLAG_LOCAL` a replica answers
+//!   from its state as it is (diagnostics, tests).
+//! - **Restart**: the log is replayed from its start (it is not compacted yet, see
+//!   `docs/CLUSTER.md`); applying is idempotent because writes are blind PUT / DELETE
+//!   replayed in log order, and the sessions are rebuilt by the same replay.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+pub(crate) mod entry;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use kv_cluster::{Cluster, NodeId};
+use kv_engine::{self as engine, Backend};
+use kv_proto::{self as protocol, op, ClusterExt, Op, Reply, Request, Role, ShardStatus, Status};
+use kv_raft::raft::eraftpb::{ConfState, Message};
+use kv_raft::raft::{RawNode, StateRole};
+use kv_raft::sessions::{Dedup, RequestId, Sessions};
+use kv_raft::{
+    AnyDir, FsDir, LogOptions, ReplicaSettings, ShardId, ShardStore, SyncPolicy, ThreadLog,
+};
+use rpc::{Ctx, Request as RpcRequest, Rpc, SessionId, SessionState};
+use transports::Transport;
+
+use crate::config::ServerError;
+use crate::state::{Dest, PendingOp, ServerState};
+
+/// Engine tags of writes being applied carry this bit (the server's own tags count up from 1).
+const APPLY_TAG: u64 = 1 << 63;
+/// Nanoseconds per Raft tick.
+const TICK_NS: u64 = 1_000_000;
+/// Most ticks caught up in one iteration (after a long stall the clock jumps; elections
+/// then still take their full timeout of iterations).
+const MAX_TICKS: u64 = 20;
+/// Raft requests in flight to one peer thread beyond which messages are dropped (Raft
+/// resends; the leader is told the peer is unreachable so it probes instead of streaming).
+const MAX_PEER_INFLIGHT: usize = 16;
+/// Proposals waiting for their entry to apply, per shard, beyond which writes are refused
+/// with OVERLOADED.
+const MAX_PROPOSALS: usize = 16_384;
+/// Reads waiting longer than this for their read state are answered NOT_LEADER (a read
+/// index lost with a leader change never comes back).
+const READ_TIMEOUT_NS: u64 = 2_000_000_000;
+/// Wait before reopening a failed session to a peer.
+const REDIAL_NS: u64 = 200_000_000;
+/// Answer codes kept in the sessions.
+const ANSWER_PENDING: u8 = 0;
+const ANSWER_WRITTEN: u8 = 1;
+const ANSWER_DELETED: u8 = 2;
+const ANSWER_NOT_FOUND: u8 = 3;
+
+/// What cluster mode needs to know, the same for every thread of a node.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// The cluster file's contents.
+    pub cluster: Arc<Cluster>,
+    /// This node's id.
+    pub node: NodeId,
+    /// raft-rs settings.
+    pub settings: ReplicaSettings,
+    /// `fdatasync` the Raft log each iteration ([`SyncPolicy::Always`], the default) or never
+    /// ([`SyncPolicy::Never`]: **unsafe**, a power cut can lose acknowledged writes on every
+    /// replica at once; for latency comparison only).
+    pub raft_sync: SyncPolicy,
+    /// Segment size of the Raft logs.
+    pub segment_bytes: u64,
+}
+
+impl ClusterOptions {
+    /// Options for node `node` of `cluster` with the default settings.
+    pub fn new(cluster: Cluster, node: NodeId) -> Self {
+        Self {
+            cluster: Arc::new(cluster),
+            node,
+            settings: ReplicaSettings::default(),
+            raft_sync: SyncPolicy::Always,
+            segment_bytes: kv_raft::DEFAULT_SEGMENT_BYTES,
+        }
+    }
+
+    fn log_options(&self) -> LogOptions {
+        LogOptions {
+            sync: self.raft_sync,
+            segment_bytes: self.segment_bytes,
+            ..LogOptions::default()
+        }
+    }
+
+    /// The tag recorded in a thread's log: fingerprint, node and thread, so that a log is
+    /// never opened by another thread, node or placement.
+    fn log_tag(&self, thread: usize) -> u64 {
+        (u64::from(self.cluster.fingerprint()) << 32) ^ (self.node << 8) ^ thread as u64
+    }
+}
+
+/// Checks that `data_dir` belongs to this node of this cluster (records it on first use).
+pub(crate) fn check_data_dir(data_dir: &Path, opts: &ClusterOptions) -> Result<(), ServerError> {
+    let path = data_dir.join("cluster-id");
+    let want = format!(
+        "fingerprint {:08x} node {}\n",
+        opts.cluster.fingerprint(),
+        opts.node
+    );
+    match std::fs::read_to_string(&path) {
+        Ok(have) if have == want => Ok(()),
+        Ok(have) => Err(ServerError::Config(format!(
+            "{} records {:?}, but this is {:?}: the data directory belongs to another node or \
+             cluster layout",
+            path.display(),
+            have.trim(),
+            want.trim()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir)?;
+            let tmp = data_dir.join("cluster-id.tmp");
+            std::fs::write(&tmp, &want)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(data_dir)?.sync_all()?;
+            Ok(())
+        }
+        Err(e) => Err(ServerError::Io(e)),
+    }
+}
+
+/// A read waiting to run.
+struct Read {
+    dest: Dest,
+    op: ReadOp,
+    since: u64,
+}
+
+enum ReadOp {
+    Get(Vec<u8>),
+    Scan { start: Vec<u8>, max: u32 },
+}
+
+/// A write the engine is applying.
+struct Applying {
+    shard: ShardId,
+    index: u64,
+    op: u8,
+    id: RequestId,
+    /// The client waiting for it (leader only).
+    client: Option<Dest>,
+}
+
+/// One shard replica.
+struct Shard {
+    node: RawNode<ShardStore>,
+    sessions: Sessions,
+    role: StateRole,
+    /// Proposals by log index: the term they were proposed in and who waits.
+    proposals: BTreeMap<u64, (u64, Dest)>,
+    /// Reads waiting for the next read-index round.
+    reads_waiting: Vec<Read>,
+    /// Reads whose round is under way, by round number.
+    reads_asked: HashMap<u64, Vec<Read>>,
+    /// Reads with their read state's index, waiting for the engine to catch up.
+    reads_ready: Vec<(u64, Read)>,
+    /// Every entry up to here is applied or handed to the engine.
+    submitted: u64,
+    /// Indices handed to the engine and not completed yet.
+    in_engine: BTreeSet<u64>,
+}
+
+impl Shard {
+    /// Every entry up to this index has completed on the engine.
+    fn applied(&self) -> u64 {
+        self.in_engine
+            .first()
+            .map_or(self.submitted, |&i| i.saturating_sub(1))
+    }
+
+    fn leader(&self) -> u64 {
+        self.node.raft.leader_id
+    }
+}
+
+/// A peer node's same-numbered thread.
+struct Peer {
+    node: NodeId,
+    uri: String,
+    session: Option<SessionId>,
+    not_before: u64,
+}
+
+/// The replicas of one server thread (see the [module documentation](self)).
+pub struct Replicas {
+    opts: ClusterOptions,
+    thread: usize,
+    log: ThreadLog<AnyDir>,
+    shards: BTreeMap<ShardId, Shard>,
+    peers: Vec<Peer>,
+    last_tick: Option<u64>,
+    next_round: u64,
+    applying: HashMap<u64, Applying>,
+    next_apply_tag: u64,
+    outbox: BTreeMap<NodeId, Vec<(ShardId, Message)>>,
+    scratch: Vec<u8>,
+    /// The log failed: the replicas stopped (a restart recovers from the disk).
+    failed: bool,
+}
+
+impl std::fmt::Debug for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replicas")
+            .field("node", &self.opts.node)
+            .field("thread", &self.thread)
+            .field("shards", &self.shards.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn raft_err(shard: ShardId, e: impl std::fmt::Display) -> ServerError {
+    ServerError::Config(format!("shard {shard}: {e}"))
+}
+
+impl Replicas {
+    /// Opens thread `thread`'s Raft log in `DIR/raft/t{thread}` of a real directory and
+    /// builds its replicas.
+    pub fn open(
+        data_dir: &Path,
+        opts: &ClusterOptions,
+        thread: usize,
+    ) -> Result<Self, ServerError> {
+        let dir = data_dir.join("raft").join(format!("t{thread}"));
+        std::fs::create_dir_all(&dir)?;
+        let fs = FsDir::open(&dir)?;
+        Self::open_in(AnyDir::new(fs), opts, thread)
+    }
+
+    /// Opens thread `thread`'s Raft log in `dir` (a real or simulated directory) and builds
+    /// a replica for every shard the cluster places on this node and thread.
+    pub fn open_in(dir: AnyDir, opts: &ClusterOptions, thread: usize) -> Result<Self, ServerError> {
+        let cluster = &opts.cluster;
+        if cluster.node(opts.node).is_none() {
+            return Err(ServerError::Config(format!(
+                "node {} is not in the cluster file",
+                opts.node
+            )));
+        }
+        let mut lo = opts.log_options();
+        lo.tag = opts.log_tag(thread);
+        let (mut log, recovered) = ThreadLog::open(dir, lo)
+            .map_err(|e| ServerError::Config(format!("raft log of thread {thread}: {e}")))?;
+        let mut recovered = recovered.shards;
+        let mut shards = BTreeMap::new();
+        let mut peer_nodes = BTreeSet::new();
+        for shard in cluster.shards_on(opts.node, thread).collect::<Vec<_>>() {
+            let voters: Vec<u64> = cluster.replicas(shard).collect();
+            peer_nodes.extend(voters.iter().copied().filter(|&n| n != opts.node));
+            let rank = cluster.replica_rank(shard, opts.node).unwrap_or(0);
+            let store = match recovered.remove(&shard) {
+                Some(s) => s,
+                None => log
+                    .bootstrap(shard, ConfState::from((voters.clone(), vec![])))
+                    .map_err(|e| raft_err(shard, e))?,
+            };
+            // The state machine is rebuilt from the log's start (nothing is compacted).
+            let applied = store.compacted().0;
+            let config = opts.settings.config(opts.node, rank, voters.len(), applied);
+            let logger = kv_raft::raft_logger(shard, opts.node);
+            let node = RawNode::new(&config, store, &logger).map_err(|e| raft_err(shard, e))?;
+            shards.insert(
+                shard,
+                Shard {
+                    node,
+                    sessions: Sessions::default(),
+                    role: StateRole::Follower,
+                    proposals: BTreeMap::new(),
+                    reads_waiting: Vec::new(),
+                    reads_asked: HashMap::new(),
+                    reads_ready: Vec::new(),
+                    submitted: applied,
+                    in_engine: BTreeSet::new(),
+                },
+            );
+        }
+        if let Some(stray) = recovered.keys().next() {
+            return Err(ServerError::Config(format!(
+                "the raft log of thread {thread} holds shard {stray}, which this node's thread \
+                 does not host: was the cluster file changed?"
+            )));
+        }
+        log.sync()
+            .map_err(|e| ServerError::Config(format!("raft log of thread {thread}: {e}")))?;
+        let peers = peer_nodes
+            .into_iter()
+            .filter_map(|n| {
+                cluster.node(n).map(|node| Peer {
+                    node: n,
+                    uri: node.addr.to_string(),
+                    session: None,
+                    not_before: 0,
+                })
+            })
+            .collect();
+        Ok(Self {
+            opts: opts.clone(),
+            thread,
+            log,
+            shards,
+            peers,
+            last_tick: None,
+            next_round: 1,
+            applying: HashMap::new(),
+            next_apply_tag: APPLY_TAG,
+            outbox: BTreeMap::new(),
+            scratch: Vec::new(),
+            failed: false,
+        })
+    }
+
+    /// Whether engine tag `tag` is one of a write being applied.
+    pub(crate) fn owns_tag(&self, tag: u64) -> bool {
+        tag & APPLY_TAG != 0
+    }
+
+    /// Nothing handed to the engine is outstanding.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.applying.is_empty()
+    }
+
+    /// The shards of this thread.
+    pub fn shards(&self) -> impl Iterator<Item = ShardId> + '_ {
+        self.shards.keys().copied()
+    }
+
+    /// The state of each replica (what CLUSTER_STATUS answers).
+    pub fn status(&self) -> Vec<ShardStatus> {
+        self.shards
+            .iter()
+            .map(|(&shard, s)| {
+                let r = &s.node.raft;
+                ShardStatus {
+                    shard,
+                    role: match r.state {
+                        StateRole::Follower => Role::Follower,
+                        StateRole::Candidate => Role::Candidate,
+                        StateRole::Leader => Role::Leader,
+                        StateRole::PreCandidate => Role::PreCandidate,
+                    },
+                    node: self.opts.node,
+                    term: r.term,
+                    leader: r.leader_id,
+                    commit: r.raft_log.committed,
+                    applied: s.applied(),
+                    last_index: r.raft_log.last_index(),
+                    compacted: s.node.store().compacted().0,
+                }
+            })
+            .collect()
+    }
+
+    fn tick(&mut self, now: u64) {
+        let last = *self.last_tick.get_or_insert(now);
+        let ticks = now.saturating_sub(last) / TICK_NS;
+        if ticks == 0 {
+            return;
+        }
+        self.last_tick = Some(last + ticks * TICK_NS);
+        for s in self.shards.values_mut() {
+            for _ in 0..ticks.min(MAX_TICKS) {
+                s.node.tick();
+            }
+        }
+    }
+}
+
+/// One iteration of the replicas of `rpc`'s thread (if it runs in cluster mode): sessions to
+/// peers, completions of Raft requests, then [`ServerState::cluster_iteration`].
+pub(crate) fn drive<T: Transport, B: Backend>(rpc: &mut Rpc<T, ServerState<B>>, now: u64) -> bool {
+    let Some(mut c) = rpc.state_mut().cluster.take() else {
+        return false;
+    };
+    let mut work = false;
+    for p in &mut c.peers {
+        let state = p.session.and_then(|s| rpc.session_state(s));
+        match state {
+            Some(SessionState::Connected | SessionState::Connecting) => {}
+            Some(SessionState::Failed(_)) | None => {
+                if let Some(s) = p.session.take() {
+                    let _ = rpc.destroy_session(s);
+                    p.not_before = now + REDIAL_NS;
+                    work = true;
+                }
+                if now >= p.not_before {
+                    match rpc.create_session(&p.uri, c.thread as u8) {
+                        Ok(s) => p.session = Some(s),
+                        Err(e) => {
+                            tracing::debug!(peer = p.node, error = %e, "cannot open a session");
+                            p.not_before = now + REDIAL_NS;
+                        }
+                    }
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    while let Some(done) = rpc.poll_completion() {
+        work = true;
+        let ctx = rpc.ctx();
+        ctx.free_msg(done.req);
+        if let Ok(resp) = done.result {
+            ctx.free_msg(resp);
+        }
+    }
+    let (st, ctx) = rpc.split();
+    work |= st.cluster_iteration(&mut c, ctx, now);
+    st.cluster = Some(c);
+    work
+}
+
+impl<B: Backend> ServerState<B> {
+    /// A request in cluster mode: Raft traffic, CLUSTER_STATUS, and GET / PUT / DELETE /
+    /// SCAN. Returns whether it was handled here (INFO, STATS go the usual way).
+    pub(crate) fn on_cluster_request(&mut self, ctx: &mut Ctx, req: &RpcRequest<'_>) -> bool {
+        let Some(mut c) = self.cluster.take() else {
+            return false;
+        };
+        let handled = self.cluster_request(&mut c, ctx, req);
+        self.cluster = Some(c);
+        handled
+    }
+
+    fn cluster_request(&mut self, c: &mut Replicas, ctx: &mut Ctx, req: &RpcRequest<'_>) -> bool {
+        let h = req.handle;
+        let dest = Dest::Single(h);
+        match req.req_type {
+            op::RAFT => {
+                match kv_raft::wire::decode_batch(req.data) {
+                    Ok((from, msgs)) => {
+                        for (shard, m) in msgs {
+                            let Some(s) = c.shards.get_mut(&shard) else {
+                                continue;
+                            };
+                            if m.from != from {
+                                continue;
+                            }
+                            if let Err(e) = s.node.step(m) {
+                                tracing::debug!(shard, error = %e, "raft message refused");
+                            }
+                        }
+                        self.respond(ctx, h, Status::Ok, 0, 0, b"");
+                    }
+                    Err(e) => {
+                        self.stats.bad_requests += 1;
+                        let msg = format!("bad raft batch: {e}");
+                        self.respond(ctx, h, Status::BadRequest, 0, 0, msg.as_bytes());
+                    }
+                }
+                return true;
+            }
+            op::RAFT_SNAPSHOT => {
+                let msg = b"snapshots are not implemented yet";
+                self.respond(ctx, h, Status::BadRequest, 0, 0, msg);
+                return true;
+            }
+            op::CLUSTER_STATUS => {
+                if let Err(e) = protocol::parse_cluster_status(req.data) {
+                    self.stats.bad_requests += 1;
+                    self.respond(ctx, h, e.status(), 0, 0, e.to_string().as_bytes());
+                    return true;
+                }
+                let st = c.status();
+                let mut body = Vec::with_capacity(st.len() * protocol::SHARD_STATUS_LEN);
+                for s in &st {
+                    s.encode(&mut body);
+                }
+                self.respond(ctx, h, Status::Ok, 0, st.len() as u32, &body);
+                return true;
+            }
+            op::GET | op::PUT | op::DELETE | op::SCAN | op::BATCH => {}
+            _ => return false,
+        }
+        if req.req_type == op::BATCH {
+            let msg = b"cluster mode takes no BATCH yet: send requests one by one".to_vec();
+            self.answer(ctx, dest, Status::BadRequest, msg);
+            return true;
+        }
+        let parsed = protocol::parse_request(req.req_type, req.data);
+        let Some(parsed) = self.admit(ctx, dest, parsed) else {
+            return true;
+        };
+        let Request::Op(o) = parsed else {
+            return false;
+        };
+        let Some(ext) = protocol::request_ext(req.data) else {
+            let msg = b"cluster mode: GET, PUT, DELETE and SCAN need the cluster extension \
+                        (use a cluster client, e.g. kv-cli --cluster FILE)"
+                .to_vec();
+            self.answer(ctx, dest, Status::BadRequest, msg);
+            return true;
+        };
+        self.cluster_op(c, ctx, dest, o, &ext);
+        true
+    }
+
+    fn cluster_op(
+        &mut self,
+        c: &mut Replicas,
+        ctx: &mut Ctx,
+        dest: Dest,
+        o: Op<&[u8]>,
+        ext: &ClusterExt,
+    ) {
+        let cluster = c.opts.cluster.clone();
+        if ext.fingerprint != 0 && ext.fingerprint != cluster.fingerprint() {
+            let msg = format!(
+                "the client's cluster file (fingerprint {:08x}) is not this cluster's ({:08x})",
+                ext.fingerprint,
+                cluster.fingerprint()
+            );
+            self.answer(ctx, dest, Status::BadRequest, msg.into_bytes());
+            return;
+        }
+        let shard = ext.shard;
+        if !matches!(o, Op::Scan { .. }) && cluster.shard_of(o.key()) != shard {
+            let msg = format!(
+                "the key belongs to shard {}, not {shard}",
+                cluster.shard_of(o.key())
+            );
+            self.answer(ctx, dest, Status::BadRequest, msg.into_bytes());
+            return;
+        }
+        if c.failed {
+            let msg = b"this thread's raft log failed; the replicas are stopped".to_vec();
+            self.answer(ctx, dest, Status::Internal, msg);
+            return;
+        }
+        let Some(s) = c.shards.get_mut(&shard) else {
+            let msg = format!(
+                "shard {shard} has no replica on node {} thread {}",
+                c.opts.node, c.thread
+            );
+            self.answer(ctx, dest, Status::BadRequest, msg.into_bytes());
+            return;
+        };
+        let now = ctx.now_ns();
+        match o {
+            Op::Get { key } if ext.local => {
+                self.run_read(dest, shard, ReadOp::Get(key.to_vec()), &cluster)
+            }
+            Op::Scan { start, max } if ext.local => {
+                let max = cap_scan(max);
+                self.run_read(
+                    dest,
+                    shard,
+                    ReadOp::Scan {
+                        start: start.to_vec(),
+                        max,
+                    },
+                    &cluster,
+                )
+            }
+            Op::Get { .. } | Op::Scan { .. } if s.node.raft.state != StateRole::Leader => {
+                let leader = s.leader();
+                self.not_leader(ctx, dest, leader);
+            }
+            Op::Get { key } => s.reads_waiting.push(Read {
+                dest,
+                op: ReadOp::Get(key.to_vec()),
+                since: now,
+            }),
+            Op::Scan { start, max } => s.reads_waiting.push(Read {
+                dest,
+                op: ReadOp::Scan {
+                    start: start.to_vec(),
+                    max: cap_scan(max),
+                },
+                since: now,
+            }),
+            Op::Put { .. } | Op::Delete { .. } if s.node.raft.state != StateRole::Leader => {
+                let leader = s.leader();
+                self.not_leader(ctx, dest, leader);
+            }
+            Op::Put { .. } | Op::Delete { .. } if s.proposals.len() >= MAX_PROPOSALS => {
+                let msg = b"too many writes waiting on this shard".to_vec();
+                self.answer(ctx, dest, Status::Overloaded, msg);
+            }
+            Op::Put { key, value } => self.propose(c, ctx, dest, shard, op::PUT, key, value, ext),
+            Op::Delete { key } => self.propose(c, ctx, dest, shard, op::DELETE, key, b"", ext),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn propose(
+        &mut self,
+        c: &mut Replicas,
+        ctx: &mut Ctx,
+        dest: Dest,
+        shard: ShardId,
+        code: u8,
+        key: &[u8],
+        value: &[u8],
+        ext: &ClusterExt,
+    ) {
+        let Some(s) = c.shards.get_mut(&shard) else {
+            return;
+        };
+        let id = RequestId {
+            client: ext.client,
+            seq: ext.seq,
+            first_unanswered: ext.first_unanswered,
+        };
+        let data = entry::encode(code, &id, key, value);
+        let before = s.node.raft.raft_log.last_index();
+        match s.node.propose(Vec::new(), data) {
+            Ok(()) => {
+                let index = s.node.raft.raft_log.last_index();
+                if index == before {
+                    let leader = s.leader();
+                    self.not_leader(ctx, dest, leader);
+                    return;
+                }
+                s.proposals.insert(index, (s.node.raft.term, dest));
+            }
+            Err(e) => {
+                tracing::debug!(shard, error = %e, "proposal dropped");
+                let leader = s.leader();
+                self.not_leader(ctx, dest, leader);
+            }
+        }
+    }
+
+    fn not_leader(&mut self, ctx: &mut Ctx, dest: Dest, leader: u64) {
+        self.answer(
+            ctx,
+            dest,
+            Status::NotLeader,
+            protocol::encode_not_leader(leader).to_vec(),
+        );
+    }
+
+    /// Runs a read on the engine now; its answer goes out through the usual completion path.
+    fn run_read(&mut self, dest: Dest, shard: ShardId, op: ReadOp, cluster: &Cluster) {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        match op {
+            ReadOp::Get(key) => {
+                self.ops.insert(
+                    tag,
+                    PendingOp {
+                        dest,
+                        op: op::GET,
+                        scan_max: 0,
+                        write_hash: None,
+                    },
+                );
+                self.worker.submit(Op::Get { key }, tag);
+            }
+            ReadOp::Scan { start, max } => {
+                self.ops.insert(
+                    tag,
+                    PendingOp {
+                        dest,
+                        op: op::SCAN,
+                        scan_max: max,
+                        write_hash: None,
+                    },
+                );
+                let keep = |k: &[u8]| cluster.shard_of(k) == shard;
+                self.worker
+                    .submit_scan_where(&start, max as usize, &keep, tag);
+            }
+        }
+    }
+
+    /// One iteration of the replicas (see the [module documentation](self)).
+    pub(crate) fn cluster_iteration(&mut self, c: &mut Replicas, ctx: &mut Ctx, now: u64) -> bool {
+        if c.failed {
+            return false;
+        }
+        let mut work = false;
+        c.tick(now);
+        let cluster = c.opts.cluster.clone();
+        // Reads: one read-index round per shard for everything waiting; stale rounds fail.
+        let mut answers: Vec<(Dest, u64)> = Vec::new();
+        let mut stopping: Vec<Dest> = Vec::new();
+        for s in c.shards.values_mut() {
+            if self.stopping {
+                stopping.extend(s.reads_waiting.drain(..).map(|r| r.dest));
+                stopping.extend(s.proposals.values().map(|&(_, d)| d));
+                s.proposals.clear();
+            }
+            if !s.reads_waiting.is_empty() {
+                let round = c.next_round;
+                c.next_round += 1;
+                s.node.read_index(round.to_le_bytes().to_vec());
+                let reads = std::mem::take(&mut s.reads_waiting);
+                s.reads_asked.insert(round, reads);
+                work = true;
+            }
+            let leader = s.leader();
+            s.reads_asked.retain(|_, reads| {
+                let stale = reads
+                    .first()
+                    .is_some_and(|r| now.saturating_sub(r.since) > READ_TIMEOUT_NS);
+                if stale {
+                    answers.extend(reads.drain(..).map(|r| (r.dest, leader)));
+                }
+                !stale
+            });
+        }
+        for (dest, leader) in answers.drain(..) {
+            self.not_leader(ctx, dest, leader);
+        }
+        for dest in stopping {
+            let msg = b"the server is shutting down".to_vec();
+            self.answer(ctx, dest, Status::ShuttingDown, msg);
+        }
+        // Readies.
+        let mut persisted: Vec<(ShardId, u64, Vec<Message>)> = Vec::new();
+        let shard_ids: Vec<ShardId> = c.shards.keys().copied().collect();
+        for shard in shard_ids {
+            let Some(s) = c.shards.get_mut(&shard) else {
+                continue;
+            };
+            if !s.node.has_ready() {
+                continue;
+            }
+            work = true;
+            let mut rd = s.node.ready();
+            if let Some(ss) = rd.ss() {
+                let was_leader = s.role == StateRole::Leader;
+                s.role = ss.raft_state;
+                if was_leader && ss.raft_state != StateRole::Leader {
+                    let leader = ss.leader_id;
+                    for (_, (_, d)) in std::mem::take(&mut s.proposals) {
+                        answers.push((d, leader));
+                    }
+                    for r in s.reads_waiting.drain(..) {
+                        answers.push((r.dest, leader));
+                    }
+                    for (_, reads) in s.reads_asked.drain() {
+                        answers.extend(reads.into_iter().map(|r| (r.dest, leader)));
+                    }
+                    for (_, r) in s.reads_ready.drain(..) {
+                        answers.push((r.dest, leader));
+                    }
+                }
+                if ss.raft_state == StateRole::Leader && !was_leader {
+                    tracing::info!(shard, node = c.opts.node, term = s.node.raft.term, "leader");
+                }
+            }
+            for m in rd.take_messages() {
+                c.outbox.entry(m.to).or_default().push((shard, m));
+            }
+            if !rd.snapshot().is_empty() {
+                // Never sent while the log is not compacted (every follower can be caught
+                // up from entries); refused rather than half-applied.
+                tracing::error!(
+                    shard,
+                    "received a snapshot, which this version cannot install"
+                );
+            }
+            if let Err(e) = c.log.write_ready(s.node.mut_store(), &rd) {
+                tracing::error!(thread = c.thread, error = %e, "raft log failed: replicas stop");
+                c.failed = true;
+                return work;
+            }
+            for rs in rd.take_read_states() {
+                let round = rs
+                    .request_ctx
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u64::from_le_bytes);
+                if let Some(reads) = s.reads_asked.remove(&round) {
+                    s.reads_ready
+                        .extend(reads.into_iter().map(|r| (rs.index, r)));
+                }
+            }
+            let committed = rd.take_committed_entries();
+            persisted.push((shard, rd.number(), rd.take_persisted_messages()));
+            s.node.advance_append_async(rd);
+            for e in committed {
+                self.apply_entry(c, ctx, shard, &e, &mut answers);
+            }
+        }
+        for (dest, leader) in answers.drain(..) {
+            self.not_leader(ctx, dest, leader);
+        }
+        if !persisted.is_empty() || c.log.has_pending() {
+            if let Err(e) = c.log.sync() {
+                tracing::error!(thread = c.thread, error = %e, "raft log sync failed: replicas stop");
+                c.failed = true;
+                return true;
+            }
+        }
+        for (shard, number, msgs) in persisted {
+            if let Some(s) = c.shards.get_mut(&shard) {
+                s.node.on_persist_ready(number);
+                for m in msgs {
+                    c.outbox.entry(m.to).or_default().push((shard, m));
+                }
+            }
+        }
+        // Reads whose state the engine has caught up with.
+        let mut run: Vec<(ShardId, Read)> = Vec::new();
+        for (&shard, s) in c.shards.iter_mut() {
+            s.node.advance_apply_to(s.submitted);
+            let applied = s.applied();
+            if s.reads_ready.iter().any(|(i, _)| *i <= applied) {
+                let (ready, wait): (Vec<_>, Vec<_>) =
+                    s.reads_ready.drain(..).partition(|(i, _)| *i <= applied);
+                s.reads_ready = wait;
+                run.extend(ready.into_iter().map(|(_, r)| (shard, r)));
+            }
+        }
+        for (shard, r) in run {
+            work = true;
+            self.run_read(r.dest, shard, r.op, &cluster);
+        }
+        work |= self.send_raft(c, ctx);
+        work
+    }
+
+    /// Applies one committed entry: de-duplication, then the engine (or nothing).
+    fn apply_entry(
+        &mut self,
+        c: &mut Replicas,
+        ctx: &mut Ctx,
+        shard: ShardId,
+        e: &kv_raft::raft::eraftpb::Entry,
+        answers: &mut Vec<(Dest, u64)>,
+    ) {
+        let Some(s) = c.shards.get_mut(&shard) else {
+            return;
+        };
+        if e.index <= s.submitted {
+            return;
+        }
+        s.submitted = e.index;
+        // Who waits for this index: the proposer, if the entry is the one it proposed.
+        let mut client = None;
+        while let Some((&i, &(term, d))) = s.proposals.first_key_value() {
+            if i > e.index {
+                break;
+            }
+            s.proposals.remove(&i);
+            if i == e.index && term == e.term {
+                client = Some(d);
+            } else {
+                // Its index holds another term's entry (or was skipped): not applied.
+                answers.push((d, s.leader()));
+            }
+        }
+        let Some(w) = entry::decode(&e.data) else {
+            if !e.data.is_empty() {
+                tracing::error!(shard, index = e.index, "undecodable entry skipped");
+            }
+            if let Some(d) = client {
+                self.answer(ctx, d, Status::Internal, b"undecodable entry".to_vec());
+            }
+            return;
+        };
+        if w.id.client != 0 {
+            match s.sessions.check(&w.id) {
+                Dedup::New => s.sessions.record(&w.id, ANSWER_PENDING, e.index),
+                Dedup::Applied(code) => {
+                    if let Some(d) = client {
+                        let status = if code == ANSWER_NOT_FOUND {
+                            Status::NotFound
+                        } else {
+                            Status::Ok
+                        };
+                        self.answer(ctx, d, status, Vec::new());
+                    }
+                    return;
+                }
+                Dedup::Forgotten => {
+                    if let Some(d) = client {
+                        let msg = b"a retried write too old to tell whether it was applied: \
+                                    read the key to find out"
+                            .to_vec();
+                        self.answer(ctx, d, Status::Internal, msg);
+                    }
+                    return;
+                }
+            }
+        }
+        let tag = c.next_apply_tag;
+        c.next_apply_tag += 1;
+        s.in_engine.insert(e.index);
+        c.applying.insert(
+            tag,
+            Applying {
+                shard,
+                index: e.index,
+                op: w.op,
+                id: w.id,
+                client,
+            },
+        );
+        let op = if w.op == op::PUT {
+            Op::Put {
+                key: w.key,
+                value: w.value,
+            }
+        } else {
+            Op::Delete { key: w.key }
+        };
+        self.worker.submit(op, tag);
+    }
+
+    /// The engine completed a write being applied.
+    pub(crate) fn on_cluster_engine_done(&mut self, ctx: &mut Ctx, done: engine::Completion) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let Some(a) = c.applying.remove(&done.tag) else {
+            return;
+        };
+        if let Some(s) = c.shards.get_mut(&a.shard) {
+            s.in_engine.remove(&a.index);
+            if a.id.client != 0 {
+                let code = match &done.result {
+                    Ok(Reply::NotFound) => ANSWER_NOT_FOUND,
+                    Ok(Reply::Deleted) => ANSWER_DELETED,
+                    _ => ANSWER_WRITTEN,
+                };
+                if s.sessions.check(&a.id) == Dedup::Applied(ANSWER_PENDING) {
+                    s.sessions.record(&a.id, code, a.index);
+                }
+            }
+        }
+        match a.op {
+            op::PUT => self.stats.puts += 1,
+            _ => self.stats.deletes += 1,
+        }
+        let (status, body) = match done.result {
+            Ok(Reply::NotFound) => (Status::NotFound, Vec::new()),
+            Ok(_) => (Status::Ok, Vec::new()),
+            Err(e) => {
+                // The replicas' state machines now differ from the log: a restart replays it.
+                tracing::error!(shard = a.shard, index = a.index, error = %e, "applying a write failed");
+                (crate::state::status_of(&e), e.to_string().into_bytes())
+            }
+        };
+        if let Some(d) = a.client {
+            self.answer(ctx, d, status, body);
+        }
+    }
+
+    /// Sends the iteration's Raft messages: one RAFT request per peer thread.
+    fn send_raft(&mut self, c: &mut Replicas, ctx: &mut Ctx) -> bool {
+        if c.outbox.is_empty() {
+            return false;
+        }
+        let outbox = std::mem::take(&mut c.outbox);
+        for (to, msgs) in outbox {
+            let session = c
+                .peers
+                .iter()
+                .find(|p| p.node == to)
+                .and_then(|p| p.session)
+                .filter(|&s| ctx.pending_requests(s) < MAX_PEER_INFLIGHT);
+            let Some(session) = session else {
+                // Dropped: Raft resends. A leader probes the peer instead of streaming to it.
+                for (shard, _) in &msgs {
+                    if let Some(s) = c.shards.get_mut(shard) {
+                        if s.node.raft.state == StateRole::Leader {
+                            s.node.report_unreachable(to);
+                        }
+                    }
+                }
+                continue;
+            };
+            c.scratch.clear();
+            kv_raft::wire::encode_batch(
+                c.opts.node,
+                msgs.iter().map(|(s, m)| (*s, m)),
+                &mut c.scratch,
+            );
+            let m = ctx.msg_from(&c.scratch);
+            if let Err(e) = ctx.enqueue_request(session, op::RAFT, m, 0) {
+                tracing::debug!(peer = to, error = %e, "raft messages not sent");
+            }
+        }
+        true
+    }
+}
+
+fn cap_scan(max: usize) -> u32 {
+    u32::try_from(max)
+        .unwrap_or(u32::MAX)
+        .min(protocol::MAX_SCAN_ITEMS)
+}
