@@ -112,9 +112,11 @@ fn wait_caught_up(client: &mut ClusterClient, node: u64, bound: Duration) {
         let shards = client.cluster().shards_of(node).count();
         let done = leaders_commit.len() == client.cluster().shards() as usize
             && mine.len() == shards
-            && mine
-                .iter()
-                .all(|s| leaders_commit.get(&s.shard).is_some_and(|&c| s.applied >= c));
+            && mine.iter().all(|s| {
+                leaders_commit
+                    .get(&s.shard)
+                    .is_some_and(|&c| s.applied >= c)
+            });
         if done {
             return;
         }
@@ -132,7 +134,10 @@ fn kill_the_leader_keep_writing_restart_and_read_everything_back() {
     let ports = free_ports(3);
     let mut toml = String::from("shards = 6\nreplication = 3\nthreads = 2\n");
     for (i, p) in ports.iter().enumerate() {
-        toml.push_str(&format!("\n[[node]]\nid = {}\naddr = \"127.0.0.1:{p}\"\n", i + 1));
+        toml.push_str(&format!(
+            "\n[[node]]\nid = {}\naddr = \"127.0.0.1:{p}\"\n",
+            i + 1
+        ));
     }
     let file = tmp.path().join("cluster.toml");
     std::fs::write(&file, &toml).expect("write cluster file");
@@ -154,7 +159,9 @@ fn kill_the_leader_keep_writing_restart_and_read_everything_back() {
     for i in 0..120 {
         let k = format!("key-{i:04}");
         let v = value_of(&k);
-        client.put(k.as_bytes(), &v).expect("put before the failure");
+        client
+            .put(k.as_bytes(), &v)
+            .expect("put before the failure");
         acked.insert(k, v);
     }
     // Some overwrites and deletes, acknowledged too.
@@ -203,7 +210,9 @@ fn kill_the_leader_keep_writing_restart_and_read_everything_back() {
         client
             .put(k.as_bytes(), &v)
             .unwrap_or_else(|e| panic!("put {k} after killing node {victim}: {e}"));
-        if first_ack_on_victim_shard.is_none() && victim_shards.contains(&cluster.shard_of(k.as_bytes())) {
+        if first_ack_on_victim_shard.is_none()
+            && victim_shards.contains(&cluster.shard_of(k.as_bytes()))
+        {
             first_ack_on_victim_shard = Some(killed_at.elapsed());
         }
         acked.insert(k, v);
@@ -214,13 +223,19 @@ fn kill_the_leader_keep_writing_restart_and_read_everything_back() {
     );
     for (k, v) in &acked {
         assert_eq!(
-            client.get(k.as_bytes()).expect("get with a node down").as_ref(),
+            client
+                .get(k.as_bytes())
+                .expect("get with a node down")
+                .as_ref(),
             Some(v),
             "{k} while node {victim} is down"
         );
     }
 
-    eprintln!("phase: writes and reads with a node down done after {:?}", t0.elapsed());
+    eprintln!(
+        "phase: writes and reads with a node down done after {:?}",
+        t0.elapsed()
+    );
     // Restart it; it catches up from the others.
     nodes[(victim - 1) as usize].start(&file);
     wait_caught_up(&mut client, victim, Duration::from_secs(60));
@@ -228,19 +243,34 @@ fn kill_the_leader_keep_writing_restart_and_read_everything_back() {
     eprintln!("phase: caught up after {:?}", t0.elapsed());
     // Every acknowledged write, through the leaders and on every replica.
     for (k, v) in &acked {
-        assert_eq!(client.get(k.as_bytes()).expect("get").as_ref(), Some(v), "{k}");
+        assert_eq!(
+            client.get(k.as_bytes()).expect("get").as_ref(),
+            Some(v),
+            "{k}"
+        );
         for n in 1..=3u64 {
             assert_eq!(
-                client.get_local(n, k.as_bytes()).expect("local get").as_ref(),
+                client
+                    .get_local(n, k.as_bytes())
+                    .expect("local get")
+                    .as_ref(),
                 Some(v),
                 "{k} on node {n}"
             );
         }
     }
     for k in &deleted {
-        assert_eq!(client.get(k.as_bytes()).expect("get"), None, "{k} was deleted");
+        assert_eq!(
+            client.get(k.as_bytes()).expect("get"),
+            None,
+            "{k} was deleted"
+        );
         for n in 1..=3u64 {
-            assert_eq!(client.get_local(n, k.as_bytes()).expect("local get"), None, "{k} on {n}");
+            assert_eq!(
+                client.get_local(n, k.as_bytes()).expect("local get"),
+                None,
+                "{k} on {n}"
+            );
         }
     }
     // A scan merged across shards returns exactly the acknowledged state, in key order.

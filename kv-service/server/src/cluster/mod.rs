@@ -68,6 +68,8 @@ const MAX_PROPOSALS: usize = 16_384;
 /// Reads waiting longer than this for their read state are answered NOT_LEADER (a read
 /// index lost with a leader change never comes back).
 const READ_TIMEOUT_NS: u64 = 2_000_000_000;
+/// Deadline of a RAFT request.
+const RAFT_DEADLINE_MS: u64 = 1_000;
 /// Wait before reopening a failed session to a peer.
 const REDIAL_NS: u64 = 200_000_000;
 /// Answer codes kept in the sessions.
@@ -91,6 +93,9 @@ pub struct ClusterOptions {
     pub raft_sync: SyncPolicy,
     /// Segment size of the Raft logs.
     pub segment_bytes: u64,
+    /// Where to reach a peer node's rpc endpoint instead of its address in the cluster file
+    /// (e.g. `local:NAME` for a simulation on an in-process hub).
+    pub peer_uris: BTreeMap<NodeId, String>,
 }
 
 impl ClusterOptions {
@@ -102,6 +107,7 @@ impl ClusterOptions {
             settings: ReplicaSettings::default(),
             raft_sync: SyncPolicy::Always,
             segment_bytes: kv_raft::DEFAULT_SEGMENT_BYTES,
+            peer_uris: BTreeMap::new(),
         }
     }
 
@@ -317,7 +323,11 @@ impl Replicas {
             .filter_map(|n| {
                 cluster.node(n).map(|node| Peer {
                     node: n,
-                    uri: node.addr.to_string(),
+                    uri: opts
+                        .peer_uris
+                        .get(&n)
+                        .cloned()
+                        .unwrap_or_else(|| node.addr.to_string()),
                     session: None,
                     not_before: 0,
                 })
@@ -1001,7 +1011,10 @@ impl<B: Backend> ServerState<B> {
                 &mut c.scratch,
             );
             let m = ctx.msg_from(&c.scratch);
-            if let Err(e) = ctx.enqueue_request(session, op::RAFT, m, 0) {
+            // A short deadline: Raft resends what is lost, and requests stuck on a peer that
+            // went away must not hold the window.
+            let deadline = Some(std::time::Duration::from_millis(RAFT_DEADLINE_MS));
+            if let Err(e) = ctx.enqueue_request_with_deadline(session, op::RAFT, m, 0, deadline) {
                 tracing::debug!(peer = to, error = %e, "raft messages not sent");
             }
         }
