@@ -469,7 +469,10 @@ fn serve<T: DataEndpoint>(
             let woke = t.rpc_mut().run_until(
                 |r| {
                     let st = r.state();
-                    st.worker.pending() > 0 || st.post.has_mail() || stop.load(Ordering::Relaxed)
+                    st.worker.pending() > 0
+                        || st.post.has_mail()
+                        || st.cluster.as_ref().is_some_and(|c| c.wants_step())
+                        || stop.load(Ordering::Relaxed)
                 },
                 // Cluster mode: Raft ticks every 1 ms and heartbeats every 10.
                 Duration::from_millis(if cluster_mode { 1 } else { 10 }),

@@ -41,6 +41,9 @@ impl Node {
             // Sleep as soon as idle: six server threads spinning on a shared 2-core machine
             // starve each other past Raft's timeouts.
             .args(["--spin-ms", "0"])
+            // A generous election timeout: a loaded CI machine can deschedule a thread for
+            // 100 ms, which would only cause needless elections (and retries).
+            .args(["--raft-election-ms", "300"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

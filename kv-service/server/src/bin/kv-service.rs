@@ -92,6 +92,12 @@ struct Args {
     /// lose acknowledged writes on every replica at once (for latency comparison only).
     #[arg(long, value_enum, default_value_t = RaftSync::Always)]
     raft_sync: RaftSync,
+    /// Cluster mode: base election timeout in ms (Raft ticks are 1 ms; heartbeats every
+    /// tenth of it). A leader that hears from no quorum for this long steps down, and a
+    /// follower that hears no leader for 1–1.67 times it (by rank) campaigns. Raise it on
+    /// machines where a thread may be descheduled that long.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(20..=60_000))]
+    raft_election_ms: u64,
     /// Log level (error, warn, info, debug, trace) when RUST_LOG is not set.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -156,6 +162,8 @@ fn main() -> anyhow::Result<()> {
             let c = kv_cluster::Cluster::load(path)
                 .with_context(|| format!("reading the cluster file {}", path.display()))?;
             let mut o = kv_service::ClusterOptions::new(c, node);
+            o.settings.election_ticks = args.raft_election_ms as usize;
+            o.settings.heartbeat_ticks = (args.raft_election_ms as usize / 10).max(1);
             if args.raft_sync == RaftSync::Never {
                 tracing::warn!("--raft-sync never: the Raft log is not fsynced; a power cut can lose acknowledged writes");
                 o.raft_sync = kv_raft::SyncPolicy::Never;

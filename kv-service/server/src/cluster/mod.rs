@@ -354,6 +354,14 @@ impl Replicas {
         tag & APPLY_TAG != 0
     }
 
+    /// Whether a replica has work for the next iteration (a ready, reads waiting for a
+    /// read-index round): a sleeping thread wakes for it.
+    pub(crate) fn wants_step(&self) -> bool {
+        self.shards
+            .values()
+            .any(|s| s.node.has_ready() || !s.reads_waiting.is_empty())
+    }
+
     /// Nothing handed to the engine is outstanding.
     pub(crate) fn is_idle(&self) -> bool {
         self.applying.is_empty()
