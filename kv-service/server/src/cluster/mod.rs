@@ -1,7 +1,7 @@
 //! Cluster mode (`docs/CLUSTER.md`): the Raft replicas of one server thread's shards, driven
 //! from the thread's `step(now)` loop.
 //!
-//! Each iteration ([`drive`]): keep a session open to the same thread of every peer node,
+//! Each iteration (`drive`, called by `ServerThread::step`): keep a session open to the same thread of every peer node,
 //! take the completions of the Raft requests sent, then for each replica: tick on the
 //! thread's clock (1 ms ticks), issue one `read_index` for all linearizable reads waiting,
 //! handle its ready (send messages at once, buffer entries and hard state in the thread's
