@@ -86,7 +86,7 @@ impl<B: Backend> Engine<B> {
         }
     }
 
-    /// Inserts or overwrites; returns once the write is durable (per [`SyncMode`](super::SyncMode)).
+    /// Inserts or overwrites; returns once the write is acknowledged (durable as the [`Durability`](super::Durability) mode promises).
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
         let op = Op::Put {
             key: key.to_vec(),
@@ -244,13 +244,19 @@ fn serve<B: Backend>(mut worker: Worker<B>, rx: Receiver<Request>) {
                 free.push(c.tag);
             }
         }
-        if worker.pending() == 0 {
+        if worker.pending() == 0 && worker.io_in_flight() == 0 {
             if closed {
                 return;
             }
-            match rx.recv() {
+            // Idle: sleep until a request arrives, or until the periodic flush is due.
+            let next = match worker.next_deadline() {
+                None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                Some(at) => rx.recv_timeout(at.saturating_sub(worker.now())),
+            };
+            match next {
                 Ok(req) => accept(req, &mut worker, &mut replies, &mut free),
-                Err(_) => closed = true,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => closed = true,
             }
         } else if !got {
             if let Err(e) = worker.wait() {

@@ -10,9 +10,14 @@
 //!   ([`record`]). No commit log, no compaction.
 //! - **Ordered in-memory index** of full keys, lexicographic.
 //! - **Batched asynchronous I/O** behind a storage [`backend`]: io_uring by default (queue
-//!   depth 64), pread / pwrite where io_uring is unavailable, [`SimDisk`] in tests. A put or
-//!   delete completes only after its block write completed; see [`SyncMode`] for power loss.
-//! - **Recovery** rebuilds everything by reading the slabs sequentially at open.
+//!   depth 64), pread / pwrite where io_uring is unavailable, [`SimDisk`] in tests.
+//! - **Named durability modes** ([`Durability`]): a put or delete is acknowledged after the
+//!   O_DIRECT write of its page (`Page`, KVell's), or once its record is in a small staging
+//!   ring that is flushed at least every interval (`Periodic`, the default: Redis's
+//!   `appendfsync everysec` promise) or on stable storage, group-committed (`Sync`); in the
+//!   staged modes pages are written back later, many changes per page write ([`staging`]).
+//! - **Recovery** rebuilds everything by reading the slabs sequentially at open, after
+//!   applying what the staging area holds.
 //!
 //! Two APIs:
 //! - [`Engine`]: blocking `get` / `put` / `delete` / `scan`, one thread per worker. For
@@ -57,6 +62,7 @@ mod pagecache;
 pub mod record;
 mod recovery;
 pub mod slab;
+pub mod staging;
 mod worker;
 
 use std::path::Path;
@@ -70,20 +76,76 @@ pub use manifest::recorded_workers;
 pub use recovery::RecoveryStats;
 pub use worker::{choose_scan_keys, CachedGet, Completion, Worker, WorkerStats};
 
-/// Durability of acknowledged writes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SyncMode {
-    /// **Default.** A write is acknowledged when its O_DIRECT block write has completed: it
-    /// survives the process being killed, but may sit in a volatile device cache and be
-    /// lost on power failure (KVell's behaviour).
-    #[default]
-    None,
-    /// Slab files are opened with `O_DSYNC`, and a new slab file's directory entry is made
-    /// durable (`fsync` of the directory) before anything written into it is acknowledged: an
-    /// acknowledged write is on stable storage, so it survives power loss too. Slower on
-    /// devices with volatile caches.
-    Dsync,
+/// When an acknowledged put or delete is durable: what it survives (`docs/STORAGE.md`,
+/// Durability, has the promises in full and the tests that prove them).
+///
+/// | mode | acknowledged once | process crash (`kill -9`) | power cut |
+/// |---|---|---|---|
+/// | `Page` | its page's O_DIRECT write completed | survives | no promise (the device's volatile cache) |
+/// | `Periodic` | its record is written to the staging area (in the kernel) | survives | loses at most the writes acknowledged since the last completed flush began; a flush begins at most `interval` after the first write it covers |
+/// | `Sync` | its record's O_DSYNC write to the staging area completed (one write per group of operations) | survives | survives |
+///
+/// In every mode a key reads, after a crash, as its last acknowledged value or a newer one
+/// (`Periodic` after a power cut: the last one a completed flush covered, or a newer one),
+/// never an older one; in `Periodic` and `Sync` a torn page write cannot lose an item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// KVell's: the page holding the item is written in place with O_DIRECT and the write is
+    /// acknowledged when that completed. One random page write per change (writes to a page
+    /// already queued join it).
+    Page,
+    /// **Default.** The record goes to the staging area with one buffered write per poll and
+    /// is acknowledged at once; the staging area is flushed (`fdatasync`) at most `interval`
+    /// after the first write not yet flushed — Redis's `appendonly yes` with `appendfsync
+    /// everysec`. Pages are written back later, in batches.
+    Periodic {
+        /// Longest a write waits for its flush to begin (default 1 s).
+        interval: std::time::Duration,
+    },
+    /// The record goes to the staging area with an O_DIRECT | O_DSYNC write and is
+    /// acknowledged when that completed: on stable storage. One write (one device flush) at a
+    /// time carries every record that arrived meanwhile (group commit). Redis's
+    /// `appendfsync always`.
+    Sync,
 }
+
+impl Default for Durability {
+    fn default() -> Self {
+        Durability::Periodic {
+            interval: std::time::Duration::from_secs(1),
+        }
+    }
+}
+
+impl Durability {
+    /// Whether the mode writes through the staging area (`Periodic`, `Sync`).
+    pub fn is_staged(&self) -> bool {
+        !matches!(self, Durability::Page)
+    }
+
+    /// The mode's name as the `--durability` flag spells it: `page`, `periodic`, `sync`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Durability::Page => "page",
+            Durability::Periodic { .. } => "periodic",
+            Durability::Sync => "sync",
+        }
+    }
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Durability::Periodic { interval } => {
+                write!(f, "periodic ({interval:?} flush interval)")
+            }
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+/// Default size of each worker's staging area ([`EngineConfig::stage_bytes`]).
+pub const DEFAULT_STAGE_BYTES: u64 = 64 << 20;
 
 /// Engine configuration.
 #[derive(Clone, Debug)]
@@ -95,8 +157,12 @@ pub struct EngineConfig {
     pub cache_bytes: usize,
     /// Maximum I/Os in flight per worker (default 64).
     pub queue_depth: u32,
-    /// Durability of acknowledged writes (default [`SyncMode::None`]).
-    pub sync: SyncMode,
+    /// When an acknowledged write is durable (default [`Durability::Periodic`], 1 s).
+    pub durability: Durability,
+    /// Bytes of each worker's staging area in the staged modes (default 64 MiB; 256 KiB to
+    /// 1 GiB). A record must fit a quarter of it, up to 4 MiB: the default holds every
+    /// record. The staging area is read whole into memory at recovery.
+    pub stage_bytes: u64,
     /// Optional cap on each slab file's size in bytes: growing past it fails with an I/O
     /// error (`ENOSPC`), like a full disk. `None` (default) = no cap.
     pub max_file_bytes: Option<u64>,
@@ -110,11 +176,63 @@ impl Default for EngineConfig {
             workers: 2,
             cache_bytes: 64 << 20,
             queue_depth: 64,
-            sync: SyncMode::None,
+            durability: Durability::default(),
+            stage_bytes: DEFAULT_STAGE_BYTES,
             max_file_bytes: None,
             io: IoMode::Auto,
         }
     }
+}
+
+/// Creates worker `id`'s staging file (`ring` bytes after its header page), durably: its
+/// length, its header and its directory entry are on stable storage before anything in it
+/// is acknowledged.
+fn create_stage<B: Backend>(
+    backend: &mut B,
+    id: usize,
+    ring: u64,
+    interval_ns: Option<u64>,
+) -> Result<worker::StageFile> {
+    use std::hash::{BuildHasher, Hasher};
+    let ring = ring / 4096 * 4096;
+    let mode = if interval_ns.is_some() {
+        backend::FileMode::Buffered
+    } else {
+        backend::FileMode::DirectSync
+    };
+    let name = staging::file_name(id);
+    let file = backend.open(&name, true, mode)?;
+    let ctx = "creating the staging file";
+    backend
+        .grow(file, staging::RING_START + ring)
+        .map_err(|e| Error::io(ctx, e))?;
+    // The salt: random (the hasher's keys come from the OS), so no value written through the
+    // engine can hold a chunk with the right CRC.
+    let salt = {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(id);
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.finish()
+    };
+    let mut page = backend::AlignedBuf::zeroed(staging::RING_START as usize);
+    if let Some(dst) = page.as_mut_slice().get_mut(..40) {
+        dst.copy_from_slice(&staging::encode_header(salt, ring));
+    }
+    backend
+        .write_at(file, &page, staging::RING_START as usize, 0)
+        .map_err(|e| Error::io(ctx, e))?;
+    backend.sync(file).map_err(|e| Error::io(ctx, e))?;
+    backend.sync_dir().map_err(|e| Error::io(ctx, e))?;
+    Ok(worker::StageFile {
+        file,
+        salt,
+        ring,
+        interval_ns,
+    })
 }
 
 /// The opened workers of a data directory.
@@ -176,13 +294,43 @@ pub fn open_workers_with<S: Storage>(
             config.queue_depth
         )));
     }
+    if !(256 << 10..=1 << 30).contains(&config.stage_bytes) {
+        return Err(Error::InvalidConfig(format!(
+            "stage_bytes must be 256 KiB to 1 GiB, got {}",
+            config.stage_bytes
+        )));
+    }
+    let interval_ns = match config.durability {
+        Durability::Periodic { interval } if interval.is_zero() => {
+            return Err(Error::InvalidConfig(
+                "the periodic flush interval must be positive".into(),
+            ))
+        }
+        Durability::Periodic { interval } => {
+            Some(u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX))
+        }
+        _ => None,
+    };
+    let staged = config.durability.is_staged();
     storage.prepare()?;
-    manifest::check_or_create(storage, w as u32)?;
+    manifest::check_or_create(storage, w as u32, staged)?;
     let mut per_worker: Vec<Vec<u8>> = vec![Vec::new(); w];
+    let mut stage_files = vec![false; w];
     let listing = storage
         .list()
         .map_err(|e| Error::io("listing the data directory", e))?;
     for name in listing {
+        if let Some(wid) = staging::parse_file_name(&name) {
+            match stage_files.get_mut(wid) {
+                Some(s) => *s = true,
+                None => {
+                    return Err(Error::UnknownFormat(format!(
+                        "staging file {name} belongs to worker {wid} but W = {w}"
+                    )))
+                }
+            }
+            continue;
+        }
         if !name.ends_with(".slab") {
             continue;
         }
@@ -198,22 +346,26 @@ pub fn open_workers_with<S: Storage>(
             }
         }
     }
-    let dsync = config.sync == SyncMode::Dsync;
     let opts = BackendOptions {
         queue_depth: config.queue_depth,
-        dsync,
         io: config.io,
     };
     let start = std::time::Instant::now();
     let recovered = std::thread::scope(|s| {
         let handles: Vec<_> = per_worker
             .iter()
+            .zip(&stage_files)
             .enumerate()
-            .map(|(i, classes)| {
+            .map(|(i, (classes, &has_stage))| {
                 s.spawn(move || -> Result<_> {
                     let mut backend = storage.backend(i, opts)?;
-                    let rec =
-                        recovery::recover_worker(&mut backend, i, classes, config.max_file_bytes)?;
+                    let rec = recovery::recover_worker(
+                        &mut backend,
+                        i,
+                        classes,
+                        config.max_file_bytes,
+                        has_stage,
+                    )?;
                     Ok((rec, backend))
                 })
             })
@@ -231,14 +383,29 @@ pub fn open_workers_with<S: Storage>(
     let mut workers = Vec::with_capacity(w);
     let mut stats = RecoveryStats::default();
     for (id, r) in recovered.into_iter().enumerate() {
-        let (rec, backend) = r?;
+        let (rec, mut backend) = r?;
         stats.merge(&rec.stats);
+        // What the old staging file held is in the slabs now (synced): start afresh.
+        if stage_files.get(id).copied().unwrap_or(false) {
+            storage
+                .remove_file(&staging::file_name(id))
+                .map_err(|e| Error::io("removing an applied staging file", e))?;
+        }
+        let stage = match staged {
+            true => Some(create_stage(
+                &mut backend,
+                id,
+                config.stage_bytes,
+                interval_ns,
+            )?),
+            false => None,
+        };
         let params = worker::WorkerParams {
             id,
-            dsync,
             max_file_bytes: config.max_file_bytes,
             cache_bytes: cache_per_worker,
             queue_depth: config.queue_depth,
+            stage,
         };
         workers.push(Worker::new(params, rec, backend));
     }

@@ -89,6 +89,16 @@ impl PageCache {
         self.used_bytes
     }
 
+    /// The size limit in bytes (soft: pinned blocks may exceed it).
+    pub(crate) fn capacity_bytes(&self) -> usize {
+        self.capacity_bytes
+    }
+
+    /// Finds a block without marking it used or counting a hit.
+    pub(crate) fn peek(&self, key: BlockKey) -> Option<u32> {
+        self.map.get(&key).copied()
+    }
+
     /// Finds a block and marks it most recently used.
     pub(crate) fn lookup(&mut self, key: BlockKey) -> Option<u32> {
         let idx = *self.map.get(&key)?;

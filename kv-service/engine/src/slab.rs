@@ -11,7 +11,7 @@
 //! step) and the new space is reserved with `fallocate`.
 use std::io;
 
-use super::backend::{Backend, FileId};
+use super::backend::{Backend, FileId, FileMode};
 use super::error::{Error, Result};
 use super::freelist::FreeList;
 use super::record::HEADER_LEN;
@@ -144,7 +144,7 @@ impl Slab {
         max_len: Option<u64>,
     ) -> Result<Slab> {
         let name = file_name(worker, class);
-        let file = backend.open(&name, true)?;
+        let file = backend.open(&name, true, FileMode::Direct)?;
         let len = backend
             .file_len(file)
             .map_err(|e| Error::io("reading a slab file's length", e))?;
@@ -199,6 +199,22 @@ impl Slab {
             slot,
             fresh_block: (slot as usize).is_multiple_of(self.geometry.slots_per_block),
         })
+    }
+
+    /// Recovery: makes the file long enough to hold `slot` (a staged record can lie past the
+    /// end of a file whose growth a power cut lost).
+    pub(crate) fn grow_to_hold<B: Backend>(&mut self, backend: &mut B, slot: u32) -> Result<()> {
+        if u64::from(slot) < self.capacity_slots() {
+            return Ok(());
+        }
+        let g = self.geometry;
+        let blocks = u64::from(slot) / g.slots_per_block as u64 + 1;
+        let new_len = blocks * g.block_size as u64;
+        backend
+            .grow(self.file, new_len)
+            .map_err(|e| Error::io("growing a slab file during recovery", e))?;
+        self.len = new_len;
+        Ok(())
     }
 
     /// Returns a slot to the free list.

@@ -102,14 +102,14 @@ fn unknown_format_is_refused() {
     let dir = tempdir();
     Engine::open(dir.path(), cfg(1)).expect("open").close();
     let path = dir.path().join(MANIFEST_FILE);
-    // A well-formed manifest of a future version 2.
+    // A well-formed manifest of a future version 3.
     let mut m = manifest::encode(1);
-    m[8..12].copy_from_slice(&2u32.to_le_bytes());
+    m[8..12].copy_from_slice(&3u32.to_le_bytes());
     let crc = crc32c::crc32c(&m[0..20]);
     m[20..24].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(&path, m).expect("write manifest");
     match Engine::open(dir.path(), cfg(1)) {
-        Err(Error::UnknownFormat(msg)) => assert!(msg.contains("version 2"), "{msg}"),
+        Err(Error::UnknownFormat(msg)) => assert!(msg.contains("version 3"), "{msg}"),
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("opened an unknown format"),
     }
@@ -181,9 +181,16 @@ fn full_disk_is_an_error_not_a_panic_and_space_is_reused() {
 
 #[test]
 fn kernel_write_errors_surface_and_are_undone() {
+    // Page mode: the page write fails; periodic mode: the staging area's write does.
+    for mode in ["page", "periodic"] {
+        kernel_write_errors_in(mode);
+    }
+}
+
+fn kernel_write_errors_in(mode: &str) {
     let dir = tempdir();
     let out = Command::new(env!("CARGO_BIN_EXE_engine-crash-child"))
-        .args(["fsize", dir.path().to_str().expect("utf-8")])
+        .args(["fsize", dir.path().to_str().expect("utf-8"), mode])
         .output()
         .expect("run child");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -211,7 +218,11 @@ fn kernel_write_errors_surface_and_are_undone() {
     assert!(stdout.contains("READS_OK"), "{stdout}");
     // After the child is gone the data opens and holds the old value.
     let engine = Engine::open(dir.path(), cfg(1)).expect("reopen");
-    assert_eq!(engine.get(b"k00590").expect("get"), Some(vec![b'o'; 900]));
+    assert_eq!(
+        engine.get(b"k00590").expect("get"),
+        Some(vec![b'o'; 900]),
+        "{mode}"
+    );
 }
 
 /// Where a seccomp filter refuses io_uring (as some container profiles do), `IoMode::Uring`

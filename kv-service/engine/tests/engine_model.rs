@@ -3,7 +3,9 @@
 //! reopening the engine at random points.
 use std::collections::BTreeMap;
 
-use kv_engine::{Engine, EngineConfig, IoMode};
+use std::time::Duration;
+
+use kv_engine::{Durability, Engine, EngineConfig, IoMode};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -43,14 +45,28 @@ fn action() -> impl Strategy<Value = Action> {
     ]
 }
 
-fn config(workers: usize, io: IoMode) -> EngineConfig {
+fn config(workers: usize, io: IoMode, durability: Durability) -> EngineConfig {
     EngineConfig {
         workers,
-        // Tiny cache: most operations need real I/O and evictions happen.
+        // Tiny cache: most operations need real I/O and evictions happen (and, in the staged
+        // modes, dirty blocks are written back all the time).
         cache_bytes: workers * 48 * 1024,
         io,
+        durability,
+        // A small staging area: it wraps, and records up to 256 KiB fit.
+        stage_bytes: 1 << 20,
         ..EngineConfig::default()
     }
+}
+
+fn durability() -> impl Strategy<Value = Durability> {
+    prop::sample::select(vec![
+        Durability::Page,
+        Durability::Periodic {
+            interval: Duration::from_millis(5),
+        },
+        Durability::Sync,
+    ])
 }
 
 proptest! {
@@ -61,10 +77,11 @@ proptest! {
         workers in 1usize..4,
         // Both block I/O backends of a real disk: io_uring, and the pread/pwrite fallback.
         io in prop::sample::select(vec![IoMode::Auto, IoMode::Sync]),
+        mode in durability(),
         actions in prop::collection::vec(action(), 1..80),
     ) {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
-        let mut engine = Engine::open(dir.path(), config(workers, io)).expect("open");
+        let mut engine = Engine::open(dir.path(), config(workers, io, mode)).expect("open");
         let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         for a in actions {
             match a {
@@ -89,7 +106,7 @@ proptest! {
                 }
                 Action::Reopen => {
                     engine.close();
-                    engine = Engine::open(dir.path(), config(workers, io)).expect("reopen");
+                    engine = Engine::open(dir.path(), config(workers, io, mode)).expect("reopen");
                     let rec = engine.recovery_stats();
                     prop_assert_eq!(rec.live as usize, model.len());
                     prop_assert_eq!(rec.corrupt, 0);
@@ -99,7 +116,7 @@ proptest! {
         }
         // Final full comparison, after one more reopen.
         engine.close();
-        let engine = Engine::open(dir.path(), config(workers, io)).expect("reopen");
+        let engine = Engine::open(dir.path(), config(workers, io, mode)).expect("reopen");
         let all: Vec<(Vec<u8>, Vec<u8>)> = model.into_iter().collect();
         prop_assert_eq!(engine.scan(b"", usize::MAX).expect("scan"), all);
     }

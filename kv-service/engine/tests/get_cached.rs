@@ -2,7 +2,9 @@
 //! or `Miss` whenever that answer would need I/O or a write of the key is in progress.
 
 use kv_engine::backend::sim::SimBackend;
-use kv_engine::{open_workers_with, CachedGet, EngineConfig, Op, Reply, SimDisk, SyncMode, Worker};
+use kv_engine::{
+    open_workers_with, CachedGet, Durability, EngineConfig, Op, Reply, SimDisk, Worker,
+};
 
 fn run(w: &mut Worker<SimBackend>, op: Op) -> Reply {
     w.submit(op, 0);
@@ -24,7 +26,7 @@ fn cached_gets_answer_like_submitted_gets_and_miss_when_they_would_wait() {
         // Two 4 KiB blocks: most of the 100 items' blocks are not cached.
         cache_bytes: 8 << 10,
         queue_depth: 8,
-        sync: SyncMode::None,
+        durability: Durability::Page,
         ..EngineConfig::default()
     };
     let mut w = open_workers_with(&disk, &cfg)

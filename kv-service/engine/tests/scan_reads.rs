@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use kv_engine::backend::sim::{Fault, SimBackend};
 use kv_engine::{
-    choose_scan_keys, merge_scan, open_workers_with, Completion, EngineConfig, Error, Op, Reply,
-    SimDisk, SyncMode, Worker,
+    choose_scan_keys, merge_scan, open_workers_with, Completion, Durability, EngineConfig, Error,
+    Op, Reply, SimDisk, Worker,
 };
 
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -20,7 +20,7 @@ fn config(workers: usize, cache_bytes: usize) -> EngineConfig {
         workers,
         cache_bytes,
         queue_depth: 16,
-        sync: SyncMode::None,
+        durability: Durability::Page,
         ..EngineConfig::default()
     }
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kv_engine::SyncMode;
+use kv_engine::Durability;
 use rpc::RpcError;
 use transports::TransportError;
 
@@ -95,8 +95,9 @@ pub struct ServerConfig {
     pub threads: usize,
     /// Engine page cache in bytes, split between threads. Default 64 MiB.
     pub cache_bytes: usize,
-    /// Durability of acknowledged writes. Default [`SyncMode::None`].
-    pub sync: SyncMode,
+    /// When an acknowledged write is durable (`docs/STORAGE.md`, Durability). Default
+    /// [`Durability::Periodic`] with a 1 s flush interval.
+    pub durability: Durability,
     /// Idle behaviour. Default: spin 100 ms, then sleep.
     pub idle: IdleMode,
     /// Longest the shutdown waits for in-flight requests. Default 10 s.
@@ -125,7 +126,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./kv-data"),
             threads: 2,
             cache_bytes: 64 << 20,
-            sync: SyncMode::None,
+            durability: Durability::default(),
             idle: IdleMode::default(),
             drain_timeout: Duration::from_secs(10),
             udp_gro: true,

@@ -143,7 +143,7 @@ impl Server {
         let engine_cfg = EngineConfig {
             workers: w,
             cache_bytes: cfg.cache_bytes,
-            sync: cfg.sync,
+            durability: cfg.durability,
             ..EngineConfig::default()
         };
         let opened =
@@ -172,7 +172,7 @@ impl Server {
                 tcp_port: addr.port(),
                 threads: w,
                 data_dir: cfg.data_dir.display().to_string(),
-                sync_writes: cfg.sync == engine::SyncMode::Dsync,
+                sync_writes: cfg.durability == engine::Durability::Sync,
                 io_backend: backend.to_string(),
                 ..kv_resp::ServerFacts::default()
             };

@@ -616,10 +616,11 @@ impl<B: Backend> ServerState<B> {
         }
     }
 
-    /// Polls the worker and answers what it finished; returns whether anything did.
-    pub(crate) fn poll_worker(&mut self, ctx: &mut Ctx) -> bool {
+    /// Polls the worker at `now` (ns on the thread's Rpc clock: the engine's periodic flush
+    /// runs on it) and answers what it finished; returns whether anything did.
+    pub(crate) fn poll_worker(&mut self, ctx: &mut Ctx, now: u64) -> bool {
         let mut done = std::mem::take(&mut self.done);
-        let any = self.worker.poll(&mut done) > 0;
+        let any = self.worker.poll_at(now, &mut done) > 0;
         // Before any answer leaves: a client that saw its write acknowledged and then asks
         // how many keys there are counts its key.
         self.resp.publish_items(self.worker.len() as u64);

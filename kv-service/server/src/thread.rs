@@ -261,7 +261,7 @@ impl<T: Transport, B: Backend> ServerThread<T, B> {
         {
             let (st, ctx) = self.rpc.split();
             work |= st.on_mail(ctx);
-            work |= st.poll_worker(ctx);
+            work |= st.poll_worker(ctx, now);
             if let Some(front) = &mut self.resp {
                 self.steps = self.steps.wrapping_add(1);
                 for (tag, answer) in st.resp.done.drain(..) {
@@ -276,7 +276,10 @@ impl<T: Transport, B: Backend> ServerThread<T, B> {
                     // What the commands just read submitted often completes at once (cache
                     // hits): run the worker again and write those replies in this step,
                     // rather than one step later.
-                    if st.worker.pending() > 0 && st.poll_worker(ctx) && !st.resp.done.is_empty() {
+                    if st.worker.pending() > 0
+                        && st.poll_worker(ctx, now)
+                        && !st.resp.done.is_empty()
+                    {
                         for (tag, answer) in st.resp.done.drain(..) {
                             front.complete(tag, answer.outcome(), now);
                         }

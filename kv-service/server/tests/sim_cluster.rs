@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use kv_cluster::Cluster;
 use kv_engine::backend::sim::SimBackend;
-use kv_engine::{open_workers_with, EngineConfig, SimDisk, SyncMode};
+use kv_engine::{open_workers_with, Durability, EngineConfig, SimDisk};
 use kv_proto::{self as protocol, op, ClusterExt, Op, Request, Role, Status};
 use kv_raft::{AnyDir, SimFs};
 use kv_service::{
@@ -242,7 +242,7 @@ impl Sim {
             workers: THREADS,
             cache_bytes: THREADS * (128 << 10),
             queue_depth: 16,
-            sync: SyncMode::None,
+            durability: Durability::Page,
             ..EngineConfig::default()
         };
         let opened = open_workers_with(&n.disk, &engine).expect("engine recovery");

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::aligned::AlignedBuf;
 use super::sync_io::SyncIo;
 use super::uring::Ring;
-use super::{posix, Backend, BackendOptions, FileId, IoCompletion, IoMode, IoRequest, Storage};
+use super::{
+    posix, Backend, BackendOptions, FileId, FileMode, IoCompletion, IoMode, IoRequest, Storage,
+};
 use crate::error::{Error, Result};
 
 /// A data directory on a real file system (one that supports O_DIRECT: not tmpfs).
@@ -68,6 +70,14 @@ impl Storage for Disk {
         posix::sync_dir(&self.dir)
     }
 
+    fn remove_file(&self, name: &str) -> io::Result<()> {
+        match fs::remove_file(self.dir.join(name)) {
+            Ok(()) => posix::sync_dir(&self.dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// io_uring unless [`IoMode::Sync`]; with [`IoMode::Auto`], where the kernel refuses
     /// io_uring (too old, `kernel.io_uring_disabled`, a seccomp filter) the worker uses
     /// pread / pwrite and a warning says so once.
@@ -94,7 +104,6 @@ impl Storage for Disk {
             io,
             files: Vec::new(),
             dir: self.dir.clone(),
-            dsync: opts.dsync,
         })
     }
 }
@@ -114,7 +123,6 @@ pub struct DiskBackend {
     io: DiskIo,
     files: Vec<File>,
     dir: PathBuf,
-    dsync: bool,
 }
 
 impl DiskBackend {
@@ -133,8 +141,8 @@ impl Backend for DiskBackend {
         }
     }
 
-    fn open(&mut self, name: &str, create: bool) -> Result<FileId> {
-        let file = posix::open_direct(&self.dir.join(name), self.dsync, create)?;
+    fn open(&mut self, name: &str, create: bool, mode: FileMode) -> Result<FileId> {
+        let file = posix::open_file(&self.dir.join(name), mode, create)?;
         let id = u32::try_from(self.files.len())
             .map_err(|_| Error::InvalidConfig("too many open files".into()))?;
         self.files.push(file);
@@ -161,8 +169,18 @@ impl Backend for DiskBackend {
         posix::pread_aligned(self.file(file)?, buf, offset)
     }
 
-    fn write_at(&mut self, file: FileId, buf: &AlignedBuf, offset: u64) -> io::Result<()> {
-        posix::pwrite(self.file(file)?, buf.as_slice(), offset)
+    fn write_at(
+        &mut self,
+        file: FileId,
+        buf: &AlignedBuf,
+        len: usize,
+        offset: u64,
+    ) -> io::Result<()> {
+        let bytes = buf
+            .as_slice()
+            .get(..len)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        posix::pwrite(self.file(file)?, bytes, offset)
     }
 
     fn submit(&mut self, io: IoRequest) -> std::result::Result<(), IoRequest> {
@@ -189,6 +207,13 @@ impl Backend for DiskBackend {
     fn flush(&mut self) -> io::Result<()> {
         match &mut self.io {
             DiskIo::Uring(r) => r.flush(),
+            DiskIo::Sync(_) => Ok(()),
+        }
+    }
+
+    fn flush_all(&mut self) -> io::Result<()> {
+        match &mut self.io {
+            DiskIo::Uring(r) => r.submit(),
             DiskIo::Sync(_) => Ok(()),
         }
     }

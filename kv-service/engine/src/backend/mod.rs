@@ -43,18 +43,38 @@ pub use uring::{measure_random_io, RandomIoResult};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FileId(pub u32);
 
-/// Direction of a block I/O.
+/// Kind of an asynchronous I/O.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoKind {
     /// Read from the file into the buffer.
     Read,
     /// Write the buffer to the file.
     Write,
+    /// Make the file's data durable (`fdatasync`): every write completed before the request
+    /// was submitted is on stable storage once it completes. No buffer, no offset; the
+    /// completion's result is `Ok(0)`.
+    Sync,
 }
 
-/// One asynchronous block I/O: `len` bytes at byte `offset` of `file`, into or from the start
-/// of `buf`. `offset`, `len` and the buffer are multiples of 4 KiB (O_DIRECT) and
-/// `len <= buf.len()`.
+/// How a file is opened ([`Backend::open`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileMode {
+    /// `O_DIRECT`: block I/O bypasses the kernel's page cache; a completed write has reached
+    /// the device (which may still hold it in a volatile cache). Slab files.
+    Direct,
+    /// `O_DIRECT | O_DSYNC`: a completed write is on stable storage. The staging area in
+    /// [`Durability::Sync`](crate::Durability::Sync).
+    DirectSync,
+    /// Through the kernel's page cache: a completed write survives the process (the kernel
+    /// has it) and is durable after an [`IoKind::Sync`] or [`Backend::sync`]. The staging area
+    /// in [`Durability::Periodic`](crate::Durability::Periodic).
+    Buffered,
+}
+
+/// One asynchronous I/O: `len` bytes at byte `offset` of `file`, into or from the start
+/// of `buf`. For block I/O `offset`, `len` and the buffer are multiples of 4 KiB (O_DIRECT)
+/// and `len <= buf.len()`; an [`IoKind::Sync`] has no buffer ([`AlignedBuf::empty`]) and
+/// `offset == len == 0`.
 #[derive(Debug)]
 pub struct IoRequest {
     /// Read or write.
@@ -101,9 +121,6 @@ pub enum IoMode {
 pub struct BackendOptions {
     /// Most I/Os in flight.
     pub queue_depth: u32,
-    /// Open files with `O_DSYNC`: a completed write is on stable storage
-    /// ([`SyncMode::Dsync`](crate::SyncMode)).
-    pub dsync: bool,
     /// Which block I/O to use ([`Disk`] only).
     pub io: IoMode,
 }
@@ -119,9 +136,9 @@ pub trait Backend: Send + 'static {
     /// A short name for logs: `"io_uring"`, `"pread/pwrite"`, `"sim"`.
     fn name(&self) -> &'static str;
 
-    /// Opens the file `name` of the data directory for block I/O, creating it (empty) if
-    /// `create` and it does not exist.
-    fn open(&mut self, name: &str, create: bool) -> Result<FileId>;
+    /// Opens the file `name` of the data directory in `mode`, creating it (empty) if `create`
+    /// and it does not exist.
+    fn open(&mut self, name: &str, create: bool, mode: FileMode) -> Result<FileId>;
 
     /// The file's length in bytes.
     fn file_len(&mut self, file: FileId) -> io::Result<u64>;
@@ -141,8 +158,15 @@ pub trait Backend: Send + 'static {
     /// end of the file).
     fn read_at(&mut self, file: FileId, buf: &mut AlignedBuf, offset: u64) -> io::Result<usize>;
 
-    /// Writes all of `buf` at `offset` synchronously.
-    fn write_at(&mut self, file: FileId, buf: &AlignedBuf, offset: u64) -> io::Result<()>;
+    /// Writes the first `len` bytes of `buf` at `offset` synchronously (for a
+    /// [`FileMode::Direct`] file `len` is a multiple of 4 KiB).
+    fn write_at(
+        &mut self,
+        file: FileId,
+        buf: &AlignedBuf,
+        len: usize,
+        offset: u64,
+    ) -> io::Result<()>;
 
     /// Accepts an asynchronous I/O, or hands it back when [`Backend::in_flight`] is at the
     /// queue depth.
@@ -151,6 +175,9 @@ pub trait Backend: Send + 'static {
     /// Issues accepted I/O that is due (a backend may hold writes back briefly to issue them
     /// in groups).
     fn flush(&mut self) -> io::Result<()>;
+
+    /// Issues everything accepted, now (someone is waiting for it: a group commit).
+    fn flush_all(&mut self) -> io::Result<()>;
 
     /// Appends every finished I/O to `out`, without blocking.
     fn reap(&mut self, out: &mut Vec<IoCompletion>);
@@ -184,6 +211,10 @@ pub trait Storage: Sync {
     /// never a partial file, even across power loss (temporary file, `fsync`, `rename`,
     /// `fsync` of the directory).
     fn write_file_durably(&self, name: &str, data: &[u8]) -> io::Result<()>;
+
+    /// Removes a file and makes the removal durable (`fsync` of the directory). Removing a
+    /// file that does not exist is not an error.
+    fn remove_file(&self, name: &str) -> io::Result<()>;
 
     /// Worker `worker`'s backend.
     fn backend(&self, worker: usize, opts: BackendOptions) -> Result<Self::Backend>;

@@ -10,16 +10,18 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use super::aligned::AlignedBuf;
+use super::FileMode;
 use crate::error::{Error, Result};
 
-/// Opens (creating if `create` and missing) `path` for O_DIRECT reads and writes, optionally
-/// with O_DSYNC.
-pub(crate) fn open_direct(path: &Path, dsync: bool, create: bool) -> Result<File> {
+/// Opens (creating if `create` and missing) `path` for reads and writes in `mode` (O_DIRECT,
+/// O_DIRECT | O_DSYNC, or through the page cache).
+pub(crate) fn open_file(path: &Path, mode: FileMode, create: bool) -> Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut flags = libc::O_DIRECT;
-    if dsync {
-        flags |= libc::O_DSYNC;
-    }
+    let flags = match mode {
+        FileMode::Direct => libc::O_DIRECT,
+        FileMode::DirectSync => libc::O_DIRECT | libc::O_DSYNC,
+        FileMode::Buffered => 0,
+    };
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -31,7 +33,7 @@ pub(crate) fn open_direct(path: &Path, dsync: bool, create: bool) -> Result<File
             if e.raw_os_error() == Some(libc::EINVAL) {
                 Error::DirectIoUnsupported(path.to_path_buf())
             } else {
-                Error::io("opening a slab file", e)
+                Error::io("opening a data file", e)
             }
         })
 }
@@ -82,6 +84,11 @@ pub(crate) fn grow_file(file: &File, len: u64) -> io::Result<()> {
         Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => file.set_len(len),
         _ => Err(err),
     }
+}
+
+/// `fdatasync` of a file: its data, and the metadata needed to read it back, are durable.
+pub(crate) fn datasync(file: &File) -> io::Result<()> {
+    file.sync_data()
 }
 
 /// `fsync` of a directory: makes the entries created or renamed in it durable.

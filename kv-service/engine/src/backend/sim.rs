@@ -23,10 +23,15 @@
 //!   later call fails with EIO); open the engine again on the same `SimDisk` to recover.
 //!
 //! ```
-//! use kv_engine::{open_workers_with, EngineConfig, Op, Reply, SimDisk, SyncMode};
+//! use kv_engine::{open_workers_with, Durability, EngineConfig, Op, Reply, SimDisk};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let disk = SimDisk::new(7);
-//! let config = EngineConfig { workers: 1, sync: SyncMode::Dsync, ..EngineConfig::default() };
+//! let config = EngineConfig {
+//!     workers: 1,
+//!     durability: Durability::Sync,
+//!     stage_bytes: 1 << 20,
+//!     ..EngineConfig::default()
+//! };
 //! let mut opened = open_workers_with(&disk, &config)?;
 //! let w = &mut opened.workers[0];
 //! w.submit(Op::Put { key: b"k".to_vec(), value: b"v".to_vec() }, 1);
@@ -48,7 +53,7 @@ use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::aligned::AlignedBuf;
-use super::{Backend, BackendOptions, FileId, IoCompletion, IoKind, IoRequest, Storage};
+use super::{Backend, BackendOptions, FileId, FileMode, IoCompletion, IoKind, IoRequest, Storage};
 use crate::error::{Error, Result};
 
 /// Granularity of tearing: a write may land partly, in units of this many bytes.
@@ -116,10 +121,13 @@ struct State {
     capacity: Option<u64>,
     read_faults: BTreeMap<u64, Fault>,
     write_faults: BTreeMap<u64, Fault>,
+    sync_faults: BTreeMap<u64, Fault>,
     reads_issued: u64,
     writes_issued: u64,
+    syncs_issued: u64,
     random_read_eio: f64,
     random_write_eio: f64,
+    random_sync_eio: f64,
     stats: SimStats,
 }
 
@@ -165,6 +173,19 @@ impl State {
                     Some(Fault::NoSpace) => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
                     Some(Fault::Short(n)) => Ok(self.read(&file, &mut req.buf, off, n.min(len))),
                     None => Ok(self.read(&file, &mut req.buf, off, len)),
+                }
+            }
+            IoKind::Sync => {
+                self.stats.syncs += 1;
+                match fault {
+                    Some(Fault::NoSpace) => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+                    Some(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
+                    None => {
+                        if let Some(f) = self.files.get_mut(&file) {
+                            f.durable = f.live.clone();
+                        }
+                        Ok(0)
+                    }
                 }
             }
             IoKind::Write => {
@@ -285,10 +306,13 @@ impl SimDisk {
                 capacity: None,
                 read_faults: BTreeMap::new(),
                 write_faults: BTreeMap::new(),
+                sync_faults: BTreeMap::new(),
                 reads_issued: 0,
                 writes_issued: 0,
+                syncs_issued: 0,
                 random_read_eio: 0.0,
                 random_write_eio: 0.0,
+                random_sync_eio: 0.0,
                 stats: SimStats::default(),
             })),
         }
@@ -324,12 +348,27 @@ impl SimDisk {
         s.read_faults.insert(at, fault);
     }
 
+    /// The `nth` asynchronous sync ([`IoKind::Sync`](super::IoKind::Sync)) issued from now
+    /// gets `fault` (any fault but [`Fault::NoSpace`] fails it with EIO); nothing is made
+    /// durable.
+    pub fn fail_sync(&self, nth: u64, fault: Fault) {
+        let mut s = self.lock();
+        let at = s.syncs_issued + nth.max(1);
+        s.sync_faults.insert(at, fault);
+    }
+
     /// Every block read fails with EIO with chance `read`, every write with chance `write`
     /// (nothing transferred).
     pub fn set_random_faults(&self, read: f64, write: f64) {
         let mut s = self.lock();
         s.random_read_eio = read;
         s.random_write_eio = write;
+    }
+
+    /// Every asynchronous sync ([`IoKind::Sync`](super::IoKind::Sync)) fails with EIO with
+    /// chance `p` (nothing is made durable).
+    pub fn set_random_sync_faults(&self, p: f64) {
+        self.lock().random_sync_eio = p;
     }
 
     /// Counters.
@@ -487,6 +526,11 @@ impl Storage for SimDisk {
         Ok(())
     }
 
+    fn remove_file(&self, name: &str) -> io::Result<()> {
+        self.lock().files.remove(name);
+        Ok(())
+    }
+
     fn backend(&self, _worker: usize, opts: BackendOptions) -> Result<SimBackend> {
         let mut s = self.lock();
         let id = s.next_backend;
@@ -496,7 +540,6 @@ impl Storage for SimDisk {
             id,
             epoch: s.epoch,
             files: Vec::new(),
-            dsync: opts.dsync,
             depth: opts.queue_depth.max(1) as usize,
             queued: Vec::new(),
             issued: 0,
@@ -511,8 +554,8 @@ pub struct SimBackend {
     disk: SimDisk,
     id: u64,
     epoch: u64,
-    files: Vec<String>,
-    dsync: bool,
+    /// Open files: name and whether it was opened with O_DSYNC.
+    files: Vec<(String, bool)>,
     depth: usize,
     /// Accepted, not issued yet.
     queued: Vec<IoRequest>,
@@ -537,8 +580,12 @@ impl SimBackend {
     fn name_of(&self, f: FileId) -> io::Result<String> {
         self.files
             .get(f.0 as usize)
-            .cloned()
+            .map(|(n, _)| n.clone())
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
+    }
+
+    fn dsync_of(&self, f: FileId) -> bool {
+        self.files.get(f.0 as usize).is_some_and(|&(_, d)| d)
     }
 }
 
@@ -547,7 +594,7 @@ impl Backend for SimBackend {
         "sim"
     }
 
-    fn open(&mut self, name: &str, create: bool) -> Result<FileId> {
+    fn open(&mut self, name: &str, create: bool, mode: FileMode) -> Result<FileId> {
         let mut s = self
             .alive()
             .ok_or_else(|| Error::io("opening a slab file", eio()))?;
@@ -564,7 +611,8 @@ impl Backend for SimBackend {
         drop(s);
         let id = u32::try_from(self.files.len())
             .map_err(|_| Error::InvalidConfig("too many open files".into()))?;
-        self.files.push(name.to_string());
+        self.files
+            .push((name.to_string(), mode == FileMode::DirectSync));
         Ok(FileId(id))
     }
 
@@ -623,13 +671,53 @@ impl Backend for SimBackend {
         Ok(s.read(&name, buf, off, len))
     }
 
-    fn write_at(&mut self, file: FileId, buf: &AlignedBuf, offset: u64) -> io::Result<()> {
+    fn write_at(
+        &mut self,
+        file: FileId,
+        buf: &AlignedBuf,
+        len: usize,
+        offset: u64,
+    ) -> io::Result<()> {
         let name = self.name_of(file)?;
+        let dsync = self.dsync_of(file);
+        let bytes = buf
+            .as_slice()
+            .get(..len)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
         let mut s = self.alive().ok_or_else(eio)?;
         let off = usize::try_from(offset).unwrap_or(usize::MAX);
-        let dsync = self.dsync;
-        s.write(&name, off, buf.as_slice(), dsync, None);
-        Ok(())
+        // A synchronous write is a write issued to the device like any other: it counts for
+        // `fail_write` and the random faults.
+        s.writes_issued += 1;
+        let n = s.writes_issued;
+        let random = s.random_write_eio;
+        let fault = s
+            .write_faults
+            .remove(&n)
+            .or_else(|| s.chance(random).then_some(Fault::Eio));
+        if fault.is_some() {
+            s.stats.faults += 1;
+        }
+        s.stats.writes += 1;
+        match fault {
+            None => {
+                s.write(&name, off, bytes, dsync, None);
+                Ok(())
+            }
+            Some(Fault::Eio) => Err(eio()),
+            Some(Fault::NoSpace) => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+            Some(Fault::Short(k)) => {
+                let part = bytes.get(..k.min(bytes.len())).unwrap_or_default().to_vec();
+                s.write(&name, off, &part, dsync, None);
+                Err(io::Error::from(io::ErrorKind::WriteZero))
+            }
+            Some(Fault::Torn) => {
+                let bytes = bytes.to_vec();
+                let mask = s.sector_mask(bytes.len());
+                s.write(&name, off, &bytes, dsync, Some(&mask));
+                Err(eio())
+            }
+        }
     }
 
     fn submit(&mut self, io: IoRequest) -> std::result::Result<(), IoRequest> {
@@ -673,19 +761,26 @@ impl Backend for SimBackend {
                     let n = s.writes_issued;
                     s.write_faults.remove(&n)
                 }
+                IoKind::Sync => {
+                    s.syncs_issued += 1;
+                    let n = s.syncs_issued;
+                    s.sync_faults.remove(&n)
+                }
             };
             let random = match req.kind {
                 IoKind::Read => s.random_read_eio,
                 IoKind::Write => s.random_write_eio,
+                IoKind::Sync => s.random_sync_eio,
             };
             let fault = planned.or_else(|| s.chance(random).then_some(Fault::Eio));
             if fault.is_some() {
                 s.stats.faults += 1;
             }
+            let dsync = self.dsync_of(req.file);
             s.issued.push(Issued {
                 backend: self.id,
                 file,
-                dsync: self.dsync,
+                dsync,
                 fault,
                 req,
             });
@@ -697,6 +792,10 @@ impl Backend for SimBackend {
         // A request naming no file of this backend fails like a bad descriptor.
         self.dead.extend(failed);
         Ok(())
+    }
+
+    fn flush_all(&mut self) -> io::Result<()> {
+        self.flush()
     }
 
     fn reap(&mut self, out: &mut Vec<IoCompletion>) {

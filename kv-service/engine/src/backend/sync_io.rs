@@ -29,6 +29,8 @@ impl SyncIo {
                 Some(bytes) => posix::pwrite_once(file, bytes, req.offset),
                 None => Err(io::Error::from(io::ErrorKind::InvalidInput)),
             },
+            // Synchronous here: the calling thread waits for the device's flush.
+            IoKind::Sync => posix::datasync(file).map(|()| 0),
         };
         self.done.push_back(IoCompletion {
             tag: req.tag,

@@ -116,10 +116,13 @@ impl Ring {
         let entry = match req.kind {
             IoKind::Write => opcode::Write::new(fd, ptr, len).offset(req.offset).build(),
             IoKind::Read => opcode::Read::new(fd, ptr, len).offset(req.offset).build(),
+            IoKind::Sync => opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
         }
         .user_data(u64::from(slot));
-        // SAFETY: the entry points to `len <= req.buf.len()` bytes of `req.buf`'s heap
-        // allocation. Right below, `req.buf` is moved into `self.slots[slot]`, where it stays
+        // SAFETY: a read or write entry points to `len <= req.buf.len()` bytes of `req.buf`'s
+        // heap allocation (a sync entry points to no memory). Right below, `req.buf` is moved into `self.slots[slot]`, where it stays
         // untouched until the completion with `user_data == slot` is reaped (`reap`), or
         // forever if the ring cannot be drained (`Drop`); moving an `AlignedBuf` does not move
         // its allocation. So the memory the kernel reads or writes is valid and unaliased for
@@ -143,7 +146,8 @@ impl Ring {
         });
         self.in_flight += 1;
         self.unsubmitted += 1;
-        self.unsubmitted_reads += u32::from(kind == IoKind::Read);
+        // Someone waits for a read, and for a sync (a group commit): issue them at once.
+        self.unsubmitted_reads += u32::from(kind != IoKind::Write);
         self.oldest_unsubmitted.get_or_insert_with(Instant::now);
         Ok(())
     }
@@ -281,7 +285,7 @@ pub fn measure_random_io(
     duration: Duration,
 ) -> Result<RandomIoResult> {
     const PAGE: u64 = 4096;
-    let file = posix::open_direct(path, false, true)?;
+    let file = posix::open_file(path, super::FileMode::Direct, true)?;
     let _cleanup = RemoveOnDrop(path);
     let pages = (file_bytes / PAGE).max(1);
     let file_bytes = pages * PAGE;
@@ -342,6 +346,7 @@ pub fn measure_random_io(
                 match c.kind {
                     IoKind::Write => result.writes += 1,
                     IoKind::Read => result.reads += 1,
+                    IoKind::Sync => {}
                 }
                 issue(&mut ring, c.buf);
             }

@@ -1,14 +1,16 @@
 //! Child process for the engine's crash and disk-full tests (`tests/engine_crash.rs`,
 //! `tests/engine_errors.rs`); not a user tool.
 //!
-//! - `engine-crash-child crash DIR SEED`: opens the engine in DIR (2 workers, 1 MiB cache)
-//!   and runs puts and deletes from 4 threads, each on its own keys, forever. Before each
-//!   operation it prints `I <key> P <counter> <len>` or `I <key> D`, after its
-//!   acknowledgement `A <key>`, one line each, flushed. The parent SIGKILLs it.
-//! - `engine-crash-child fsize DIR`: fills a slab, lowers RLIMIT_FSIZE below the file's
+//! - `engine-crash-child crash DIR SEED MODE`: opens the engine in DIR (2 workers, 1 MiB cache,
+//!   durability MODE: `page`, `periodic` or `sync`) and runs puts and deletes from 4 threads,
+//!   each on its own keys, forever. Before each operation it prints `I <key> P <counter>
+//!   <len>` or `I <key> D`, after its acknowledgement `A <key>`, one line each, flushed. The
+//!   parent SIGKILLs it.
+//! - `engine-crash-child fsize DIR MODE`: fills a slab, lowers RLIMIT_FSIZE below the file's
 //!   length (SIGXFSZ ignored), overwrites an item that lies past the limit and prints
 //!   `WRITE_ERR <error>` and whether the old value is still read back (`OLD_VALUE_KEPT`);
-//!   then grows a file past the limit and prints `GROW_ERR <error>`.
+//!   then grows a file past the limit and prints `GROW_ERR <error>`. (In `periodic` mode the
+//!   write that fails is the staging area's, which lies past the limit too.)
 //! - `engine-crash-child no-uring DIR`: installs a seccomp filter that refuses
 //!   `io_uring_setup` (EPERM), as a container profile may; opens the engine with
 //!   `IoMode::Uring` and prints `URING_ERR <error>`, then with `IoMode::Auto` and prints
@@ -16,7 +18,19 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use kv_engine::{Engine, EngineConfig, IoMode};
+use kv_engine::{Durability, Engine, EngineConfig, IoMode};
+
+/// The durability mode named on the command line.
+fn mode(arg: Option<&String>) -> Result<Durability, Box<dyn std::error::Error>> {
+    Ok(match arg.map(String::as_str) {
+        None | Some("page") => Durability::Page,
+        Some("periodic") => Durability::Periodic {
+            interval: std::time::Duration::from_millis(20),
+        },
+        Some("sync") => Durability::Sync,
+        Some(other) => return Err(format!("unknown durability {other:?}").into()),
+    })
+}
 
 /// Number of keys used by the crash test; key `i` is `format!("key-{i:04}")`.
 pub const KEYS: u64 = 240;
@@ -35,10 +49,12 @@ fn xorshift(x: &mut u64) -> u64 {
     *x
 }
 
-fn crash(dir: &str, seed: u64) -> Result<(), Box<dyn std::error::Error>> {
+fn crash(dir: &str, seed: u64, durability: Durability) -> Result<(), Box<dyn std::error::Error>> {
     let config = EngineConfig {
         workers: 2,
         cache_bytes: 1 << 20,
+        durability,
+        stage_bytes: 8 << 20,
         ..EngineConfig::default()
     };
     let engine = Arc::new(Engine::open(dir, config)?);
@@ -89,10 +105,11 @@ fn crash(dir: &str, seed: u64) -> Result<(), Box<dyn std::error::Error>> {
     Err("writer threads stopped".into())
 }
 
-fn fsize(dir: &str) -> Result<(), Box<dyn std::error::Error>> {
+fn fsize(dir: &str, durability: Durability) -> Result<(), Box<dyn std::error::Error>> {
     let config = EngineConfig {
         workers: 1,
         cache_bytes: 64 << 10,
+        durability,
         ..EngineConfig::default()
     };
     let engine = Engine::open(dir, config)?;
@@ -233,10 +250,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("crash") => {
             let dir = args.get(2).ok_or("missing DIR")?;
             let seed = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1);
-            crash(dir, seed)
+            crash(dir, seed, mode(args.get(4))?)
         }
-        Some("fsize") => fsize(args.get(2).ok_or("missing DIR")?),
+        Some("fsize") => fsize(args.get(2).ok_or("missing DIR")?, mode(args.get(3))?),
         Some("no-uring") => no_uring(args.get(2).ok_or("missing DIR")?),
-        _ => Err("usage: engine-crash-child crash DIR SEED | fsize DIR | no-uring DIR".into()),
+        _ => Err(
+            "usage: engine-crash-child crash DIR SEED MODE | fsize DIR MODE | no-uring DIR".into(),
+        ),
     }
 }

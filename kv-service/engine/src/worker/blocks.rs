@@ -9,18 +9,29 @@
 //!   further *changes* wait in `blocked` until it completes, so writes to a block never
 //!   overtake each other; *reads* go on, and see the block as the last applied change left it).
 //!
-//! A block with I/O queued or in flight or operations waiting is pinned in the cache. The
-//! outcome of I/O comes back as [`Event`]s for the operations' state machines.
+//! In the staged durability modes (periodic, sync) a change does not write its block: it is
+//! staged (`stage.rs`) and the block becomes *dirty* — pinned, remembered by the LSN of its
+//! oldest staged change. Dirty blocks are written back in **batches**
+//! ([`Blocks::start_writeback`]): a snapshot (copy) of each block is taken at a point of the
+//! staging log, and written only once the staging area is durable up to that point — so a
+//! torn page write can only damage changes that recovery finds in the staging area — then the
+//! slab files are synced, and only then does the batch stop holding its LSNs (the staging
+//! space they occupy becomes reusable). Changes go on while a block's snapshot is in flight;
+//! a block has at most one write in flight.
+//!
+//! A block with I/O queued or in flight, operations waiting, or changes not yet written back
+//! is pinned in the cache. The outcome of I/O comes back as [`Event`]s for the operations'
+//! state machines.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use crate::backend::{AlignedBuf, Backend, IoCompletion, IoKind, IoRequest};
 use crate::error::Error;
 use crate::index::Location;
-use crate::pagecache::{block_key, PageCache};
+use crate::pagecache::{block_key, BlockKey, PageCache};
 use crate::slab::{Geometry, Slab, PAGE};
 
-use super::OpId;
+use super::{OpId, Tag};
 
 /// Write state of a cached block.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,6 +53,13 @@ struct BlockState {
     write_waiters: Vec<OpId>,
     /// Operations waiting for the block to load, or (changes) for an in-flight write.
     blocked: VecDeque<OpId>,
+    /// Staged modes: LSN of the oldest change not yet in a durable slab write (`None`: the
+    /// slab holds what the cache holds, or a snapshot in the batch will).
+    dirty: Option<u64>,
+    /// Staged modes: the block's item in the writeback batch.
+    wb: Option<u32>,
+    /// Operations that need the block to stay cached while they wait for another one.
+    holds: u32,
 }
 
 impl BlockState {
@@ -50,6 +68,9 @@ impl BlockState {
             || self.write != WriteState::Idle
             || !self.blocked.is_empty()
             || !self.write_waiters.is_empty()
+            || self.dirty.is_some()
+            || self.wb.is_some()
+            || self.holds > 0
     }
 
     fn clear(&mut self) {
@@ -58,7 +79,59 @@ impl BlockState {
         self.write_len = 0;
         self.write_waiters.clear();
         self.blocked.clear();
+        self.dirty = None;
+        self.wb = None;
+        self.holds = 0;
     }
+}
+
+/// Where a writeback batch stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Snapshots taken; waiting for the staging area to be durable up to the batch's point.
+    Durable,
+    /// Slab writes queued or in flight.
+    Write,
+    /// Writes done: the data directory's entries must be made durable (if a slab file was
+    /// created) before the slab files are synced.
+    SyncDir,
+    /// `fdatasync`s of the slab files queued or in flight.
+    Sync,
+}
+
+/// One block of a writeback batch.
+struct WbItem {
+    e: u32,
+    class: u8,
+    block: u64,
+    rec_lsn: u64,
+    len: usize,
+    buf: Option<AlignedBuf>,
+    ok: bool,
+}
+
+/// Dirty blocks being written back.
+struct Batch {
+    point: u64,
+    failures: u64,
+    min_lsn: u64,
+    phase: Phase,
+    items: Vec<WbItem>,
+    /// Items handed to the backend so far (phase `Write`).
+    next: usize,
+    /// Writes (phase `Write`) or syncs (phase `Sync`) not completed.
+    left: usize,
+    /// Classes whose slab file is still to be synced (phase `Sync`).
+    to_sync: Vec<u8>,
+}
+
+/// What finished writebacks did, for the counters and the callers waiting for room.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct WbStats {
+    pub(super) batches: u64,
+    pub(super) blocks: u64,
+    pub(super) bytes: u64,
+    pub(super) failed: u64,
 }
 
 /// What finished I/O means for an operation.
@@ -96,9 +169,18 @@ pub(super) struct Blocks {
     spare: Vec<AlignedBuf>,
     spare_large_bytes: usize,
     /// Completions reaped, and I/O that could not be issued at all.
-    done: Vec<IoCompletion>,
     failed: Vec<IoCompletion>,
     pub(super) stats: IoStats,
+    /// Staged modes: dirty blocks by the LSN of their oldest change.
+    dirty: BTreeSet<(u64, u32)>,
+    /// Bytes of the blocks that are dirty or being written back (pinned for it).
+    dirty_bytes: usize,
+    batch: Option<Batch>,
+    /// A batch finished since the last [`Blocks::take_finished`].
+    finished: bool,
+    /// The last finished batch could not write (or sync) everything.
+    pub(super) writeback_error: Option<std::io::Error>,
+    pub(super) wb_stats: WbStats,
 }
 
 impl Blocks {
@@ -110,9 +192,14 @@ impl Blocks {
             depth: depth.max(1) as usize,
             spare: Vec::new(),
             spare_large_bytes: 0,
-            done: Vec::new(),
             failed: Vec::new(),
             stats: IoStats::default(),
+            dirty: BTreeSet::new(),
+            dirty_bytes: 0,
+            batch: None,
+            finished: false,
+            writeback_error: None,
+            wb_stats: WbStats::default(),
         }
     }
 
@@ -271,7 +358,7 @@ impl Blocks {
                     Some(b) => (b, block_size),
                     None => continue,
                 },
-                IoKind::Write => {
+                IoKind::Write | IoKind::Sync => {
                     let len = self.state(e).write_len.min(block_size);
                     let mut b = self.take_buf(block_size);
                     if let (Some(dst), Some(src)) = (
@@ -286,7 +373,7 @@ impl Blocks {
             let Some(Some(slab)) = slabs.get(usize::from(class)) else {
                 // A block of a class without a file cannot be: fail it rather than hang.
                 self.failed.push(IoCompletion {
-                    tag: u64::from(e),
+                    tag: Tag::Block.encode(e),
                     kind,
                     buf,
                     result: Err(std::io::Error::from_raw_os_error(libc::EBADF)),
@@ -299,7 +386,7 @@ impl Blocks {
                 offset: block * block_size as u64,
                 len,
                 buf,
-                tag: u64::from(e),
+                tag: Tag::Block.encode(e),
             };
             match backend.submit(req) {
                 Ok(()) => match kind {
@@ -307,7 +394,7 @@ impl Blocks {
                         self.stats.reads += 1;
                         self.stats.read_bytes += len as u64;
                     }
-                    IoKind::Write => {
+                    IoKind::Write | IoKind::Sync => {
                         self.state(e).write = WriteState::InFlight;
                         self.stats.writes += 1;
                         self.stats.write_bytes += len as u64;
@@ -321,37 +408,29 @@ impl Blocks {
                                 self.recycle(b);
                             }
                         }
-                        IoKind::Write => self.recycle(req.buf),
+                        IoKind::Write | IoKind::Sync => self.recycle(req.buf),
                     }
                     self.queue.push_front((e, kind));
-                    break;
+                    return;
                 }
             }
         }
+        self.issue_writeback(backend, slabs);
     }
 
-    /// Reaps the backend's completions and turns them into events, in completion order: for
-    /// a write, its waiters' [`Event::Written`] first, then the blocked operations'
+    /// Moves the I/O that could not be issued at all (completed with an error) to `out`.
+    pub(super) fn take_failed(&mut self, out: &mut Vec<IoCompletion>) {
+        out.append(&mut self.failed);
+    }
+
+    /// Turns the completion of block `e`'s read or (page mode) write into events: for a
+    /// write, its waiters' [`Event::Written`] first, then the blocked operations'
     /// [`Event::Retry`].
-    pub(super) fn complete<B: Backend>(&mut self, backend: &mut B, events: &mut Vec<Event>) {
-        let mut done = std::mem::take(&mut self.done);
-        done.clear();
-        done.append(&mut self.failed);
-        backend.reap(&mut done);
-        for c in done.drain(..) {
-            self.on_complete(c, events);
-        }
-        self.done = done;
-    }
-
-    fn on_complete(&mut self, c: IoCompletion, events: &mut Vec<Event>) {
-        let Ok(e) = u32::try_from(c.tag) else {
-            return;
-        };
+    pub(super) fn on_complete(&mut self, e: u32, c: IoCompletion, events: &mut Vec<Event>) {
         let st = self.state(e);
         let expected = match c.kind {
             IoKind::Read => c.buf.len(),
-            IoKind::Write => st.write_len,
+            IoKind::Write | IoKind::Sync => st.write_len,
         };
         let blocked = std::mem::take(&mut st.blocked);
         let waiters = match c.kind {
@@ -359,7 +438,7 @@ impl Blocks {
                 st.loading = false;
                 Vec::new()
             }
-            IoKind::Write => {
+            IoKind::Write | IoKind::Sync => {
                 st.write = WriteState::Idle;
                 st.write_len = 0;
                 std::mem::take(&mut st.write_waiters)
@@ -391,7 +470,7 @@ impl Blocks {
                     }
                 }
             }
-            IoKind::Write => {
+            IoKind::Write | IoKind::Sync => {
                 self.recycle(c.buf);
                 if failure.is_some() {
                     // The block's state on disk is unknown: forget it, re-read it when needed.
@@ -421,6 +500,391 @@ impl Blocks {
                 st.write_waiters = w;
             }
             self.update_pin(e);
+        }
+    }
+
+    /// Staged modes: block `e` holds a change of the slot `loc`'s first `used` bytes, staged
+    /// at `lsn`: it is dirty (pinned) until written back.
+    pub(super) fn mark_dirty(&mut self, e: u32, loc: Location, used: usize, lsn: u64) {
+        let g = Geometry::of(loc.class);
+        let (_, off) = g.locate(loc.slot);
+        let need = (off + used).div_ceil(PAGE) * PAGE;
+        let st = self.state(e);
+        st.write_len = st.write_len.max(need.min(g.block_size));
+        if st.dirty.is_none() {
+            let newly = st.wb.is_none();
+            st.dirty = Some(lsn);
+            self.dirty.insert((lsn, e));
+            if newly {
+                self.dirty_bytes += g.block_size;
+            }
+        }
+        self.update_pin(e);
+    }
+
+    /// Keeps block `e` cached (pinned) until [`Blocks::release`]: for an operation that needs
+    /// it and another block at once, while it waits for the other.
+    pub(super) fn hold(&mut self, e: u32) {
+        self.state(e).holds += 1;
+        self.update_pin(e);
+    }
+
+    /// Ends a [`Blocks::hold`].
+    pub(super) fn release(&mut self, e: u32) {
+        let st = self.state(e);
+        st.holds = st.holds.saturating_sub(1);
+        self.update_pin(e);
+    }
+
+    /// Whether block `e` has changes not yet written back.
+    pub(super) fn is_dirty(&self, e: u32) -> bool {
+        self.states
+            .get(e as usize)
+            .is_some_and(|s| s.dirty.is_some())
+    }
+
+    /// Bytes of the blocks that are dirty or being written back.
+    pub(super) fn dirty_bytes(&self) -> usize {
+        self.dirty_bytes
+    }
+
+    /// Dirty blocks.
+    pub(super) fn dirty_blocks(&self) -> usize {
+        self.dirty.len()
+    }
+
+    /// The page cache's size limit in bytes.
+    pub(super) fn cache_capacity(&self) -> usize {
+        self.cache.capacity_bytes()
+    }
+
+    /// The cached block `key`, without touching the LRU order or the counters.
+    pub(super) fn peek(&self, key: BlockKey) -> Option<u32> {
+        self.cache.peek(key)
+    }
+
+    /// The oldest LSN a dirty block or the batch in progress still needs from the staging
+    /// area.
+    pub(super) fn oldest_needed(&self) -> Option<u64> {
+        let d = self.dirty.first().map(|&(l, _)| l);
+        let b = self.batch.as_ref().map(|b| b.min_lsn);
+        match (d, b) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        }
+    }
+
+    /// Where the writeback batch stands, if there is one.
+    pub(super) fn batch_phase(&self) -> Option<Phase> {
+        self.batch.as_ref().map(|b| b.phase)
+    }
+
+    /// Whether a batch finished since the last call.
+    pub(super) fn take_finished(&mut self) -> bool {
+        std::mem::take(&mut self.finished)
+    }
+
+    /// Starts a writeback batch of up to `max_bytes` of dirty blocks, oldest change first,
+    /// unless one is in progress: each block's bytes are copied now (its changes until now
+    /// are staged before `point`) and written once the staging area is durable up to `point`
+    /// with no chunk write failed since (`failures` = the failure count now). Returns the
+    /// blocks taken.
+    pub(super) fn start_writeback(&mut self, point: u64, failures: u64, max_bytes: usize) -> usize {
+        if self.batch.is_some() {
+            return 0;
+        }
+        let mut chosen = Vec::new();
+        let mut bytes = 0usize;
+        for &(lsn, e) in &self.dirty {
+            if bytes >= max_bytes {
+                break;
+            }
+            // A block whose previous snapshot is still being written waits for the next batch.
+            if self.states.get(e as usize).is_some_and(|s| s.wb.is_some()) {
+                continue;
+            }
+            let Some(key) = self.cache.key_of(e) else {
+                continue;
+            };
+            let class = (key >> 56) as u8;
+            bytes += Geometry::of(class).block_size;
+            chosen.push((lsn, e, class, key & ((1 << 56) - 1)));
+        }
+        if chosen.is_empty() {
+            return 0;
+        }
+        let mut items = Vec::with_capacity(chosen.len());
+        let mut min_lsn = u64::MAX;
+        for (lsn, e, class, block) in chosen {
+            let size = Geometry::of(class).block_size;
+            let st = self.state(e);
+            let len = st.write_len.clamp(PAGE, size);
+            st.write_len = 0;
+            st.dirty = None;
+            st.wb = u32::try_from(items.len()).ok();
+            self.dirty.remove(&(lsn, e));
+            let mut buf = self.take_buf(size);
+            if let (Some(dst), Some(src)) = (
+                buf.as_mut_slice().get_mut(..len),
+                self.cache.bytes(e).and_then(|b| b.get(..len)),
+            ) {
+                dst.copy_from_slice(src);
+            }
+            min_lsn = min_lsn.min(lsn);
+            items.push(WbItem {
+                e,
+                class,
+                block,
+                rec_lsn: lsn,
+                len,
+                buf: Some(buf),
+                ok: false,
+            });
+        }
+        let n = items.len();
+        self.batch = Some(Batch {
+            point,
+            failures,
+            min_lsn,
+            phase: Phase::Durable,
+            items,
+            next: 0,
+            left: 0,
+            to_sync: Vec::new(),
+        });
+        n
+    }
+
+    /// The staging area is durable up to `durable` and `failures` chunk writes failed so far:
+    /// a batch waiting for that starts writing — or, if a chunk write failed meanwhile (its
+    /// changes were undone after the snapshots were taken), is dropped and its blocks dirty
+    /// again.
+    pub(super) fn writeback_ready(&mut self, durable: u64, failures: u64) {
+        let Some(b) = self.batch.as_mut() else {
+            return;
+        };
+        if b.phase != Phase::Durable || durable < b.point {
+            return;
+        }
+        if b.failures != failures {
+            self.end_batch(false);
+            return;
+        }
+        b.phase = Phase::Write;
+        b.left = b.items.len();
+    }
+
+    /// Hands the batch's writes, then its syncs, to the backend while it has room.
+    fn issue_writeback<B: Backend>(&mut self, backend: &mut B, slabs: &[Option<Slab>]) {
+        let Some(b) = self.batch.as_mut() else {
+            return;
+        };
+        while backend.in_flight() < self.depth {
+            match b.phase {
+                Phase::Write => {
+                    let i = b.next;
+                    let Some(item) = b.items.get_mut(i) else {
+                        return;
+                    };
+                    let Some(buf) = item.buf.take() else {
+                        b.next += 1;
+                        continue;
+                    };
+                    let file = match slabs.get(usize::from(item.class)) {
+                        Some(Some(s)) => s.file(),
+                        _ => {
+                            // A dirty block of a class without a file cannot be.
+                            tracing::error!(
+                                class = item.class,
+                                "writeback of a class without a file"
+                            );
+                            item.ok = false;
+                            item.buf = Some(buf);
+                            b.next += 1;
+                            b.left = b.left.saturating_sub(1);
+                            if b.left == 0 && b.next >= b.items.len() {
+                                b.phase = Phase::SyncDir;
+                            }
+                            continue;
+                        }
+                    };
+                    let size = Geometry::of(item.class).block_size as u64;
+                    let req = IoRequest {
+                        kind: IoKind::Write,
+                        file,
+                        offset: item.block * size,
+                        len: item.len,
+                        buf,
+                        tag: Tag::Writeback.encode(i as u32),
+                    };
+                    let len = item.len;
+                    match backend.submit(req) {
+                        Ok(()) => {
+                            b.next += 1;
+                            self.stats.writes += 1;
+                            self.stats.write_bytes += len as u64;
+                        }
+                        Err(req) => {
+                            item.buf = Some(req.buf);
+                            return;
+                        }
+                    }
+                }
+                Phase::Sync => {
+                    let Some(&class) = b.to_sync.last() else {
+                        return;
+                    };
+                    let Some(Some(slab)) = slabs.get(usize::from(class)) else {
+                        b.to_sync.pop();
+                        b.left -= 1;
+                        continue;
+                    };
+                    let req = IoRequest {
+                        kind: IoKind::Sync,
+                        file: slab.file(),
+                        offset: 0,
+                        len: 0,
+                        buf: AlignedBuf::empty(),
+                        tag: Tag::SlabSync.encode(u32::from(class)),
+                    };
+                    if backend.submit(req).is_err() {
+                        return;
+                    }
+                    b.to_sync.pop();
+                }
+                Phase::Durable | Phase::SyncDir => return,
+            }
+        }
+    }
+
+    /// Item `i` of the batch was written, or not.
+    pub(super) fn on_writeback_done(&mut self, i: u32, c: IoCompletion) {
+        let Some(b) = self.batch.as_mut() else {
+            self.recycle(c.buf);
+            return;
+        };
+        if let Some(item) = b.items.get_mut(i as usize) {
+            item.ok = matches!(c.result, Ok(n) if n == item.len);
+            if !item.ok {
+                tracing::warn!(
+                    class = item.class,
+                    block = item.block,
+                    result = ?c.result,
+                    "writing back a block failed; it stays dirty and is retried"
+                );
+                if let Err(e) = &c.result {
+                    self.writeback_error = Some(super::stage::clone_io_error(e));
+                }
+            }
+            b.left = b.left.saturating_sub(1);
+        }
+        if b.phase == Phase::Write && b.left == 0 && b.next >= b.items.len() {
+            b.phase = Phase::SyncDir;
+        }
+        self.recycle(c.buf);
+    }
+
+    /// After the data directory's sync (`dir_ok`: it succeeded, or none was needed): queues
+    /// the syncs of the slab files written.
+    pub(super) fn start_slab_syncs(&mut self, dir_ok: bool) {
+        let Some(b) = self.batch.as_mut() else {
+            return;
+        };
+        if b.phase != Phase::SyncDir {
+            return;
+        }
+        if !dir_ok {
+            for it in &mut b.items {
+                it.ok = false;
+            }
+        }
+        let mut classes: Vec<u8> = b.items.iter().filter(|i| i.ok).map(|i| i.class).collect();
+        classes.sort_unstable();
+        classes.dedup();
+        b.left = classes.len();
+        b.to_sync = classes;
+        b.phase = Phase::Sync;
+        if b.left == 0 {
+            self.end_batch(true);
+        }
+    }
+
+    /// The sync of `class`'s slab file completed.
+    pub(super) fn on_slab_sync_done(&mut self, class: u8, c: &IoCompletion) {
+        let Some(b) = self.batch.as_mut() else {
+            return;
+        };
+        if let Err(e) = &c.result {
+            tracing::warn!(class, error = %e, "syncing a slab file failed; its blocks are written back again");
+            self.writeback_error = Some(super::stage::clone_io_error(e));
+            for it in b.items.iter_mut().filter(|i| i.class == class) {
+                it.ok = false;
+            }
+        }
+        b.left = b.left.saturating_sub(1);
+        if b.phase == Phase::Sync && b.left == 0 && b.to_sync.is_empty() {
+            self.end_batch(true);
+        }
+    }
+
+    /// Ends the batch: blocks written and synced are clean (as far as the snapshot goes);
+    /// the others are dirty again with their old LSN. `ran`: the batch was written (not
+    /// dropped before).
+    fn end_batch(&mut self, ran: bool) {
+        let Some(b) = self.batch.take() else {
+            return;
+        };
+        let mut failed = 0u64;
+        for it in b.items {
+            if let Some(buf) = it.buf {
+                self.recycle(buf);
+            }
+            let size = Geometry::of(it.class).block_size;
+            if let Some(st) = self.states.get_mut(it.e as usize) {
+                st.wb = None;
+                if st.dirty.is_none() {
+                    self.dirty_bytes -= size;
+                }
+            }
+            if it.ok {
+                self.wb_stats.blocks += 1;
+                self.wb_stats.bytes += it.len as u64;
+            } else {
+                failed += u64::from(ran);
+                self.redirty(it.e, it.class, it.rec_lsn);
+            }
+            self.update_pin(it.e);
+        }
+        if ran {
+            self.wb_stats.batches += 1;
+            self.wb_stats.failed += failed;
+            if failed == 0 {
+                self.writeback_error = None;
+            }
+        }
+        self.finished = true;
+    }
+
+    /// Block `e` (of `class`) needs its changes from `lsn` on written back again.
+    fn redirty(&mut self, e: u32, class: u8, lsn: u64) {
+        let size = Geometry::of(class).block_size;
+        let st = self.state(e);
+        st.write_len = size;
+        match st.dirty {
+            None => {
+                let newly = st.wb.is_none();
+                st.dirty = Some(lsn);
+                self.dirty.insert((lsn, e));
+                if newly {
+                    self.dirty_bytes += size;
+                }
+            }
+            Some(l) if l > lsn => {
+                st.dirty = Some(lsn);
+                self.dirty.remove(&(l, e));
+                self.dirty.insert((lsn, e));
+            }
+            Some(_) => {}
         }
     }
 

@@ -15,7 +15,7 @@ use crate::index::Location;
 use crate::record;
 use crate::slab::Geometry;
 
-use super::{Core, OpId, Step};
+use super::{Core, OpId, StaleStep, Step, Undo};
 
 /// Where a delete stands.
 #[derive(Clone, Copy, Debug)]
@@ -35,6 +35,8 @@ pub(super) struct DeleteOp {
     /// Hash of the key, for per-key ordering.
     pub(super) hash: u64,
     state: DeleteState,
+    /// Staged modes: the bytes the tombstone in flight replaced, to put back if it fails.
+    undo: Undo,
 }
 
 impl DeleteOp {
@@ -43,6 +45,7 @@ impl DeleteOp {
             key,
             hash,
             state: DeleteState::Start,
+            undo: Undo::default(),
         }
     }
 
@@ -52,12 +55,14 @@ impl DeleteOp {
             return Step::Wait;
         }
         match core.unlink_stale(&self.key, id) {
-            Some(Some(loc)) => {
+            StaleStep::Started(loc, undo) => {
+                self.undo = undo;
                 self.state = DeleteState::StaleWriting(loc);
                 return Step::Wait;
             }
-            Some(None) => return Step::Wait,
-            None => {}
+            StaleStep::Wait => return Step::Wait,
+            StaleStep::Failed(e) => return Step::Done(Err(e)),
+            StaleStep::None => {}
         }
         let Some(loc) = core.index.get(&self.key) else {
             return Step::Done(Ok(Reply::NotFound));
@@ -66,13 +71,15 @@ impl DeleteOp {
         let Some(e) = core.blocks.acquire(loc.class, block, id, true, false) else {
             return Step::Wait;
         };
-        let seq = core.take_seq();
-        let used = core
-            .blocks
-            .slot_mut(e, loc)
-            .and_then(|b| record::encode_tombstone(b, seq))
-            .unwrap_or(record::HEADER_LEN);
-        core.blocks.mark_write(e, loc, used, id);
+        match core.room(e, loc.class, record::HEADER_LEN, id) {
+            Ok(true) => {}
+            Ok(false) => return Step::Wait,
+            Err(err) => return Step::Done(Err(err)),
+        }
+        let Some(undo) = core.write_record(e, loc, Some(id), record::encode_tombstone) else {
+            return Step::Done(Err(core.corrupt(loc)));
+        };
+        self.undo = undo;
         core.index.remove(&self.key);
         self.state = DeleteState::Writing(loc);
         Step::Wait
@@ -86,12 +93,14 @@ impl DeleteOp {
         core: &mut Core<B>,
         result: Result<()>,
     ) -> Step {
+        let undo = std::mem::take(&mut self.undo);
         match (self.state, result) {
             (DeleteState::Writing(loc), Ok(())) => {
                 core.release_slot(loc);
                 Step::Done(Ok(Reply::Deleted))
             }
             (DeleteState::Writing(loc), Err(e)) => {
+                core.restore_slot(loc, undo);
                 core.index.insert(&self.key, loc);
                 Step::Done(Err(e))
             }
@@ -100,7 +109,10 @@ impl DeleteOp {
                 self.state = DeleteState::Start;
                 self.step(id, core)
             }
-            (DeleteState::StaleWriting(_), Err(e)) => Step::Done(Err(e)),
+            (DeleteState::StaleWriting(loc), Err(e)) => {
+                core.restore_slot(loc, undo);
+                Step::Done(Err(e))
+            }
             // No write of ours is outstanding in the other states.
             _ => Step::Wait,
         }

@@ -11,9 +11,17 @@
 //! every loop iteration, so a request goes from network to disk with no hand-off.
 //!
 //! Inside, one file per concern: `keys.rs` orders the writes of one key, `blocks.rs` owns the
-//! cached blocks and their I/O, and each operation is a state machine of its own (`get.rs`,
-//! `put.rs` — where a put becomes durable —, `delete.rs`, `scan.rs`) that runs against the
-//! worker's [`Core`] until it must wait for a block or a write.
+//! cached blocks and their I/O (and, in the staged durability modes, the writeback of dirty
+//! blocks), `stage.rs` the staging area where a write becomes durable in those modes, and each
+//! operation is a state machine of its own (`get.rs`, `put.rs` — where a put is acknowledged
+//! —, `delete.rs`, `scan.rs`) that runs against the worker's [`Core`] until it must wait for a
+//! block or a write.
+//!
+//! A change goes to disk one of two ways ([`Core::write_record`]): in
+//! [`Durability::Page`](crate::Durability::Page) the block's own write (O_DIRECT, in place)
+//! carries it and acknowledges it; in the staged modes the record is appended to the staging
+//! area, which acknowledges it, and the block is written back later with all the changes it
+//! gathered meanwhile.
 //!
 //! Ordering: write operations (put, delete) on the same key run one after another, in
 //! submission order; reads see the latest applied write (possibly not yet acknowledged).
@@ -24,6 +32,7 @@ mod get;
 mod keys;
 mod put;
 mod scan;
+mod stage;
 
 pub use get::CachedGet;
 pub use scan::choose_scan_keys;
@@ -33,18 +42,21 @@ use std::collections::{HashMap, VecDeque};
 use ::slab::Slab as OpTable;
 use kv_proto::{fnv1a64, Op, Reply};
 
-use crate::backend::{Backend, DiskBackend};
+use crate::backend::{Backend, DiskBackend, FileId, IoCompletion};
 use crate::error::{Error, Result};
 use crate::index::{Index, Location};
+use crate::pagecache::block_key;
+use crate::record;
 use crate::recovery::{Recovered, RecoveryStats};
-use crate::slab::{self as slabs, Allocated, Slab, MAX_VALUE_LEN};
+use crate::slab::{self as slabs, Allocated, Geometry, Slab, MAX_VALUE_LEN};
 
-use blocks::{Blocks, Event};
+use blocks::{Blocks, Event, Phase};
 use delete::DeleteOp;
 use get::GetOp;
 use keys::KeyQueue;
 use put::PutOp;
 use scan::ScanOp;
+use stage::Stage;
 
 /// A finished operation.
 #[derive(Debug)]
@@ -91,7 +103,74 @@ pub struct WorkerStats {
     /// Items returned by scans whose block was not cached when the scan looked for it (the
     /// reads a scan cannot avoid without reorganising the data).
     pub scan_items_uncached: u64,
+    /// Staged modes: records appended to the staging area.
+    pub staged_records: u64,
+    /// Staged modes: chunks written to the staging area (one write each).
+    pub stage_chunks: u64,
+    /// Staged modes: bytes written to the staging area.
+    pub stage_bytes: u64,
+    /// Flushes of the staging area begun (periodic: `fdatasync`s; sync: chunk writes).
+    pub flushes_started: u64,
+    /// Flushes of the staging area completed successfully: every write acknowledged before
+    /// the last one began is on stable storage.
+    pub flushes_completed: u64,
+    /// Flushes of the staging area that failed.
+    pub flush_errors: u64,
+    /// Staged modes: blocks with changes not yet written back.
+    pub dirty_blocks: u64,
+    /// Staged modes: writeback batches completed.
+    pub writeback_batches: u64,
+    /// Staged modes: blocks written back (and synced).
+    pub writeback_blocks: u64,
+    /// Staged modes: block writebacks (or their syncs) that failed and were retried.
+    pub writeback_failures: u64,
 }
+
+/// What an I/O's tag says it was: the kind in the top byte, a number below.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tag {
+    /// A block's read, or its write in page mode (number: the cache entry).
+    Block = 0,
+    /// A block's writeback in a staged mode (number: the item in the batch).
+    Writeback = 1,
+    /// A write of the staging area in sync mode.
+    Chunk = 2,
+    /// A flush of the staging area in periodic mode.
+    StageSync = 3,
+    /// A slab file's sync after a writeback (number: the class).
+    SlabSync = 4,
+}
+
+impl Tag {
+    pub(crate) fn encode(self, n: u32) -> u64 {
+        ((self as u64) << 56) | u64::from(n)
+    }
+
+    fn decode(tag: u64) -> Option<(Tag, u32)> {
+        let n = (tag & 0xFFFF_FFFF) as u32;
+        let kind = match tag >> 56 {
+            0 => Tag::Block,
+            1 => Tag::Writeback,
+            2 => Tag::Chunk,
+            3 => Tag::StageSync,
+            4 => Tag::SlabSync,
+            _ => return None,
+        };
+        Some((kind, n))
+    }
+}
+
+/// The staging area a staged-mode worker writes to (opened by `open_workers_with`).
+pub(crate) struct StageFile {
+    pub(crate) file: FileId,
+    pub(crate) salt: u64,
+    pub(crate) ring: u64,
+    /// `None`: sync mode.
+    pub(crate) interval_ns: Option<u64>,
+}
+
+/// Longest a writeback batch is, in bytes.
+const BATCH_BYTES: usize = 16 << 20;
 
 /// An operation's handle inside its worker.
 type OpId = usize;
@@ -107,8 +186,6 @@ enum Step {
 /// The state an operation's steps work on: everything of the worker but the operations.
 struct Core<B: Backend> {
     id: usize,
-    /// [`SyncMode::Dsync`](crate::SyncMode::Dsync).
-    dsync: bool,
     max_file_bytes: Option<u64>,
     /// By size class; `None`: no file for the class yet.
     slabs: Vec<Option<Slab>>,
@@ -116,8 +193,12 @@ struct Core<B: Backend> {
     next_seq: u64,
     blocks: Blocks,
     backend: B,
-    /// A slab file was created but the `fsync` of the directory that makes its entry durable
-    /// has not succeeded yet: nothing may be allocated until it does.
+    /// Staged modes: the staging area.
+    stage: Option<Stage>,
+    /// Staged modes: a slab file was created and the `fsync` of the directory that makes its
+    /// entry durable has not succeeded yet. Its records are in the staging area (recovery
+    /// recreates a lost file); the next writeback syncs the directory before its batch lets
+    /// the staging space go.
     dir_sync_pending: bool,
     /// Live copies on disk that a move could not tombstone, by key. They lose to the key's
     /// newer copy at recovery — as long as that copy exists: a delete (tombstones carry no
@@ -142,16 +223,7 @@ impl<B: Backend> Core<B> {
             if let Some(slot) = self.slabs.get_mut(c) {
                 *slot = Some(s);
             }
-            // The new file's directory entry must be durable before anything written into
-            // the file is acknowledged: with O_DSYNC the data is on stable storage, but
-            // without an fsync of the directory power loss may lose the file itself.
-            self.dir_sync_pending |= self.dsync;
-        }
-        if self.dir_sync_pending {
-            self.backend.sync_dir().map_err(|e| {
-                Error::io("syncing the data directory after creating a slab file", e)
-            })?;
-            self.dir_sync_pending = false;
+            self.dir_sync_pending |= self.stage.is_some();
         }
         match self.slabs.get_mut(c) {
             Some(Some(s)) => s.allocate(&mut self.backend),
@@ -166,24 +238,217 @@ impl<B: Backend> Core<B> {
         }
     }
 
-    /// Starts tombstoning the next stale copy of `key` for operation `id`: `None` if the key
-    /// has none; `Some(None)` if the operation now waits for the copy's block; `Some(Some(loc))`
-    /// once the tombstone is in the cached block and its write queued.
-    fn unlink_stale(&mut self, key: &[u8], id: OpId) -> Option<Option<Location>> {
-        let loc = self.stale.get(key).and_then(|v| v.first().copied())?;
-        let (block, _) = slabs::Geometry::of(loc.class).locate(loc.slot);
-        let e = match self.blocks.acquire(loc.class, block, id, true, false) {
-            Some(e) => e,
-            None => return Some(None),
+    /// Starts tombstoning the next stale copy of `key` for operation `id`.
+    fn unlink_stale(&mut self, key: &[u8], id: OpId) -> StaleStep {
+        let Some(loc) = self.stale.get(key).and_then(|v| v.first().copied()) else {
+            return StaleStep::None;
         };
+        let (block, _) = slabs::Geometry::of(loc.class).locate(loc.slot);
+        let Some(e) = self.blocks.acquire(loc.class, block, id, true, false) else {
+            return StaleStep::Wait;
+        };
+        match self.room(e, loc.class, record::HEADER_LEN, id) {
+            Err(err) => StaleStep::Failed(err),
+            Ok(false) => StaleStep::Wait,
+            Ok(true) => match self.write_record(e, loc, Some(id), record::encode_tombstone) {
+                Some(undo) => StaleStep::Started(loc, undo),
+                None => StaleStep::Failed(self.corrupt(loc)),
+            },
+        }
+    }
+
+    /// Whether staging area (staged modes) has room now for a change of `rec_len` bytes to
+    /// block `e` of `class`; if not, operation `id` waits for room (an [`Event::Retry`]).
+    /// `Err` when the change cannot be made: writes are refused (a failed flush), the record
+    /// is too large for the staging area, or the ring is full and writebacks fail.
+    fn room(&mut self, e: u32, class: u8, rec_len: usize, id: OpId) -> Result<bool> {
+        let Some(st) = &self.stage else {
+            return Ok(true);
+        };
+        let tail = self.tail();
+        let mut ok = st.room(tail, rec_len)?;
+        // The cache's dirty budget: half the cache (a block already dirty costs nothing more).
+        let dirty = self.blocks.dirty_bytes();
+        if ok && dirty > 0 && !self.blocks.is_dirty(e) {
+            let size = Geometry::of(class).block_size;
+            ok = dirty + size <= self.blocks.cache_capacity() / 2;
+        }
+        if ok {
+            return Ok(true);
+        }
+        if let Some(err) = &self.blocks.writeback_error {
+            return Err(Error::io(
+                "writing back to the slab files (the staging area is full)",
+                stage::clone_io_error(err),
+            ));
+        }
+        if let Some(st) = self.stage.as_mut() {
+            st.waiters.push(id);
+        }
+        Ok(false)
+    }
+
+    /// The oldest LSN the staging area must keep (staged modes).
+    fn tail(&self) -> u64 {
+        let head = self.stage.as_ref().map_or(0, Stage::head);
+        self.blocks.oldest_needed().unwrap_or(head).min(head)
+    }
+
+    /// Writes a record into slot `loc` of cached block `e` — `encode` writes it (with a fresh
+    /// sequence number) and returns its length — and queues it to disk: page mode, the
+    /// block's write (joining one already queued); staged modes, the staging area (the block
+    /// becomes dirty). `waiter`: the operation that gets an [`Event::Written`] for it (always
+    /// one in page mode; in staged modes `None` for a record that goes with the previous one,
+    /// in its chunk). Returns, in staged modes, the slot's bytes from before (to undo the
+    /// change if its write fails: [`Core::restore_slot`]); `None` if the record could not be
+    /// encoded (a bug guard: sizes are checked before).
+    fn write_record<F>(
+        &mut self,
+        e: u32,
+        loc: Location,
+        waiter: Option<OpId>,
+        encode: F,
+    ) -> Option<Undo>
+    where
+        F: FnOnce(&mut [u8], u64) -> Option<usize>,
+    {
         let seq = self.take_seq();
-        let used = self
-            .blocks
-            .slot_mut(e, loc)
-            .and_then(|b| crate::record::encode_tombstone(b, seq))
-            .unwrap_or(crate::record::HEADER_LEN);
-        self.blocks.mark_write(e, loc, used, id);
-        Some(Some(loc))
+        let staged = self.stage.is_some();
+        let slot = self.blocks.slot_mut(e, loc)?;
+        let undo = if staged {
+            let n = slot.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+            Some(slot.get(..n).unwrap_or_default().to_vec())
+        } else {
+            None
+        };
+        let used = encode(slot, seq)?;
+        match (self.stage.as_mut(), waiter) {
+            (None, Some(id)) => self.blocks.mark_write(e, loc, used, id),
+            (None, None) => tracing::error!("a page-mode write without a waiter"),
+            (Some(st), _) => {
+                let rec = self
+                    .blocks
+                    .slot(e, loc)
+                    .and_then(|b| b.get(..used))
+                    .unwrap_or_default();
+                let lsn = st.append(loc.class, loc.slot, rec, waiter);
+                self.blocks.mark_dirty(e, loc, used, lsn);
+            }
+        }
+        Some(Undo(undo))
+    }
+
+    /// Staged modes: the records of these lengths, staged next, go into one chunk.
+    fn reserve(&mut self, rec_lens: &[usize]) {
+        if let Some(st) = self.stage.as_mut() {
+            st.reserve(rec_lens.iter().map(|&l| crate::staging::entry_len(l)).sum());
+        }
+    }
+
+    /// Staged modes: puts the bytes a failed change replaced back into its slot (in the cache:
+    /// the block is dirty, so cached). The staging area may or may not hold the failed
+    /// record; like any failed write it may be found after a crash.
+    fn restore_slot(&mut self, loc: Location, undo: Undo) {
+        let Some(old) = undo.0 else {
+            return;
+        };
+        let (block, _) = Geometry::of(loc.class).locate(loc.slot);
+        let Some(e) = self.blocks.peek(block_key(loc.class, block)) else {
+            tracing::error!(
+                class = loc.class,
+                slot = loc.slot,
+                "a dirty block left the cache"
+            );
+            return;
+        };
+        if let Some(slot) = self.blocks.slot_mut(e, loc) {
+            let n = old.len().min(slot.len());
+            if let (Some(dst), Some(src)) = (slot.get_mut(..n), old.get(..n)) {
+                dst.copy_from_slice(src);
+            }
+            if let Some(rest) = slot.get_mut(n..) {
+                rest.fill(0);
+            }
+        }
+    }
+
+    /// Routes a completed I/O by its tag.
+    fn on_io(&mut self, c: IoCompletion, now_ns: u64, events: &mut Vec<Event>) {
+        match Tag::decode(c.tag) {
+            Some((Tag::Block, e)) => self.blocks.on_complete(e, c, events),
+            Some((Tag::Writeback, i)) => self.blocks.on_writeback_done(i, c),
+            Some((Tag::SlabSync, class)) => {
+                self.blocks.on_slab_sync_done(class as u8, &c);
+            }
+            Some((Tag::Chunk, _)) => {
+                if let Some(st) = self.stage.as_mut() {
+                    st.on_chunk_done(&mut self.backend, c, events);
+                }
+            }
+            Some((Tag::StageSync, _)) => {
+                if let Some(st) = self.stage.as_mut() {
+                    st.on_sync_done(&c, now_ns);
+                }
+            }
+            None => tracing::error!(tag = c.tag, "a completion with an unknown tag"),
+        }
+    }
+
+    /// Staged modes, at the end of a poll: the periodic flush when it is due, and the
+    /// writeback of dirty blocks when the staging area or the cache's dirty budget fills up
+    /// (each batch waits for the staging area to be durable up to its snapshot, then writes,
+    /// then syncs the slab files). Returns whether a batch finished (operations waiting for
+    /// room should try again).
+    fn maintain(&mut self, now_ns: u64) -> bool {
+        let Some(st) = self.stage.as_mut() else {
+            return false;
+        };
+        self.blocks.writeback_ready(st.durable, st.failures);
+        if self.blocks.batch_phase() == Some(Phase::SyncDir) {
+            let ok = !self.dir_sync_pending
+                || match self.backend.sync_dir() {
+                    Ok(()) => {
+                        self.dir_sync_pending = false;
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(worker = self.id, error = %e, "syncing the data directory failed; the writeback is retried");
+                        false
+                    }
+                };
+            self.blocks.start_slab_syncs(ok);
+        }
+        let head = st.head();
+        let tail = self.blocks.oldest_needed().unwrap_or(head).min(head);
+        let cap = st.capacity();
+        let pressure = st.used(tail) > cap / 2
+            || self.blocks.dirty_bytes() > self.blocks.cache_capacity() / 4
+            || !st.waiters.is_empty();
+        let start =
+            pressure && self.blocks.batch_phase().is_none() && self.blocks.dirty_blocks() > 0;
+        if st.is_sync() {
+            if start {
+                // The snapshots must lie before their point: close the open chunk first.
+                st.seal_now();
+                let point = st.head();
+                self.blocks.start_writeback(point, st.failures, BATCH_BYTES);
+                st.flush(&mut self.backend, now_ns, &mut Vec::new());
+            }
+        } else {
+            let start = start && st.open_is_empty();
+            match st.maybe_sync(&mut self.backend, now_ns, start) {
+                Some(point) if start => {
+                    self.blocks.start_writeback(point, st.failures, BATCH_BYTES);
+                }
+                None if start && st.all_durable() => {
+                    self.blocks
+                        .start_writeback(st.durable, st.failures, BATCH_BYTES);
+                }
+                _ => {}
+            }
+        }
+        self.blocks.writeback_ready(st.durable, st.failures);
+        self.blocks.take_finished()
     }
 
     /// Remembers a copy of `key` that could not be tombstoned.
@@ -210,6 +475,23 @@ impl<B: Backend> Core<B> {
     }
 }
 
+/// What [`Core::unlink_stale`] did.
+enum StaleStep {
+    /// The key has no stale copy.
+    None,
+    /// The operation waits (for the copy's block, or for room in the staging area).
+    Wait,
+    /// The tombstone is in the cached block and queued to disk.
+    Started(Location, Undo),
+    /// It cannot be done.
+    Failed(Error),
+}
+
+/// A slot's bytes before a change (staged modes; `None` in page mode, where a failed write
+/// drops the block from the cache instead).
+#[derive(Debug, Default)]
+struct Undo(Option<Vec<u8>>);
+
 /// One operation in the worker.
 struct OpEntry {
     tag: u64,
@@ -231,34 +513,43 @@ pub struct Worker<B: Backend = DiskBackend> {
     keys: KeyQueue,
     runnable: VecDeque<OpId>,
     events: Vec<Event>,
+    done: Vec<IoCompletion>,
     ready: Vec<Completion>,
     pending: usize,
     ops_completed: u64,
     scan_items: u64,
     scan_items_uncached: u64,
     recovery: RecoveryStats,
+    /// Origin of [`Worker::poll`]'s clock.
+    clock: std::time::Instant,
+    /// The time of the current (or last) poll, ns.
+    now_ns: u64,
 }
 
 pub(crate) struct WorkerParams {
     pub(crate) id: usize,
-    pub(crate) dsync: bool,
     pub(crate) max_file_bytes: Option<u64>,
     pub(crate) cache_bytes: usize,
     pub(crate) queue_depth: u32,
+    /// Staged modes: the staging area.
+    pub(crate) stage: Option<StageFile>,
 }
 
 impl<B: Backend> Worker<B> {
     pub(crate) fn new(p: WorkerParams, rec: Recovered, backend: B) -> Worker<B> {
+        let stage = p
+            .stage
+            .map(|s| Stage::new(s.file, s.salt, s.ring, s.interval_ns));
         Worker {
             core: Core {
                 id: p.id,
-                dsync: p.dsync,
                 max_file_bytes: p.max_file_bytes,
                 slabs: rec.slabs,
                 index: rec.index,
                 next_seq: rec.next_seq,
                 blocks: Blocks::new(p.cache_bytes, p.queue_depth),
                 backend,
+                stage,
                 dir_sync_pending: false,
                 stale: HashMap::new(),
             },
@@ -266,12 +557,15 @@ impl<B: Backend> Worker<B> {
             keys: KeyQueue::default(),
             runnable: VecDeque::new(),
             events: Vec::new(),
+            done: Vec::new(),
             ready: Vec::new(),
             pending: 0,
             ops_completed: 0,
             scan_items: 0,
             scan_items_uncached: 0,
             recovery: rec.stats,
+            clock: std::time::Instant::now(),
+            now_ns: 0,
         }
     }
 
@@ -310,6 +604,8 @@ impl<B: Backend> Worker<B> {
         let c = &self.core;
         let cache = c.blocks.cache();
         let io = c.blocks.stats;
+        let st = c.stage.as_ref().map(|s| s.stats).unwrap_or_default();
+        let wb = c.blocks.wb_stats;
         WorkerStats {
             backend: c.backend.name(),
             ops_completed: self.ops_completed,
@@ -327,6 +623,16 @@ impl<B: Backend> Worker<B> {
             free_slots: c.slabs.iter().flatten().map(|s| s.free.len() as u64).sum(),
             scan_items: self.scan_items,
             scan_items_uncached: self.scan_items_uncached,
+            staged_records: st.records,
+            stage_chunks: st.chunks,
+            stage_bytes: st.bytes,
+            flushes_started: st.flushes_started,
+            flushes_completed: st.flushes_completed,
+            flush_errors: st.flush_errors,
+            dirty_blocks: c.blocks.dirty_blocks() as u64,
+            writeback_batches: wb.batches,
+            writeback_blocks: wb.blocks,
+            writeback_failures: wb.failed,
         }
     }
 
@@ -480,13 +786,46 @@ impl<B: Backend> Worker<B> {
         self.runnable.push_back(id);
     }
 
-    /// Makes progress without blocking: reaps I/O completions, runs operations, hands the
-    /// gathered I/O to the backend, and appends finished operations to `out`. Returns how
-    /// many were appended.
+    /// Makes progress without blocking: reaps I/O completions, runs operations, writes what
+    /// they staged (staged modes), hands the gathered I/O to the backend, and appends finished
+    /// operations to `out`. Returns how many were appended. Time (for the periodic flush) is
+    /// the worker's own monotonic clock; [`Worker::poll_at`] takes it from the caller instead.
     pub fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+        let now = u64::try_from(self.clock.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.poll_at(now, out)
+    }
+
+    /// [`Worker::poll`] at time `now_ns` (nanoseconds on any monotonic clock the caller keeps
+    /// using for this worker, e.g. a simulation's virtual clock).
+    pub fn poll_at(&mut self, now_ns: u64, out: &mut Vec<Completion>) -> usize {
+        self.now_ns = self.now_ns.max(now_ns);
         self.reap();
-        while let Some(id) = self.runnable.pop_front() {
-            self.run(id);
+        self.run_runnable();
+        if self.core.stage.is_some() {
+            // Write what the operations staged; in periodic mode that acknowledges them, and
+            // their next steps (a move's tombstone, the key's next write) may stage more.
+            for _ in 0..4 {
+                let staged = self.core.stage.as_ref().is_some_and(|s| !s.open_is_empty());
+                if !staged {
+                    break;
+                }
+                let mut events = std::mem::take(&mut self.events);
+                let now = self.now_ns;
+                let c = &mut self.core;
+                if let Some(st) = c.stage.as_mut() {
+                    st.flush(&mut c.backend, now, &mut events);
+                }
+                self.handle(events);
+                self.run_runnable();
+                if self.core.stage.as_ref().is_some_and(Stage::is_sync) {
+                    break;
+                }
+            }
+            if self.core.maintain(self.now_ns) {
+                if let Some(st) = self.core.stage.as_mut() {
+                    self.runnable.extend(st.waiters.drain(..));
+                }
+            }
         }
         let c = &mut self.core;
         c.blocks.issue(&mut c.backend, &c.slabs);
@@ -500,11 +839,15 @@ impl<B: Backend> Worker<B> {
     }
 
     /// Makes every write that has completed so far durable — it survives power loss — with
-    /// an `fsync` of each of the worker's slab files and of the data directory. Blocking.
+    /// an `fsync` of each of the worker's slab files, of the staging area (staged modes) and
+    /// of the data directory. Blocking.
     ///
-    /// For callers that run without [`SyncMode::Dsync`](crate::SyncMode::Dsync) but need a
-    /// durability point now and then: the replicated service, before it compacts its Raft
-    /// log below what the engine applied. Writes still in flight are not covered.
+    /// For callers that need a durability point beyond what their [`Durability`] mode
+    /// promises (page mode, or periodic mode between flushes): the replicated service, before
+    /// it compacts its Raft log below what the engine applied. Writes still in flight are not
+    /// covered.
+    ///
+    /// [`Durability`]: crate::Durability
     pub fn sync(&mut self) -> Result<()> {
         let c = &mut self.core;
         for s in c.slabs.iter().flatten() {
@@ -512,13 +855,24 @@ impl<B: Backend> Worker<B> {
                 .sync(s.file())
                 .map_err(|e| Error::io("syncing a slab file", e))?;
         }
+        if let Some(st) = c.stage.as_mut() {
+            st.sync_blocking(&mut c.backend)
+                .map_err(|e| Error::io("syncing the staging area", e))?;
+        }
         c.backend
             .sync_dir()
             .map_err(|e| Error::io("syncing the data directory", e))
     }
 
+    fn run_runnable(&mut self) {
+        while let Some(id) = self.runnable.pop_front() {
+            self.run(id);
+        }
+    }
+
     /// Blocks until at least one I/O completes, unless there is nothing in flight or
-    /// something is already ready for [`Worker::poll`]. Call `poll` afterwards.
+    /// something is already ready for [`Worker::poll`]. Call `poll` afterwards. (A periodic
+    /// flush that is due does not wake it: see [`Worker::next_deadline`].)
     pub fn wait(&mut self) -> Result<()> {
         if !self.ready.is_empty() || !self.runnable.is_empty() || self.core.backend.in_flight() == 0
         {
@@ -530,11 +884,38 @@ impl<B: Backend> Worker<B> {
             .map_err(|e| Error::io("waiting for I/O completions", e))
     }
 
+    /// When the worker next needs a [`Worker::poll`] although nothing else happens (the
+    /// periodic flush of the staging area), as a time on [`Worker::poll`]'s clock
+    /// ([`Worker::now`]); `None` if never.
+    pub fn next_deadline(&self) -> Option<std::time::Duration> {
+        self.core
+            .stage
+            .as_ref()
+            .and_then(Stage::next_deadline)
+            .map(std::time::Duration::from_nanos)
+    }
+
+    /// The time on [`Worker::poll`]'s clock.
+    pub fn now(&self) -> std::time::Duration {
+        self.clock.elapsed()
+    }
+
     /// Reaps completions and hands each operation concerned its event.
     fn reap(&mut self) {
         let mut events = std::mem::take(&mut self.events);
+        let mut done = std::mem::take(&mut self.done);
         let c = &mut self.core;
-        c.blocks.complete(&mut c.backend, &mut events);
+        c.blocks.take_failed(&mut done);
+        c.backend.reap(&mut done);
+        for io in done.drain(..) {
+            c.on_io(io, self.now_ns, &mut events);
+        }
+        self.done = done;
+        self.handle(events);
+    }
+
+    /// Hands each event to its operation.
+    fn handle(&mut self, mut events: Vec<Event>) {
         for ev in events.drain(..) {
             match ev {
                 Event::Retry(id) => self.runnable.push_back(id),
@@ -603,5 +984,16 @@ impl<B: Backend> Worker<B> {
     fn complete(&mut self, tag: u64, result: Result<Reply>) {
         self.ops_completed += 1;
         self.ready.push(Completion { tag, result });
+    }
+}
+
+impl<B: Backend> Drop for Worker<B> {
+    /// Periodic mode: what was written to the staging area is made durable before the files
+    /// close (a clean stop loses nothing to a later power cut).
+    fn drop(&mut self) {
+        let c = &mut self.core;
+        if let Some(st) = c.stage.as_mut() {
+            st.close(&mut c.backend);
+        }
     }
 }

@@ -14,7 +14,10 @@
 //!
 //! The record goes into its slot in place when the item keeps its size class; otherwise into a
 //! new slot (a free one, or appended) and, once that write completed, the old slot gets a
-//! tombstone. [`PutOp::durable`] is the one place a put is acknowledged. (Before all this, the
+//! tombstone. "The write" is the block's own write in page mode and the record's write to the
+//! staging area in the staged modes ([`Core::write_record`](super::Core)); in the staged modes
+//! a step that changes a block first waits for room in the staging area.
+//! [`PutOp::durable`] is the one place a put is acknowledged. (Before all this, the
 //! rare stale copies a failed move left behind are tombstoned: see `Core::stale`.) A crash between the two
 //! writes of a move leaves two live copies, which recovery resolves by sequence number. If a
 //! write fails, [`PutOp::fail`] undoes what the put changed in memory.
@@ -27,7 +30,7 @@ use crate::index::Location;
 use crate::record;
 use crate::slab::{self, Geometry, MAX_VALUE_LEN};
 
-use super::{Core, OpId, Step};
+use super::{Core, OpId, StaleStep, Step, Undo};
 
 /// Where a put stands.
 #[derive(Clone, Copy, Debug)]
@@ -50,6 +53,10 @@ enum PutState {
         target: Location,
         old: Option<Location>,
     },
+    /// Staged modes, a move: the new record and the old copy's tombstone are staged in one
+    /// chunk of the staging area (recovered together or not at all); its write is queued or
+    /// in flight.
+    Moving { target: Location, old: Location },
     /// The new copy is durable; waiting for the old copy's block to apply a tombstone.
     Unlink { old: Location },
     /// The tombstone is in the cached block; its write is queued or in flight.
@@ -63,6 +70,12 @@ pub(super) struct PutOp {
     /// Hash of the key, for per-key ordering.
     pub(super) hash: u64,
     state: PutState,
+    /// Staged modes: the bytes the change in flight replaced, to put back if it fails.
+    undo: Undo,
+    /// Staged modes, a move: the old copy's bytes the tombstone replaced.
+    undo_old: Undo,
+    /// Staged modes, a move: the target block, kept cached while the old copy's is loaded.
+    held: Option<u32>,
 }
 
 impl PutOp {
@@ -72,6 +85,16 @@ impl PutOp {
             value,
             hash,
             state: PutState::Start,
+            undo: Undo::default(),
+            undo_old: Undo::default(),
+            held: None,
+        }
+    }
+
+    /// Lets the block [`PutOp::held`] go.
+    fn unhold<B: Backend>(&mut self, core: &mut Core<B>) {
+        if let Some(e) = self.held.take() {
+            core.blocks.release(e);
         }
     }
 
@@ -81,12 +104,14 @@ impl PutOp {
             match self.state {
                 PutState::Start => {
                     match core.unlink_stale(&self.key, id) {
-                        Some(Some(loc)) => {
+                        StaleStep::Started(loc, undo) => {
+                            self.undo = undo;
                             self.state = PutState::StaleWriting(loc);
                             return Step::Wait;
                         }
-                        Some(None) => return Step::Wait,
-                        None => {}
+                        StaleStep::Wait => return Step::Wait,
+                        StaleStep::Failed(e) => return Step::Done(Err(e)),
+                        StaleStep::None => {}
                     }
                     match self.choose_slot(core) {
                         Ok(next) => self.state = next,
@@ -98,18 +123,62 @@ impl PutOp {
                     let Some(e) = core.blocks.acquire(target.class, block, id, true, fresh) else {
                         return Step::Wait;
                     };
-                    let seq = core.take_seq();
-                    let used = core
-                        .blocks
-                        .slot_mut(e, target)
-                        .and_then(|b| record::encode_live(b, seq, &self.key, &self.value));
-                    let Some(used) = used else {
+                    // Staged modes: a move's two records go into one chunk of the staging area
+                    // (a power cut keeps both or neither), so the old copy's block is needed
+                    // now too.
+                    let moving = old.filter(|&o| core.stage.is_some() && o != target);
+                    let old_block = match moving {
+                        Some(o) => {
+                            // Both blocks are needed at once: loading the old one must not
+                            // evict the target (a small cache would thrash forever).
+                            if self.held.is_none() {
+                                core.blocks.hold(e);
+                                self.held = Some(e);
+                            }
+                            let (b, _) = Geometry::of(o.class).locate(o.slot);
+                            let Some(eo) = core.blocks.acquire(o.class, b, id, true, false) else {
+                                return Step::Wait;
+                            };
+                            Some((o, eo))
+                        }
+                        None => None,
+                    };
+                    let len = record::encoded_len(self.key.len(), self.value.len());
+                    let mut room = core.room(e, target.class, len, id);
+                    if let (Ok(true), Some((o, eo))) = (&room, old_block) {
+                        room = core.room(eo, o.class, record::HEADER_LEN, id);
+                    }
+                    match room {
+                        Ok(true) => {}
+                        Ok(false) => return Step::Wait,
+                        Err(err) => return self.fail(core, err),
+                    }
+                    self.unhold(core);
+                    if old_block.is_some() {
+                        core.reserve(&[len, record::HEADER_LEN]);
+                    }
+                    let (key, value) = (&self.key, &self.value);
+                    let written = core.write_record(e, target, Some(id), |b, seq| {
+                        record::encode_live(b, seq, key, value)
+                    });
+                    let Some(undo) = written else {
                         let err = core.corrupt(target);
                         return self.fail(core, err);
                     };
+                    self.undo = undo;
                     core.index.insert(&self.key, target);
-                    core.blocks.mark_write(e, target, used, id);
                     self.state = PutState::Write { target, old };
+                    if let Some((o, eo)) = old_block {
+                        // The chunk's write answers for both records: no second waiter.
+                        match core.write_record(eo, o, None, record::encode_tombstone) {
+                            Some(undo) => self.undo_old = undo,
+                            None => {
+                                let err = core.corrupt(o);
+                                return self.fail(core, err);
+                            }
+                        }
+                        self.state = PutState::Moving { target, old: o };
+                    }
                     return Step::Wait;
                 }
                 PutState::Unlink { old } => {
@@ -117,20 +186,25 @@ impl PutOp {
                     let Some(e) = core.blocks.acquire(old.class, block, id, true, false) else {
                         return Step::Wait;
                     };
-                    let seq = core.take_seq();
-                    let used = core
-                        .blocks
-                        .slot_mut(e, old)
-                        .and_then(|b| record::encode_tombstone(b, seq))
-                        .unwrap_or(record::HEADER_LEN);
-                    core.blocks.mark_write(e, old, used, id);
+                    match core.room(e, old.class, record::HEADER_LEN, id) {
+                        Ok(true) => {}
+                        Ok(false) => return Step::Wait,
+                        Err(err) => return self.fail(core, err),
+                    }
+                    let Some(undo) = core.write_record(e, old, Some(id), record::encode_tombstone)
+                    else {
+                        let err = core.corrupt(old);
+                        return self.fail(core, err);
+                    };
+                    self.undo = undo;
                     self.state = PutState::Unlinking { old };
                     return Step::Wait;
                 }
                 // Waiting for a write; only `written` moves these on.
-                PutState::StaleWriting(_) | PutState::Write { .. } | PutState::Unlinking { .. } => {
-                    return Step::Wait
-                }
+                PutState::StaleWriting(_)
+                | PutState::Write { .. }
+                | PutState::Moving { .. }
+                | PutState::Unlinking { .. } => return Step::Wait,
             }
         }
     }
@@ -173,6 +247,8 @@ impl PutOp {
         if let Err(e) = result {
             return self.fail(core, e);
         }
+        self.undo = Undo::default();
+        self.undo_old = Undo::default();
         match self.state {
             PutState::StaleWriting(loc) => {
                 core.remove_stale(&self.key, loc);
@@ -187,7 +263,7 @@ impl PutOp {
                 self.step(id, core)
             }
             PutState::Write { .. } => self.durable(),
-            PutState::Unlinking { old } => {
+            PutState::Moving { old, .. } | PutState::Unlinking { old } => {
                 core.release_slot(old);
                 self.durable()
             }
@@ -198,8 +274,9 @@ impl PutOp {
 
     /// The one point where a put becomes durable and is acknowledged: the write of its record
     /// completed — and, if the item moved class, so did the tombstone of its old copy — so the
-    /// item survives what [`SyncMode`](crate::SyncMode) promises (a process crash by default,
-    /// power loss with `Dsync`), and no older copy can come back.
+    /// item survives what the [`Durability`](crate::Durability) mode promises (a process crash
+    /// in every mode; power loss with `Sync`, and with `Periodic` once the next flush is
+    /// done), and no older copy can come back.
     fn durable(&mut self) -> Step {
         Step::Done(Ok(Reply::Written))
     }
@@ -209,18 +286,29 @@ impl PutOp {
         self.fail(core, err)
     }
 
-    /// Fails the put, undoing what it changed in memory: the index entry goes back to the old
-    /// copy (or away), and a newly taken slot is freed.
+    /// Fails the put, undoing what it changed in memory: the slot's bytes (staged modes; in
+    /// page mode the failed write dropped the block from the cache), the index entry goes
+    /// back to the old copy (or away), and a newly taken slot is freed.
     fn fail<B: Backend>(&mut self, core: &mut Core<B>, err: Error) -> Step {
+        self.unhold(core);
+        let undo = std::mem::take(&mut self.undo);
         match self.state {
+            PutState::Start => {}
             // A stale copy's tombstone failed: it stays remembered; nothing else was changed.
-            PutState::Start | PutState::StaleWriting(_) => {}
+            PutState::StaleWriting(loc) => core.restore_slot(loc, undo),
             PutState::Apply { target, old, .. } => {
                 if old != Some(target) {
                     core.release_slot(target);
                 }
             }
+            PutState::Moving { target, old } => {
+                core.restore_slot(target, undo);
+                core.restore_slot(old, std::mem::take(&mut self.undo_old));
+                core.index.insert(&self.key, old);
+                core.release_slot(target);
+            }
             PutState::Write { target, old } => {
+                core.restore_slot(target, undo);
                 match old {
                     Some(o) => {
                         core.index.insert(&self.key, o);
@@ -234,6 +322,7 @@ impl PutOp {
                 }
             }
             PutState::Unlink { old } | PutState::Unlinking { old } => {
+                core.restore_slot(old, undo);
                 // The new copy is durable; the old one keeps its slot (not reused), loses to
                 // the newer sequence at the next recovery, and is tombstoned by the key's next
                 // delete.

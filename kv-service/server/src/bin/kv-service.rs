@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use kv_engine::SyncMode;
+use kv_engine::Durability;
 use kv_service::resp::RespConfig;
 use kv_service::{DataTransport, IdleMode, Server, ServerConfig};
 
@@ -194,10 +194,10 @@ fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         threads,
         cache_bytes: args.cache_mb.saturating_mul(1 << 20),
-        sync: if args.sync {
-            SyncMode::Dsync
+        durability: if args.sync {
+            Durability::Sync
         } else {
-            SyncMode::None
+            Durability::default()
         },
         idle: if args.busy_poll {
             IdleMode::BusyPoll
