@@ -124,6 +124,9 @@ pub struct WorkerStats {
     pub writeback_blocks: u64,
     /// Staged modes: block writebacks (or their syncs) that failed and were retried.
     pub writeback_failures: u64,
+    /// Staged modes: times an operation waited because the staging area (or the cache's
+    /// budget of dirty blocks) was full, until a writeback freed room: backpressure.
+    pub room_waits: u64,
 }
 
 /// What an I/O's tag says it was: the kind in the top byte, a number below.
@@ -284,6 +287,7 @@ impl<B: Backend> Core<B> {
         }
         if let Some(st) = self.stage.as_mut() {
             st.waiters.push(id);
+            st.stats.room_waits += 1;
         }
         Ok(false)
     }
@@ -633,6 +637,7 @@ impl<B: Backend> Worker<B> {
             writeback_batches: wb.batches,
             writeback_blocks: wb.blocks,
             writeback_failures: wb.failed,
+            room_waits: st.room_waits,
         }
     }
 

@@ -57,6 +57,8 @@ pub(super) struct StageStats {
     pub(super) flushes_started: u64,
     pub(super) flushes_completed: u64,
     pub(super) flush_errors: u64,
+    /// Times an operation waited for room (a full ring or dirty budget: backpressure).
+    pub(super) room_waits: u64,
 }
 
 /// One worker's staging area.
