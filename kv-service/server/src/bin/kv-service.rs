@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! kv-service [--listen 127.0.0.1:31850] [--data-dir ./kv-data] [--threads N] [--cache-mb 64]
-//!            [--sync] [--transport udp|tcp|ud|rc [--device NAME]] [--busy-poll | --spin-ms 100]
+//!            [--durability page|periodic|sync] [--flush-interval-ms 1000]
+//!            [--transport udp|tcp|ud|rc [--device NAME]] [--busy-poll | --spin-ms 100]
 //!            [--no-gro] [--log-level info]
 //!            [--resp 127.0.0.1:6380 [--requirepass PASS] [--resp-max-clients N] [--resp-timeout S]]
 //! kv-service --cluster FILE --node ID --data-dir DIR [--raft-sync always|never] ...
@@ -41,8 +42,19 @@ struct Args {
     /// Engine page cache in MiB, split between threads.
     #[arg(long, default_value_t = 64)]
     cache_mb: usize,
-    /// Acknowledge writes only once on stable storage (O_DSYNC): survives power loss, slower.
-    #[arg(long)]
+    /// When a write is acknowledged (docs/STORAGE.md, Durability). `page`: after its page's
+    /// O_DIRECT write (survives a process crash). `periodic`: once its record is in the
+    /// staging area, flushed every --flush-interval-ms (survives a process crash; a power cut
+    /// loses at most the last interval — Redis's appendfsync everysec). `sync`: once its record
+    /// is on stable storage, group-committed (survives a power cut).
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Periodic)]
+    durability: DurabilityArg,
+    /// With --durability periodic: longest time, in ms, between a write and the flush that
+    /// makes it survive a power cut.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    flush_interval_ms: u64,
+    /// Same as --durability sync (kept for existing scripts).
+    #[arg(long, conflicts_with = "durability")]
     sync: bool,
     /// Datapath transport (clients must use the same). Session management is UDP on
     /// --listen whatever the transport.
@@ -109,6 +121,16 @@ enum RaftSync {
     Always,
     /// Never fdatasync the Raft log (unsafe).
     Never,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DurabilityArg {
+    /// Acknowledged after the page's in-place O_DIRECT write (KVell's).
+    Page,
+    /// Acknowledged once staged; flushed every --flush-interval-ms.
+    Periodic,
+    /// Acknowledged once on stable storage (group commit).
+    Sync,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -194,10 +216,12 @@ fn main() -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         threads,
         cache_bytes: args.cache_mb.saturating_mul(1 << 20),
-        durability: if args.sync {
-            Durability::Sync
-        } else {
-            Durability::default()
+        durability: match (args.sync, args.durability) {
+            (true, _) | (_, DurabilityArg::Sync) => Durability::Sync,
+            (_, DurabilityArg::Page) => Durability::Page,
+            (_, DurabilityArg::Periodic) => Durability::Periodic {
+                interval: Duration::from_millis(args.flush_interval_ms),
+            },
         },
         idle: if args.busy_poll {
             IdleMode::BusyPoll
@@ -211,6 +235,7 @@ fn main() -> anyhow::Result<()> {
         cluster,
         ..ServerConfig::default()
     };
+    let cfg_durability = cfg.durability;
     let server = Server::start(cfg).with_context(|| {
         format!(
             "kv-service could not start (listen {}, data dir {})",
@@ -238,6 +263,7 @@ fn main() -> anyhow::Result<()> {
         threads,
         args.data_dir.display()
     )?;
+    writeln!(out, "durability: {}", cfg_durability)?;
     writeln!(
         out,
         "recovery: {} items, {} tombstones, {} corrupt, {} duplicates, {} files, {:.1} MB read in {:.3} s",
