@@ -82,3 +82,45 @@ fn ycsb_redis_baseline_smoke() {
             > 0.0
     );
 }
+
+/// `--baseline redis-aof` / `redis-sync` start Redis with the append-only file at
+/// `appendfsync everysec` / `always`, and the report names both sides' durability.
+#[test]
+fn ycsb_redis_persistence_baselines_name_their_durability() {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("redis-server").is_file()))
+        .unwrap_or(false);
+    if !on_path {
+        eprintln!("skipped: redis-server is not on PATH (apt-get install redis-server)");
+        return;
+    }
+    for (baseline, durability, fsync) in [
+        ("redis-aof", "periodic", "appendfsync everysec"),
+        ("redis-sync", "sync", "appendfsync always"),
+    ] {
+        let v = run_ycsb(&[
+            "--workload",
+            "a",
+            "--ops",
+            "2000",
+            "--rounds",
+            "1",
+            "--baseline",
+            baseline,
+            "--durability",
+            durability,
+        ]);
+        check_system(&v, "kv-service");
+        check_system(&v, baseline);
+        let kv = v["kv_durability"].as_str().unwrap_or_default();
+        assert!(kv.starts_with(durability), "{v}");
+        let redis = v["baseline_persistence"].as_str().unwrap_or_default();
+        assert!(redis.contains(fsync), "{v}");
+        assert!(
+            v["ratio_kv_over_redis"]["throughput"]
+                .as_f64()
+                .unwrap_or(0.0)
+                > 0.0
+        );
+    }
+}

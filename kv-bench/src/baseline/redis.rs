@@ -177,8 +177,64 @@ pub fn find_redis_server() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// A `redis-server` started for the run on a free loopback port, without persistence;
-/// killed when dropped.
+/// What a started `redis-server` persists, so that every ratio names the durability it
+/// compares against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisPersistence {
+    /// `--appendonly no --save ""`: nothing (in-memory only).
+    None,
+    /// `--appendonly yes --appendfsync everysec`: survives a process crash; a power cut loses
+    /// up to the last second (Redis's recommended setting; kv-service's `periodic`).
+    AofEverysec,
+    /// `--appendonly yes --appendfsync always`: every acknowledged write is fsynced
+    /// (kv-service's `sync`).
+    AofAlways,
+}
+
+impl RedisPersistence {
+    /// The baseline's name in reports: `redis`, `redis-aof`, `redis-sync`.
+    pub fn system_name(self) -> &'static str {
+        match self {
+            RedisPersistence::None => "redis",
+            RedisPersistence::AofEverysec => "redis-aof",
+            RedisPersistence::AofAlways => "redis-sync",
+        }
+    }
+
+    /// The settings, as the report states them.
+    pub fn describe(self) -> &'static str {
+        match self {
+            RedisPersistence::None => "no persistence (appendonly no, save \"\")",
+            RedisPersistence::AofEverysec => "appendonly yes, appendfsync everysec",
+            RedisPersistence::AofAlways => "appendonly yes, appendfsync always",
+        }
+    }
+
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            RedisPersistence::None => &["--save", "", "--appendonly", "no"],
+            RedisPersistence::AofEverysec => &[
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+            ],
+            RedisPersistence::AofAlways => &[
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ],
+        }
+    }
+}
+
+/// A `redis-server` started for the run on a free loopback port, with the persistence asked
+/// for (its files in a directory of the caller's); killed when dropped.
 pub struct RedisServer {
     child: Child,
     /// `127.0.0.1:PORT`.
@@ -188,8 +244,13 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts `redis-server` (error if it is not on PATH) and waits until it answers PING.
-    pub fn start() -> Result<Self> {
+    /// Starts `redis-server` (error if it is not on PATH) with `persistence`, its append-only
+    /// file under `dir` (which should be on the disk under test, not tmpfs), and waits until
+    /// it answers PING.
+    pub fn start_with(
+        persistence: RedisPersistence,
+        dir: Option<&std::path::Path>,
+    ) -> Result<Self> {
         let bin = find_redis_server().ok_or_else(|| {
             anyhow!(
                 "redis-server is not on PATH: install it (Debian: apt-get install redis-server) \
@@ -202,9 +263,14 @@ impl RedisServer {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default();
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new(&bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(persistence.args())
+            .args(["--protected-mode", "no"]);
+        if let Some(d) = dir {
+            cmd.arg("--dir").arg(d);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -22,7 +22,7 @@ use kv_client::{Client, ClientConfig};
 use kv_service::{IdleMode, Server, ServerConfig};
 use serde::Serialize;
 
-use crate::baseline::redis::{RedisConn, RedisServer, Resp};
+use crate::baseline::redis::{RedisConn, RedisPersistence, RedisServer, Resp};
 use crate::report::{say, write_json};
 use driver::{Backend, Conns, Control, Factory, KvBackend, RedisBackend, Stats};
 use gen::{Distribution, InsertCounter, OpGen, OpKind, Workload};
@@ -88,11 +88,20 @@ pub struct YcsbArgs {
     /// then sleep, so the server leaves the CPU to Redis during the baseline's turn).
     #[arg(long)]
     pub server_busy_poll: bool,
+    /// Embedded server: when a write is acknowledged (docs/STORAGE.md, Durability).
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Periodic)]
+    pub durability: DurabilityArg,
+    /// Embedded server with --durability periodic: the flush interval in ms.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub flush_interval_ms: u64,
     /// Embedded server: data directory (default: a temporary one, removed afterwards).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Same-run baseline: `redis` (starts redis-server on a free loopback port) or
-    /// `redis=HOST:PORT` (a running one; the bench writes its keys into database 0).
+    /// Same-run baseline: `redis` (starts redis-server on a free loopback port, no
+    /// persistence), `redis-aof` (the same with `--appendonly yes --appendfsync everysec`, its
+    /// file in a temporary directory under the current one), `redis-sync` (`--appendfsync
+    /// always`), or `redis=HOST:PORT` (a running one, persistence as it was started; the bench
+    /// writes its keys into database 0).
     #[arg(long)]
     pub baseline: Option<String>,
     /// Rounds; each round runs every system once, alternating the order (default 1, or 2
@@ -108,6 +117,30 @@ pub struct YcsbArgs {
     /// Draw the latency CDF of the run (all systems) to this SVG file.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+}
+
+/// `--durability` of the embedded server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DurabilityArg {
+    /// Acknowledged after the page's in-place O_DIRECT write.
+    Page,
+    /// Acknowledged once staged; flushed every --flush-interval-ms.
+    Periodic,
+    /// Acknowledged once on stable storage (group commit).
+    Sync,
+}
+
+impl DurabilityArg {
+    /// The engine's mode, with the periodic flush interval `interval_ms`.
+    pub fn to_engine(self, interval_ms: u64) -> kv_engine::Durability {
+        match self {
+            DurabilityArg::Page => kv_engine::Durability::Page,
+            DurabilityArg::Periodic => kv_engine::Durability::Periodic {
+                interval: Duration::from_millis(interval_ms),
+            },
+            DurabilityArg::Sync => kv_engine::Durability::Sync,
+        }
+    }
 }
 
 /// Latency percentiles in microseconds.
@@ -248,6 +281,10 @@ struct YcsbReport {
     rounds: usize,
     systems: Vec<SystemReport>,
     ratio_kv_over_redis: Option<Ratios>,
+    /// The embedded server's durability mode (`None`: a running server, as it was started).
+    kv_durability: Option<String>,
+    /// The Redis baseline's persistence (`None`: no baseline, or a running Redis).
+    baseline_persistence: Option<String>,
 }
 
 /// A system under test with its connections (per thread, per session).
@@ -270,7 +307,7 @@ pub fn temp_data_dir(prefix: &str) -> Result<tempfile::TempDir> {
 }
 
 /// Starts an in-process kv-service on a free loopback port (and with `resp`, its RESP
-/// front-end on another).
+/// front-end on another). At durability mode `durability`.
 pub fn start_embedded(
     dir: &Path,
     threads: usize,
@@ -278,8 +315,10 @@ pub fn start_embedded(
     busy_poll: bool,
     udp_gro: bool,
     resp: bool,
+    durability: kv_engine::Durability,
 ) -> Result<Server> {
     Server::start(ServerConfig {
+        durability,
         resp: resp.then(|| kv_service::resp::RespConfig {
             listen: ([127, 0, 0, 1], 0).into(),
             ..kv_service::resp::RespConfig::default()
@@ -590,14 +629,21 @@ pub fn run(args: YcsbArgs) -> Result<()> {
         (Some(_), _) => None,
         (None, d) => Some(Duration::from_secs_f64(d.unwrap_or(10.0).max(0.01))),
     };
-    let redis_addr: Option<Option<String>> = match args.baseline.as_deref() {
-        None => None,
-        Some("redis") => Some(None),
-        Some(b) => match b.strip_prefix("redis=") {
-            Some(addr) if !addr.is_empty() => Some(Some(addr.to_string())),
-            _ => bail!("--baseline takes redis or redis=HOST:PORT, not {b:?}"),
-        },
-    };
+    // `Some(Err(p))`: start a Redis with persistence `p`; `Some(Ok(addr))`: a running one.
+    let redis_addr: Option<std::result::Result<String, RedisPersistence>> =
+        match args.baseline.as_deref() {
+            None => None,
+            Some("redis") => Some(Err(RedisPersistence::None)),
+            Some("redis-aof") => Some(Err(RedisPersistence::AofEverysec)),
+            Some("redis-sync") => Some(Err(RedisPersistence::AofAlways)),
+            Some(b) => match b.strip_prefix("redis=") {
+                Some(addr) if !addr.is_empty() => Some(Ok(addr.to_string())),
+                _ => bail!(
+                    "--baseline takes redis, redis-aof, redis-sync or redis=HOST:PORT, not {b:?}"
+                ),
+            },
+        };
+    let durability = args.durability.to_engine(args.flush_interval_ms);
     let rounds = args
         .rounds
         .unwrap_or(if redis_addr.is_some() { 2 } else { 1 })
@@ -634,6 +680,7 @@ pub fn run(args: YcsbArgs) -> Result<()> {
                 args.server_busy_poll,
                 !args.no_gro,
                 matches!(under_test, Target::Resp(None)),
+                durability,
             )?;
             let a = match s.resp_addr() {
                 Some(r) if matches!(under_test, Target::Resp(None)) => {
@@ -647,14 +694,27 @@ pub fn run(args: YcsbArgs) -> Result<()> {
         }
         (_, Some(_)) => bail!("--target resp with --server"),
     };
+    let kv_durability = server.as_ref().map(|_| durability.to_string());
     let mut redis_server = None;
+    let mut redis_dir = None;
+    let mut persistence = None;
     let redis = match redis_addr {
         None => None,
-        Some(Some(a)) => Some((a, String::new())),
-        Some(None) => {
-            let s = RedisServer::start()?;
-            let a = (s.addr.clone(), s.version.clone());
+        Some(Ok(a)) => Some((a, String::new(), "redis".to_string())),
+        Some(Err(p)) => {
+            let dir = match p {
+                RedisPersistence::None => None,
+                _ => Some(temp_data_dir("kv-bench-redis-")?),
+            };
+            let s = RedisServer::start_with(p, dir.as_ref().map(|d| d.path()))?;
+            let a = (
+                s.addr.clone(),
+                s.version.clone(),
+                p.system_name().to_string(),
+            );
             redis_server = Some(s);
+            redis_dir = dir;
+            persistence = Some(p);
             Some(a)
         }
     };
@@ -674,7 +734,13 @@ pub fn run(args: YcsbArgs) -> Result<()> {
     let (name, version, conns) = match &under_test {
         Target::Kv => (
             "kv-service",
-            format!("kv-service {} (udp)", env!("CARGO_PKG_VERSION")),
+            match &kv_durability {
+                Some(d) => format!(
+                    "kv-service {} (udp, durability {d})",
+                    env!("CARGO_PKG_VERSION")
+                ),
+                None => format!("kv-service {} (udp)", env!("CARGO_PKG_VERSION")),
+            },
             kv_conns(
                 &addr,
                 args.threads,
@@ -700,11 +766,11 @@ pub fn run(args: YcsbArgs) -> Result<()> {
         stats: None,
         report: SystemReport::default(),
     });
-    if let Some((raddr, version)) = &redis {
+    if let Some((raddr, version, rname)) = &redis {
         let conns = redis_conns(raddr, args.threads, args.sessions);
         let inserts = InsertCounter::new(args.records);
         systems.push(System {
-            name: "redis".into(),
+            name: rname.clone(),
             version: version.clone(),
             pool: driver::Pool::start(conns)?,
             gen: new_gen(inserts),
@@ -736,8 +802,20 @@ pub fn run(args: YcsbArgs) -> Result<()> {
             "note: RESP has no ordered range scan: the target's scans are skipped (not counted)"
         );
     }
-    if let Some((a, v)) = &redis {
-        say!(json, "baseline: Redis at {a} {v}");
+    say!(
+        json,
+        "kv-service durability: {}",
+        kv_durability
+            .as_deref()
+            .unwrap_or("as the running server was started")
+    );
+    if let Some((a, v, rname)) = &redis {
+        say!(
+            json,
+            "baseline: {rname}: Redis at {a} {v}, {}",
+            persistence.map_or("persistence as the running server was started", |p| p
+                .describe())
+        );
         if args.workload.has_scans() {
             say!(json, "note: Redis has no ordered scan over plain keys: scans are skipped for Redis (not counted), so the ratios compare different work");
         }
@@ -784,8 +862,11 @@ pub fn run(args: YcsbArgs) -> Result<()> {
             };
             say!(
                 json,
-                "ratio {} / redis: throughput {:.2}x, p50 {:.2}x{}{}",
+                "ratio {} ({}) / {} ({}): throughput {:.2}x, p50 {:.2}x{}{}",
                 kv.name,
+                kv_durability.as_deref().unwrap_or("running server"),
+                rd.name,
+                persistence.map_or("as started", |p| p.describe()),
                 r.throughput,
                 r.p50,
                 r.read_p50
@@ -830,9 +911,12 @@ pub fn run(args: YcsbArgs) -> Result<()> {
         rounds,
         systems: systems.into_iter().map(|s| s.report).collect(),
         ratio_kv_over_redis: ratio,
+        kv_durability,
+        baseline_persistence: persistence.map(|p| p.describe().to_string()),
     };
     write_json(json, &report)?;
     drop(redis_server);
+    drop(redis_dir);
     if let Some(s) = server {
         s.shutdown().context("stopping the embedded server")?;
     }
