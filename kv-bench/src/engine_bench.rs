@@ -6,9 +6,13 @@
 //! worker. Items are KVell's by default: 8-byte keys (big-endian item number) and 992-byte
 //! values, loaded in shuffled order. Latency is measured from submit to completion.
 //!
-//! The device limit: random 4 KiB O_DIRECT reads and writes through io_uring at queue depth
-//! 64 on a file in the data directory as large as the data, with the engine's own measured
-//! read/write mix. Ratio = engine I/Os per second / device I/Os per second.
+//! The device limit: once the engine is closed, random O_DIRECT block reads and writes through
+//! io_uring on the engine's own slab files (blocks picked as a uniform pick of an item picks
+//! them, each I/O a whole block), at the engine's total queue depth (W x --queue-depth) and
+//! with its own measured read/write mix; writes put back what a read of the same block
+//! returned (`kv_engine::backend::measure_slab_io`). Ratio = engine I/Os per second / device
+//! I/Os per second: at most 100% when the engine issues the same I/O, below by what it
+//! wastes.
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -162,12 +166,16 @@ struct EngineReport {
     device_iops: f64,
     device_read_iops: f64,
     device_write_iops: f64,
+    /// The probe's read fraction (the engine's, unless it wrote more than half).
+    device_read_fraction: f64,
+    device_queue_depth: u32,
     ratio_to_device: f64,
     scans: u64,
     items_per_scan: f64,
     uncached_items_per_scan: f64,
     reads_per_scan: f64,
     baseline: Option<BaselineReport>,
+    durability: String,
 }
 
 #[derive(Serialize, Default)]
@@ -218,6 +226,7 @@ pub fn run(args: EngineArgs) -> Result<()> {
         workers: args.workers,
         inflight_per_worker: args.inflight,
         queue_depth: args.queue_depth,
+        durability: config.durability.to_string(),
         ..EngineReport::default()
     };
 
@@ -327,19 +336,23 @@ pub fn run(args: EngineArgs) -> Result<()> {
     drop(workers);
     report.index_bytes_per_item_rss = index_rss;
 
+    let probe_depth = (args.workers as u32)
+        .saturating_mul(args.queue_depth)
+        .max(1);
     eprintln!(
-        "device limit: random 4 KiB O_DIRECT io_uring QD64, {:.0}% reads, {} s ...",
+        "device limit: random block O_DIRECT io_uring QD{probe_depth} on the slab files, {:.0}% reads, {} s ...",
         report.engine_read_fraction * 100.0,
         args.device_secs
     );
-    let probe = backend::measure_random_io(
-        &dir.join("device-probe.tmp"),
-        data_bytes.clamp(1 << 30, 16 << 30),
+    let (probe, probe_reads) = backend::measure_slab_io(
+        &dir,
         report.engine_read_fraction,
-        64,
+        probe_depth,
         Duration::from_secs(args.device_secs),
     )
     .context("measuring the device")?;
+    report.device_read_fraction = probe_reads;
+    report.device_queue_depth = probe_depth;
     let psecs = probe.elapsed.as_secs_f64();
     report.device_iops = probe.iops();
     report.device_read_iops = probe.reads as f64 / psecs;
@@ -363,7 +376,7 @@ pub fn run(args: EngineArgs) -> Result<()> {
 
 fn print_report(r: &EngineReport, json: Option<&str>) {
     say!(json,
-        "engine YCSB-{} {} | {} items x {} B ({:.0} MB on disk), cache {} MiB, W={}, {} in flight/worker",
+        "engine YCSB-{} {} | {} items x {} B ({:.0} MB on disk), cache {} MiB, W={}, {} in flight/worker, durability {}",
         r.workload.to_uppercase(),
         r.distribution,
         r.records,
@@ -371,7 +384,8 @@ fn print_report(r: &EngineReport, json: Option<&str>) {
         r.data_mb,
         r.cache_mb,
         r.workers,
-        r.inflight_per_worker
+        r.inflight_per_worker,
+        r.durability
     );
     say!(
         json,
@@ -403,8 +417,10 @@ fn print_report(r: &EngineReport, json: Option<&str>) {
     );
     say!(
         json,
-        "  device limit    {:>10.0} IOPS (same mix, QD64: {:.0} reads/s + {:.0} writes/s)",
+        "  device limit    {:>10.0} IOPS (slab files, {:.0}% reads, QD{}: {:.0} reads/s + {:.0} writes/s)",
         r.device_iops,
+        r.device_read_fraction * 100.0,
+        r.device_queue_depth,
         r.device_read_iops,
         r.device_write_iops
     );

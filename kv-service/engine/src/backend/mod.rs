@@ -37,7 +37,7 @@ mod uring;
 pub use aligned::AlignedBuf;
 pub use disk::{Disk, DiskBackend};
 pub use sim::SimDisk;
-pub use uring::{measure_random_io, RandomIoResult};
+pub use uring::{measure_random_io, measure_slab_io, RandomIoResult};
 
 /// A file opened through a [`Backend`]; meaningful to that backend only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

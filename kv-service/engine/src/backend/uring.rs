@@ -361,6 +361,166 @@ pub fn measure_random_io(
     Ok(result)
 }
 
+/// Measures the device's limit on the engine's own data: random O_DIRECT block I/O through
+/// io_uring at queue depth `depth` over the slab files of the data directory `dir`, the way
+/// the engine reaches them — a block is picked with a chance proportional to the slots its
+/// file holds (a uniform pick of an item), and is read or written whole (the class's block
+/// size). A fraction `read_fraction` of the I/Os are reads; each write writes back the bytes a
+/// read of the same block just returned, so the files are left as they were (no engine may
+/// have them open meanwhile). Writes can be at most half of the I/Os this way: a mix with
+/// more writes is measured with half. Returns what it did, and the read fraction it used.
+pub fn measure_slab_io(
+    dir: &Path,
+    read_fraction: f64,
+    depth: u32,
+    duration: Duration,
+) -> Result<(RandomIoResult, f64)> {
+    // (file, block size, blocks, slots) per slab file.
+    let mut files = Vec::new();
+    let listing = std::fs::read_dir(dir).map_err(|e| Error::io("listing the data directory", e))?;
+    for entry in listing {
+        let entry = entry.map_err(|e| Error::io("listing the data directory", e))?;
+        let name = entry.file_name();
+        let Some((_, class)) = name.to_str().and_then(crate::slab::parse_file_name) else {
+            continue;
+        };
+        let g = crate::slab::Geometry::of(class);
+        let file = posix::open_file(&entry.path(), super::FileMode::Direct, false)?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("reading a slab file's length", e))?
+            .len();
+        let blocks = len / g.block_size as u64;
+        if blocks > 0 {
+            let slots = blocks * g.slots_per_block as u64;
+            files.push((file, g.block_size, blocks, slots));
+        }
+    }
+    let total_slots: u64 = files.iter().map(|f| f.3).sum();
+    if total_slots == 0 {
+        return Err(Error::InvalidConfig(format!(
+            "no slab data in {} to measure the device on",
+            dir.display()
+        )));
+    }
+    let write_fraction = (1.0 - read_fraction.clamp(0.0, 1.0)).min(0.5);
+    // After a read, the block is written back with this chance: writes / all = q / (1 + q).
+    let q = write_fraction / (1.0 - write_fraction);
+    let q_threshold = (q.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let max_block = files.iter().map(|f| f.1).max().unwrap_or(4096);
+    let mut ring = Ring::new(depth)?;
+    let depth = depth.max(1) as usize;
+    // Per request slot (the tag): which file and offset its buffer holds.
+    let mut at: Vec<(usize, u64)> = vec![(0, 0); depth];
+    let pick = |next: &mut dyn FnMut() -> u64| -> (usize, u64, usize) {
+        let mut item = next() % total_slots;
+        for (i, f) in files.iter().enumerate() {
+            if item < f.3 {
+                let block = (u128::from(item) * u128::from(f.2) / u128::from(f.3)) as u64;
+                return (i, block * f.1 as u64, f.1);
+            }
+            item -= f.3;
+        }
+        (0, 0, files.first().map_or(4096, |f| f.1))
+    };
+    let fds: Vec<RawFd> = files.iter().map(|f| f.0.as_raw_fd()).collect();
+    let mut result = RandomIoResult::default();
+    let start = Instant::now();
+    for tag in 0..depth {
+        let (fi, off, len) = pick(&mut next);
+        if let Some(a) = at.get_mut(tag) {
+            *a = (fi, off);
+        }
+        let req = IoRequest {
+            kind: IoKind::Read,
+            file: super::FileId(0),
+            offset: off,
+            len,
+            buf: AlignedBuf::zeroed(max_block),
+            tag: tag as u64,
+        };
+        // Never rejected: `depth` requests at most.
+        let _ = ring.push(fds.get(fi).copied().unwrap_or(-1), req);
+    }
+    let mut done = Vec::with_capacity(depth);
+    let mut stop = false;
+    let mut failure = None;
+    while ring.in_flight() > 0 {
+        ring.wait()
+            .map_err(|e| Error::io("waiting for probe I/O", e))?;
+        done.clear();
+        ring.reap(&mut done);
+        if !stop && start.elapsed() >= duration {
+            stop = true;
+            result.elapsed = start.elapsed();
+        }
+        for c in done.drain(..) {
+            if let Err(e) = c.result {
+                failure.get_or_insert(Error::io("probe I/O", e));
+                stop = true;
+            }
+            if stop {
+                continue;
+            }
+            let tag = c.tag as usize;
+            let (fi, off) = at.get(tag).copied().unwrap_or((0, 0));
+            let len = files.get(fi).map_or(4096, |f| f.1);
+            let req = match c.kind {
+                // Write back what was just read, unchanged.
+                IoKind::Read if next() < q_threshold => {
+                    result.reads += 1;
+                    IoRequest {
+                        kind: IoKind::Write,
+                        file: super::FileId(0),
+                        offset: off,
+                        len,
+                        buf: c.buf,
+                        tag: c.tag,
+                    }
+                }
+                kind => {
+                    match kind {
+                        IoKind::Read => result.reads += 1,
+                        IoKind::Write => result.writes += 1,
+                        IoKind::Sync => {}
+                    }
+                    let (fi, off, len) = pick(&mut next);
+                    if let Some(a) = at.get_mut(tag) {
+                        *a = (fi, off);
+                    }
+                    IoRequest {
+                        kind: IoKind::Read,
+                        file: super::FileId(0),
+                        offset: off,
+                        len,
+                        buf: c.buf,
+                        tag: c.tag,
+                    }
+                }
+            };
+            let fd = fds
+                .get(at.get(tag).map_or(0, |a| a.0))
+                .copied()
+                .unwrap_or(-1);
+            let _ = ring.push(fd, req);
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if !stop {
+        result.elapsed = start.elapsed();
+    }
+    Ok((result, 1.0 - write_fraction))
+}
+
 /// Fills the probe file with non-zero data: unwritten extents would be answered without
 /// touching the device.
 fn fill(file: &File, len: u64) -> Result<()> {
