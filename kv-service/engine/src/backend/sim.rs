@@ -348,7 +348,7 @@ impl SimDisk {
         s.read_faults.insert(at, fault);
     }
 
-    /// The `nth` asynchronous sync ([`IoKind::Sync`](super::IoKind::Sync)) issued from now
+    /// The `nth` asynchronous sync ([`IoKind::Sync`]) issued from now
     /// gets `fault` (any fault but [`Fault::NoSpace`] fails it with EIO); nothing is made
     /// durable.
     pub fn fail_sync(&self, nth: u64, fault: Fault) {
@@ -365,7 +365,7 @@ impl SimDisk {
         s.random_write_eio = write;
     }
 
-    /// Every asynchronous sync ([`IoKind::Sync`](super::IoKind::Sync)) fails with EIO with
+    /// Every asynchronous sync ([`IoKind::Sync`]) fails with EIO with
     /// chance `p` (nothing is made durable).
     pub fn set_random_sync_faults(&self, p: f64) {
         self.lock().random_sync_eio = p;
