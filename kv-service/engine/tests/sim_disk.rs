@@ -203,6 +203,84 @@ fn a_full_staging_ring_applies_backpressure_and_its_space_is_reused() {
     }
 }
 
+/// Sync mode: writes of one hot key, queued behind one another, share group commits (the next
+/// one runs once the previous one is staged) and are acknowledged in submission order.
+#[test]
+fn sync_mode_hot_key_writes_share_group_commits() {
+    let disk = SimDisk::new(9);
+    let cfg = config(1, SYNC);
+    let mut opened = open(&disk, &cfg);
+    let w = &mut opened.workers[0];
+    for i in 0..64u64 {
+        w.submit(put(b"hot", format!("v{i}").as_bytes()), i);
+    }
+    let mut done = Vec::new();
+    drive(std::slice::from_mut(w), &mut done, 64);
+    assert!(done.iter().all(|c| matches!(c.result, Ok(Reply::Written))));
+    let tags: Vec<u64> = done.iter().map(|c| c.tag).collect();
+    assert_eq!(tags, (0..64).collect::<Vec<_>>(), "acknowledged in order");
+    let chunks = w.stats().flushes_started;
+    assert!(
+        chunks <= 4,
+        "{chunks} O_DSYNC writes for 64 puts of one key"
+    );
+    assert!(matches!(run(w, get(b"hot")), Ok(Reply::Value(v)) if v == b"v63"));
+    disk.power_cut();
+    drop(opened);
+    let engine = Engine::open_with(&disk, cfg.clone()).expect("reopen");
+    assert_eq!(engine.get(b"hot").unwrap(), Some(b"v63".to_vec()));
+}
+
+/// Sync mode: when a chunk write fails, every write staged after it fails too (a key's next
+/// write may have been applied on top of the failed one), each undone, so a key reads — and
+/// recovers — as its last acknowledged value.
+#[test]
+fn sync_mode_a_failed_chunk_fails_the_writes_staged_after_it() {
+    let disk = SimDisk::new(10);
+    let cfg = config(1, SYNC);
+    let mut opened = open(&disk, &cfg);
+    let w = &mut opened.workers[0];
+    assert!(matches!(run(w, put(b"hot", b"base")), Ok(Reply::Written)));
+    assert!(matches!(run(w, put(b"other", b"base")), Ok(Reply::Written)));
+    // The next chunk write fails; hold completions so that later writes stage meanwhile.
+    disk.fail_write(1, Fault::Eio);
+    disk.set_completion_chance(0.0);
+    let mut done = Vec::new();
+    w.submit(put(b"hot", b"first"), 0);
+    poll(w, &mut done);
+    assert_eq!(w.io_in_flight(), 1, "the first chunk is in flight");
+    for i in 1..10u64 {
+        w.submit(put(b"hot", format!("v{i}").as_bytes()), i);
+    }
+    w.submit(put(b"other", b"later"), 10);
+    w.submit(
+        Op::Delete {
+            key: b"other".to_vec(),
+        },
+        11,
+    );
+    poll(w, &mut done);
+    disk.set_completion_chance(1.0);
+    drive(std::slice::from_mut(w), &mut done, 12);
+    for c in &done {
+        assert!(
+            matches!(c.result, Err(Error::Io { .. })),
+            "write {} staged after the failed chunk: {:?}",
+            c.tag,
+            c.result
+        );
+    }
+    assert!(matches!(run(w, get(b"hot")), Ok(Reply::Value(v)) if v == b"base"));
+    assert!(matches!(run(w, get(b"other")), Ok(Reply::Value(v)) if v == b"base"));
+    // The worker goes on: the next writes succeed.
+    assert!(matches!(run(w, put(b"hot", b"after")), Ok(Reply::Written)));
+    disk.power_cut();
+    drop(opened);
+    let engine = Engine::open_with(&disk, cfg.clone()).expect("reopen");
+    assert_eq!(engine.get(b"hot").unwrap(), Some(b"after".to_vec()));
+    assert_eq!(engine.get(b"other").unwrap(), Some(b"base".to_vec()));
+}
+
 /// Puts that create slab files (whose directory entries are not durable yet) survive a power
 /// cut in sync mode — recovery recreates the files from the staging area — and in periodic
 /// mode once a flush completed; page mode promises nothing across power loss (the new files

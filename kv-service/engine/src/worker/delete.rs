@@ -27,6 +27,9 @@ enum DeleteState {
     Writing(Location),
     /// A stale copy's tombstone is in the cached block; its write is queued or in flight.
     StaleWriting(Location),
+    /// Sync mode, the key is missing: the answer waits until everything staged before it is
+    /// durable (an earlier write of the key, let run ahead, may still be in flight).
+    Barrier,
 }
 
 /// A delete.
@@ -34,16 +37,27 @@ pub(super) struct DeleteOp {
     key: Vec<u8>,
     /// Hash of the key, for per-key ordering.
     pub(super) hash: u64,
+    /// Sync mode: the key's next write was let run once this delete's tombstone was staged.
+    pub(super) released: bool,
+    /// The key queue let it run (`false` while it waits behind another write of the key).
+    pub(super) admitted: bool,
     state: DeleteState,
     /// Staged modes: the bytes the tombstone in flight replaced, to put back if it fails.
     undo: Undo,
 }
 
 impl DeleteOp {
+    /// Whether the delete's tombstone is staged and it only waits for that write.
+    pub(super) fn staged_final(&self) -> bool {
+        matches!(self.state, DeleteState::Writing(_) | DeleteState::Barrier)
+    }
+
     pub(super) fn new(key: Vec<u8>, hash: u64) -> Self {
         Self {
             key,
             hash,
+            released: false,
+            admitted: false,
             state: DeleteState::Start,
             undo: Undo::default(),
         }
@@ -65,6 +79,12 @@ impl DeleteOp {
             StaleStep::None => {}
         }
         let Some(loc) = core.index.get(&self.key) else {
+            if let Some(st) = core.stage.as_mut().filter(|s| s.is_sync()) {
+                if st.barrier(id) {
+                    self.state = DeleteState::Barrier;
+                    return Step::Wait;
+                }
+            }
             return Step::Done(Ok(Reply::NotFound));
         };
         let (block, _) = Geometry::of(loc.class).locate(loc.slot);
@@ -113,6 +133,8 @@ impl DeleteOp {
                 core.restore_slot(loc, undo);
                 Step::Done(Err(e))
             }
+            (DeleteState::Barrier, Ok(())) => Step::Done(Ok(Reply::NotFound)),
+            (DeleteState::Barrier, Err(e)) => Step::Done(Err(e)),
             // No write of ours is outstanding in the other states.
             _ => Step::Wait,
         }

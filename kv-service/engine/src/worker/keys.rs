@@ -1,6 +1,7 @@
 //! Per-key ordering: writes (puts, deletes) of one key run one at a time, in submission
-//! order. So at most one write per key is outstanding, and a delete can never overtake the
-//! tombstone of an earlier move of the same key.
+//! order, so a delete can never overtake the tombstone of an earlier move of the same key. A
+//! write holds its key until it completes — in sync mode only until its records are staged
+//! (the worker then releases the key early: see `Worker::advance`).
 //!
 //! Keys are told apart by their 64-bit hash; two keys with the same hash are merely
 //! serialised with each other, which is harmless.
@@ -16,6 +17,8 @@ use super::OpId;
 #[derive(Default)]
 pub(super) struct KeyQueue {
     busy: HashMap<u64, VecDeque<OpId>, BuildHasherDefault<KeyHasher>>,
+    /// The write of each busy key that runs now (the one admitted or released last).
+    running: HashMap<u64, OpId, BuildHasherDefault<KeyHasher>>,
 }
 
 impl KeyQueue {
@@ -29,6 +32,7 @@ impl KeyQueue {
             }
             None => {
                 self.busy.insert(hash, VecDeque::new());
+                self.running.insert(hash, id);
                 true
             }
         }
@@ -40,11 +44,22 @@ impl KeyQueue {
         !self.busy.is_empty() && self.busy.contains_key(&hash())
     }
 
+    /// The write of this key that runs now, if any.
+    pub(super) fn running(&self, hash: u64) -> Option<OpId> {
+        self.running.get(&hash).copied()
+    }
+
     /// The running write of this key finished: the next one to run, if any.
     pub(super) fn release(&mut self, hash: u64) -> Option<OpId> {
         let next = self.busy.get_mut(&hash)?.pop_front();
-        if next.is_none() {
-            self.busy.remove(&hash);
+        match next {
+            Some(id) => {
+                self.running.insert(hash, id);
+            }
+            None => {
+                self.busy.remove(&hash);
+                self.running.remove(&hash);
+            }
         }
         next
     }

@@ -738,7 +738,7 @@ impl<B: Backend> Worker<B> {
     fn start_write(&mut self, tag: u64, hash: u64, op: OpState) {
         let id = self.ops.insert(OpEntry { tag, op });
         if self.keys.admit(hash, id) {
-            self.runnable.push_back(id);
+            self.admit(id);
         }
     }
 
@@ -942,6 +942,19 @@ impl<B: Backend> Worker<B> {
 
     /// Runs an operation as far as it goes.
     fn run(&mut self, id: OpId) {
+        // A wake-up meant for an operation that has finished can reach the one that took its
+        // handle; a write still queued behind its key must not run on it.
+        if let Some(
+            OpState::Put(PutOp {
+                admitted: false, ..
+            })
+            | OpState::Delete(DeleteOp {
+                admitted: false, ..
+            }),
+        ) = self.ops.get(id).map(|e| &e.op)
+        {
+            return;
+        }
         self.advance(id, |op, id, core| match op {
             OpState::Get(g) => g.step(id, core),
             OpState::Put(p) => p.step(id, core),
@@ -958,9 +971,45 @@ impl<B: Backend> Worker<B> {
         let Some(entry) = self.ops.get_mut(id) else {
             return;
         };
-        if let Step::Done(result) = f(&mut entry.op, id, &mut self.core) {
-            self.finish(id, result);
+        match f(&mut entry.op, id, &mut self.core) {
+            Step::Done(result) => self.finish(id, result),
+            Step::Wait => {
+                // Sync mode: once a write's last record is staged, the key's next write may
+                // run. It stages into the same chunk or a later one, and chunks become durable
+                // — and acknowledge — in order, so the key's writes are still acknowledged in
+                // submission order; a hot key's queued writes share group commits instead of
+                // taking one O_DSYNC write each. If a chunk write fails, every write staged
+                // after it fails too (`Stage::on_chunk_done`), so none survives a predecessor
+                // it was applied on top of.
+                if !self.core.stage.as_ref().is_some_and(Stage::is_sync) {
+                    return;
+                }
+                let hash = match &mut entry.op {
+                    OpState::Put(p) if !p.released && p.staged_final() => {
+                        p.released = true;
+                        p.hash
+                    }
+                    OpState::Delete(d) if !d.released && d.staged_final() => {
+                        d.released = true;
+                        d.hash
+                    }
+                    _ => return,
+                };
+                if let Some(next) = self.keys.release(hash) {
+                    self.admit(next);
+                }
+            }
         }
+    }
+
+    /// The key queue lets write `id` run.
+    fn admit(&mut self, id: OpId) {
+        match self.ops.get_mut(id).map(|e| &mut e.op) {
+            Some(OpState::Put(p)) => p.admitted = true,
+            Some(OpState::Delete(d)) => d.admitted = true,
+            _ => {}
+        }
+        self.runnable.push_back(id);
     }
 
     /// Completes an operation and frees its handle.
@@ -976,9 +1025,27 @@ impl<B: Backend> Worker<B> {
                 }
                 self.complete(entry.tag, result);
             }
-            OpState::Put(PutOp { hash, .. }) | OpState::Delete(DeleteOp { hash, .. }) => {
-                if let Some(next) = self.keys.release(hash) {
-                    self.runnable.push_back(next);
+            OpState::Put(PutOp { hash, released, .. })
+            | OpState::Delete(DeleteOp { hash, released, .. }) => {
+                if !released {
+                    if let Some(next) = self.keys.release(hash) {
+                        self.admit(next);
+                    }
+                } else if result.is_err() {
+                    // The key's next write ran on what this one left, now undone. If it has
+                    // staged, it failed with this one (`Stage::on_chunk_done`); if not, a put
+                    // that already chose its slot starts over.
+                    if let Some(r) = self.keys.running(hash).filter(|&r| r != id) {
+                        if let Some(OpEntry {
+                            op: OpState::Put(p),
+                            ..
+                        }) = self.ops.get_mut(r)
+                        {
+                            if p.restart(&mut self.core) {
+                                self.runnable.push_back(r);
+                            }
+                        }
+                    }
                 }
                 self.complete(entry.tag, result);
             }

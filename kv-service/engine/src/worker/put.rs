@@ -69,6 +69,11 @@ pub(super) struct PutOp {
     value: Vec<u8>,
     /// Hash of the key, for per-key ordering.
     pub(super) hash: u64,
+    /// Sync mode: the key's next write was let run once this one's last record was staged
+    /// (see `Worker::advance`).
+    pub(super) released: bool,
+    /// The key queue let it run (`false` while it waits behind another write of the key).
+    pub(super) admitted: bool,
     state: PutState,
     /// Staged modes: the bytes the change in flight replaced, to put back if it fails.
     undo: Undo,
@@ -84,10 +89,36 @@ impl PutOp {
             key,
             value,
             hash,
+            released: false,
+            admitted: false,
             state: PutState::Start,
             undo: Undo::default(),
             undo_old: Undo::default(),
             held: None,
+        }
+    }
+
+    /// Whether the put's last record is staged and it only waits for that record's write
+    /// (staged modes: an overwrite in place, a new item or a move).
+    pub(super) fn staged_final(&self) -> bool {
+        matches!(self.state, PutState::Write { .. } | PutState::Moving { .. })
+    }
+
+    /// Sync mode: the key's earlier write, which this put ran behind, failed and was undone,
+    /// so a slot chosen from what it had left is stale: give it back and start again.
+    /// Returns whether the put should run again (it had not staged anything yet).
+    pub(super) fn restart<B: Backend>(&mut self, core: &mut Core<B>) -> bool {
+        match self.state {
+            PutState::Start => true,
+            PutState::Apply { target, old, .. } => {
+                self.unhold(core);
+                if old != Some(target) {
+                    core.release_slot(target);
+                }
+                self.state = PutState::Start;
+                true
+            }
+            _ => false,
         }
     }
 

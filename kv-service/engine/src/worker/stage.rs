@@ -247,6 +247,22 @@ impl Stage {
         lsn
     }
 
+    /// Sync mode: operation `waiter` gets an [`Event::Written`] once everything staged so far
+    /// is durable (with the last chunk that holds any of it), without a record of its own.
+    /// `false` if nothing staged is pending: it may answer at once.
+    pub(super) fn barrier(&mut self, waiter: OpId) -> bool {
+        if let Some(o) = self.open.as_mut().filter(|o| o.count > 0) {
+            o.waiters.push(waiter);
+        } else if let Some(s) = self.sealed.back_mut() {
+            s.waiters.push(waiter);
+        } else if let Some((_, _, waiters, _)) = self.in_flight.as_mut() {
+            waiters.push(waiter);
+        } else {
+            return false;
+        }
+        true
+    }
+
     /// Closes the open chunk now (sync mode: it is written after the one in flight), so that
     /// everything staged so far lies before [`Stage::head`].
     pub(super) fn seal_now(&mut self) {
@@ -403,7 +419,26 @@ impl Stage {
             }
             Some(e) => {
                 self.failures += 1;
-                for &id in &waiters {
+                // Every operation staged after the failed chunk fails with it, its chunk never
+                // written: a key's next write may have been applied on top of a failed one
+                // (see `Worker::advance`). Their events go newest first, so that each undo
+                // puts back the bytes the one before it left.
+                let mut failed = waiters;
+                for s in self.sealed.drain(..) {
+                    failed.extend(s.waiters);
+                    if s.buf.len() == self.max_chunk && self.spare.len() < 4 {
+                        self.spare.push(s.buf);
+                    }
+                }
+                if let Some(o) = self.open.take() {
+                    failed.extend(o.waiters);
+                    if o.buf.len() == self.max_chunk && self.spare.len() < 4 {
+                        self.spare.push(o.buf);
+                    }
+                }
+                self.written = self.head;
+                self.durable = self.head;
+                for &id in failed.iter().rev() {
                     let err = Error::io("writing the staging area", clone_io_error(&e));
                     events.push(Event::Written(id, Err(err)));
                 }
