@@ -149,15 +149,11 @@ mod tests {
 
     #[test]
     fn short_runs_work() {
-        // Few samples are guaranteed: other tests may be spinning on the same cores.
-        let h = ping_pong(Duration::from_millis(100), 32).unwrap();
-        assert!(!h.is_empty());
-        let h = ping_pong(Duration::from_millis(50), 100_000).unwrap();
-        assert!(!h.is_empty());
-        let h = ping_pong_transport(Duration::from_millis(100), 32).unwrap();
-        assert!(!h.is_empty());
-        let h = ping_pong_transport(Duration::from_millis(50), 100_000).unwrap();
-        assert!(!h.is_empty());
+        use super::super::until_samples;
+        assert!(!until_samples(|d| ping_pong(d, 32)).is_empty());
+        assert!(!until_samples(|d| ping_pong(d, 100_000)).is_empty());
+        assert!(!until_samples(|d| ping_pong_transport(d, 32)).is_empty());
+        assert!(!until_samples(|d| ping_pong_transport(d, 100_000)).is_empty());
         assert!(ping_pong(Duration::from_millis(10), 0).is_err());
         assert!(ping_pong_transport(Duration::from_millis(10), MAX_MSG + 1).is_err());
     }

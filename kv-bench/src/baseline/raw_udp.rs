@@ -341,27 +341,13 @@ pub(super) mod tests {
         );
     }
 
-    /// Runs `f` for 100 ms, then longer, until it records a round trip: on a loaded machine
-    /// (other tests spinning on the same cores) a short run may get no CPU at all, which says
-    /// nothing about the code. Up to 0.1 + 0.4 + 1.6 + 6.4 s.
-    fn until_samples(f: impl Fn(Duration) -> Result<Histogram<u64>>) -> Histogram<u64> {
-        let mut d = Duration::from_millis(100);
-        loop {
-            let h = f(d).unwrap();
-            if !h.is_empty() || d > Duration::from_secs(5) {
-                return h;
-            }
-            d *= 4;
-        }
-    }
-
     #[test]
     fn short_runs_work() {
-        let h = until_samples(|d| raw_ping_pong(d, 32, false));
+        let h = super::super::until_samples(|d| raw_ping_pong(d, 32, false));
         assert!(!h.is_empty());
-        let h = until_samples(|d| ping_pong(d, 32));
+        let h = super::super::until_samples(|d| ping_pong(d, 32));
         assert!(!h.is_empty());
-        let h = until_samples(|d| ping_pong_transport(d, 1000));
+        let h = super::super::until_samples(|d| ping_pong_transport(d, 1000));
         assert!(!h.is_empty());
         assert!(ping_pong(Duration::from_millis(10), 0).is_err());
     }
