@@ -1,5 +1,7 @@
 //! End-to-end tests: the real `kv-service` and `kv-cli` binaries on 127.0.0.1 with a free
 //! port and a temporary data directory. Every wait is bounded; children are killed on drop.
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, UdpSocket};
@@ -35,38 +37,13 @@ struct ServerProc {
 
 impl ServerProc {
     fn start(dir: &Path, port: u16) -> ServerProc {
-        let mut child = Command::new(SERVER)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--threads", "2"])
-            .args(["--cache-mb", "16", "--spin-ms", "20", "--log-level", "warn"])
-            .arg("--data-dir")
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines() {
-                let Ok(l) = l else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut startup = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let l = rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("server not ready; output so far: {startup:?}"));
-            let ready = l.starts_with("ready");
-            startup.push(l);
-            if ready {
-                break;
-            }
-        }
+        let (child, rx, startup) = common::spawn_until_ready(
+            Command::new(SERVER)
+                .args(["--listen", &format!("127.0.0.1:{port}"), "--threads", "2"])
+                .args(["--cache-mb", "16", "--spin-ms", "20", "--log-level", "warn"])
+                .arg("--data-dir")
+                .arg(dir),
+        );
         let data = startup
             .iter()
             .filter_map(|l| l.split("data socket ").nth(1))

@@ -4,8 +4,10 @@
 //! through its closed connections and reconnected to after a restart; and, with the `rdma`
 //! feature, `--transport ud|rc` on a machine without an RDMA device failing at once with a
 //! clear message. Every wait is bounded; children are killed on drop.
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::UdpSocket;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -39,39 +41,14 @@ impl ServerProc {
     /// Starts `kv-service --transport tcp` with 2 threads on `port` and waits until it is
     /// ready (20 s at most).
     fn start_tcp(dir: &Path, port: u16) -> ServerProc {
-        let mut child = Command::new(SERVER)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--threads", "2"])
-            .args(["--transport", "tcp"])
-            .args(["--cache-mb", "16", "--spin-ms", "20", "--log-level", "warn"])
-            .arg("--data-dir")
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines() {
-                let Ok(l) = l else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut startup = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let l = rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("server not ready; output so far: {startup:?}"));
-            let ready = l.starts_with("ready");
-            startup.push(l);
-            if ready {
-                break;
-            }
-        }
+        let (child, _lines, startup) = common::spawn_until_ready(
+            Command::new(SERVER)
+                .args(["--listen", &format!("127.0.0.1:{port}"), "--threads", "2"])
+                .args(["--transport", "tcp"])
+                .args(["--cache-mb", "16", "--spin-ms", "20", "--log-level", "warn"])
+                .arg("--data-dir")
+                .arg(dir),
+        );
         ServerProc {
             child,
             addr: format!("127.0.0.1:{port}"),

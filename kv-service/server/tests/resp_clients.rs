@@ -8,7 +8,9 @@
 //! developer's `cargo test` without them) a test whose client cannot be found says so on
 //! stderr and passes without running.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -77,40 +79,15 @@ struct ServerProc {
 
 impl ServerProc {
     fn start(dir: &Path, extra: &[&str]) -> ServerProc {
-        let mut child = Command::new(SERVER)
-            .args(["--listen", "127.0.0.1:0", "--resp", "127.0.0.1:0"])
-            .args(["--threads", "2", "--cache-mb", "16", "--spin-ms", "20"])
-            .args(["--log-level", "warn"])
-            .args(extra)
-            .arg("--data-dir")
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines() {
-                let Ok(l) = l else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut startup = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let l = rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("server not ready; output so far: {startup:?}"));
-            let ready = l.starts_with("ready");
-            startup.push(l);
-            if ready {
-                break;
-            }
-        }
+        let (child, rx, startup) = common::spawn_until_ready(
+            Command::new(SERVER)
+                .args(["--listen", "127.0.0.1:0", "--resp", "127.0.0.1:0"])
+                .args(["--threads", "2", "--cache-mb", "16", "--spin-ms", "20"])
+                .args(["--log-level", "warn"])
+                .args(extra)
+                .arg("--data-dir")
+                .arg(dir),
+        );
         let resp = startup
             .iter()
             .find_map(|l| l.strip_prefix("RESP listening on "))
