@@ -2,6 +2,8 @@
 //! port and a temporary data directory. Every wait is bounded; children are killed on drop.
 mod common;
 
+use common::wait_timeout;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, UdpSocket};
@@ -93,20 +95,6 @@ impl Drop for ServerProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn wait_timeout(child: &mut Child, d: Duration) -> ExitStatus {
-    let end = Instant::now() + d;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("child did not exit within {d:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

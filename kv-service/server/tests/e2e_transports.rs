@@ -6,11 +6,13 @@
 //! clear message. Every wait is bounded; children are killed on drop.
 mod common;
 
+use common::wait_timeout;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::UdpSocket;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -79,20 +81,6 @@ impl Drop for ServerProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn wait_timeout(child: &mut Child, d: Duration) -> ExitStatus {
-    let end = Instant::now() + d;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("child did not exit within {d:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -10,10 +10,12 @@
 
 mod common;
 
+use common::wait_timeout;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -137,20 +139,6 @@ impl Drop for ServerProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn wait_timeout(child: &mut Child, d: Duration) -> ExitStatus {
-    let end = Instant::now() + d;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            panic!("child did not exit within {d:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

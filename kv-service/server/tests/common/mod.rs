@@ -1,7 +1,7 @@
 //! What the end-to-end tests share: starting a server process and reading its startup lines.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -39,4 +39,19 @@ pub fn spawn_until_ready(cmd: &mut Command) -> (Child, mpsc::Receiver<String>, V
         }
     }
     (child, rx, startup)
+}
+
+/// Waits (polling every 10 ms) for `child` to exit; kills it and panics after `d`.
+pub fn wait_timeout(child: &mut Child, d: Duration) -> ExitStatus {
+    let end = Instant::now() + d;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("child did not exit within {d:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
