@@ -3,10 +3,17 @@
 //! numerically, and aborted on a prefix collision).
 //!
 //! Layout: keys are grouped by their first 8 bytes read as a big-endian integer (shorter
-//! keys padded with zeros); each group is a bucket of the full keys sharing that prefix,
-//! kept sorted (almost always one key). A hash table maps a prefix to its bucket, so a
-//! point lookup costs one hash probe and one key comparison; a B-tree of the prefixes alone
-//! gives the order for scans. (A B-tree of boxed keys followed a pointer and called `memcmp`
+//! keys padded with zeros); each group is a bucket of the full keys sharing that prefix
+//! (almost always one key). A hash table maps a prefix to its bucket, so a point lookup
+//! costs one hash probe and one key comparison; a B-tree of the prefixes alone gives the
+//! order for scans. A bucket of up to [`FEW_MAX`] keys is a sorted vector (a binary search
+//! of a few comparisons). Key sets that share long prefixes — `key:000000012345`, as
+//! redis-benchmark and many applications name keys — would put every key in one bucket and
+//! make a lookup a binary search over all of them (and an insert a move of all of them), so a
+//! bucket that grows past [`FEW_MAX`] becomes a *group*: a hash table of the full keys for
+//! point operations and a B-tree of the same keys for order. A lookup then costs two hash
+//! probes and one key comparison whatever the key set; the keys of a group are stored twice
+//! (the price of O(1) lookups and O(log n) inserts without a tree walk on the read path). (A B-tree of boxed keys followed a pointer and called `memcmp`
 //! at every comparison of a lookup, which made the lookup the largest cost of a cached GET;
 //! a B-tree of prefixes with buckets still spent a fifth of a loaded server's time walking
 //! nodes.) The hash is a multiply-fold keyed with a random seed per index.
@@ -32,8 +39,9 @@ pub struct Location {
 const INLINE: usize = 15;
 
 /// A stored key: inline when short (no allocation, no pointer to follow on a lookup),
-/// boxed otherwise.
-#[derive(Debug)]
+/// boxed otherwise. Equality, order and hash are those of its bytes (so `&[u8]` can look
+/// one up in a map or set of keys).
+#[derive(Debug, Clone)]
 enum Key {
     Inline { len: u8, bytes: [u8; INLINE] },
     Heap(Box<[u8]>),
@@ -70,12 +78,97 @@ impl Key {
     }
 }
 
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_slice().cmp(other.as_slice())
+    }
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state)
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+/// Most keys a bucket keeps in a sorted vector; one more makes it a [`Group`].
+const FEW_MAX: usize = 16;
+
+/// A group shrinks back to a sorted vector when it has this many keys left (hysteresis, so
+/// that a bucket at the boundary does not convert on every insert and remove).
+const FEW_AGAIN: usize = FEW_MAX / 2;
+
+/// The keys of a bucket that outgrew [`FEW_MAX`]: the same keys twice, hashed for point
+/// operations and ordered for scans. Invariant: `points` and `order` hold the same key set.
+#[derive(Debug)]
+struct Group {
+    points: HashMap<Key, Location, PrefixHash>,
+    order: BTreeSet<Key>,
+}
+
+impl Group {
+    fn from_sorted(entries: Vec<(Key, Location)>, hasher: PrefixHash) -> Group {
+        let mut points = HashMap::with_capacity_and_hasher(entries.len() * 2, hasher);
+        let mut order = BTreeSet::new();
+        for (k, l) in entries {
+            order.insert(k.clone());
+            points.insert(k, l);
+        }
+        Group { points, order }
+    }
+
+    /// The entries in key order.
+    fn into_sorted(self) -> Vec<(Key, Location)> {
+        let mut points = self.points;
+        self.order
+            .into_iter()
+            .filter_map(|k| points.remove(k.as_slice()).map(|l| (k, l)))
+            .collect()
+    }
+
+    /// Estimated heap bytes: the hash table's slots, the B-tree (nodes assumed 2/3 full) and
+    /// the second copy of each boxed key.
+    fn approx_bytes(&self) -> usize {
+        let slot = std::mem::size_of::<(Key, Location)>() + 1;
+        let dup_keys: usize = self
+            .order
+            .iter()
+            .map(|k| Key::heap_bytes(k.as_slice().len()))
+            .sum();
+        std::mem::size_of::<Group>()
+            + self.points.capacity() * slot
+            + self.order.len() * std::mem::size_of::<Key>() * 3 / 2
+            + dup_keys
+    }
+}
+
 /// The keys sharing one 8-byte prefix: almost always one.
 #[derive(Debug)]
 enum Bucket {
     One((Key, Location)),
-    /// Sorted by key; at least two entries.
-    Many(Vec<(Key, Location)>),
+    /// Sorted by key; 2 ..= [`FEW_MAX`] entries.
+    Few(Vec<(Key, Location)>),
+    /// More than [`FEW_AGAIN`] entries (became a group past [`FEW_MAX`]).
+    Many(Box<Group>),
 }
 
 /// Hashes the `u64` prefixes: `(x ^ seed) * K` as a 128-bit product, halves xor-folded.
@@ -127,6 +220,7 @@ pub(crate) struct Index {
     order: BTreeSet<u64>,
     len: usize,
     key_alloc_bytes: usize,
+    /// Heap bytes of `Few` vectors and `Many` groups (estimated for groups).
     many_alloc_bytes: usize,
 }
 
@@ -139,6 +233,33 @@ impl Index {
             map: HashMap::with_hasher(PrefixHash { seed }),
             ..Self::default()
         }
+    }
+
+    /// The shared-prefix bytes recomputed from the buckets, to check the running account.
+    fn recount_many_bytes(&self) -> usize {
+        self.map
+            .values()
+            .map(|b| match b {
+                Bucket::One(_) => 0,
+                Bucket::Few(v) => v.capacity() * MANY_ENTRY,
+                Bucket::Many(g) => g.approx_bytes(),
+            })
+            .sum()
+    }
+
+    /// Whether every bucket has the shape its size calls for.
+    fn buckets_well_formed(&self) -> bool {
+        self.map.values().all(|b| match b {
+            Bucket::One(_) => true,
+            Bucket::Few(v) => {
+                (2..=FEW_MAX).contains(&v.len()) && v.windows(2).all(|w| w[0].0 < w[1].0)
+            }
+            Bucket::Many(g) => {
+                g.points.len() > FEW_AGAIN
+                    && g.points.len() == g.order.len()
+                    && g.order.iter().all(|k| g.points.contains_key(k.as_slice()))
+            }
+        })
     }
 }
 
@@ -162,11 +283,12 @@ impl Index {
     pub(crate) fn get(&self, key: &[u8]) -> Option<Location> {
         match self.map.get(&prefix(key))? {
             Bucket::One((k, loc)) => (k.as_slice() == key).then_some(*loc),
-            Bucket::Many(v) => v
+            Bucket::Few(v) => v
                 .binary_search_by(|(k, _)| k.as_slice().cmp(key))
                 .ok()
                 .and_then(|i| v.get(i))
                 .map(|(_, l)| *l),
+            Bucket::Many(g) => g.points.get(key).copied(),
         }
     }
 
@@ -182,17 +304,35 @@ impl Index {
         };
         match bucket {
             Bucket::One((k, l)) if k.as_slice() == key => return Some(std::mem::replace(l, loc)),
-            Bucket::Many(v) => match v.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
+            Bucket::Many(g) => {
+                if let Some(l) = g.points.get_mut(key) {
+                    return Some(std::mem::replace(l, loc));
+                }
+                let before = g.approx_bytes();
+                g.order.insert(Key::new(key));
+                g.points.insert(Key::new(key), loc);
+                self.many_alloc_bytes = self.many_alloc_bytes - before + g.approx_bytes();
+            }
+            Bucket::Few(v) => match v.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
                 Ok(i) => return v.get_mut(i).map(|(_, l)| std::mem::replace(l, loc)),
-                Err(i) => {
+                Err(i) if v.len() < FEW_MAX => {
                     let before = v.capacity();
                     v.insert(i, (Key::new(key), loc));
                     self.many_alloc_bytes += (v.capacity() - before) * MANY_ENTRY;
                 }
+                Err(i) => {
+                    let mut v = std::mem::take(v);
+                    self.many_alloc_bytes -= v.capacity() * MANY_ENTRY;
+                    v.insert(i, (Key::new(key), loc));
+                    let g = Group::from_sorted(v, self.map.hasher().clone());
+                    self.many_alloc_bytes += g.approx_bytes();
+                    if let Some(b) = self.map.get_mut(&p) {
+                        *b = Bucket::Many(Box::new(g));
+                    }
+                }
             },
             Bucket::One(..) => {
-                let Bucket::One((k, l)) = std::mem::replace(bucket, Bucket::Many(Vec::new()))
-                else {
+                let Bucket::One((k, l)) = std::mem::replace(bucket, Bucket::Few(Vec::new())) else {
                     return None;
                 };
                 let mut v = Vec::with_capacity(2);
@@ -204,7 +344,7 @@ impl Index {
                     v.push((k, l));
                 }
                 self.many_alloc_bytes += v.capacity() * MANY_ENTRY;
-                *bucket = Bucket::Many(v);
+                *bucket = Bucket::Few(v);
             }
         }
         self.len += 1;
@@ -223,7 +363,7 @@ impl Index {
                 l
             }
             Bucket::One(..) => return None,
-            Bucket::Many(v) => {
+            Bucket::Few(v) => {
                 let i = v.binary_search_by(|(k, _)| k.as_slice().cmp(key)).ok()?;
                 let (_, l) = v.remove(i);
                 if v.len() == 1 {
@@ -231,6 +371,23 @@ impl Index {
                     if let Some(last) = v.pop() {
                         *bucket = Bucket::One(last);
                     }
+                }
+                l
+            }
+            Bucket::Many(g) => {
+                let before = g.approx_bytes();
+                let l = g.points.remove(key)?;
+                g.order.remove(key);
+                if g.points.len() <= FEW_AGAIN {
+                    self.many_alloc_bytes -= before;
+                    let Bucket::Many(g) = std::mem::replace(bucket, Bucket::Few(Vec::new())) else {
+                        return None;
+                    };
+                    let v = g.into_sorted();
+                    self.many_alloc_bytes += v.capacity() * MANY_ENTRY;
+                    *bucket = Bucket::Few(v);
+                } else {
+                    self.many_alloc_bytes = self.many_alloc_bytes - before + g.approx_bytes();
                 }
                 l
             }
@@ -256,6 +413,13 @@ impl Index {
         if max == 0 {
             return out;
         }
+        // Pushes `k` if it qualifies; true when `out` is full.
+        let take = |k: &Key, out: &mut Vec<Box<[u8]>>| {
+            if k.as_slice() >= start && keep(k.as_slice()) {
+                out.push(k.as_slice().into());
+            }
+            out.len() >= max
+        };
         for p in self
             .order
             .range((Bound::Included(prefix(start)), Bound::Unbounded))
@@ -263,17 +427,16 @@ impl Index {
             let Some(bucket) = self.map.get(p) else {
                 continue;
             };
-            let keys = match bucket {
-                Bucket::One(entry) => std::slice::from_ref(entry),
-                Bucket::Many(v) => v.as_slice(),
+            let full = match bucket {
+                Bucket::One((k, _)) => take(k, &mut out),
+                Bucket::Few(v) => v.iter().any(|(k, _)| take(k, &mut out)),
+                Bucket::Many(g) => g
+                    .order
+                    .range::<[u8], _>((Bound::Included(start), Bound::Unbounded))
+                    .any(|k| take(k, &mut out)),
             };
-            for (k, _) in keys {
-                if k.as_slice() >= start && keep(k.as_slice()) {
-                    out.push(k.as_slice().into());
-                    if out.len() >= max {
-                        return out;
-                    }
-                }
+            if full {
+                return out;
             }
         }
         out
@@ -285,7 +448,7 @@ impl Index {
 
     /// Estimated heap bytes: the hash table (prefix + bucket + a control byte per slot of its
     /// capacity), the prefix B-tree (8 bytes per prefix, nodes assumed 2/3 full), the
-    /// allocations of keys over 15 bytes and the vectors of shared-prefix buckets.
+    /// allocations of keys over 15 bytes and the vectors and groups of shared-prefix buckets.
     pub(crate) fn approx_bytes(&self) -> usize {
         let slot = std::mem::size_of::<u64>() + std::mem::size_of::<Bucket>() + 1;
         self.map.capacity() * slot
@@ -345,20 +508,58 @@ mod tests {
         assert_eq!(ix.get(b"ab\0\0"), None);
     }
 
+    #[test]
+    fn keys_sharing_a_long_prefix_become_a_group_and_back() {
+        let mut ix = Index::default();
+        let key = |i: u32| format!("key:{i:012}").into_bytes();
+        for i in (0..1000).rev() {
+            assert_eq!(ix.insert(&key(i), Location { class: 0, slot: i }), None);
+        }
+        assert!(matches!(
+            ix.map.get(&prefix(b"key:0000")),
+            Some(Bucket::Many(_))
+        ));
+        assert_eq!(
+            ix.get(&key(777)),
+            Some(Location {
+                class: 0,
+                slot: 777
+            })
+        );
+        assert_eq!(ix.get(b"key:0000"), None);
+        let got = ix.range_keys(&key(995), 10);
+        let want: Vec<Box<[u8]>> = (995..1000).map(|i| key(i).into()).collect();
+        assert_eq!(got, want);
+        for i in 0..1000 - FEW_AGAIN as u32 {
+            assert_eq!(ix.remove(&key(i)).map(|l| l.slot), Some(i));
+        }
+        assert!(
+            matches!(ix.map.get(&prefix(b"key:0000")), Some(Bucket::Few(v)) if v.len() == FEW_AGAIN)
+        );
+        assert_eq!(ix.many_alloc_bytes, ix.recount_many_bytes());
+        assert!(ix.buckets_well_formed());
+    }
+
     proptest! {
         #![proptest_config(testkit::proptest_config(256, "proptest-regressions/index.txt"))]
 
         /// Same answers as a BTreeMap of full keys, for keys drawn from a small alphabet
         /// (so that prefixes collide, keys are prefixes of each other, and zero bytes occur), both
         /// inline (up to 15 bytes) and boxed.
+        ///
+        /// With `shared`, every key starts with the same 8 bytes (as `key:000000012345` keys
+        /// do), so buckets grow past `FEW_MAX` into groups and shrink back.
         #[test]
-        fn matches_a_btreemap(hash_seed in any::<u64>(), ops in prop::collection::vec(
+        fn matches_a_btreemap(hash_seed in any::<u64>(), shared in any::<bool>(), ops in prop::collection::vec(
             (0u8..3, prop::collection::vec(prop::sample::select(vec![0u8, 1, b'a', 255]), 0..20), any::<u32>(), 0usize..20),
             1..300,
         )) {
             let mut ix = Index::with_hash_seed(hash_seed);
             let mut model: BTreeMap<Vec<u8>, Location> = BTreeMap::new();
             for (kind, key, slot, max) in ops {
+                let key = if shared { [&b"key:0000"[..], &key].concat() } else { key };
+                // Removals are drawn less often than inserts, so groups form.
+                let kind = if shared && kind == 1 && slot % 3 != 0 { 0 } else { kind };
                 let loc = Location { class: 0, slot };
                 match kind {
                     0 => prop_assert_eq!(ix.insert(&key, loc), model.insert(key.clone(), loc)),
@@ -375,7 +576,20 @@ mod tests {
                 }
                 prop_assert_eq!(ix.get(&key), model.get(&key).copied());
                 prop_assert_eq!(ix.len(), model.len());
+                prop_assert!(ix.buckets_well_formed());
+                prop_assert_eq!(ix.many_alloc_bytes, ix.recount_many_bytes());
             }
+            // Emptying the index (in a key order that differs from insertion) leaves no
+            // shared-prefix bytes accounted.
+            let keys: Vec<Vec<u8>> = model.keys().rev().cloned().collect();
+            for k in keys {
+                prop_assert_eq!(ix.remove(&k), model.remove(&k));
+                prop_assert!(ix.buckets_well_formed());
+                prop_assert_eq!(ix.many_alloc_bytes, ix.recount_many_bytes());
+            }
+            prop_assert_eq!(ix.len(), 0);
+            prop_assert_eq!(ix.many_alloc_bytes, 0);
+            prop_assert_eq!(ix.key_alloc_bytes, 0);
         }
     }
 }
