@@ -6,11 +6,11 @@
 //! keys padded with zeros); each group is a bucket of the full keys sharing that prefix
 //! (almost always one key). A hash table maps a prefix to its bucket, so a point lookup
 //! costs one hash probe and one key comparison; a B-tree of the prefixes alone gives the
-//! order for scans. A bucket of up to [`FEW_MAX`] keys is a sorted vector (a binary search
+//! order for scans. A bucket of up to `FEW_MAX` keys is a sorted vector (a binary search
 //! of a few comparisons). Key sets that share long prefixes — `key:000000012345`, as
 //! redis-benchmark and many applications name keys — would put every key in one bucket and
 //! make a lookup a binary search over all of them (and an insert a move of all of them), so a
-//! bucket that grows past [`FEW_MAX`] becomes a *group*: a hash table of the full keys for
+//! bucket that grows past `FEW_MAX` becomes a *group*: a hash table of the full keys for
 //! point operations and a B-tree of the same keys for order. A lookup then costs two hash
 //! probes and one key comparison whatever the key set; the keys of a group are stored twice
 //! (the price of O(1) lookups and O(log n) inserts without a tree walk on the read path). (A B-tree of boxed keys followed a pointer and called `memcmp`
@@ -123,17 +123,41 @@ const FEW_AGAIN: usize = FEW_MAX / 2;
 struct Group {
     points: HashMap<Key, Location, PrefixHash>,
     order: BTreeSet<Key>,
+    /// Heap bytes of the boxed keys in `order` (the second copies), kept as keys come and go
+    /// so that [`Group::approx_bytes`] is O(1) on the insert path.
+    dup_heap: usize,
 }
 
 impl Group {
     fn from_sorted(entries: Vec<(Key, Location)>, hasher: PrefixHash) -> Group {
         let mut points = HashMap::with_capacity_and_hasher(entries.len() * 2, hasher);
         let mut order = BTreeSet::new();
+        let mut dup_heap = 0;
         for (k, l) in entries {
+            dup_heap += Key::heap_bytes(k.as_slice().len());
             order.insert(k.clone());
             points.insert(k, l);
         }
-        Group { points, order }
+        Group {
+            points,
+            order,
+            dup_heap,
+        }
+    }
+
+    /// Adds a key that is not in the group.
+    fn insert_new(&mut self, key: &[u8], loc: Location) {
+        self.dup_heap += Key::heap_bytes(key.len());
+        self.order.insert(Key::new(key));
+        self.points.insert(Key::new(key), loc);
+    }
+
+    /// Removes `key`, returning its location.
+    fn remove(&mut self, key: &[u8]) -> Option<Location> {
+        let l = self.points.remove(key)?;
+        self.order.remove(key);
+        self.dup_heap -= Key::heap_bytes(key.len());
+        Some(l)
     }
 
     /// The entries in key order.
@@ -149,15 +173,10 @@ impl Group {
     /// the second copy of each boxed key.
     fn approx_bytes(&self) -> usize {
         let slot = std::mem::size_of::<(Key, Location)>() + 1;
-        let dup_keys: usize = self
-            .order
-            .iter()
-            .map(|k| Key::heap_bytes(k.as_slice().len()))
-            .sum();
         std::mem::size_of::<Group>()
             + self.points.capacity() * slot
             + self.order.len() * std::mem::size_of::<Key>() * 3 / 2
-            + dup_keys
+            + self.dup_heap
     }
 }
 
@@ -258,6 +277,11 @@ impl Index {
                 g.points.len() > FEW_AGAIN
                     && g.points.len() == g.order.len()
                     && g.order.iter().all(|k| g.points.contains_key(k.as_slice()))
+                    && g.dup_heap
+                        == g.order
+                            .iter()
+                            .map(|k| Key::heap_bytes(k.as_slice().len()))
+                            .sum::<usize>()
             }
         })
     }
@@ -309,8 +333,7 @@ impl Index {
                     return Some(std::mem::replace(l, loc));
                 }
                 let before = g.approx_bytes();
-                g.order.insert(Key::new(key));
-                g.points.insert(Key::new(key), loc);
+                g.insert_new(key, loc);
                 self.many_alloc_bytes = self.many_alloc_bytes - before + g.approx_bytes();
             }
             Bucket::Few(v) => match v.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
@@ -376,8 +399,7 @@ impl Index {
             }
             Bucket::Many(g) => {
                 let before = g.approx_bytes();
-                let l = g.points.remove(key)?;
-                g.order.remove(key);
+                let l = g.remove(key)?;
                 if g.points.len() <= FEW_AGAIN {
                     self.many_alloc_bytes -= before;
                     let Bucket::Many(g) = std::mem::replace(bucket, Bucket::Few(Vec::new())) else {
