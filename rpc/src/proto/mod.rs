@@ -604,8 +604,10 @@ impl Endpoint {
         !self.out.sm.is_empty()
     }
 
-    /// Hands every queued datapath packet to `send`, in batches of at most 64 descriptors in
-    /// the order they were queued; each descriptor is a route, a header slice and a payload
+    /// Hands every queued datapath packet to `send`, in batches of at most 64 descriptors,
+    /// grouped by route (in the order they were queued within a route, so that one peer's
+    /// packets of an iteration are consecutive and a datagram transport can coalesce them, as
+    /// UDP GSO does); each descriptor is a route, a header slice and a payload
     /// slice borrowed from the endpoint's buffers. Packets whose buffer is gone (their
     /// request completed since they were queued) are skipped and counted in `tx_skipped`.
     #[inline]
@@ -613,7 +615,12 @@ impl Endpoint {
         if self.out.txq.is_empty() {
             return;
         }
-        let skipped = output::drain_transmits(&self.sessions, &mut self.out.txq, send);
+        let skipped = output::drain_transmits(
+            &self.sessions,
+            &mut self.out.txq,
+            &mut self.out.tx_order,
+            send,
+        );
         self.out.stats.tx_skipped += skipped;
     }
 
