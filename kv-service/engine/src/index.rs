@@ -409,12 +409,28 @@ impl Index {
         max: usize,
         keep: &dyn Fn(&[u8]) -> bool,
     ) -> Vec<Box<[u8]>> {
+        self.range_keys_between_where(start, None, max, keep)
+    }
+
+    /// Up to `max` keys in `start..=end` (`end` `None`: no upper bound) for which `keep`
+    /// holds, in order. Stops at the first key past `end`.
+    pub(crate) fn range_keys_between_where(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        max: usize,
+        keep: &dyn Fn(&[u8]) -> bool,
+    ) -> Vec<Box<[u8]>> {
         let mut out = Vec::new();
         if max == 0 {
             return out;
         }
-        // Pushes `k` if it qualifies; true when `out` is full.
+        // Pushes `k` if it qualifies; true when `out` is full or `k` is past `end` (keys
+        // come in order: buckets in prefix order, each in key order, so nothing later fits).
         let take = |k: &Key, out: &mut Vec<Box<[u8]>>| {
+            if end.is_some_and(|e| k.as_slice() > e) {
+                return true;
+            }
             if k.as_slice() >= start && keep(k.as_slice()) {
                 out.push(k.as_slice().into());
             }

@@ -23,7 +23,8 @@ use kv_engine::{open_workers_with, Durability, EngineConfig, SimDisk};
 use kv_proto::{self as protocol, op, ClusterExt, Op, Request, Role, Status};
 use kv_raft::{AnyDir, SimFs};
 use kv_service::{
-    build_threads, register_handlers, ClusterOptions, Replicas, ServerState, ServerThread, Shutdown,
+    build_threads, register_handlers, ClusterOptions, CompactionSettings, ReplicaStats, Replicas,
+    ServerState, ServerThread, Shutdown,
 };
 use rpc::{LocalHub, Nexus, Rpc, RpcConfig, SessionId, SessionState, VirtualClock};
 use testkit::linearizability::{check_register, Call, RegisterOp, RegisterRet};
@@ -42,6 +43,9 @@ const MS: u64 = 1_000_000;
 const ATTEMPT_MS: u64 = 300;
 /// A client gives up on an operation after this long (its outcome is then unknown).
 const GIVE_UP_MS: u64 = 6_000;
+/// Entries between checkpoints, and kept below them for followers.
+const CHECKPOINT_ENTRIES: u64 = 40;
+const RESERVE_ENTRIES: u64 = 10;
 
 type Thread = ServerThread<SimTransport, SimBackend>;
 
@@ -143,6 +147,13 @@ fn options(cluster: &Arc<Cluster>, node: u64) -> ClusterOptions {
     // Small segments: the simulated file system copies a whole file image per sync.
     o.segment_bytes = 64 << 10;
     o.peer_uris = (1..=NODES).map(|n| (n, format!("local:node{n}"))).collect();
+    // Checkpoints and compaction every few dozen entries, so that every run compacts many
+    // times and followers that were away catch up by snapshot.
+    o.compaction = CompactionSettings {
+        checkpoint_entries: CHECKPOINT_ENTRIES,
+        checkpoint_bytes: 64 << 20,
+        reserve_entries: RESERVE_ENTRIES,
+    };
     o
 }
 
