@@ -76,8 +76,6 @@ const APPLY_TAG: u64 = 1 << 63;
 /// Engine tags of snapshot work (reads of a snapshot being sent, writes of one being
 /// installed) carry this bit too.
 const SNAP_TAG: u64 = 1 << 62;
-/// Keys listed per engine read of a snapshot being sent.
-const SNAPSHOT_KEYS: usize = 256;
 /// Most bytes of items per snapshot chunk (a chunk holds at least one item).
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Deadline of one RAFT_SNAPSHOT request.
@@ -150,6 +148,9 @@ pub struct CompactionSettings {
     /// keeps at most this many entries below the checkpoint (default 10 000); a follower
     /// further behind is sent a snapshot.
     pub reserve_entries: u64,
+    /// Keys read from the engine per step of a snapshot being sent (default 256); a chunk
+    /// carries them, split further to at most 1 MiB of items per chunk.
+    pub snapshot_keys: usize,
 }
 
 impl Default for CompactionSettings {
@@ -158,6 +159,7 @@ impl Default for CompactionSettings {
             checkpoint_entries: 10_000,
             checkpoint_bytes: 64 << 20,
             reserve_entries: 10_000,
+            snapshot_keys: 256,
         }
     }
 }

@@ -11,8 +11,7 @@ use rpc::Ctx;
 use super::snapshot::{self as chunk, ChunkHeader};
 use super::{
     after, checkpoint_snapshot, decode_sessions, Capture, Incoming, Replicas, SnapOp, Transfer,
-    INCOMING_TIMEOUT_NS, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_DEADLINE_MS, SNAPSHOT_KEYS,
-    SNAPSHOT_TIMEOUT_NS, SNAP_TAG,
+    INCOMING_TIMEOUT_NS, SNAPSHOT_CHUNK_BYTES, SNAPSHOT_DEADLINE_MS, SNAPSHOT_TIMEOUT_NS, SNAP_TAG,
 };
 use crate::state::ServerState;
 
@@ -338,6 +337,7 @@ impl<B: Backend> ServerState<B> {
         let mut work = false;
         let mut ended: Vec<(u64, bool)> = Vec::new();
         let cluster = c.opts.cluster.clone();
+        let max_keys = c.opts.compaction.snapshot_keys.max(1);
         for i in 0..c.transfers.len() {
             let Some(t) = c.transfers.get(i) else { break };
             let leads = c
@@ -383,7 +383,7 @@ impl<B: Backend> ServerState<B> {
                 let keep = |k: &[u8]| cluster.shard_of(k) == shard;
                 let keys: Vec<Vec<u8>> = self
                     .worker
-                    .keys_where(&start, SNAPSHOT_KEYS, &keep)
+                    .keys_where(&start, max_keys, &keep)
                     .into_iter()
                     .map(<[u8]>::into_vec)
                     .collect();
@@ -393,7 +393,7 @@ impl<B: Backend> ServerState<B> {
                     SnapOp::Read {
                         transfer: id,
                         listed_last: keys.last().cloned(),
-                        full: keys.len() >= SNAPSHOT_KEYS,
+                        full: keys.len() >= max_keys,
                     },
                 );
                 self.worker.submit_scan_of(keys, tag);
