@@ -54,37 +54,33 @@ impl Replicas {
             started: now,
         });
     }
+}
 
-    /// Whether shard `s` is due for a checkpoint.
-    fn checkpoint_due(&self, s: &super::Shard) -> bool {
-        let c = &self.opts.compaction;
-        let since = s.submitted.saturating_sub(s.checkpoint.0);
-        since > 0
-            && (since >= c.checkpoint_entries
-                || s.node.store().entry_bytes() as u64 >= c.checkpoint_bytes
-                || s.node.store().snapshot_wanted().is_some()
-                || self.log.active_segment() > s.checkpoint_seg + 1)
-    }
+/// Whether shard `s` is due for a checkpoint (`seg`: the log's active segment).
+fn checkpoint_due(c: &super::CompactionSettings, seg: u64, s: &super::Shard) -> bool {
+    let since = s.submitted.saturating_sub(s.checkpoint.0);
+    since > 0
+        && (since >= c.checkpoint_entries
+            || s.node.store().entry_bytes() as u64 >= c.checkpoint_bytes
+            || s.node.store().snapshot_wanted().is_some()
+            || seg > s.checkpoint_seg + 1)
+}
 
-    /// Takes a checkpoint of shard `shard` at its last entry handed to the engine, if due.
-    pub(super) fn maybe_capture(&mut self, shard: ShardId) {
-        let Some(s) = self.shards.get(&shard) else {
-            return;
-        };
-        if s.capture.is_some() || s.incoming.is_some() || !self.checkpoint_due(s) {
-            return;
-        }
+/// Takes a checkpoint of shard `s` at its last entry handed to the engine, if due; returns
+/// whether it has one whose entries the engine has all completed.
+fn capture_and_check(c: &super::CompactionSettings, seg: u64, s: &mut super::Shard) -> bool {
+    if s.capture.is_none() && s.incoming.is_none() && checkpoint_due(c, seg, s) {
         let mut data = Vec::new();
         s.sessions.encode(&mut data);
-        let cap = Capture {
+        s.capture = Some(Capture {
             index: s.submitted,
             term: s.last_term,
             data,
-        };
-        if let Some(s) = self.shards.get_mut(&shard) {
-            s.capture = Some(cap);
-        }
+        });
     }
+    s.capture
+        .as_ref()
+        .is_some_and(|cap| s.applied() >= cap.index)
 }
 
 impl<B: Backend> ServerState<B> {
@@ -92,20 +88,14 @@ impl<B: Backend> ServerState<B> {
     /// for all of them, then per shard the applied index and sessions in the log, the
     /// snapshot raft-rs may hand out, and the compaction; then one log sync.
     pub(super) fn record_checkpoints(&mut self, c: &mut Replicas) -> bool {
-        let ids: Vec<ShardId> = c.shards.keys().copied().collect();
-        for &shard in &ids {
-            c.maybe_capture(shard);
+        // Checked every iteration: a few comparisons per shard, no allocation unless due.
+        let (comp, seg) = (c.opts.compaction, c.log.active_segment());
+        let mut due: Vec<ShardId> = Vec::new();
+        for (&id, s) in c.shards.iter_mut() {
+            if capture_and_check(&comp, seg, s) {
+                due.push(id);
+            }
         }
-        let due: Vec<ShardId> = c
-            .shards
-            .iter()
-            .filter(|(_, s)| {
-                s.capture
-                    .as_ref()
-                    .is_some_and(|cap| s.applied() >= cap.index)
-            })
-            .map(|(&id, _)| id)
-            .collect();
         if due.is_empty() {
             return false;
         }
