@@ -431,12 +431,28 @@ impl Index {
         max: usize,
         keep: &dyn Fn(&[u8]) -> bool,
     ) -> Vec<Box<[u8]>> {
+        self.range_keys_between_where(start, None, max, keep)
+    }
+
+    /// Up to `max` keys in `start..=end` (`end` `None`: no upper bound) for which `keep`
+    /// holds, in order. Stops at the first key past `end`.
+    pub(crate) fn range_keys_between_where(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        max: usize,
+        keep: &dyn Fn(&[u8]) -> bool,
+    ) -> Vec<Box<[u8]>> {
         let mut out = Vec::new();
         if max == 0 {
             return out;
         }
-        // Pushes `k` if it qualifies; true when `out` is full.
+        // Pushes `k` if it qualifies; true when `out` is full or `k` is past `end` (keys
+        // come in order: buckets in prefix order, each in key order, so nothing later fits).
         let take = |k: &Key, out: &mut Vec<Box<[u8]>>| {
+            if end.is_some_and(|e| k.as_slice() > e) {
+                return true;
+            }
             if k.as_slice() >= start && keep(k.as_slice()) {
                 out.push(k.as_slice().into());
             }
@@ -485,6 +501,35 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn ranges_with_an_end_stop_there_in_every_kind_of_bucket() {
+        let mut ix = Index::default();
+        let loc = Location { class: 0, slot: 1 };
+        // One key, a few sharing a prefix, and a group of many sharing one.
+        let mut all: Vec<Vec<u8>> = vec![b"a".to_vec(), b"zz".to_vec()];
+        all.extend((0..4).map(|i| format!("fewfewfe{i}").into_bytes()));
+        all.extend((0..40).map(|i| format!("manymany{i:03}").into_bytes()));
+        for k in &all {
+            ix.insert(k, loc);
+        }
+        all.sort();
+        for (start, end) in [
+            (&b""[..], Some(&b"fewfewfe2"[..])),
+            (b"fewfewfe1", Some(b"manymany017")),
+            (b"manymany005", Some(b"manymany005")),
+            (b"b", None),
+            (b"zzz", Some(b"zzzz")),
+        ] {
+            let got = ix.range_keys_between_where(start, end, usize::MAX, &|k| k.len() != 2);
+            let want: Vec<&[u8]> = all
+                .iter()
+                .map(Vec::as_slice)
+                .filter(|k| *k >= start && end.is_none_or(|e| *k <= e) && k.len() != 2)
+                .collect();
+            assert_eq!(got.iter().map(|k| &k[..]).collect::<Vec<_>>(), want);
+        }
+    }
 
     #[test]
     fn lexicographic_full_keys() {

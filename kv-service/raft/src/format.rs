@@ -35,6 +35,7 @@
 //! | 5 | Snapshot | shard, index, term, conf state | a snapshot at index was applied: no entries left, compacted to (index, term) |
 //! | 6 | ShardMeta | shard, term, vote, commit, compacted index, compacted term, conf state | a shard's whole state but its entries (the checkpoint at the start of each segment) |
 //! | 7 | Seal | — | the segment ends here; the next one holds what follows |
+//! | 8 | Applied | shard, index, term, data len u32, data | the shard's state machine made everything up to `index` (of `term`) durable; `data` is the owner's own state at that index (the server's client sessions); written again in each segment's checkpoint |
 //!
 //! Everything here is total: any bytes decode to a value or an error, never a panic.
 
@@ -68,6 +69,7 @@ const KIND_COMPACT: u8 = 4;
 const KIND_SNAPSHOT: u8 = 5;
 const KIND_SHARD_META: u8 = 6;
 const KIND_SEAL: u8 = 7;
+const KIND_APPLIED: u8 = 8;
 
 /// Why bytes are not what this format says.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -216,6 +218,17 @@ pub enum Record {
     },
     /// End of the segment.
     Seal,
+    /// The shard's state machine made everything up to `index` durable.
+    Applied {
+        /// The shard.
+        shard: ShardId,
+        /// The applied index.
+        index: u64,
+        /// Its term.
+        term: u64,
+        /// The owner's state at that index.
+        data: Bytes,
+    },
 }
 
 /// Appends a record's frame placeholder to `buf`; returns where the record starts, for
@@ -365,6 +378,30 @@ pub fn put_shard_meta(
     put_u64(buf, compacted.1);
     put_conf_state(buf, cs);
     finish_record(buf, start, seq);
+}
+
+/// Appends an Applied record.
+pub fn put_applied(
+    buf: &mut Vec<u8>,
+    seq: u64,
+    shard: ShardId,
+    index: u64,
+    term: u64,
+    data: &[u8],
+) {
+    let start = begin_record(buf);
+    buf.push(KIND_APPLIED);
+    put_u32(buf, shard);
+    put_u64(buf, index);
+    put_u64(buf, term);
+    put_u32(buf, u32::try_from(data.len()).unwrap_or(u32::MAX));
+    buf.extend_from_slice(data);
+    finish_record(buf, start, seq);
+}
+
+/// Bytes an Applied record of `data_len` bytes of data takes.
+pub fn applied_size(data_len: usize) -> usize {
+    FRAME_LEN + 1 + 4 + 8 + 8 + 4 + data_len
 }
 
 /// Appends a Seal record.
@@ -577,6 +614,18 @@ pub fn decode_record(payload: &[u8]) -> Result<Record, FormatError> {
             }
         }
         KIND_SEAL => Record::Seal,
+        KIND_APPLIED => {
+            let shard = r.u32()?;
+            let index = r.u64()?;
+            let term = r.u64()?;
+            let n = r.u32()? as usize;
+            Record::Applied {
+                shard,
+                index,
+                term,
+                data: Bytes::copy_from_slice(r.take(n)?),
+            }
+        }
         other => return Err(FormatError::UnknownKind(other)),
     };
     r.finish()?;
@@ -675,6 +724,15 @@ mod tests {
                 },
             ),
             (Box::new(|b| put_seal(b, 3)), Record::Seal),
+            (
+                Box::new(|b| put_applied(b, 3, 5, 12, 4, b"sessions")),
+                Record::Applied {
+                    shard: 5,
+                    index: 12,
+                    term: 4,
+                    data: Bytes::from_static(b"sessions"),
+                },
+            ),
         ];
         for (put, want) in cases {
             let mut buf = Vec::new();
@@ -765,7 +823,7 @@ mod tests {
             let _ = decode_record(&bytes);
             let _ = decode_header(&bytes);
             let _ = read_frame(&bytes, 0, 1);
-            for k in 1..=7u8 {
+            for k in 1..=8u8 {
                 let mut b = bytes.clone();
                 b.insert(0, k);
                 let _ = decode_record(&b);

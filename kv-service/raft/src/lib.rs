@@ -90,4 +90,4 @@ pub use logger::{raft_logger, TracingDrain};
 pub use raft;
 pub use replica::ReplicaSettings;
 pub use sim::{Fault, SimDir, SimFs, SimFsStats};
-pub use store::{ShardStore, StoreError};
+pub use store::{Applied, ShardStore, StoreError};

@@ -8,7 +8,7 @@ use raft::Ready;
 
 use crate::format::{self, Frame, Header, Record, ShardId, HEADER_LEN, SEAL_LEN};
 use crate::fs::{LogDir, LogFile};
-use crate::store::{ShardStore, StoreError};
+use crate::store::{Applied, ShardStore, StoreError};
 
 /// Smallest segment size accepted.
 pub const MIN_SEGMENT_BYTES: u64 = 4096;
@@ -184,6 +184,7 @@ struct Meta {
     hs: HardState,
     cs: ConfState,
     compacted: (u64, u64),
+    applied: Option<Applied>,
 }
 
 impl Meta {
@@ -192,6 +193,7 @@ impl Meta {
             hs: store.hard_state().clone(),
             cs: store.conf_state().clone(),
             compacted: store.compacted(),
+            applied: store.applied().cloned(),
         }
     }
 }
@@ -287,7 +289,10 @@ fn read_all<F: LogFile>(file: &F) -> io::Result<Vec<u8>> {
 fn only_checkpoint(buf: &[u8], seq: u64) -> bool {
     let mut pos = HEADER_LEN;
     while let Frame::Record { payload, next } = format::read_frame(buf, pos, seq) {
-        if !matches!(format::decode_record(payload), Ok(Record::ShardMeta { .. })) {
+        if !matches!(
+            format::decode_record(payload),
+            Ok(Record::ShardMeta { .. } | Record::Applied { .. })
+        ) {
             return false;
         }
         pos = next;
@@ -343,6 +348,15 @@ fn replay(
             .entry(shard)
             .or_insert_with(|| ShardStore::new(shard))
             .set_meta(hs, cs, (compacted_index, compacted_term)),
+        Record::Applied {
+            shard,
+            index,
+            term,
+            data,
+        } => shards
+            .entry(shard)
+            .or_insert_with(|| ShardStore::new(shard))
+            .set_applied(Applied { index, term, data }),
         Record::Seal => {}
     }
 }
@@ -547,6 +561,10 @@ impl<D: LogDir> ThreadLog<D> {
         for (&shard, m) in &self.shards {
             format::put_shard_meta(&mut buf, self.seq, shard, &m.hs, &m.cs, m.compacted);
             self.stats.records += 1;
+            if let Some(a) = &m.applied {
+                format::put_applied(&mut buf, self.seq, shard, a.index, a.term, &a.data);
+                self.stats.records += 1;
+            }
         }
         if buf.len() as u64 > self.opts.segment_bytes / 2 {
             let n = self.shards.len();
@@ -760,6 +778,50 @@ impl<D: LogDir> ThreadLog<D> {
         store.compact(index, term);
         if let Some(m) = self.shards.get_mut(&shard) {
             m.compacted = (index, term);
+        }
+        Ok(())
+    }
+
+    /// Records that the shard's state machine has made everything up to `index` (an entry
+    /// of `term`) durable, with `data`, the owner's own state at that index (the server's
+    /// client sessions), which [`ShardStore::applied`] returns after a restart. Durable at
+    /// the next [`ThreadLog::sync`]; kept in every later segment's checkpoint, so it
+    /// survives the removal of the segment it was written in.
+    ///
+    /// The caller's promise: the state machine's image at `index` (or a later one, for a
+    /// state machine whose replay of the entries after `index` is idempotent) survives a
+    /// power cut. Then [`ThreadLog::compact`] up to `index` is allowed.
+    pub fn record_applied(
+        &mut self,
+        store: &mut ShardStore,
+        index: u64,
+        term: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        self.check_shard(store)?;
+        let shard = store.shard();
+        let size = format::applied_size(data.len());
+        // It goes into every checkpoint too, and a checkpoint must leave room in a segment.
+        let max = self.max_record() / 2;
+        if size > max {
+            return Err(LogError::EntryTooLarge {
+                shard,
+                index,
+                bytes: size,
+                max,
+            });
+        }
+        self.push(|b, seq| format::put_applied(b, seq, shard, index, term, data))?;
+        let a = Applied {
+            index,
+            term,
+            data: bytes::Bytes::copy_from_slice(data),
+        };
+        store.set_applied(a.clone());
+        if let Some(m) = self.shards.get_mut(&shard) {
+            if m.applied.as_ref().is_none_or(|old| index >= old.index) {
+                m.applied = Some(a);
+            }
         }
         Ok(())
     }

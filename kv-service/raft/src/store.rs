@@ -13,10 +13,25 @@
 use std::cell::Cell;
 use std::collections::VecDeque;
 
+use bytes::Bytes;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
 use crate::format::ShardId;
+
+/// What a shard's state machine last made durable, as recorded in the log
+/// ([`ThreadLog::record_applied`](crate::ThreadLog::record_applied)): restart replays the
+/// log from `index + 1`, and the log may be compacted up to `index`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Every entry up to here is applied and durable in the state machine.
+    pub index: u64,
+    /// The term of entry `index`.
+    pub term: u64,
+    /// The owner's own state at `index` that lives outside its state machine's data (the
+    /// server keeps its client sessions here).
+    pub data: Bytes,
+}
 
 /// A shard's Raft state as raft-rs reads it.
 #[derive(Debug)]
@@ -34,6 +49,8 @@ pub struct ShardStore {
     snapshot: Option<Snapshot>,
     /// The index raft-rs last asked a snapshot for and could not get one.
     snapshot_wanted: Cell<Option<u64>>,
+    /// The state machine's last durable point.
+    applied: Option<Applied>,
 }
 
 /// Why a change to a shard's log was refused (raft-rs never asks for these; a caller that
@@ -75,7 +92,19 @@ impl ShardStore {
             entry_bytes: 0,
             snapshot: None,
             snapshot_wanted: Cell::new(None),
+            applied: None,
         }
+    }
+
+    /// What the state machine last made durable (recorded with
+    /// [`ThreadLog::record_applied`](crate::ThreadLog::record_applied)), if anything.
+    pub fn applied(&self) -> Option<&Applied> {
+        self.applied.as_ref()
+    }
+
+    /// The snapshot [`ShardStore::set_snapshot`] set, if any.
+    pub fn current_snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref()
     }
 
     /// The shard.
@@ -176,6 +205,14 @@ impl ShardStore {
 
     pub(crate) fn set_conf_state(&mut self, cs: ConfState) {
         self.conf_state = cs;
+    }
+
+    /// Records the state machine's durable point (never moving it back: records replay in
+    /// the order they were written, and a newer one supersedes).
+    pub(crate) fn set_applied(&mut self, a: Applied) {
+        if self.applied.as_ref().is_none_or(|old| a.index >= old.index) {
+            self.applied = Some(a);
+        }
     }
 
     /// Checks that `entries` can be appended: consecutive, starting within

@@ -624,3 +624,62 @@ fn a_real_directory_round_trips_and_cuts_a_torn_tail() {
         "the torn tail was zeroed"
     );
 }
+
+#[test]
+fn the_applied_point_survives_power_cuts_and_the_removal_of_the_segment_it_was_written_in() {
+    let fs = SimFs::new(21);
+    let o = opts(4096);
+    let (mut log, _) = ThreadLog::open(fs.dir("t0"), o.clone()).unwrap();
+    let mut a = log.bootstrap(1, voters(&[1])).unwrap();
+    log.append(&mut a, &entries(1, 10, 1, "a")).unwrap();
+    log.set_hard_state(&mut a, &hs(1, 1, 10)).unwrap();
+    log.sync().unwrap();
+    log.record_applied(&mut a, 8, 1, b"sessions@8").unwrap();
+    log.compact(&mut a, 8).unwrap();
+    // Recorded but not synced: a power cut may lose it, never half of it.
+    fs.power_cut();
+    drop(log);
+    let (mut log, mut shards) = reopen(&fs, o.clone());
+    let mut a = shards.remove(&1).unwrap();
+    match a.applied() {
+        None => assert_eq!(a.compacted().0, 0),
+        Some(p) => {
+            assert_eq!((p.index, p.term, &p.data[..]), (8, 1, &b"sessions@8"[..]));
+        }
+    }
+    // Synced: it survives, and is carried into every new segment's checkpoint, so the
+    // removal of the segment holding the record keeps it.
+    let from = a.last() + 1;
+    log.append(&mut a, &entries(from, 12, 1, "b")).unwrap();
+    log.record_applied(&mut a, 10, 1, b"sessions@10").unwrap();
+    log.compact(&mut a, 10).unwrap();
+    log.sync().unwrap();
+    let first_seg = log.active_segment();
+    let mut next = a.last() + 1;
+    while log.stats().segments_removed == 0 || log.active_segment() < first_seg + 3 {
+        let es: Vec<Entry> = (next..next + 5).map(|i| entry(i, 2, &[7u8; 150])).collect();
+        log.append(&mut a, &es).unwrap();
+        next += 5;
+        log.compact(&mut a, next - 3).unwrap();
+        log.sync().unwrap();
+        assert!(next < 2000, "segments never removed");
+    }
+    let gone = kv_raft::format::segment_name(first_seg);
+    assert!(!fs.files().iter().any(|(n, _)| n.ends_with(&gone)));
+    drop(log);
+    fs.power_cut();
+    let (_log, shards) = reopen(&fs, o.clone());
+    let p = shards[&1].applied().unwrap();
+    assert_eq!((p.index, p.term, &p.data[..]), (10, 1, &b"sessions@10"[..]));
+    // An older point never replaces a newer one.
+    let (mut log, mut shards) = reopen(&fs, o.clone());
+    let mut a = shards.remove(&1).unwrap();
+    log.record_applied(&mut a, 9, 1, b"old").unwrap();
+    assert_eq!(a.applied().unwrap().index, 10);
+    // Too large for a checkpoint: refused, not written.
+    let big = vec![0u8; 4096];
+    assert!(matches!(
+        log.record_applied(&mut a, 11, 2, &big),
+        Err(LogError::EntryTooLarge { .. })
+    ));
+}

@@ -208,6 +208,16 @@ impl<T: Transport, B: Backend> ServerThread<T, B> {
             .map_or_else(Vec::new, |c| c.status())
     }
 
+    /// Counters of this thread's replicas (cluster mode; zeros otherwise): replay at start,
+    /// checkpoints, snapshots, the size of the live log.
+    pub fn cluster_stats(&self) -> crate::cluster::ReplicaStats {
+        self.rpc
+            .state()
+            .cluster
+            .as_ref()
+            .map_or_else(Default::default, |c| c.stats())
+    }
+
     /// The thread's number (= its rpc id and its engine worker's id).
     pub fn id(&self) -> usize {
         self.id

@@ -23,7 +23,8 @@ use kv_engine::{open_workers_with, Durability, EngineConfig, SimDisk};
 use kv_proto::{self as protocol, op, ClusterExt, Op, Request, Role, Status};
 use kv_raft::{AnyDir, SimFs};
 use kv_service::{
-    build_threads, register_handlers, ClusterOptions, Replicas, ServerState, ServerThread, Shutdown,
+    build_threads, register_handlers, ClusterOptions, CompactionSettings, ReplicaStats, Replicas,
+    ServerState, ServerThread, Shutdown,
 };
 use rpc::{LocalHub, Nexus, Rpc, RpcConfig, SessionId, SessionState, VirtualClock};
 use testkit::linearizability::{check_register, Call, RegisterOp, RegisterRet};
@@ -42,6 +43,9 @@ const MS: u64 = 1_000_000;
 const ATTEMPT_MS: u64 = 300;
 /// A client gives up on an operation after this long (its outcome is then unknown).
 const GIVE_UP_MS: u64 = 6_000;
+/// Entries between checkpoints, and kept below them for followers.
+const CHECKPOINT_ENTRIES: u64 = 40;
+const RESERVE_ENTRIES: u64 = 10;
 
 type Thread = ServerThread<SimTransport, SimBackend>;
 
@@ -143,6 +147,16 @@ fn options(cluster: &Arc<Cluster>, node: u64) -> ClusterOptions {
     // Small segments: the simulated file system copies a whole file image per sync.
     o.segment_bytes = 64 << 10;
     o.peer_uris = (1..=NODES).map(|n| (n, format!("local:node{n}"))).collect();
+    // Checkpoints and compaction every few dozen entries, so that every run compacts many
+    // times and followers that were away catch up by snapshot.
+    o.compaction = CompactionSettings {
+        checkpoint_entries: CHECKPOINT_ENTRIES,
+        checkpoint_bytes: 64 << 20,
+        reserve_entries: RESERVE_ENTRIES,
+        // A few keys per chunk: snapshots take several chunks, each deleting the stale keys
+        // of its range.
+        snapshot_keys: 3,
+    };
     o
 }
 
@@ -901,5 +915,144 @@ fn run(seed: u64) {
 fn partitions_crashes_and_loss_keep_every_acknowledged_write_and_linearizable_keys() {
     for seed in testkit::seeds(&[1, 2]) {
         run(seed);
+    }
+}
+
+impl Sim {
+    /// The counters of node `i`'s threads, summed.
+    fn node_stats(&self, i: usize) -> ReplicaStats {
+        let mut sum = ReplicaStats::default();
+        for t in &self.nodes[i].threads {
+            let s = t.cluster_stats();
+            sum.replayed += s.replayed;
+            sum.checkpoints += s.checkpoints;
+            sum.snapshots_sent += s.snapshots_sent;
+            sum.snapshots_finished += s.snapshots_finished;
+            sum.chunks_received += s.chunks_received;
+            sum.snapshots_installed += s.snapshots_installed;
+            sum.entries_held += s.entries_held;
+            sum.log_segments = sum.log_segments.max(s.log_segments);
+        }
+        sum
+    }
+
+    /// Checks that no thread holds more entries or log segments than compaction allows.
+    fn check_log_bounded(&self) {
+        for i in 0..self.nodes.len() {
+            for t in &self.nodes[i].threads {
+                let s = t.cluster_stats();
+                let shards = t.cluster_status().len() as u64;
+                // Per shard: what is applied since the last checkpoint, the reserve kept
+                // for followers, and what is committed but not applied yet (a few
+                // iterations' worth of writes).
+                let bound = shards * (CHECKPOINT_ENTRIES + RESERVE_ENTRIES + 100);
+                assert!(
+                    s.entries_held <= bound,
+                    "seed {}: node {} thread {} holds {} entries (bound {bound})",
+                    self.seed,
+                    i + 1,
+                    t.id(),
+                    s.entries_held
+                );
+                assert!(
+                    s.log_segments <= 6,
+                    "seed {}: node {} thread {} keeps {} log segments",
+                    self.seed,
+                    i + 1,
+                    t.id(),
+                    s.log_segments
+                );
+            }
+        }
+    }
+}
+
+/// A follower cut off from the other nodes while they take writes and compact their logs
+/// far past it; once healed it cannot be caught up from entries and gets snapshots; every
+/// acknowledged write is then present on every replica. Its restart afterwards replays
+/// only the entries after its last checkpoint, and the log stays bounded throughout.
+#[test]
+fn a_follower_behind_the_compacted_log_catches_up_by_snapshot_and_restarts_from_its_checkpoint() {
+    for seed in testkit::seeds(&[3, 4]) {
+        let mut sim = Sim::new(seed);
+        sim.run_for(1_500 * MS);
+        let victim = sim.rng.below(NODES) as usize;
+        sim.isolate(victim);
+        let before = sim.node_stats(victim);
+        // Long enough for many checkpoints (tens of entries each) on the others.
+        for _ in 0..10 {
+            sim.run_for(400 * MS);
+            sim.check_log_bounded();
+        }
+        sim.heal();
+        for _ in 0..10 {
+            sim.run_for(300 * MS);
+            sim.check_log_bounded();
+        }
+        sim.quiesce();
+        sim.read_all();
+        sim.check_history();
+        sim.check_replicas();
+        let after = sim.node_stats(victim);
+        let sent: u64 = (0..NODES as usize)
+            .map(|i| sim.node_stats(i).snapshots_finished)
+            .sum();
+        eprintln!(
+            "seed {seed}: victim node {}: {} snapshots installed, {} chunks; {sent} sent; {} writes acknowledged",
+            victim + 1,
+            after.snapshots_installed - before.snapshots_installed,
+            after.chunks_received - before.chunks_received,
+            sim.acked_writes
+        );
+        assert!(
+            after.snapshots_installed > before.snapshots_installed,
+            "seed {seed}: the isolated follower caught up without a snapshot"
+        );
+        assert!(sim.acked_writes > 100, "seed {seed}: too little progress");
+        // Every replica compacted its log.
+        for n in &sim.nodes {
+            for t in &n.threads {
+                for s in t.cluster_status() {
+                    assert!(
+                        s.compacted > 0,
+                        "seed {seed}: node {} shard {} never compacted",
+                        n.id,
+                        s.shard
+                    );
+                }
+            }
+        }
+        // Restart: the replay starts at the checkpoint, not at index 1.
+        let commits: u64 = sim.nodes[victim]
+            .threads
+            .iter()
+            .flat_map(|t| t.cluster_status())
+            .map(|s| s.commit)
+            .sum();
+        let power = sim.rng.below(2) == 0;
+        sim.kill_node(victim, power);
+        sim.start_node(victim);
+        sim.run_for(500 * MS);
+        let st = sim.node_stats(victim);
+        let shards: u64 = sim.nodes[victim]
+            .threads
+            .iter()
+            .map(|t| t.cluster_status().len() as u64)
+            .sum();
+        eprintln!(
+            "seed {seed}: restart replayed {} entries of {commits} committed",
+            st.replayed
+        );
+        assert!(
+            st.replayed <= shards * (CHECKPOINT_ENTRIES + 5),
+            "seed {seed}: restart replayed {} entries ({commits} committed)",
+            st.replayed
+        );
+        assert!(
+            st.replayed < commits / 2,
+            "seed {seed}: the replay is not bounded"
+        );
+        sim.check_log_bounded();
+        sim.check_replicas();
     }
 }

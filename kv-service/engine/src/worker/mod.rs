@@ -734,6 +734,20 @@ impl<B: Backend> Worker<B> {
         self.core.index.range_keys_where(start, max, keep)
     }
 
+    /// Like [`Worker::keys_where`], limited to keys ≤ `end` (`None`: no limit); the walk of
+    /// the index stops at the first key past `end`.
+    pub fn keys_between_where(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        max: usize,
+        keep: &dyn Fn(&[u8]) -> bool,
+    ) -> Vec<Box<[u8]>> {
+        self.core
+            .index
+            .range_keys_between_where(start, end, max, keep)
+    }
+
     /// A put or delete runs at once unless a write of the same key is running.
     fn start_write(&mut self, tag: u64, hash: u64, op: OpState) {
         let id = self.ops.insert(OpEntry { tag, op });

@@ -110,6 +110,17 @@ struct Args {
     /// machines where a thread may be descheduled that long.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(20..=60_000))]
     raft_election_ms: u64,
+    /// Cluster mode: a shard checkpoints its state machine (engine synced, applied index and
+    /// client sessions recorded in the Raft log) and compacts its log every this many applied
+    /// entries; restart replays at most about this many. Followers behind the compacted log
+    /// get a snapshot.
+    #[arg(long, default_value_t = kv_service::CompactionSettings::default().checkpoint_entries,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    raft_checkpoint_entries: u64,
+    /// Cluster mode: entries a leader keeps below its checkpoint for followers that are
+    /// behind; one further behind gets a snapshot instead.
+    #[arg(long, default_value_t = kv_service::CompactionSettings::default().reserve_entries)]
+    raft_reserve_entries: u64,
     /// Log level (error, warn, info, debug, trace) when RUST_LOG is not set.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -186,6 +197,8 @@ fn main() -> anyhow::Result<()> {
             let mut o = kv_service::ClusterOptions::new(c, node);
             o.settings.election_ticks = args.raft_election_ms as usize;
             o.settings.heartbeat_ticks = (args.raft_election_ms as usize / 10).max(1);
+            o.compaction.checkpoint_entries = args.raft_checkpoint_entries;
+            o.compaction.reserve_entries = args.raft_reserve_entries;
             if args.raft_sync == RaftSync::Never {
                 tracing::warn!("--raft-sync never: the Raft log is not fsynced; a power cut can lose acknowledged writes");
                 o.raft_sync = kv_raft::SyncPolicy::Never;

@@ -21,9 +21,26 @@
 //!   covers every read waiting on a shard; each runs on the engine once every entry up to
 //!   the read state's index has completed there. With `REQ_FLAG_LOCAL` a replica answers
 //!   from its state as it is (diagnostics, tests).
-//! - **Restart**: the log is replayed from its start (it is not compacted yet, see
-//!   `docs/CLUSTER.md`); applying is idempotent because writes are blind PUT / DELETE
-//!   replayed in log order, and the sessions are rebuilt by the same replay.
+//! - **Checkpoints and compaction**: every [`CompactionSettings::checkpoint_entries`]
+//!   applied entries a shard captures its client sessions at the last entry handed to the
+//!   engine; once the engine completed that entry, `Worker::sync` makes the engine durable,
+//!   the applied index, its term and the sessions are recorded in the thread's log
+//!   (`ThreadLog::record_applied`), and the log is compacted below it (a leader keeps up to
+//!   [`CompactionSettings::reserve_entries`] more for followers that are behind).
+//! - **Restart** replays the log from the recorded applied index on; applying is
+//!   idempotent because writes are blind PUT / DELETE replayed in log order (the engine may
+//!   hold newer values than the applied index: replaying rewrites them in order), and the
+//!   sessions start from the recorded ones and are rebuilt by the same replay.
+//! - **Snapshots** (`snapshot.rs` has the chunk format): a follower behind the leader's
+//!   compacted log gets the shard's keys and values, streamed from the leader's engine in
+//!   key order in `RAFT_SNAPSHOT` chunks, then raft-rs's `MsgSnapshot` (index, term and the
+//!   sessions of the leader's last checkpoint). The follower freezes the shard (no ready
+//!   handled, nothing applied), writes each chunk's items and deletes its own keys in the
+//!   chunk's range that the chunk lacks, and after the last chunk syncs the engine and
+//!   steps the `MsgSnapshot`; the ready that follows records the applied index and the
+//!   sessions, then the snapshot, in the log. The values streamed are the leader's current
+//!   ones (newer than the snapshot index, never older): like a restart, the follower then
+//!   replays the entries after the index, which rewrites every key changed since in order.
 #![deny(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -32,17 +49,19 @@
 )]
 
 pub(crate) mod entry;
+pub(crate) mod snapshot;
+mod transfer;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
 use kv_cluster::{Cluster, NodeId};
 use kv_engine::{self as engine, Backend};
 use kv_proto::{self as protocol, op, ClusterExt, Op, Reply, Request, Role, ShardStatus, Status};
-use kv_raft::raft::eraftpb::{ConfState, Message};
+use kv_raft::raft::eraftpb::{ConfState, Message, MessageType, Snapshot, SnapshotMetadata};
 use kv_raft::raft::{RawNode, StateRole};
-use kv_raft::sessions::{Dedup, RequestId, Sessions};
+use kv_raft::sessions::{Dedup, RequestId, Sessions, DEFAULT_MAX_ANSWERS, DEFAULT_MAX_CLIENTS};
 use kv_raft::{
     AnyDir, FsDir, LogOptions, ReplicaSettings, ShardId, ShardStore, SyncPolicy, ThreadLog,
 };
@@ -54,6 +73,19 @@ use crate::state::{Dest, PendingOp, ServerState};
 
 /// Engine tags of writes being applied carry this bit (the server's own tags count up from 1).
 const APPLY_TAG: u64 = 1 << 63;
+/// Engine tags of snapshot work (reads of a snapshot being sent, writes of one being
+/// installed) carry this bit too.
+const SNAP_TAG: u64 = 1 << 62;
+/// Most bytes of items per snapshot chunk (a chunk holds at least one item).
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Deadline of one RAFT_SNAPSHOT request.
+const SNAPSHOT_DEADLINE_MS: u64 = 5_000;
+/// A snapshot transfer taking longer than this is abandoned (raft-rs asks again).
+const SNAPSHOT_TIMEOUT_NS: u64 = 120_000_000_000;
+/// A follower receiving a snapshot that hears no chunk for this long gives it up.
+const INCOMING_TIMEOUT_NS: u64 = 10_000_000_000;
+/// Pause before resending a chunk the follower could not take yet.
+const BUSY_RETRY_NS: u64 = 5_000_000;
 /// Nanoseconds per Raft tick.
 const TICK_NS: u64 = 1_000_000;
 /// Most ticks caught up in one iteration (after a long stall the clock jumps; elections
@@ -96,6 +128,40 @@ pub struct ClusterOptions {
     /// Where to reach a peer node's rpc endpoint instead of its address in the cluster file
     /// (e.g. `local:NAME` for a simulation on an in-process hub).
     pub peer_uris: BTreeMap<NodeId, String>,
+    /// When shards checkpoint and compact their log.
+    pub compaction: CompactionSettings,
+}
+
+/// When a shard checkpoints its state machine and compacts its Raft log
+/// (`docs/CLUSTER.md`, Compaction and snapshots).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompactionSettings {
+    /// A checkpoint is taken once this many entries were applied since the last one
+    /// (default 10 000): the engine is synced (`Worker::sync`, blocking the thread for
+    /// that long), the applied index and the client sessions are recorded in the log, and
+    /// the log is compacted. Restart replays at most about this many entries per shard.
+    pub checkpoint_entries: u64,
+    /// ... or once the entries the shard holds in memory take this many bytes (default
+    /// 64 MiB).
+    pub checkpoint_bytes: u64,
+    /// A leader compacts only as far as its slowest follower has matched, as long as that
+    /// keeps at most this many entries below the checkpoint (default 10 000); a follower
+    /// further behind is sent a snapshot.
+    pub reserve_entries: u64,
+    /// Keys read from the engine per step of a snapshot being sent (default 256); a chunk
+    /// carries them, split further to at most 1 MiB of items per chunk.
+    pub snapshot_keys: usize,
+}
+
+impl Default for CompactionSettings {
+    fn default() -> Self {
+        Self {
+            checkpoint_entries: 10_000,
+            checkpoint_bytes: 64 << 20,
+            reserve_entries: 10_000,
+            snapshot_keys: 256,
+        }
+    }
 }
 
 impl ClusterOptions {
@@ -108,6 +174,7 @@ impl ClusterOptions {
             raft_sync: SyncPolicy::Always,
             segment_bytes: kv_raft::DEFAULT_SEGMENT_BYTES,
             peer_uris: BTreeMap::new(),
+            compaction: CompactionSettings::default(),
         }
     }
 
@@ -195,6 +262,100 @@ struct Shard {
     submitted: u64,
     /// Indices handed to the engine and not completed yet.
     in_engine: BTreeSet<u64>,
+    /// Term of the entry at `submitted`.
+    last_term: u64,
+    /// The last checkpoint recorded in the log: (applied index, term).
+    checkpoint: (u64, u64),
+    /// The log's active segment when it was recorded (a shard with few writes checkpoints
+    /// once the log moved on two segments, so that its old entries never keep old segments).
+    checkpoint_seg: u64,
+    /// A checkpoint waiting for the engine to complete every entry up to its index.
+    capture: Option<Capture>,
+    /// Entries up to here were committed before the restart (replayed at start).
+    replay_until: u64,
+    /// A snapshot being received: the shard is frozen (no ready handled) until it is
+    /// installed or given up.
+    incoming: Option<Incoming>,
+    /// Engine writes of snapshot chunks not completed yet.
+    install_ops: usize,
+    /// One of them failed: the snapshot is not stepped.
+    install_failed: bool,
+}
+
+/// A checkpoint taken at the last entry handed to the engine.
+struct Capture {
+    index: u64,
+    term: u64,
+    /// The sessions at `index`.
+    data: Vec<u8>,
+}
+
+/// A snapshot being received.
+struct Incoming {
+    from: NodeId,
+    transfer: u64,
+    next_seq: u32,
+    /// End of the range the chunks so far covered (`None`: none yet).
+    prev_end: Option<Vec<u8>>,
+    /// The MsgSnapshot, once the last chunk came.
+    msg: Option<Message>,
+    last_at: u64,
+}
+
+/// A snapshot being sent to a follower.
+struct Transfer {
+    /// Also the tag of its RAFT_SNAPSHOT requests.
+    id: u64,
+    shard: ShardId,
+    to: NodeId,
+    msg: Message,
+    /// The snapshot's index (the log is not compacted past it while the transfer runs).
+    index: u64,
+    /// Where the next listing of the shard's keys starts; `None` once the last chunk is
+    /// built.
+    next_start: Option<Vec<u8>>,
+    /// Chunks built and not yet answered OK.
+    queue: VecDeque<Vec<u8>>,
+    seq: u32,
+    in_flight: bool,
+    reading: bool,
+    failed: bool,
+    retry_at: u64,
+    started: u64,
+}
+
+/// Engine work for snapshots.
+enum SnapOp {
+    /// A read of keys for a transfer: the last key listed, and whether the listing was
+    /// full (more may follow).
+    Read {
+        transfer: u64,
+        listed_last: Option<Vec<u8>>,
+        full: bool,
+    },
+    /// A write of a snapshot being installed.
+    Install { shard: ShardId },
+}
+
+/// Counters of a thread's replicas (tests, diagnostics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaStats {
+    /// Entries applied at start that were committed before the restart (the replay).
+    pub replayed: u64,
+    /// Checkpoints recorded.
+    pub checkpoints: u64,
+    /// Snapshot transfers started (leader).
+    pub snapshots_sent: u64,
+    /// Snapshot transfers whose every chunk was answered OK (leader).
+    pub snapshots_finished: u64,
+    /// Snapshot chunks received.
+    pub chunks_received: u64,
+    /// Snapshots installed (follower: recorded in the log).
+    pub snapshots_installed: u64,
+    /// Entries the thread's shards hold in memory now (the live log).
+    pub entries_held: u64,
+    /// Segment files of the thread's log now.
+    pub log_segments: u64,
 }
 
 impl Shard {
@@ -233,6 +394,10 @@ pub struct Replicas {
     scratch: Vec<u8>,
     /// The log failed: the replicas stopped (a restart recovers from the disk).
     failed: bool,
+    transfers: Vec<Transfer>,
+    snap_ops: HashMap<u64, SnapOp>,
+    next_transfer: u64,
+    stats: ReplicaStats,
 }
 
 impl std::fmt::Debug for Replicas {
@@ -247,6 +412,39 @@ impl std::fmt::Debug for Replicas {
 
 fn raft_err(shard: ShardId, e: impl std::fmt::Display) -> ServerError {
     ServerError::Config(format!("shard {shard}: {e}"))
+}
+
+/// The sessions saved with a checkpoint or a snapshot (none saved: empty).
+fn decode_sessions(data: &[u8]) -> Result<Sessions, kv_raft::sessions::SessionsDecodeError> {
+    if data.is_empty() {
+        return Ok(Sessions::default());
+    }
+    Sessions::decode(data, DEFAULT_MAX_CLIENTS, DEFAULT_MAX_ANSWERS).map(|(s, _)| s)
+}
+
+/// What `Storage::snapshot` hands raft-rs for a checkpoint: its index, term, the shard's
+/// conf state and the sessions; the keys and values are streamed from the engine when it
+/// is sent.
+fn checkpoint_snapshot(store: &ShardStore, index: u64, term: u64, data: &[u8]) -> Snapshot {
+    Snapshot {
+        data: data.to_vec().into(),
+        metadata: Some(SnapshotMetadata {
+            index,
+            term,
+            conf_state: Some(store.conf_state().clone()).into(),
+            ..SnapshotMetadata::default()
+        })
+        .into(),
+        ..Snapshot::default()
+    }
+}
+
+/// `key` followed by a zero byte: the smallest key after it.
+fn after(key: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(key.len() + 1);
+    v.extend_from_slice(key);
+    v.push(0);
+    v
 }
 
 impl Replicas {
@@ -290,8 +488,22 @@ impl Replicas {
                     .bootstrap(shard, ConfState::from((voters.clone(), vec![])))
                     .map_err(|e| raft_err(shard, e))?,
             };
-            // The state machine is rebuilt from the log's start (nothing is compacted).
-            let applied = store.compacted().0;
+            let mut store = store;
+            // The state machine restarts from its last checkpoint: the engine made every
+            // entry up to it durable, and the sessions are the ones at it.
+            let (applied, applied_term, sessions) = match store.applied().cloned() {
+                Some(a) => {
+                    let sessions = decode_sessions(&a.data).map_err(|e| raft_err(shard, e))?;
+                    (a.index, a.term, sessions)
+                }
+                None => (0, 0, Sessions::default()),
+            };
+            log.align_with_state_machine(&mut store, applied, applied_term)
+                .map_err(|e| raft_err(shard, e))?;
+            if let Some(a) = store.applied().cloned() {
+                store.set_snapshot(checkpoint_snapshot(&store, a.index, a.term, &a.data));
+            }
+            let replay_until = store.hard_state().commit;
             let config = opts.settings.config(opts.node, rank, voters.len(), applied);
             let logger = kv_raft::raft_logger(shard, opts.node);
             let node = RawNode::new(&config, store, &logger).map_err(|e| raft_err(shard, e))?;
@@ -299,7 +511,7 @@ impl Replicas {
                 shard,
                 Shard {
                     node,
-                    sessions: Sessions::default(),
+                    sessions,
                     role: StateRole::Follower,
                     proposals: BTreeMap::new(),
                     reads_waiting: Vec::new(),
@@ -307,6 +519,14 @@ impl Replicas {
                     reads_ready: Vec::new(),
                     submitted: applied,
                     in_engine: BTreeSet::new(),
+                    last_term: applied_term,
+                    checkpoint: (applied, applied_term),
+                    checkpoint_seg: log.active_segment(),
+                    capture: None,
+                    replay_until,
+                    incoming: None,
+                    install_ops: 0,
+                    install_failed: false,
                 },
             );
         }
@@ -346,7 +566,23 @@ impl Replicas {
             outbox: BTreeMap::new(),
             scratch: Vec::new(),
             failed: false,
+            transfers: Vec::new(),
+            snap_ops: HashMap::new(),
+            next_transfer: 1,
+            stats: ReplicaStats::default(),
         })
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ReplicaStats {
+        let mut st = self.stats;
+        st.entries_held = self
+            .shards
+            .values()
+            .map(|s| s.node.store().len() as u64)
+            .sum();
+        st.log_segments = self.log.segments() as u64;
+        st
     }
 
     /// Whether engine tag `tag` is one of a write being applied.
@@ -357,14 +593,18 @@ impl Replicas {
     /// Whether a replica has work for the next iteration (a ready, reads waiting for a
     /// read-index round): a sleeping thread wakes for it.
     pub(crate) fn wants_step(&self) -> bool {
-        self.shards
-            .values()
-            .any(|s| s.node.has_ready() || !s.reads_waiting.is_empty())
+        self.shards.values().any(|s| {
+            (s.node.has_ready() && s.incoming.is_none())
+                || !s.reads_waiting.is_empty()
+                || s.incoming
+                    .as_ref()
+                    .is_some_and(|i| i.msg.is_some() && s.install_ops == 0)
+        }) || self.transfers.iter().any(|t| !t.in_flight && !t.reading)
     }
 
     /// Nothing handed to the engine is outstanding.
     pub(crate) fn is_idle(&self) -> bool {
-        self.applying.is_empty()
+        self.applying.is_empty() && self.snap_ops.is_empty()
     }
 
     /// The shards of this thread.
@@ -396,6 +636,64 @@ impl Replicas {
                 }
             })
             .collect()
+    }
+
+    /// The answer to a snapshot chunk sent by transfer `id`.
+    fn on_chunk_answer(&mut self, id: u64, result: &Result<rpc::MsgBuf, rpc::RpcError>, now: u64) {
+        let Some(t) = self.transfers.iter_mut().find(|t| t.id == id) else {
+            return;
+        };
+        t.in_flight = false;
+        let status = match result {
+            Ok(resp) => {
+                protocol::parse_response(resp.as_slice()).map(|r| (r.status, r.body.to_vec()))
+            }
+            Err(e) => {
+                tracing::debug!(shard = t.shard, to = t.to, error = %e, "snapshot chunk lost");
+                t.failed = true;
+                return;
+            }
+        };
+        match status {
+            Ok((Status::Ok, _)) => {
+                t.queue.pop_front();
+            }
+            Ok((Status::Overloaded, _)) => t.retry_at = now + BUSY_RETRY_NS,
+            Ok((status, body)) => {
+                tracing::warn!(shard = t.shard, to = t.to, ?status, why = %String::from_utf8_lossy(&body), "snapshot chunk refused");
+                t.failed = true;
+            }
+            Err(e) => {
+                tracing::warn!(shard = t.shard, to = t.to, error = %e, "bad answer to a snapshot chunk");
+                t.failed = true;
+            }
+        }
+    }
+
+    /// The compaction point of shard `shard` after a checkpoint at `checkpoint`: the
+    /// checkpoint, but on a leader no further than its slowest follower matched unless that
+    /// is more than `reserve_entries` below, and never past a snapshot being sent.
+    fn compaction_point(&self, shard: ShardId, s: &Shard, checkpoint: u64) -> u64 {
+        let mut to = checkpoint;
+        if s.node.raft.state == StateRole::Leader {
+            let me = self.opts.node;
+            let slowest = s
+                .node
+                .raft
+                .prs()
+                .iter()
+                .filter(|(&id, _)| id != me)
+                .map(|(_, p)| p.matched)
+                .min();
+            if let Some(m) = slowest {
+                let floor = checkpoint.saturating_sub(self.opts.compaction.reserve_entries);
+                to = to.min(m.max(floor));
+            }
+        }
+        for t in self.transfers.iter().filter(|t| t.shard == shard) {
+            to = to.min(t.index);
+        }
+        to
     }
 
     fn tick(&mut self, now: u64) {
@@ -445,6 +743,9 @@ pub(crate) fn drive<T: Transport, B: Backend>(rpc: &mut Rpc<T, ServerState<B>>, 
     }
     while let Some(done) = rpc.poll_completion() {
         work = true;
+        if done.req_type == op::RAFT_SNAPSHOT {
+            c.on_chunk_answer(done.tag, &done.result, now);
+        }
         let ctx = rpc.ctx();
         ctx.free_msg(done.req);
         if let Ok(resp) = done.result {
@@ -480,7 +781,8 @@ impl<B: Backend> ServerState<B> {
                             let Some(s) = c.shards.get_mut(&shard) else {
                                 continue;
                             };
-                            if m.from != from {
+                            // A snapshot comes only in RAFT_SNAPSHOT chunks, after its data.
+                            if m.from != from || m.get_msg_type() == MessageType::MsgSnapshot {
                                 continue;
                             }
                             if let Err(e) = s.node.step(m) {
@@ -498,8 +800,17 @@ impl<B: Backend> ServerState<B> {
                 return true;
             }
             op::RAFT_SNAPSHOT => {
-                let msg = b"snapshots are not implemented yet";
-                self.respond(ctx, h, Status::BadRequest, 0, 0, msg);
+                let now = ctx.now_ns();
+                match self.receive_chunk(c, req.data, now) {
+                    Ok(()) => self.respond(ctx, h, Status::Ok, 0, 0, b""),
+                    Err((status, why)) => {
+                        if status == Status::BadRequest {
+                            self.stats.bad_requests += 1;
+                            tracing::warn!(error = %why, "snapshot chunk refused");
+                        }
+                        self.respond(ctx, h, status, 0, 0, why.as_bytes());
+                    }
+                }
                 return true;
             }
             op::CLUSTER_STATUS => {
@@ -719,6 +1030,7 @@ impl<B: Backend> ServerState<B> {
         }
         let mut work = false;
         c.tick(now);
+        work |= self.finish_installs(c, now);
         let cluster = c.opts.cluster.clone();
         // Reads: one read-index round per shard for everything waiting; stale rounds fail.
         let mut answers: Vec<(Dest, u64)> = Vec::new();
@@ -762,7 +1074,8 @@ impl<B: Backend> ServerState<B> {
             let Some(s) = c.shards.get_mut(&shard) else {
                 continue;
             };
-            if !s.node.has_ready() {
+            // A shard receiving a snapshot is frozen: nothing applied until it is installed.
+            if !s.node.has_ready() || s.incoming.is_some() {
                 continue;
             }
             work = true;
@@ -793,13 +1106,16 @@ impl<B: Backend> ServerState<B> {
                 c.outbox.entry(m.to).or_default().push((shard, m));
             }
             if !rd.snapshot().is_empty() {
-                // Never sent while the log is not compacted (every follower can be caught
-                // up from entries); refused rather than half-applied.
-                tracing::error!(
-                    shard,
-                    "received a snapshot, which this version cannot install"
-                );
+                let snap = rd.snapshot().clone();
+                if let Err(e) = self.install_snapshot(c, shard, &snap) {
+                    tracing::error!(thread = c.thread, shard, error = %e, "installing a snapshot failed: replicas stop");
+                    c.failed = true;
+                    return work;
+                }
             }
+            let Some(s) = c.shards.get_mut(&shard) else {
+                continue;
+            };
             if let Err(e) = c.log.write_ready(s.node.mut_store(), &rd) {
                 tracing::error!(thread = c.thread, error = %e, "raft log failed: replicas stop");
                 c.failed = true;
@@ -857,6 +1173,8 @@ impl<B: Backend> ServerState<B> {
             work = true;
             self.run_read(r.dest, shard, r.op, &cluster);
         }
+        work |= self.record_checkpoints(c);
+        work |= self.pump_transfers(c, ctx, now);
         work |= self.send_raft(c, ctx);
         work
     }
@@ -877,6 +1195,10 @@ impl<B: Backend> ServerState<B> {
             return;
         }
         s.submitted = e.index;
+        s.last_term = e.term;
+        if e.index <= s.replay_until {
+            c.stats.replayed += 1;
+        }
         // Who waits for this index: the proposer, if the entry is the one it proposed.
         let mut client = None;
         while let Some((&i, &(term, d))) = s.proposals.first_key_value() {
@@ -954,6 +1276,14 @@ impl<B: Backend> ServerState<B> {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
+        if c.snap_ops.contains_key(&done.tag) {
+            let Some(mut c) = self.cluster.take() else {
+                return;
+            };
+            self.on_snap_done(&mut c, done.tag, done.result);
+            self.cluster = Some(c);
+            return;
+        }
         let Some(a) = c.applying.remove(&done.tag) else {
             return;
         };
@@ -993,8 +1323,25 @@ impl<B: Backend> ServerState<B> {
         if c.outbox.is_empty() {
             return false;
         }
+        let now = ctx.now_ns();
         let outbox = std::mem::take(&mut c.outbox);
-        for (to, msgs) in outbox {
+        for (to, mut msgs) in outbox {
+            // Snapshots go as a transfer of chunks, their data first.
+            if msgs
+                .iter()
+                .any(|(_, m)| m.get_msg_type() == MessageType::MsgSnapshot)
+            {
+                let (snaps, rest): (Vec<_>, Vec<_>) = msgs
+                    .into_iter()
+                    .partition(|(_, m)| m.get_msg_type() == MessageType::MsgSnapshot);
+                for (shard, m) in snaps {
+                    c.start_transfer(shard, m, now);
+                }
+                msgs = rest;
+                if msgs.is_empty() {
+                    continue;
+                }
+            }
             let session = c
                 .peers
                 .iter()
