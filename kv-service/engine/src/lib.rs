@@ -172,13 +172,13 @@ pub struct EngineConfig {
     /// next to their neighbours in index order per round, a round starting only when the
     /// worker has no client operation outstanding and the previous round is finished — so a
     /// request arriving meanwhile waits behind at most one round's I/O (about 2.5 block I/Os
-    /// per item). Default 0: off. [`DEFAULT_REORG_BATCH`] is the value `kv-service
-    /// --reorg` and `kv-bench engine --reorganise` use.
+    /// per item). Default 0: off; [`DEFAULT_REORG_BATCH`] is the suggested value when on.
+    /// [`Worker::set_reorg_batch`] changes it on a running worker.
     pub reorg_batch: usize,
 }
 
-/// Items per reorganisation round that `kv-service --reorg` and `kv-bench engine
-/// --reorganise` use ([`EngineConfig::reorg_batch`]): 16 blocks of 1 KiB items.
+/// A suggested [`EngineConfig::reorg_batch`] (what `kv-bench engine --reorganise 64`
+/// measured): 16 blocks of 1 KiB items per round.
 pub const DEFAULT_REORG_BATCH: usize = 64;
 
 impl Default for EngineConfig {
