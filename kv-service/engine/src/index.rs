@@ -6,11 +6,11 @@
 //! keys padded with zeros); each group is a bucket of the full keys sharing that prefix
 //! (almost always one key). A hash table maps a prefix to its bucket, so a point lookup
 //! costs one hash probe and one key comparison; a B-tree of the prefixes alone gives the
-//! order for scans. A bucket of up to [`FEW_MAX`] keys is a sorted vector (a binary search
+//! order for scans. A bucket of up to `FEW_MAX` keys is a sorted vector (a binary search
 //! of a few comparisons). Key sets that share long prefixes — `key:000000012345`, as
 //! redis-benchmark and many applications name keys — would put every key in one bucket and
 //! make a lookup a binary search over all of them (and an insert a move of all of them), so a
-//! bucket that grows past [`FEW_MAX`] becomes a *group*: a hash table of the full keys for
+//! bucket that grows past `FEW_MAX` becomes a *group*: a hash table of the full keys for
 //! point operations and a B-tree of the same keys for order. A lookup then costs two hash
 //! probes and one key comparison whatever the key set; the keys of a group are stored twice
 //! (the price of O(1) lookups and O(log n) inserts without a tree walk on the read path). (A B-tree of boxed keys followed a pointer and called `memcmp`
