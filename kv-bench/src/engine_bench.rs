@@ -134,6 +134,12 @@ pub struct EngineArgs {
     /// db_bench threads (default: the engine's outstanding requests, workers x inflight).
     #[arg(long)]
     db_bench_threads: Option<usize>,
+    /// After the measured run, let the engine's background reorganisation
+    /// (`EngineConfig::reorg_batch`, this many items per round; docs/STORAGE.md) finish a
+    /// pass over the idle engine, then warm up and measure again: the report shows both runs.
+    /// 0: no second run.
+    #[arg(long, default_value_t = 0)]
+    reorganise: usize,
 }
 
 #[derive(Serialize, Default)]
@@ -176,6 +182,23 @@ struct EngineReport {
     reads_per_scan: f64,
     baseline: Option<BaselineReport>,
     durability: String,
+    /// The run after the reorganisation (`--reorganise`).
+    reorganised: Option<ReorgReport>,
+}
+
+#[derive(Serialize, Default)]
+struct ReorgReport {
+    batch: usize,
+    reorg_secs: f64,
+    items_moved: u64,
+    ops_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    reads_per_op: f64,
+    writes_per_op: f64,
+    items_per_scan: f64,
+    uncached_items_per_scan: f64,
+    reads_per_scan: f64,
 }
 
 #[derive(Serialize, Default)]
@@ -332,6 +355,15 @@ pub fn run(args: EngineArgs) -> Result<()> {
     }
     let items: u64 = after.iter().map(|s| s.items).sum();
     let index_bytes: u64 = after.iter().map(|s| s.index_bytes).sum();
+    if args.reorganise > 0 {
+        report.reorganised = Some(reorganise_and_rerun(
+            &mut workers,
+            &router,
+            &args,
+            &mut gens,
+            per_worker_threads,
+        )?);
+    }
     report.index_bytes_per_item_estimate = index_bytes as f64 / items.max(1) as f64;
     drop(workers);
     report.index_bytes_per_item_rss = index_rss;
@@ -372,6 +404,79 @@ pub fn run(args: EngineArgs) -> Result<()> {
 
     print_report(&report, args.json.as_deref());
     write_json(args.json.as_deref(), &report)
+}
+
+/// `--reorganise`: runs the reorganisation to the end of a pass on the idle workers (one
+/// thread each), then the warm-up and the measured run again.
+fn reorganise_and_rerun(
+    workers: &mut [Worker],
+    router: &KeyRouter,
+    args: &EngineArgs,
+    gens: &mut [Generator],
+    per_worker_threads: bool,
+) -> Result<ReorgReport> {
+    eprintln!(
+        "reorganising ({} items per round) until a pass is done ...",
+        args.reorganise
+    );
+    let start = Instant::now();
+    let moved0: u64 = workers.iter().map(|w| w.stats().reorg_moves).sum();
+    std::thread::scope(|s| {
+        for w in workers.iter_mut() {
+            s.spawn(move || -> Result<()> {
+                w.set_reorg_batch(args.reorganise);
+                let passes = w.stats().reorg_passes;
+                let mut done = Vec::new();
+                while w.reorg_busy() || w.stats().reorg_passes == passes {
+                    w.poll(&mut done);
+                    w.wait()?;
+                }
+                Ok(())
+            });
+        }
+    });
+    let reorg_secs = start.elapsed().as_secs_f64();
+    let items_moved = workers.iter().map(|w| w.stats().reorg_moves).sum::<u64>() - moved0;
+    eprintln!("moved {items_moved} items in {reorg_secs:.1} s; warm-up and measuring again ...");
+    phase(
+        workers,
+        router,
+        args,
+        gens,
+        Duration::from_secs(args.warmup),
+        None,
+        per_worker_threads,
+    )?;
+    let before: Vec<WorkerStats> = workers.iter().map(Worker::stats).collect();
+    let mut hist = new_histogram();
+    let (ops, scans, elapsed) = phase(
+        workers,
+        router,
+        args,
+        gens,
+        Duration::from_secs(args.duration),
+        Some(&mut hist),
+        per_worker_threads,
+    )?;
+    let after: Vec<WorkerStats> = workers.iter().map(Worker::stats).collect();
+    let sum = |f: fn(&WorkerStats) -> u64| -> u64 {
+        after.iter().map(f).sum::<u64>() - before.iter().map(f).sum::<u64>()
+    };
+    let lat = Latency::from_ns(&hist);
+    let per_scan = |n: u64| n as f64 / scans.max(1) as f64;
+    Ok(ReorgReport {
+        batch: args.reorganise,
+        reorg_secs,
+        items_moved,
+        ops_per_s: ops as f64 / elapsed.as_secs_f64(),
+        p50_us: lat.p50_us,
+        p99_us: lat.p99_us,
+        reads_per_op: sum(|s| s.reads) as f64 / ops.max(1) as f64,
+        writes_per_op: sum(|s| s.writes) as f64 / ops.max(1) as f64,
+        items_per_scan: per_scan(sum(|s| s.scan_items)),
+        uncached_items_per_scan: per_scan(sum(|s| s.scan_items_uncached)),
+        reads_per_scan: per_scan(sum(|s| s.reads)),
+    })
 }
 
 fn print_report(r: &EngineReport, json: Option<&str>) {
@@ -443,6 +548,36 @@ fn print_report(r: &EngineReport, json: Option<&str>) {
             r.uncached_items_per_scan,
             r.reads_per_scan
         );
+    }
+    if let Some(g) = &r.reorganised {
+        say!(
+            json,
+            "  reorganised     {} items moved in {:.1} s ({} per round); then {:.0} ops/s, p50 {:.0} us p99 {:.0} us, {:.3} reads + {:.3} writes/op",
+            g.items_moved,
+            g.reorg_secs,
+            g.batch,
+            g.ops_per_s,
+            g.p50_us,
+            g.p99_us,
+            g.reads_per_op,
+            g.writes_per_op
+        );
+        if g.items_per_scan > 0.0 {
+            say!(
+                json,
+                "  scans after     {:.1} items/scan, {:.1} of them uncached; {:.1} reads/scan",
+                g.items_per_scan,
+                g.uncached_items_per_scan,
+                g.reads_per_scan
+            );
+        }
+        if let Some(b) = &r.baseline {
+            say!(
+                json,
+                "  after/baseline  {:.2}x",
+                g.ops_per_s / b.ops_per_s.max(1e-9)
+            );
+        }
     }
     if let Some(b) = &r.baseline {
         say!(

@@ -244,7 +244,7 @@ fn serve<B: Backend>(mut worker: Worker<B>, rx: Receiver<Request>) {
                 free.push(c.tag);
             }
         }
-        if worker.pending() == 0 && worker.io_in_flight() == 0 {
+        if worker.pending() == 0 && worker.io_in_flight() == 0 && !worker.reorg_busy() {
             if closed {
                 return;
             }

@@ -201,6 +201,29 @@ impl Slab {
         })
     }
 
+    /// Reorganisation: the first slot of a whole block that was never written, appended at
+    /// the end of the file (growing it if needed), with every slot of that block taken. Slots
+    /// skipped to reach the block boundary go to the free list.
+    pub(crate) fn allocate_block<B: Backend>(&mut self, backend: &mut B) -> Result<u32> {
+        let spb = self.geometry.slots_per_block as u32;
+        let first = self.next_append.div_ceil(spb).checked_mul(spb);
+        let end = first.and_then(|f| f.checked_add(spb)).ok_or_else(|| {
+            Error::io(
+                "allocating a block",
+                io::Error::from_raw_os_error(libc::EFBIG),
+            )
+        })?;
+        let first = end - spb;
+        while u64::from(end) > self.capacity_slots() {
+            self.grow(backend)?;
+        }
+        for s in self.next_append..first {
+            self.free.push(s);
+        }
+        self.next_append = end;
+        Ok(first)
+    }
+
     /// Recovery: makes the file long enough to hold `slot` (a staged record can lie past the
     /// end of a file whose growth a power cut lost).
     pub(crate) fn grow_to_hold<B: Backend>(&mut self, backend: &mut B, slot: u32) -> Result<()> {

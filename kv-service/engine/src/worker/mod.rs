@@ -31,6 +31,7 @@ mod delete;
 mod get;
 mod keys;
 mod put;
+mod reorg;
 mod scan;
 mod stage;
 
@@ -55,6 +56,7 @@ use delete::DeleteOp;
 use get::GetOp;
 use keys::KeyQueue;
 use put::PutOp;
+use reorg::Reorg;
 use scan::ScanOp;
 use stage::Stage;
 
@@ -127,6 +129,10 @@ pub struct WorkerStats {
     /// Staged modes: times an operation waited because the staging area (or the cache's
     /// budget of dirty blocks) was full, until a writeback freed room: backpressure.
     pub room_waits: u64,
+    /// Items the background reorganisation moved next to their neighbours.
+    pub reorg_moves: u64,
+    /// Passes of the reorganisation over the whole index completed.
+    pub reorg_passes: u64,
 }
 
 /// What an I/O's tag says it was: the kind in the top byte, a number below.
@@ -230,6 +236,15 @@ impl<B: Backend> Core<B> {
         }
         match self.slabs.get_mut(c) {
             Some(Some(s)) => s.allocate(&mut self.backend),
+            _ => Err(Error::InvalidConfig(format!("no size class {class}"))),
+        }
+    }
+
+    /// A fresh block of `class` at the end of its slab (which exists: it holds the items to
+    /// move), every slot of it taken: its first slot (reorganisation).
+    fn allocate_block(&mut self, class: u8) -> Result<u32> {
+        match self.slabs.get_mut(usize::from(class)) {
+            Some(Some(s)) => s.allocate_block(&mut self.backend),
             _ => Err(Error::InvalidConfig(format!("no size class {class}"))),
         }
     }
@@ -528,6 +543,8 @@ pub struct Worker<B: Backend = DiskBackend> {
     clock: std::time::Instant,
     /// The time of the current (or last) poll, ns.
     now_ns: u64,
+    /// Background reorganisation (`worker/reorg.rs`).
+    reorg: Reorg,
 }
 
 pub(crate) struct WorkerParams {
@@ -537,6 +554,8 @@ pub(crate) struct WorkerParams {
     pub(crate) queue_depth: u32,
     /// Staged modes: the staging area.
     pub(crate) stage: Option<StageFile>,
+    /// Items moved per reorganisation round; 0: off.
+    pub(crate) reorg_batch: usize,
 }
 
 impl<B: Backend> Worker<B> {
@@ -570,6 +589,10 @@ impl<B: Backend> Worker<B> {
             recovery: rec.stats,
             clock: std::time::Instant::now(),
             now_ns: 0,
+            reorg: Reorg {
+                batch: p.reorg_batch,
+                ..Reorg::default()
+            },
         }
     }
 
@@ -638,6 +661,8 @@ impl<B: Backend> Worker<B> {
             writeback_blocks: wb.blocks,
             writeback_failures: wb.failed,
             room_waits: st.room_waits,
+            reorg_moves: self.reorg.moved,
+            reorg_passes: self.reorg.passes,
         }
     }
 
@@ -667,11 +692,13 @@ impl<B: Backend> Worker<B> {
                 self.start_scan(keys, tag);
             }
             Op::Put { key, value } => {
+                self.reorg.wake();
                 let hash = fnv1a64(&key);
                 let op = OpState::Put(PutOp::new(key, value, hash));
                 self.start_write(tag, hash, op);
             }
             Op::Delete { key } => {
+                self.reorg.wake();
                 let hash = fnv1a64(&key);
                 let op = OpState::Delete(DeleteOp::new(key, hash));
                 self.start_write(tag, hash, op);
@@ -820,6 +847,7 @@ impl<B: Backend> Worker<B> {
         self.now_ns = self.now_ns.max(now_ns);
         self.reap();
         self.run_runnable();
+        self.reorganise();
         if self.core.stage.is_some() {
             // Write what the operations staged; in periodic mode that acknowledges them, and
             // their next steps (a move's tombstone, the key's next write) may stage more.
@@ -881,6 +909,93 @@ impl<B: Backend> Worker<B> {
         c.backend
             .sync_dir()
             .map_err(|e| Error::io("syncing the data directory", e))
+    }
+
+    /// Sets how many items a background reorganisation round moves at most (0: off); see
+    /// [`EngineConfig::reorg_batch`](crate::EngineConfig::reorg_batch). Rounds under way
+    /// finish.
+    pub fn set_reorg_batch(&mut self, batch: usize) {
+        self.reorg.batch = batch;
+        self.reorg.wake();
+    }
+
+    /// Whether the background reorganisation has work it would do if polled now, or moves
+    /// under way: a thread that drives the worker keeps polling while this holds, even with
+    /// no client operation pending.
+    pub fn reorg_busy(&self) -> bool {
+        self.reorg.in_flight > 0 || (self.reorg.wants_round() && self.pending == 0)
+    }
+
+    /// Starts a reorganisation round if the worker is idle: no client operation outstanding,
+    /// nothing runnable, the previous round finished.
+    fn reorganise(&mut self) {
+        if !self.reorg.wants_round() || self.pending > 0 || !self.runnable.is_empty() {
+            return;
+        }
+        let batch = self.reorg.batch;
+        // Look a few blocks' worth further than the round may move, so that placed runs
+        // are skipped quickly.
+        let listed = self
+            .core
+            .index
+            .range_keys(&self.reorg.cursor, batch * 4 + 64);
+        let complete = listed.len() < batch * 4 + 64;
+        let locs: Vec<Location> = listed
+            .iter()
+            .filter_map(|k| self.core.index.get(k))
+            .collect();
+        if locs.len() != listed.len() {
+            tracing::error!(worker = self.core.id, "an index key without a location");
+            self.reorg.paused = true;
+            return;
+        }
+        let (groups, dealt) = reorg::plan(&locs, complete, batch);
+        for g in groups {
+            let Some(class) = locs.get(g.start).map(|l| l.class) else {
+                continue;
+            };
+            let first = match self.core.allocate_block(class) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::debug!(worker = self.core.id, error = %e, "reorganisation: no block");
+                    self.reorg.paused = true;
+                    return;
+                }
+            };
+            let spb = Geometry::of(class).slots_per_block;
+            for (n, i) in g.clone().enumerate() {
+                let (Some(key), Some(&old)) = (listed.get(i), locs.get(i)) else {
+                    continue;
+                };
+                let target = Location {
+                    class,
+                    slot: first + n as u32,
+                };
+                let hash = fnv1a64(key);
+                let op = OpState::Put(PutOp::relocation(key.to_vec(), hash, old, target));
+                self.reorg.in_flight += 1;
+                self.start_write(u64::MAX, hash, op);
+            }
+            // A short group leaves the rest of its block to later inserts.
+            for n in g.len()..spb {
+                self.core.release_slot(Location {
+                    class,
+                    slot: first + n as u32,
+                });
+            }
+        }
+        match listed.get(dealt) {
+            Some(k) => self.reorg.cursor = k.to_vec(),
+            None if complete => self.reorg.pass_done(),
+            None => {
+                if let Some(k) = listed.last() {
+                    // Everything listed was dealt with: go on after the last key.
+                    self.reorg.cursor = k.to_vec();
+                    self.reorg.cursor.push(0);
+                }
+            }
+        }
+        self.run_runnable();
     }
 
     fn run_runnable(&mut self) {
@@ -1041,6 +1156,10 @@ impl<B: Backend> Worker<B> {
             }
             OpState::Put(PutOp { hash, released, .. })
             | OpState::Delete(DeleteOp { hash, released, .. }) => {
+                let (relocation, moved) = match &entry.op {
+                    OpState::Put(p) => (p.relocation, p.moved),
+                    _ => (false, false),
+                };
                 if !released {
                     if let Some(next) = self.keys.release(hash) {
                         self.admit(next);
@@ -1061,7 +1180,14 @@ impl<B: Backend> Worker<B> {
                         }
                     }
                 }
-                self.complete(entry.tag, result);
+                if relocation {
+                    if let Err(e) = &result {
+                        tracing::debug!(worker = self.core.id, error = %e, "a reorganisation move failed");
+                    }
+                    self.reorg.finished(moved);
+                } else {
+                    self.complete(entry.tag, result);
+                }
             }
             OpState::Get(_) => self.complete(entry.tag, result),
         }

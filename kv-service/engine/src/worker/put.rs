@@ -35,6 +35,11 @@ use super::{Core, OpId, StaleStep, Step, Undo};
 /// Where a put stands.
 #[derive(Clone, Copy, Debug)]
 enum PutState {
+    /// A reorganisation move (see `worker/reorg.rs`): the item's current copy `old` is read
+    /// (its value becomes the put's) and it goes on as a move to `target`, a slot the
+    /// reorganisation took. If the key no longer lives at `old` (a write or delete ran
+    /// first), the move is abandoned.
+    Fetch { target: Location, old: Location },
     /// Not started: stale copies of the key (see `Core::stale`) are tombstoned first, then the
     /// slot is chosen.
     Start,
@@ -81,6 +86,11 @@ pub(super) struct PutOp {
     undo_old: Undo,
     /// Staged modes, a move: the target block, kept cached while the old copy's is loaded.
     held: Option<u32>,
+    /// A reorganisation move, not a client's put: nobody is answered when it finishes.
+    pub(super) relocation: bool,
+    /// A reorganisation move that completed (the item lives at its new slot, the old one is
+    /// free); `false` if it was abandoned or failed.
+    pub(super) moved: bool,
 }
 
 impl PutOp {
@@ -95,7 +105,21 @@ impl PutOp {
             undo: Undo::default(),
             undo_old: Undo::default(),
             held: None,
+            relocation: false,
+            moved: false,
         }
+    }
+
+    /// A reorganisation move of `key` from `old` to `target` (a slot of the same class, taken
+    /// for it). It runs as a put of the key's current value to `target` — through the key's
+    /// write queue, so a write of the key submitted later runs after it and wins — and then
+    /// ends like a move between classes: new copy written, index switched, old copy
+    /// tombstoned, old slot freed.
+    pub(super) fn relocation(key: Vec<u8>, hash: u64, old: Location, target: Location) -> Self {
+        let mut p = Self::new(key, Vec::new(), hash);
+        p.relocation = true;
+        p.state = PutState::Fetch { target, old };
+        p
     }
 
     /// Whether the put's last record is staged and it only waits for that record's write
@@ -110,6 +134,11 @@ impl PutOp {
     pub(super) fn restart<B: Backend>(&mut self, core: &mut Core<B>) -> bool {
         match self.state {
             PutState::Start => true,
+            PutState::Fetch { target, .. } => {
+                core.release_slot(target);
+                self.state = PutState::Start;
+                true
+            }
             PutState::Apply { target, old, .. } => {
                 self.unhold(core);
                 if old != Some(target) {
@@ -133,6 +162,40 @@ impl PutOp {
     pub(super) fn step<B: Backend>(&mut self, id: OpId, core: &mut Core<B>) -> Step {
         loop {
             match self.state {
+                PutState::Fetch { target, old } => {
+                    // Abandoned when the key moved or went away meanwhile, or has stale
+                    // copies (its next client write deals with those).
+                    if core.index.get(&self.key) != Some(old) || core.stale.contains_key(&self.key)
+                    {
+                        core.release_slot(target);
+                        return Step::Done(Ok(Reply::Written));
+                    }
+                    let (block, _) = Geometry::of(old.class).locate(old.slot);
+                    let Some(e) = core.blocks.acquire(old.class, block, id, false, false) else {
+                        return Step::Wait;
+                    };
+                    match core.blocks.slot(e, old).map(record::decode) {
+                        Some(record::Slot::Live { key, value, .. })
+                            if key == self.key.as_slice() =>
+                        {
+                            self.value = value.to_vec();
+                        }
+                        _ => {
+                            core.release_slot(target);
+                            return Step::Done(Err(core.corrupt(old)));
+                        }
+                    }
+                    // The target block lies past everything written, but another move of
+                    // the same round may have written and (page mode) evicted it: read it.
+                    self.state = PutState::Apply {
+                        target,
+                        fresh: false,
+                        old: Some(old),
+                    };
+                }
+                // A relocation sent back to the start (its key's earlier write failed in sync
+                // mode) is abandoned: its slot was given back.
+                PutState::Start if self.relocation => return Step::Done(Ok(Reply::Written)),
                 PutState::Start => {
                     match core.unlink_stale(&self.key, id) {
                         StaleStep::Started(loc, undo) => {
@@ -309,6 +372,7 @@ impl PutOp {
     /// in every mode; power loss with `Sync`, and with `Periodic` once the next flush is
     /// done), and no older copy can come back.
     fn durable(&mut self) -> Step {
+        self.moved = self.relocation;
         Step::Done(Ok(Reply::Written))
     }
 
@@ -325,6 +389,7 @@ impl PutOp {
         let undo = std::mem::take(&mut self.undo);
         match self.state {
             PutState::Start => {}
+            PutState::Fetch { target, .. } => core.release_slot(target),
             // A stale copy's tombstone failed: it stays remembered; nothing else was changed.
             PutState::StaleWriting(loc) => core.restore_slot(loc, undo),
             PutState::Apply { target, old, .. } => {

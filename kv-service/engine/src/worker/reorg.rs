@@ -1,0 +1,218 @@
+//! Background reorganisation: rewrites items of neighbouring keys (in index order) onto the
+//! same block, so that a scan of neighbours reads few blocks instead of one per item.
+//!
+//! Items sit unsorted in their slabs (KVell's design). When the worker has no client
+//! operation outstanding and the previous round is finished, a round walks the index from a
+//! cursor, finds runs of neighbouring keys of one small class that are scattered (each in a
+//! block holding fewer than half a block's worth of its neighbours), takes a fresh block at
+//! the end of the class's slab for each group of `slots_per_block` of them and moves each
+//! item there with a relocation (`PutOp::relocation`): a put of the item's current value to
+//! the chosen slot, ordered behind and before the key's other writes by the key queue, ending
+//! like a move between classes (new copy with a higher sequence number, index switched, old
+//! copy tombstoned, old slot freed). A round moves at most `batch` items, so a client
+//! request arriving during a round waits behind at most that much I/O. When a whole pass
+//! over the index moved nothing, the reorganisation sleeps until the next client write.
+
+use crate::index::Location;
+use crate::slab::Geometry;
+
+/// The reorganisation state of one worker.
+#[derive(Debug, Default)]
+pub(super) struct Reorg {
+    /// Items moved per round at most; 0: off.
+    pub(super) batch: usize,
+    /// The first key the next round looks at (empty: the start of the index).
+    pub(super) cursor: Vec<u8>,
+    /// Relocations of the current round not finished yet.
+    pub(super) in_flight: usize,
+    /// Items moved in the current pass.
+    pub(super) moved_in_pass: u64,
+    /// A pass moved nothing (or a slot could not be had): wait for a client write.
+    pub(super) paused: bool,
+    /// Items moved (relocations that completed).
+    pub(super) moved: u64,
+    /// Passes over the whole index completed.
+    pub(super) passes: u64,
+}
+
+impl Reorg {
+    /// Whether a round may start now (the worker is otherwise idle).
+    pub(super) fn wants_round(&self) -> bool {
+        self.batch > 0 && self.in_flight == 0 && !self.paused
+    }
+
+    /// A client write happened: there may be something to reorganise again.
+    pub(super) fn wake(&mut self) {
+        self.paused = false;
+    }
+
+    /// The end of the index was reached.
+    pub(super) fn pass_done(&mut self) {
+        self.passes += 1;
+        self.cursor.clear();
+        if self.moved_in_pass == 0 {
+            self.paused = true;
+        }
+        self.moved_in_pass = 0;
+    }
+
+    /// A relocation finished; `moved`: it completed.
+    pub(super) fn finished(&mut self, moved: bool) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if moved {
+            self.moved += 1;
+            self.moved_in_pass += 1;
+        }
+    }
+}
+
+/// The moves of one round, from `locs` — consecutive keys of the index from the cursor, with
+/// their locations — of which `complete` says whether they reach the end of the index.
+/// Returns the groups to move (each a range of indices into `locs`, all of one small class,
+/// at most one block's worth, to share one fresh block) and how many entries of `locs` the
+/// round has dealt with (the next round starts at the first one not dealt with).
+///
+/// A run is a maximal sequence of consecutive keys in one block. Runs of at least half a
+/// block (at least 2 items) are in place; the keys of shorter runs between them are moved,
+/// in groups of a block, if there are at least half a block of them in a row (one scattered
+/// key among placed neighbours costs a scan at most one extra block read, while moving it
+/// would cost a block of space). At most `batch` items are chosen.
+pub(super) fn plan(
+    locs: &[Location],
+    complete: bool,
+    batch: usize,
+) -> (Vec<std::ops::Range<usize>>, usize) {
+    let mut groups = Vec::new();
+    let mut chosen = 0usize;
+    // Scattered keys in a row not yet grouped: [start, i) of one class.
+    let mut pending: Option<(usize, u8)> = None;
+    let mut i = 0usize;
+    let flush = |groups: &mut Vec<std::ops::Range<usize>>,
+                 chosen: &mut usize,
+                 start: usize,
+                 end: usize,
+                 class: u8| {
+        let spb = Geometry::of(class).slots_per_block;
+        if end - start < threshold(spb) {
+            return;
+        }
+        let mut s = start;
+        while s < end {
+            let e = (s + spb).min(end);
+            groups.push(s..e);
+            *chosen += e - s;
+            s = e;
+        }
+    };
+    while i < locs.len() {
+        let Some(&first) = locs.get(i) else { break };
+        let g = Geometry::of(first.class);
+        let block = g.locate(first.slot).0;
+        let mut j = i + 1;
+        while locs
+            .get(j)
+            .is_some_and(|l| l.class == first.class && g.locate(l.slot).0 == block)
+        {
+            j += 1;
+        }
+        if j == locs.len() && !complete {
+            // The last run may go on past what was listed: leave it to the next round.
+            break;
+        }
+        let spb = g.slots_per_block;
+        let scattered = spb > 1 && j - i < threshold(spb);
+        match pending {
+            Some((s, c)) if scattered && c == first.class => {
+                // Stop at a block's multiple once the round has enough.
+                let n = i - s;
+                if chosen + n >= batch && n.is_multiple_of(spb) && n > 0 {
+                    flush(&mut groups, &mut chosen, s, i, c);
+                    return (groups, i);
+                }
+            }
+            Some((s, c)) => {
+                flush(&mut groups, &mut chosen, s, i, c);
+                pending = scattered.then_some((i, first.class));
+                if chosen >= batch {
+                    return (groups, i);
+                }
+            }
+            None => pending = scattered.then_some((i, first.class)),
+        }
+        i = j;
+    }
+    if let Some((s, c)) = pending {
+        if i == locs.len() && complete {
+            flush(&mut groups, &mut chosen, s, i, c);
+        } else {
+            // The scattered keys in a row may go on: the next round starts with them.
+            return (groups, s);
+        }
+    }
+    (groups, i)
+}
+
+/// Neighbours in one block from which a run counts as in place.
+fn threshold(slots_per_block: usize) -> usize {
+    slots_per_block.div_ceil(2).max(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Class 5 is 1024-byte slots: 4 per block.
+    fn at(slot: u32) -> Location {
+        Location { class: 5, slot }
+    }
+
+    #[test]
+    fn class_five_has_four_slots_per_block() {
+        assert_eq!(Geometry::of(5).slots_per_block, 4);
+    }
+
+    #[test]
+    fn scattered_keys_are_grouped_by_block() {
+        let locs: Vec<Location> = [40, 8, 100, 12, 60, 1, 33].into_iter().map(at).collect();
+        let (groups, done) = plan(&locs, true, 64);
+        assert_eq!(groups, vec![0..4, 4..7]);
+        assert_eq!(done, 7);
+    }
+
+    #[test]
+    fn placed_runs_are_left_and_lone_strays_too() {
+        // 0..4 in block 0; a stray; 4 keys in block 5.
+        let locs: Vec<Location> = [0, 1, 2, 3, 77, 20, 21, 22, 23]
+            .into_iter()
+            .map(at)
+            .collect();
+        let (groups, done) = plan(&locs, true, 64);
+        assert!(groups.is_empty());
+        assert_eq!(done, 9);
+    }
+
+    #[test]
+    fn a_round_stops_at_its_batch_and_an_unfinished_listing_is_resumed() {
+        let locs: Vec<Location> = (0..20).map(|i| at(i * 4)).collect();
+        let (groups, done) = plan(&locs, true, 8);
+        assert_eq!(groups, vec![0..4, 4..8]);
+        assert_eq!(done, 8);
+        // Not the end of the index: scattered keys at the end wait for the next round.
+        let (groups, done) = plan(&locs[..3], false, 64);
+        assert!(groups.is_empty());
+        assert_eq!(done, 0);
+    }
+
+    #[test]
+    fn large_classes_are_never_moved() {
+        let locs: Vec<Location> = (0..6)
+            .map(|i| Location {
+                class: 12,
+                slot: i * 3,
+            })
+            .collect();
+        let (groups, done) = plan(&locs, true, 64);
+        assert!(groups.is_empty());
+        assert_eq!(done, 6);
+    }
+}
