@@ -560,7 +560,19 @@ impl Session {
             return;
         }
         let seq = self.begin(pending, 1, touched, |_| {});
-        store.submit(OpId { seq, part: 0 }, KvOp::Get { key });
+        self.read(OpId { seq, part: 0 }, key, store);
+    }
+
+    /// The read `id` of a command just begun: answered here if the store can at once
+    /// ([`Store::get_now`]), submitted otherwise.
+    fn read<S: Store>(&mut self, id: OpId, key: &[u8], store: &mut S) {
+        match store.get_now(key) {
+            Some(outcome) => {
+                let waiting = self.complete(id, outcome);
+                debug_assert!(waiting.is_ok(), "a command just begun waits for its reads");
+            }
+            None => store.submit(id, KvOp::Get { key }),
+        }
     }
 
     /// SET / GETSET: a plain write, or a conditional one (`cond`: the condition and whether
@@ -678,12 +690,11 @@ impl Session {
                 seq,
                 part: part as u32,
             };
-            let op = if is_del {
-                KvOp::Delete { key }
+            if is_del {
+                store.submit(id, KvOp::Delete { key });
             } else {
-                KvOp::Get { key }
-            };
-            store.submit(id, op);
+                self.read(id, key, store);
+            }
         }
     }
 

@@ -635,7 +635,7 @@ impl Session {
         seq
     }
 
-    fn complete(&mut self, id: OpId, outcome: Outcome<'_>) -> Result<(), UnknownOp> {
+    pub(crate) fn complete(&mut self, id: OpId, outcome: Outcome<'_>) -> Result<(), UnknownOp> {
         let idx = id
             .seq
             .checked_sub(self.head_seq)

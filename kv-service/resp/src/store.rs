@@ -180,6 +180,16 @@ pub trait Store {
     /// [`Connection::complete`](crate::Connection::complete) with `id`.
     fn submit(&mut self, id: OpId, op: KvOp<'_>);
 
+    /// Answers a GET at once if the store can without waiting — the key's value is in memory
+    /// where the caller runs, or the key is known to be absent — and `None` otherwise (the
+    /// connection then [`submit`](Store::submit)s it). The answer must be the one `submit`
+    /// would give at this moment. It saves a cached GET the queueing, the copies and the
+    /// allocation of the asynchronous path; a store without such a path keeps the default.
+    fn get_now(&mut self, key: &[u8]) -> Option<Outcome<'_>> {
+        let _ = key;
+        None
+    }
+
     /// The server's figures now (INFO, DBSIZE).
     fn figures(&self) -> Figures;
 

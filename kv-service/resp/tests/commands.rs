@@ -839,3 +839,38 @@ fn half_closed_input_still_gets_its_replies() {
     assert_eq!(replies(&mut c), vec![simple("OK")]);
     assert!(c.is_finished());
 }
+
+#[test]
+fn a_get_the_store_answers_at_once_keeps_its_place_in_the_pipeline() {
+    let (mut c, mut s) = (conn(), MemStore::new());
+    s.data.insert(b"a".to_vec(), b"1".to_vec());
+    s.deferred = true;
+    s.now = true;
+    let mut input = cmd("SET k v");
+    input.extend(cmd("GET a"));
+    input.extend(cmd("MGET a nope"));
+    input.extend(cmd("GET k"));
+    c.feed(&input);
+    // GET a and MGET are answered inside `process` but wait behind the SET in flight;
+    // GET k must see the SET: it stalls.
+    assert_eq!(c.process(&mut s), 3);
+    assert_eq!(s.now_answered, 3, "GET a, and both keys of the MGET");
+    assert_eq!(
+        s.log,
+        vec![r#"Put { key: [107], value: [118] }"#.to_string()]
+    );
+    assert_eq!(replies(&mut c), vec![], "nothing may overtake the SET");
+    s.deliver_all(&mut c);
+    assert_eq!(c.process(&mut s), 1);
+    assert_eq!(s.now_answered, 4, "GET k, once the write has run");
+    assert_eq!(
+        replies(&mut c),
+        vec![
+            simple("OK"),
+            bulk("1"),
+            Value::Array(vec![bulk("1"), Value::Null]),
+            bulk("v"),
+        ]
+    );
+    assert_eq!(c.ops_in_flight(), 0);
+}

@@ -321,6 +321,7 @@ proptest! {
         cuts in prop::collection::vec(any::<usize>(), 0..8),
         seed in any::<u64>(),
         depth in 1usize..12,
+        now in any::<bool>(),
     ) {
         let mut model = BTreeMap::new();
         let want: Vec<Value> = cmds.iter().map(|c| c.model(&mut model)).collect();
@@ -338,6 +339,8 @@ proptest! {
         // order: the connection alone must keep its commands' effects in order.
         let mut store = MemStore::new();
         store.deferred = true;
+        // Cached GETs answered inside `process`, between operations still in flight.
+        store.now = now;
         let mut got = Vec::new();
         let mut fed = 0;
         let mut round = seed;

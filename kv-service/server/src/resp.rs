@@ -131,6 +131,11 @@ impl RespAnswer {
 pub trait RespBackend {
     /// Starts `op`; answer with [`RespFront::complete`] and `tag`.
     fn submit(&mut self, tag: RespTag, op: KvOp<'_>);
+    /// A GET answered without waiting, or `None` (see [`Store::get_now`]).
+    fn get_now(&mut self, key: &[u8]) -> Option<Outcome<'_>> {
+        let _ = key;
+        None
+    }
     /// The store's own figures (keys, memory, disk, engine I/O); the front-end adds the
     /// connection figures.
     fn figures(&self) -> Figures;
@@ -275,6 +280,10 @@ impl<B: RespBackend> Store for ConnStore<'_, B> {
             op,
         };
         self.backend.submit(tag, kv);
+    }
+
+    fn get_now(&mut self, key: &[u8]) -> Option<Outcome<'_>> {
+        self.backend.get_now(key)
     }
 
     fn figures(&self) -> Figures {

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use kv_engine::{Backend, WorkerStats};
 use kv_proto::{self as protocol, fnv1a64, op, Item, Op, Reply, Request, Status};
-use kv_resp::{Figures, KvOp, SetCond};
+use kv_resp::{Figures, KvOp, Outcome, SetCond};
 use rpc::Ctx;
 
 use crate::forward::{Letter, Mail, SET_WRITTEN};
@@ -189,6 +189,11 @@ impl RespSide {
     }
 
     /// If a conditional SET holds `o`'s key, queues `o` behind it and says so.
+    /// Whether a conditional SET holds `key` (operations on it wait for it).
+    pub(crate) fn holds_key(&self, key: &[u8]) -> bool {
+        !self.holds.is_empty() && self.holds.contains_key(&fnv1a64(key))
+    }
+
     pub(crate) fn defer(&mut self, dest: Dest, o: Op<&[u8]>) -> bool {
         if self.holds.is_empty() {
             return false;
@@ -342,6 +347,32 @@ fn merge_parts(parts: Vec<(Vec<Item>, bool)>, max: usize) -> (Vec<Item>, bool) {
 
 impl<B: Backend> ServerState<B> {
     /// Runs one operation of a RESP connection of this thread.
+    /// A RESP GET of this thread's key that the engine answers without I/O
+    /// ([`Worker::get_cached`](kv_engine::Worker::get_cached)): the value borrowed from the
+    /// cached block, for the connection to encode straight into its output. `None` leaves it
+    /// to [`ServerState::resp_submit`], which gives the same answer later: when stopping,
+    /// for a key over the limits or another thread's, one a conditional SET holds, or a miss.
+    pub(crate) fn resp_get_now(&mut self, key: &[u8]) -> Option<Outcome<'_>> {
+        let op = Op::Get { key };
+        if self.stopping
+            || op.check_limits(protocol::MAX_VALUE_LEN).is_err()
+            || self.router.partition_of(key) != self.id
+            || self.resp.holds_key(key)
+        {
+            return None;
+        }
+        let outcome = match self.worker.get_cached(key) {
+            kv_engine::CachedGet::Value(v) => Outcome::Value(v),
+            kv_engine::CachedGet::NotFound => Outcome::NotFound,
+            kv_engine::CachedGet::Miss => return None,
+        };
+        self.stats.gets += 1;
+        if outcome == Outcome::NotFound {
+            self.stats.not_found += 1;
+        }
+        Some(outcome)
+    }
+
     pub(crate) fn resp_submit(&mut self, ctx: &mut Ctx, tag: RespTag, op: KvOp<'_>) {
         if self.stopping {
             let msg = "SHUTDOWN the server is shutting down".to_string();
@@ -611,6 +642,10 @@ pub(crate) struct RespDriver<'a, B: Backend> {
 impl<B: Backend> RespBackend for RespDriver<'_, B> {
     fn submit(&mut self, tag: RespTag, op: KvOp<'_>) {
         self.st.resp_submit(self.ctx, tag, op);
+    }
+
+    fn get_now(&mut self, key: &[u8]) -> Option<Outcome<'_>> {
+        self.st.resp_get_now(key)
     }
 
     fn figures(&self) -> Figures {

@@ -67,7 +67,7 @@ impl OwnedOp {
     }
 
     /// The key of a write (writes of one key run in submission order).
-    fn written_key(&self) -> Option<&[u8]> {
+    pub fn written_key(&self) -> Option<&[u8]> {
         match self {
             OwnedOp::Put(k, _) | OwnedOp::Set(k, ..) | OwnedOp::Delete(k) => Some(k),
             _ => None,
@@ -91,6 +91,11 @@ pub struct MemStore {
     pub scan_page: usize,
     /// When set, every operation fails with this message.
     pub fail: Option<String>,
+    /// Answer GETs at once through [`Store::get_now`] (as the server does for cached keys),
+    /// except for a key with a write not yet run.
+    pub now: bool,
+    /// GETs answered through `get_now`.
+    pub now_answered: usize,
 }
 
 impl MemStore {
@@ -212,6 +217,21 @@ impl Store for MemStore {
         }
         let answer = self.apply(&op);
         self.pending.push((id, answer));
+    }
+
+    fn get_now(&mut self, key: &[u8]) -> Option<Outcome<'_>> {
+        let writing = self
+            .queued
+            .iter()
+            .any(|(_, o)| o.written_key() == Some(key));
+        if !self.now || self.fail.is_some() || writing {
+            return None;
+        }
+        self.now_answered += 1;
+        Some(match self.data.get(key) {
+            Some(v) => Outcome::Value(v),
+            None => Outcome::NotFound,
+        })
     }
 
     fn figures(&self) -> Figures {
