@@ -269,11 +269,12 @@ impl Blocks {
     /// and the block becomes the most recently used); `None` changes nothing (the operation
     /// that follows counts the miss).
     pub(super) fn loaded_lookup(&mut self, class: u8, block: u64) -> Option<u32> {
-        let key = block_key(class, block);
-        match self.cache.find(key) {
-            Some(e) if !self.state(e).loading => self.cache.lookup(key),
-            _ => None,
+        let e = self.cache.find(block_key(class, block))?;
+        if self.state(e).loading {
+            return None;
         }
+        self.cache.touch(e);
+        Some(e)
     }
 
     /// Block `block` of `class` if it is cached and loaded, for an operation already queued
