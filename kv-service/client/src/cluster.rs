@@ -32,6 +32,9 @@ pub struct ClusterClientConfig {
     pub connect_timeout: Duration,
     /// Pause before trying again when no replica knows a leader (an election is under way).
     pub election_pause: Duration,
+    /// Spin while waiting for an answer (lowest latency) instead of sleeping in the socket's
+    /// wait. Default `true`.
+    pub busy_poll: bool,
 }
 
 impl Default for ClusterClientConfig {
@@ -41,6 +44,7 @@ impl Default for ClusterClientConfig {
             deadline: Duration::from_secs(15),
             connect_timeout: Duration::from_millis(500),
             election_pause: Duration::from_millis(30),
+            busy_poll: true,
         }
     }
 }
@@ -59,6 +63,23 @@ pub struct ClusterClient {
     buf: Vec<u8>,
     /// NOT_LEADER answers and replica rotations so far (for tests and diagnostics).
     redirects: u64,
+    counters: ClusterCounters,
+}
+
+/// Why attempts of a [`ClusterClient`] did not end their request, counted since it was made
+/// (diagnostics: a benchmark reports them next to its latencies).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterCounters {
+    /// Answered NOT_LEADER naming another replica, which the next attempt went to.
+    pub not_leader_hint: u64,
+    /// Answered NOT_LEADER without a leader (or SHUTTING_DOWN): the client paused
+    /// [`ClusterClientConfig::election_pause`] and tried the next replica.
+    pub no_leader: u64,
+    /// No answer within [`ClusterClientConfig::attempt_timeout`]: the next replica was tried.
+    pub timeouts: u64,
+    /// The attempt failed otherwise (session failed or could not be opened): the next
+    /// replica was tried.
+    pub failures: u64,
 }
 
 /// A 64-bit client id unlikely to be any other client's.
@@ -99,6 +120,7 @@ impl ClusterClient {
         .map_err(RpcError::from)?;
         let rpc_cfg = RpcConfig {
             connect_timeout: cfg.connect_timeout,
+            busy_poll: cfg.busy_poll,
             ..RpcConfig::default()
         };
         let rpc = Rpc::new(&nexus, 0, udp, (), rpc_cfg)?;
@@ -116,6 +138,7 @@ impl ClusterClient {
             next_seq: 1,
             buf: Vec::new(),
             redirects: 0,
+            counters: ClusterCounters::default(),
         })
     }
 
@@ -127,6 +150,11 @@ impl ClusterClient {
     /// NOT_LEADER answers followed and replicas rotated to so far.
     pub fn redirects(&self) -> u64 {
         self.redirects
+    }
+
+    /// Why attempts were retried so far, by cause.
+    pub fn counters(&self) -> ClusterCounters {
+        self.counters
     }
 
     /// The node the client would send shard `shard`'s next request to (its cached leader).
@@ -291,8 +319,12 @@ impl ClusterClient {
                 Ok(Attempt::Redirect(hint)) => {
                     self.redirects += 1;
                     match hint.filter(|&h| h != node && self.cluster.hosts(h, shard)) {
-                        Some(h) => self.set_target(shard, h),
+                        Some(h) => {
+                            self.counters.not_leader_hint += 1;
+                            self.set_target(shard, h);
+                        }
                         None => {
+                            self.counters.no_leader += 1;
                             self.rotate(shard, node);
                             std::thread::sleep(self.cfg.election_pause);
                         }
@@ -300,6 +332,11 @@ impl ClusterClient {
                 }
                 Err(e) => {
                     self.redirects += 1;
+                    if matches!(e, Error::Timeout(_)) {
+                        self.counters.timeouts += 1;
+                    } else {
+                        self.counters.failures += 1;
+                    }
                     self.rotate(shard, node);
                     last_err = Some(e);
                 }
