@@ -6,7 +6,9 @@
 //! client id and sequence number that make a retried write apply once). Per shard it caches
 //! the leader (initially the rank-0 replica), follows NOT_LEADER hints, and on a timeout, a
 //! failed session or a NOT_LEADER without a hint moves to the shard's next replica, until
-//! the request's overall deadline. Scans read every shard and merge the parts in key order.
+//! the request's overall deadline. A node whose attempt timed out or failed is suspected
+//! for a while: hints naming it are not followed (the followers of a leader that just died
+//! still name it until they elect another) and rotation passes over it. Scans read every shard and merge the parts in key order.
 //!
 //! One request at a time (`&mut self`); each write keeps its identity across its retries.
 
@@ -64,6 +66,10 @@ pub struct ClusterClient {
     /// NOT_LEADER answers and replica rotations so far (for tests and diagnostics).
     redirects: u64,
     counters: ClusterCounters,
+    /// Nodes whose last attempt timed out or failed, and when: a NOT_LEADER hint naming one
+    /// is not followed until `SUSPECT_FOR` has passed or the node answered (a follower
+    /// names the leader it last heard from, which may be the node that just died).
+    suspects: HashMap<NodeId, Instant>,
 }
 
 /// Why attempts of a [`ClusterClient`] did not end their request, counted since it was made
@@ -94,6 +100,10 @@ fn random_id() -> u64 {
     h.write_u32(std::process::id());
     h.finish() | 1
 }
+
+/// How long a node whose attempt timed out or failed is not taken from a NOT_LEADER hint:
+/// about the longest election (1–1.67 election timeouts of 100 ms, then a vote round).
+const SUSPECT_FOR: Duration = Duration::from_millis(500);
 
 /// What one attempt came to.
 enum Attempt {
@@ -139,6 +149,7 @@ impl ClusterClient {
             buf: Vec::new(),
             redirects: 0,
             counters: ClusterCounters::default(),
+            suspects: HashMap::new(),
         })
     }
 
@@ -308,6 +319,7 @@ impl ClusterClient {
             let node = self.target.get(shard as usize).copied().unwrap_or(0);
             match self.attempt(node, shard, req, &ext) {
                 Ok(Attempt::Done(status, body, flags, count)) => {
+                    self.suspects.remove(&node);
                     return match status {
                         Status::Ok | Status::NotFound => Ok((status, body, flags, count)),
                         s => Err(Error::from_status(
@@ -318,7 +330,11 @@ impl ClusterClient {
                 }
                 Ok(Attempt::Redirect(hint)) => {
                     self.redirects += 1;
-                    match hint.filter(|&h| h != node && self.cluster.hosts(h, shard)) {
+                    self.suspects.remove(&node);
+                    let hint = hint.filter(|&h| {
+                        h != node && self.cluster.hosts(h, shard) && !self.suspected(h)
+                    });
+                    match hint {
                         Some(h) => {
                             self.counters.not_leader_hint += 1;
                             self.set_target(shard, h);
@@ -337,6 +353,7 @@ impl ClusterClient {
                     } else {
                         self.counters.failures += 1;
                     }
+                    self.suspects.insert(node, Instant::now());
                     self.rotate(shard, node);
                     last_err = Some(e);
                 }
@@ -351,13 +368,24 @@ impl ClusterClient {
         }
     }
 
-    /// Moves shard `shard`'s target from `node` to the next replica.
+    /// Whether an attempt at `node` timed out or failed less than `SUSPECT_FOR` ago.
+    fn suspected(&self, node: NodeId) -> bool {
+        self.suspects
+            .get(&node)
+            .is_some_and(|t| t.elapsed() < SUSPECT_FOR)
+    }
+
+    /// Moves shard `shard`'s target from `node` to the next replica not suspected (or the
+    /// next one, if all are).
     fn rotate(&mut self, shard: ShardId, node: NodeId) {
         let replicas: Vec<NodeId> = self.cluster.replicas(shard).collect();
-        let at = replicas.iter().position(|&n| n == node).unwrap_or(0);
-        let next = replicas
-            .get((at + 1) % replicas.len().max(1))
-            .copied()
+        let n = replicas.len().max(1);
+        let at = replicas.iter().position(|&r| r == node).unwrap_or(0);
+        let after = |k: usize| replicas.get((at + k) % n).copied();
+        let next = (1..n)
+            .filter_map(after)
+            .find(|&r| !self.suspected(r))
+            .or_else(|| after(1))
             .unwrap_or(node);
         self.set_target(shard, next);
     }
