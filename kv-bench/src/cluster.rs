@@ -63,6 +63,14 @@ pub struct ClusterArgs {
     /// clients than cores take the CPU from the servers.
     #[arg(long)]
     pub clients_spin: bool,
+    /// The one-in-flight latency clients sleep in the socket's wait instead of spinning
+    /// (a spinning client takes a whole core from the servers on a small machine).
+    #[arg(long)]
+    pub latency_sleep: bool,
+    /// Keep the temporary directory (data directories, cluster file, server logs) and print
+    /// where it is.
+    #[arg(long)]
+    pub keep: bool,
     /// Value size in bytes (keys are 16 bytes).
     #[arg(long, default_value_t = 100)]
     pub value_size: usize,
@@ -159,6 +167,10 @@ struct Report {
     spin_ms: u64,
     value_size: usize,
     clients: usize,
+    /// How the one-in-flight clients wait: `spin` or `sleep`.
+    latency_clients: &'static str,
+    /// How the throughput clients wait.
+    throughput_clients: &'static str,
     results: Vec<Measured>,
     failovers: Vec<Failover>,
     failover_attempt_ms: u64,
@@ -729,13 +741,16 @@ pub fn run(a: ClusterArgs) -> Result<()> {
     say!(
         json,
         "kv-bench cluster: {} ({version}); 3 nodes × {} threads, {} shards, replication 3, \
-         and a single node of {} threads; servers --spin-ms {}; {}-byte values, {} keys; \
-         load average at start {load_start} on {} cores",
+         and a single node of {} threads; servers --spin-ms {}; latency clients {}, \
+         throughput clients {}; {}-byte values, {} keys; load average at start {load_start} \
+         on {} cores",
         bin.display(),
         a.threads,
         a.shards,
         a.threads,
         a.spin_ms,
+        if a.latency_sleep { "sleep" } else { "spin" },
+        if a.clients_spin { "spin" } else { "sleep" },
         a.value_size,
         a.keys,
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -768,8 +783,11 @@ pub fn run(a: ClusterArgs) -> Result<()> {
             "single node, --durability {durability} ({}):",
             p.listen
         );
-        let mut c = Client::connect(&p.listen, ClientConfig::default())
-            .context("connecting to the single node")?;
+        let cfg = ClientConfig {
+            busy_poll: !a.latency_sleep,
+            ..ClientConfig::default()
+        };
+        let mut c = Client::connect(&p.listen, cfg).context("connecting to the single node")?;
         let kinds: &[(Which, &str)] = if durability == "periodic" {
             &[(Which::Put, "PUT"), (Which::Get, "GET")]
         } else {
@@ -806,7 +824,10 @@ pub fn run(a: ClusterArgs) -> Result<()> {
         let dir = tmp.path().join(format!("cluster-{sync}"));
         std::fs::create_dir_all(&dir)?;
         let mut c = ClusterProcs::start(&bin, &dir, &a, sync)?;
-        let mut client = c.client(ClusterClientConfig::default())?;
+        let mut client = c.client(ClusterClientConfig {
+            busy_poll: !a.latency_sleep,
+            ..ClusterClientConfig::default()
+        })?;
         let all: Vec<NodeId> = c.cluster.nodes().iter().map(|n| n.id).collect();
         let leaders = wait_leaders(&mut client, &all, Duration::from_secs(30))?;
         say!(
@@ -914,6 +935,14 @@ pub fn run(a: ClusterArgs) -> Result<()> {
         json,
         "load average: {load_start} at start, {load_end} at the end"
     );
+    if a.keep {
+        let kept = tmp.keep();
+        say!(
+            json,
+            "kept {} (data directories, cluster files, server logs)",
+            kept.display()
+        );
+    }
     write_json(
         json,
         &Report {
@@ -926,6 +955,8 @@ pub fn run(a: ClusterArgs) -> Result<()> {
             spin_ms: a.spin_ms,
             value_size: a.value_size,
             clients: a.clients,
+            latency_clients: if a.latency_sleep { "sleep" } else { "spin" },
+            throughput_clients: if a.clients_spin { "spin" } else { "sleep" },
             results,
             failovers: failover,
             failover_attempt_ms: a.failover_attempt_ms,
