@@ -8,7 +8,8 @@
 //! failed session or a NOT_LEADER without a hint moves to the shard's next replica, until
 //! the request's overall deadline. A node whose attempt timed out or failed is suspected
 //! for a while: hints naming it are not followed (the followers of a leader that just died
-//! still name it until they elect another) and rotation passes over it. Scans read every shard and merge the parts in key order.
+//! still name it until they elect another), rotation passes over it, and shards whose cached
+//! leader it is try another replica first. Scans read every shard and merge the parts in key order.
 //!
 //! One request at a time (`&mut self`); each write keeps its identity across its retries.
 
@@ -37,6 +38,12 @@ pub struct ClusterClientConfig {
     /// Spin while waiting for an answer (lowest latency) instead of sleeping in the socket's
     /// wait. Default `true`.
     pub busy_poll: bool,
+    /// How long a node whose attempt timed out or failed is *suspected*: NOT_LEADER hints
+    /// naming it are not followed (the followers of a leader that just died name it until
+    /// they elect another) and rotation passes over it. About the longest election: the
+    /// default, 500 ms, covers the servers' default 100 ms election timeout (followers
+    /// campaign after 100–167 ms, then a pre-vote and a vote round) with room to spare.
+    pub suspect_for: Duration,
 }
 
 impl Default for ClusterClientConfig {
@@ -47,6 +54,7 @@ impl Default for ClusterClientConfig {
             connect_timeout: Duration::from_millis(500),
             election_pause: Duration::from_millis(30),
             busy_poll: true,
+            suspect_for: Duration::from_millis(500),
         }
     }
 }
@@ -67,8 +75,9 @@ pub struct ClusterClient {
     redirects: u64,
     counters: ClusterCounters,
     /// Nodes whose last attempt timed out or failed, and when: a NOT_LEADER hint naming one
-    /// is not followed until `SUSPECT_FOR` has passed or the node answered (a follower
-    /// names the leader it last heard from, which may be the node that just died).
+    /// is not followed until [`ClusterClientConfig::suspect_for`] has passed or the node
+    /// answered (a follower names the leader it last heard from, which may be the node that
+    /// just died).
     suspects: HashMap<NodeId, Instant>,
 }
 
@@ -100,10 +109,6 @@ fn random_id() -> u64 {
     h.write_u32(std::process::id());
     h.finish() | 1
 }
-
-/// How long a node whose attempt timed out or failed is not taken from a NOT_LEADER hint:
-/// about the longest election (1–1.67 election timeouts of 100 ms, then a vote round).
-const SUSPECT_FOR: Duration = Duration::from_millis(500);
 
 /// What one attempt came to.
 enum Attempt {
@@ -316,7 +321,16 @@ impl ClusterClient {
         let end = Instant::now() + self.cfg.deadline;
         let mut last_err: Option<Error> = None;
         while Instant::now() < end {
-            let node = self.target.get(shard as usize).copied().unwrap_or(0);
+            let cached = self.target.get(shard as usize).copied().unwrap_or(0);
+            // A cached leader that just timed out or failed (on this shard or another) is
+            // passed over while another replica is not suspected.
+            let replicas: Vec<NodeId> = self.cluster.replicas(shard).collect();
+            let node = if self.suspected(cached) {
+                next_replica(&replicas, cached, |n| self.suspected(n))
+            } else {
+                cached
+            };
+            self.set_target(shard, node);
             match self.attempt(node, shard, req, &ext) {
                 Ok(Attempt::Done(status, body, flags, count)) => {
                     self.suspects.remove(&node);
@@ -368,25 +382,18 @@ impl ClusterClient {
         }
     }
 
-    /// Whether an attempt at `node` timed out or failed less than `SUSPECT_FOR` ago.
+    /// Whether an attempt at `node` timed out or failed less than `suspect_for` ago.
     fn suspected(&self, node: NodeId) -> bool {
         self.suspects
             .get(&node)
-            .is_some_and(|t| t.elapsed() < SUSPECT_FOR)
+            .is_some_and(|t| t.elapsed() < self.cfg.suspect_for)
     }
 
     /// Moves shard `shard`'s target from `node` to the next replica not suspected (or the
     /// next one, if all are).
     fn rotate(&mut self, shard: ShardId, node: NodeId) {
         let replicas: Vec<NodeId> = self.cluster.replicas(shard).collect();
-        let n = replicas.len().max(1);
-        let at = replicas.iter().position(|&r| r == node).unwrap_or(0);
-        let after = |k: usize| replicas.get((at + k) % n).copied();
-        let next = (1..n)
-            .filter_map(after)
-            .find(|&r| !self.suspected(r))
-            .or_else(|| after(1))
-            .unwrap_or(node);
+        let next = next_replica(&replicas, node, |n| self.suspected(n));
         self.set_target(shard, next);
     }
 
@@ -451,6 +458,19 @@ impl ClusterClient {
     }
 }
 
+/// The replica after `node` in `replicas` (rank order, wrapping) that is not `suspected`;
+/// the one right after `node` if every other one is; `node` if it is the only one.
+fn next_replica(replicas: &[NodeId], node: NodeId, suspected: impl Fn(NodeId) -> bool) -> NodeId {
+    let n = replicas.len().max(1);
+    let at = replicas.iter().position(|&r| r == node).unwrap_or(0);
+    let after = |k: usize| replicas.get((at + k) % n).copied();
+    (1..n)
+        .filter_map(after)
+        .find(|&r| !suspected(r))
+        .or_else(|| after(1))
+        .unwrap_or(node)
+}
+
 fn local_ip_for(server: SocketAddr) -> std::io::Result<std::net::IpAddr> {
     let any: SocketAddr = if server.is_ipv4() {
         SocketAddr::from(([0, 0, 0, 0], 0))
@@ -460,4 +480,31 @@ fn local_ip_for(server: SocketAddr) -> std::io::Result<std::net::IpAddr> {
     let s = UdpSocket::bind(any)?;
     s.connect(server)?;
     Ok(s.local_addr()?.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_replica;
+
+    #[test]
+    fn rotation_passes_over_suspected_replicas_unless_all_are() {
+        let r = [1, 2, 3];
+        assert_eq!(next_replica(&r, 1, |_| false), 2);
+        assert_eq!(next_replica(&r, 3, |_| false), 1, "wraps");
+        assert_eq!(next_replica(&r, 1, |n| n == 2), 3, "skips a suspect");
+        assert_eq!(
+            next_replica(&r, 1, |n| n == 1),
+            2,
+            "the suspect itself moves on"
+        );
+        // Every other replica suspected: the next in turn, not the node itself.
+        assert_eq!(next_replica(&r, 1, |n| n != 1), 2);
+        assert_eq!(next_replica(&r, 2, |_| true), 3);
+        assert_eq!(next_replica(&[4], 4, |_| true), 4, "a single replica");
+        assert_eq!(
+            next_replica(&r, 9, |_| false),
+            2,
+            "an unknown node counts as rank 0"
+        );
+    }
 }
