@@ -39,6 +39,10 @@ use serde::Serialize;
 
 use crate::report::{new_histogram, say, write_json, Latency};
 
+/// How long a single-node request may wait: the cluster client's default deadline (15 s),
+/// so that a disk stall of a shared machine does not end the run on one side only.
+const SINGLE_NODE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Arguments of `kv-bench cluster`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ClusterArgs {
@@ -785,6 +789,7 @@ pub fn run(a: ClusterArgs) -> Result<()> {
         );
         let cfg = ClientConfig {
             busy_poll: !a.latency_sleep,
+            timeout: SINGLE_NODE_TIMEOUT,
             ..ClientConfig::default()
         };
         let mut c = Client::connect(&p.listen, cfg).context("connecting to the single node")?;
@@ -809,6 +814,7 @@ pub fn run(a: ClusterArgs) -> Result<()> {
         let connect = move || {
             let cfg = ClientConfig {
                 busy_poll: spin,
+                timeout: SINGLE_NODE_TIMEOUT,
                 ..ClientConfig::default()
             };
             Client::connect(&addr, cfg).context("connecting to the single node")
