@@ -197,8 +197,12 @@ struct Proc {
 impl Proc {
     /// Starts `bin` with `args` and waits for its `ready` line.
     fn start(bin: &Path, args: &[String], log: &Path) -> Result<Self> {
-        let err =
-            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        // Appended to: a node restarted after a failover keeps its earlier log.
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
         let mut child = Command::new(bin)
             .args(args)
             .stdout(Stdio::piped())
