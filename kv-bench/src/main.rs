@@ -3,6 +3,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod baseline;
+mod cluster;
 mod compare;
 mod engine_bench;
 mod plot;
@@ -37,6 +38,10 @@ enum Cmd {
     Ycsb(ycsb::YcsbArgs),
     /// One workload in-process and over each transport: the networking overhead.
     Compare(compare::CompareArgs),
+    /// The replicated service: a 3-node cluster and a single node of kv-service processes,
+    /// replicated PUT latency and throughput (durable and --raft-sync never) next to the
+    /// single node's, and leader failover time.
+    Cluster(cluster::ClusterArgs),
 }
 
 fn main() -> Result<()> {
@@ -53,5 +58,6 @@ fn main() -> Result<()> {
         Cmd::Engine(args) => engine_bench::run(args),
         Cmd::Ycsb(args) => ycsb::run(args),
         Cmd::Compare(args) => compare::run(args),
+        Cmd::Cluster(args) => cluster::run(args),
     }
 }

@@ -6,7 +6,10 @@
 //! client id and sequence number that make a retried write apply once). Per shard it caches
 //! the leader (initially the rank-0 replica), follows NOT_LEADER hints, and on a timeout, a
 //! failed session or a NOT_LEADER without a hint moves to the shard's next replica, until
-//! the request's overall deadline. Scans read every shard and merge the parts in key order.
+//! the request's overall deadline. A node whose attempt timed out or failed is suspected
+//! for a while: hints naming it are not followed (the followers of a leader that just died
+//! still name it until they elect another), rotation passes over it, and shards whose cached
+//! leader it is try another replica first. Scans read every shard and merge the parts in key order.
 //!
 //! One request at a time (`&mut self`); each write keeps its identity across its retries.
 
@@ -32,6 +35,15 @@ pub struct ClusterClientConfig {
     pub connect_timeout: Duration,
     /// Pause before trying again when no replica knows a leader (an election is under way).
     pub election_pause: Duration,
+    /// Spin while waiting for an answer (lowest latency) instead of sleeping in the socket's
+    /// wait. Default `true`.
+    pub busy_poll: bool,
+    /// How long a node whose attempt timed out or failed is *suspected*: NOT_LEADER hints
+    /// naming it are not followed (the followers of a leader that just died name it until
+    /// they elect another) and rotation passes over it. About the longest election: the
+    /// default, 500 ms, covers the servers' default 100 ms election timeout (followers
+    /// campaign after 100–167 ms, then a pre-vote and a vote round) with room to spare.
+    pub suspect_for: Duration,
 }
 
 impl Default for ClusterClientConfig {
@@ -41,6 +53,8 @@ impl Default for ClusterClientConfig {
             deadline: Duration::from_secs(15),
             connect_timeout: Duration::from_millis(500),
             election_pause: Duration::from_millis(30),
+            busy_poll: true,
+            suspect_for: Duration::from_millis(500),
         }
     }
 }
@@ -59,6 +73,28 @@ pub struct ClusterClient {
     buf: Vec<u8>,
     /// NOT_LEADER answers and replica rotations so far (for tests and diagnostics).
     redirects: u64,
+    counters: ClusterCounters,
+    /// Nodes whose last attempt timed out or failed, and when: a NOT_LEADER hint naming one
+    /// is not followed until [`ClusterClientConfig::suspect_for`] has passed or the node
+    /// answered (a follower names the leader it last heard from, which may be the node that
+    /// just died).
+    suspects: HashMap<NodeId, Instant>,
+}
+
+/// Why attempts of a [`ClusterClient`] did not end their request, counted since it was made
+/// (diagnostics: a benchmark reports them next to its latencies).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterCounters {
+    /// Answered NOT_LEADER naming another replica, which the next attempt went to.
+    pub not_leader_hint: u64,
+    /// Answered NOT_LEADER without a leader (or SHUTTING_DOWN): the client paused
+    /// [`ClusterClientConfig::election_pause`] and tried the next replica.
+    pub no_leader: u64,
+    /// No answer within [`ClusterClientConfig::attempt_timeout`]: the next replica was tried.
+    pub timeouts: u64,
+    /// The attempt failed otherwise (session failed or could not be opened): the next
+    /// replica was tried.
+    pub failures: u64,
 }
 
 /// A 64-bit client id unlikely to be any other client's.
@@ -99,6 +135,7 @@ impl ClusterClient {
         .map_err(RpcError::from)?;
         let rpc_cfg = RpcConfig {
             connect_timeout: cfg.connect_timeout,
+            busy_poll: cfg.busy_poll,
             ..RpcConfig::default()
         };
         let rpc = Rpc::new(&nexus, 0, udp, (), rpc_cfg)?;
@@ -116,6 +153,8 @@ impl ClusterClient {
             next_seq: 1,
             buf: Vec::new(),
             redirects: 0,
+            counters: ClusterCounters::default(),
+            suspects: HashMap::new(),
         })
     }
 
@@ -127,6 +166,11 @@ impl ClusterClient {
     /// NOT_LEADER answers followed and replicas rotated to so far.
     pub fn redirects(&self) -> u64 {
         self.redirects
+    }
+
+    /// Why attempts were retried so far, by cause.
+    pub fn counters(&self) -> ClusterCounters {
+        self.counters
     }
 
     /// The node the client would send shard `shard`'s next request to (its cached leader).
@@ -277,9 +321,19 @@ impl ClusterClient {
         let end = Instant::now() + self.cfg.deadline;
         let mut last_err: Option<Error> = None;
         while Instant::now() < end {
-            let node = self.target.get(shard as usize).copied().unwrap_or(0);
+            let cached = self.target.get(shard as usize).copied().unwrap_or(0);
+            // A cached leader that just timed out or failed (on this shard or another) is
+            // passed over while another replica is not suspected.
+            let replicas: Vec<NodeId> = self.cluster.replicas(shard).collect();
+            let node = if self.suspected(cached) {
+                next_replica(&replicas, cached, |n| self.suspected(n))
+            } else {
+                cached
+            };
+            self.set_target(shard, node);
             match self.attempt(node, shard, req, &ext) {
                 Ok(Attempt::Done(status, body, flags, count)) => {
+                    self.suspects.remove(&node);
                     return match status {
                         Status::Ok | Status::NotFound => Ok((status, body, flags, count)),
                         s => Err(Error::from_status(
@@ -290,9 +344,17 @@ impl ClusterClient {
                 }
                 Ok(Attempt::Redirect(hint)) => {
                     self.redirects += 1;
-                    match hint.filter(|&h| h != node && self.cluster.hosts(h, shard)) {
-                        Some(h) => self.set_target(shard, h),
+                    self.suspects.remove(&node);
+                    let hint = hint.filter(|&h| {
+                        h != node && self.cluster.hosts(h, shard) && !self.suspected(h)
+                    });
+                    match hint {
+                        Some(h) => {
+                            self.counters.not_leader_hint += 1;
+                            self.set_target(shard, h);
+                        }
                         None => {
+                            self.counters.no_leader += 1;
                             self.rotate(shard, node);
                             std::thread::sleep(self.cfg.election_pause);
                         }
@@ -300,6 +362,12 @@ impl ClusterClient {
                 }
                 Err(e) => {
                     self.redirects += 1;
+                    if matches!(e, Error::Timeout(_)) {
+                        self.counters.timeouts += 1;
+                    } else {
+                        self.counters.failures += 1;
+                    }
+                    self.suspects.insert(node, Instant::now());
                     self.rotate(shard, node);
                     last_err = Some(e);
                 }
@@ -314,14 +382,18 @@ impl ClusterClient {
         }
     }
 
-    /// Moves shard `shard`'s target from `node` to the next replica.
+    /// Whether an attempt at `node` timed out or failed less than `suspect_for` ago.
+    fn suspected(&self, node: NodeId) -> bool {
+        self.suspects
+            .get(&node)
+            .is_some_and(|t| t.elapsed() < self.cfg.suspect_for)
+    }
+
+    /// Moves shard `shard`'s target from `node` to the next replica not suspected (or the
+    /// next one, if all are).
     fn rotate(&mut self, shard: ShardId, node: NodeId) {
         let replicas: Vec<NodeId> = self.cluster.replicas(shard).collect();
-        let at = replicas.iter().position(|&n| n == node).unwrap_or(0);
-        let next = replicas
-            .get((at + 1) % replicas.len().max(1))
-            .copied()
-            .unwrap_or(node);
+        let next = next_replica(&replicas, node, |n| self.suspected(n));
         self.set_target(shard, next);
     }
 
@@ -386,6 +458,19 @@ impl ClusterClient {
     }
 }
 
+/// The replica after `node` in `replicas` (rank order, wrapping) that is not `suspected`;
+/// the one right after `node` if every other one is; `node` if it is the only one.
+fn next_replica(replicas: &[NodeId], node: NodeId, suspected: impl Fn(NodeId) -> bool) -> NodeId {
+    let n = replicas.len().max(1);
+    let at = replicas.iter().position(|&r| r == node).unwrap_or(0);
+    let after = |k: usize| replicas.get((at + k) % n).copied();
+    (1..n)
+        .filter_map(after)
+        .find(|&r| !suspected(r))
+        .or_else(|| after(1))
+        .unwrap_or(node)
+}
+
 fn local_ip_for(server: SocketAddr) -> std::io::Result<std::net::IpAddr> {
     let any: SocketAddr = if server.is_ipv4() {
         SocketAddr::from(([0, 0, 0, 0], 0))
@@ -395,4 +480,31 @@ fn local_ip_for(server: SocketAddr) -> std::io::Result<std::net::IpAddr> {
     let s = UdpSocket::bind(any)?;
     s.connect(server)?;
     Ok(s.local_addr()?.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_replica;
+
+    #[test]
+    fn rotation_passes_over_suspected_replicas_unless_all_are() {
+        let r = [1, 2, 3];
+        assert_eq!(next_replica(&r, 1, |_| false), 2);
+        assert_eq!(next_replica(&r, 3, |_| false), 1, "wraps");
+        assert_eq!(next_replica(&r, 1, |n| n == 2), 3, "skips a suspect");
+        assert_eq!(
+            next_replica(&r, 1, |n| n == 1),
+            2,
+            "the suspect itself moves on"
+        );
+        // Every other replica suspected: the next in turn, not the node itself.
+        assert_eq!(next_replica(&r, 1, |n| n != 1), 2);
+        assert_eq!(next_replica(&r, 2, |_| true), 3);
+        assert_eq!(next_replica(&[4], 4, |_| true), 4, "a single replica");
+        assert_eq!(
+            next_replica(&r, 9, |_| false),
+            2,
+            "an unknown node counts as rank 0"
+        );
+    }
 }

@@ -53,7 +53,7 @@ use rpc::{Completion, ConnectFailure, Nexus, Rpc, RpcConfig, RpcError, SessionId
 use transports::udp::UdpTransport;
 use transports::Transport;
 
-pub use cluster::{ClusterClient, ClusterClientConfig};
+pub use cluster::{ClusterClient, ClusterClientConfig, ClusterCounters};
 pub use config::{Backoff, ClientConfig};
 pub use error::Error;
 pub use kv_proto::{Item, Op, Reply};

@@ -302,7 +302,8 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
     /// Sends one request and runs the event loop until its response arrives or `timeout`
     /// passes: the request's deadline is `timeout`, so it then fails with
     /// [`RpcError::DeadlineExceeded`] and leaves nothing behind. Completions of other requests
-    /// are delivered as usual.
+    /// are delivered as usual. Without [`RpcConfig::busy_poll`] it sleeps in the transport's
+    /// wait while nothing happens instead of spinning.
     pub fn call(
         &mut self,
         session: SessionId,
@@ -333,7 +334,9 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
                 self.sync_done.retain(|c| c.tag != tag);
                 return Err(RpcError::DeadlineExceeded);
             }
-            self.run_once();
+            if !self.run_once() && !self.ctx.config().busy_poll {
+                self.wait_idle(timeout);
+            }
         }
     }
 

@@ -595,7 +595,7 @@ impl Replicas {
     pub(crate) fn wants_step(&self) -> bool {
         self.shards.values().any(|s| {
             (s.node.has_ready() && s.incoming.is_none())
-                || !s.reads_waiting.is_empty()
+                || (!s.reads_waiting.is_empty() && s.node.raft.commit_to_current_term())
                 || s.incoming
                     .as_ref()
                     .is_some_and(|i| i.msg.is_some() && s.install_ops == 0)
@@ -1041,7 +1041,10 @@ impl<B: Backend> ServerState<B> {
                 stopping.extend(s.proposals.values().map(|&(_, d)| d));
                 s.proposals.clear();
             }
-            if !s.reads_waiting.is_empty() {
+            // raft-rs drops (silently) a read index asked of a leader that has not yet
+            // committed an entry of its term: the reads wait here until it has (its first
+            // entry commits one round trip after the election), or time out below.
+            if !s.reads_waiting.is_empty() && s.node.raft.commit_to_current_term() {
                 let round = c.next_round;
                 c.next_round += 1;
                 s.node.read_index(round.to_le_bytes().to_vec());
@@ -1050,6 +1053,12 @@ impl<B: Backend> ServerState<B> {
                 work = true;
             }
             let leader = s.leader();
+            if s.reads_waiting
+                .first()
+                .is_some_and(|r| now.saturating_sub(r.since) > READ_TIMEOUT_NS)
+            {
+                answers.extend(s.reads_waiting.drain(..).map(|r| (r.dest, leader)));
+            }
             s.reads_asked.retain(|_, reads| {
                 let stale = reads
                     .first()
