@@ -67,6 +67,9 @@ pub struct ServerFacts {
     /// Whether a write is on stable storage before it is acknowledged (the engine's sync
     /// mode); otherwise it is in the OS page cache.
     pub sync_writes: bool,
+    /// The Redis `appendfsync` setting whose promise the engine's durability mode keeps
+    /// (`always`, `everysec` or `no`), for CONFIG GET.
+    pub appendfsync: &'static str,
     /// The engine's I/O backend (`io_uring`, `pread/pwrite`, ...).
     pub io_backend: String,
     /// Most RESP connections at once.
@@ -85,6 +88,7 @@ impl Default for ServerFacts {
             process_id: std::process::id(),
             data_dir: String::new(),
             sync_writes: false,
+            appendfsync: "no",
             io_backend: String::new(),
             max_clients: 10_000,
             idle_timeout_secs: 0,

@@ -158,10 +158,7 @@ pub(crate) fn config_params(config: &Config) -> Vec<(&'static str, String)> {
     vec![
         ("save", String::new()),
         ("appendonly", "yes".into()),
-        (
-            "appendfsync",
-            if f.sync_writes { "always" } else { "no" }.into(),
-        ),
+        ("appendfsync", f.appendfsync.into()),
         ("databases", "1".into()),
         ("port", f.tcp_port.to_string()),
         ("dir", f.data_dir.clone()),

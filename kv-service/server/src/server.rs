@@ -173,6 +173,13 @@ impl Server {
                 threads: w,
                 data_dir: cfg.data_dir.display().to_string(),
                 sync_writes: cfg.durability == engine::Durability::Sync,
+                // Page: in place with O_DIRECT, no fsync (survives a process crash, as
+                // Redis's `no` does); periodic: flushed within the interval, as `everysec`.
+                appendfsync: match cfg.durability {
+                    engine::Durability::Sync => "always",
+                    engine::Durability::Periodic { .. } => "everysec",
+                    engine::Durability::Page => "no",
+                },
                 io_backend: backend.to_string(),
                 ..kv_resp::ServerFacts::default()
             };

@@ -244,6 +244,11 @@ fn redis_cli_one_shot_commands() {
     }
     assert_eq!(one(&["CONFIG", "GET", "save"]), "save\n\n");
     assert_eq!(one(&["CONFIG", "GET", "appendonly"]), "appendonly\nyes\n");
+    // The default durability, periodic, keeps Redis's everysec promise.
+    assert_eq!(
+        one(&["CONFIG", "GET", "appendfsync"]),
+        "appendfsync\neverysec\n"
+    );
     assert_eq!(one(&["SELECT", "0"]), "OK\n");
     assert_eq!(one(&["SELECT", "1"]), "ERR DB index is out of range\n\n");
     assert_eq!(
