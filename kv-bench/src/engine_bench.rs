@@ -180,6 +180,8 @@ struct EngineReport {
     items_per_scan: f64,
     uncached_items_per_scan: f64,
     reads_per_scan: f64,
+    /// Blocks loaded per scan (a coalesced read of neighbouring blocks is one read).
+    blocks_per_scan: f64,
     baseline: Option<BaselineReport>,
     durability: String,
     /// The run after the reorganisation (`--reorganise`).
@@ -199,6 +201,7 @@ struct ReorgReport {
     items_per_scan: f64,
     uncached_items_per_scan: f64,
     reads_per_scan: f64,
+    blocks_per_scan: f64,
 }
 
 #[derive(Serialize, Default)]
@@ -352,6 +355,7 @@ pub fn run(args: EngineArgs) -> Result<()> {
         report.uncached_items_per_scan = per_scan(sum(|s| s.scan_items_uncached));
         // All reads of the run, inserts' included: an upper bound on the scans' own reads.
         report.reads_per_scan = per_scan(reads);
+        report.blocks_per_scan = per_scan(sum(|s| s.blocks_read));
     }
     let items: u64 = after.iter().map(|s| s.items).sum();
     let index_bytes: u64 = after.iter().map(|s| s.index_bytes).sum();
@@ -476,6 +480,7 @@ fn reorganise_and_rerun(
         items_per_scan: per_scan(sum(|s| s.scan_items)),
         uncached_items_per_scan: per_scan(sum(|s| s.scan_items_uncached)),
         reads_per_scan: per_scan(sum(|s| s.reads)),
+        blocks_per_scan: per_scan(sum(|s| s.blocks_read)),
     })
 }
 
@@ -543,10 +548,11 @@ fn print_report(r: &EngineReport, json: Option<&str>) {
     if r.scans > 0 {
         say!(
             json,
-            "  scans           {:.1} items/scan, {:.1} of them uncached; {:.1} reads/scan",
+            "  scans           {:.1} items/scan, {:.1} of them uncached; {:.1} reads/scan loading {:.1} blocks",
             r.items_per_scan,
             r.uncached_items_per_scan,
-            r.reads_per_scan
+            r.reads_per_scan,
+            r.blocks_per_scan
         );
     }
     if let Some(g) = &r.reorganised {
@@ -565,10 +571,11 @@ fn print_report(r: &EngineReport, json: Option<&str>) {
         if g.items_per_scan > 0.0 {
             say!(
                 json,
-                "  scans after     {:.1} items/scan, {:.1} of them uncached; {:.1} reads/scan",
+                "  scans after     {:.1} items/scan, {:.1} of them uncached; {:.1} reads/scan loading {:.1} blocks",
                 g.items_per_scan,
                 g.uncached_items_per_scan,
-                g.reads_per_scan
+                g.reads_per_scan,
+                g.blocks_per_scan
             );
         }
         if let Some(b) = &r.baseline {

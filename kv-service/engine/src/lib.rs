@@ -175,6 +175,13 @@ pub struct EngineConfig {
     /// per item). Default 0: off; [`DEFAULT_REORG_BATCH`] is the suggested value when on.
     /// [`Worker::set_reorg_batch`] changes it on a running worker.
     pub reorg_batch: usize,
+    /// Read neighbouring blocks with one request (default true): reads queued one after
+    /// another for blocks of one class lying close together in its slab file — a scan's
+    /// missing blocks, in key order, which after the reorganisation is file order — go to the
+    /// backend as one read of up to 64 KiB (at most 2 unneeded blocks read through between
+    /// two needed ones), each block landing in the page cache as if read alone. False: one
+    /// read per block.
+    pub coalesce_reads: bool,
 }
 
 /// A suggested [`EngineConfig::reorg_batch`] (what `kv-bench engine --reorganise 64`
@@ -192,6 +199,7 @@ impl Default for EngineConfig {
             max_file_bytes: None,
             io: IoMode::Auto,
             reorg_batch: 0,
+            coalesce_reads: true,
         }
     }
 }
@@ -419,6 +427,7 @@ pub fn open_workers_with<S: Storage>(
             queue_depth: config.queue_depth,
             stage,
             reorg_batch: config.reorg_batch,
+            coalesce_reads: config.coalesce_reads,
         };
         workers.push(Worker::new(params, rec, backend));
     }

@@ -118,13 +118,14 @@ fn load(clock: &mut Clock, w: &mut Worker<SimBackend>, seed: u64) -> BTreeMap<Ve
     model
 }
 
-/// Block reads of a scan of `n` items from `start` on a cold cache (a fresh open).
+/// Blocks read by a scan of `n` items from `start` on a cold cache (a fresh open); how
+/// many requests carried them is `tests/coalesce.rs`'s concern.
 fn cold_scan_reads(disk: &SimDisk, cfg: &EngineConfig, start: usize, n: usize) -> u64 {
     let mut opened = open(disk, cfg);
     let w = &mut opened.workers[0];
     w.set_reorg_batch(0);
     let mut clock = Clock(0);
-    let before = w.stats().reads;
+    let before = w.stats().blocks_read;
     match clock.run(
         w,
         Op::Scan {
@@ -135,7 +136,7 @@ fn cold_scan_reads(disk: &SimDisk, cfg: &EngineConfig, start: usize, n: usize) -
         Reply::Items(items) => assert_eq!(items.len(), n),
         other => panic!("scan: {other:?}"),
     }
-    w.stats().reads - before
+    w.stats().blocks_read - before
 }
 
 fn check_all(clock: &mut Clock, w: &mut Worker<SimBackend>, model: &BTreeMap<Vec<u8>, Vec<u8>>) {
@@ -179,7 +180,7 @@ fn reorganised_neighbours_share_blocks_in_every_mode() {
         drop(opened);
         let scattered = cold_scan_reads(&disk, &cfg, 100, 40);
         // Shuffled: nearly every item in a block of its own.
-        assert!(scattered >= 30, "{mode}: {scattered} reads before");
+        assert!(scattered >= 30, "{mode}: {scattered} blocks before");
 
         let mut opened = open(&disk, &cfg);
         let w = &mut opened.workers[0];
@@ -203,7 +204,7 @@ fn reorganised_neighbours_share_blocks_in_every_mode() {
         // 40 neighbours in 4-item blocks: 10 blocks, 11 if the scan starts mid-block.
         assert!(
             placed <= 12,
-            "{mode}: {placed} reads after ({scattered} before)"
+            "{mode}: {placed} blocks after ({scattered} before)"
         );
         let mut opened = open(&disk, &cfg);
         assert_eq!(opened.recovery.duplicates, 0, "{mode}");

@@ -19,6 +19,17 @@
 //! space they occupy becomes reusable). Changes go on while a block's snapshot is in flight;
 //! a block has at most one write in flight.
 //!
+//! **Coalesced reads.** Reads queued one after another for blocks of one class that lie close
+//! together in its slab file (ascending, at most [`RUN_GAP`] unneeded blocks between two
+//! needed ones, at most [`RUN_BYTES`] in all) go to the backend as one read — a scan of
+//! neighbours queues its missing blocks in key order, which after the background
+//! reorganisation is file order. That read lands in a buffer of the worker's own
+//! (`run_bufs`, reused), and each needed block's bytes are copied into its cache entry, which
+//! kept its buffer and stayed `loading` meanwhile; the bytes of the blocks in between are
+//! dropped (a cached copy of such a block may be newer than the file). Each block of the read
+//! completes on its own: those the read covered whole are loaded, the others fail as a
+//! failed read of their own would.
+//!
 //! A block with I/O queued or in flight, operations waiting, or changes not yet written back
 //! is pinned in the cache. The outcome of I/O comes back as [`Event`]s for the operations'
 //! state machines.
@@ -136,8 +147,8 @@ pub(super) struct WbStats {
 
 /// What finished I/O means for an operation.
 pub(super) enum Event {
-    /// The block it waited for is usable now: run it again.
-    Retry(OpId),
+    /// The block it waited for (the key) is usable now: run it again.
+    Retry(OpId, BlockKey),
     /// The write carrying its change completed, or failed.
     Written(OpId, Result<(), Error>),
     /// The block it waited for could not be read.
@@ -147,7 +158,10 @@ pub(super) enum Event {
 /// Counters of the block I/O.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct IoStats {
+    /// Read requests submitted (a coalesced read counts once).
     pub(super) reads: u64,
+    /// Blocks loaded by those reads (a coalesced read counts each block it loads).
+    pub(super) blocks_read: u64,
     pub(super) writes: u64,
     pub(super) read_bytes: u64,
     pub(super) write_bytes: u64,
@@ -157,6 +171,26 @@ pub(super) struct IoStats {
 const SPARE_LARGE_BYTES: usize = 8 << 20;
 /// Most spare 4 KiB write buffers kept.
 const SPARE_PAGES: usize = 64;
+
+/// Most bytes one coalesced read covers (its buffer's size): 16 pages. A worker's part of a
+/// 100-item scan of 1 KiB items spans about 13 pages once reorganised.
+pub(crate) const RUN_BYTES: usize = 64 << 10;
+/// Most blocks one coalesced read loads.
+const RUN_MAX: usize = RUN_BYTES / PAGE;
+/// Most blocks not needed (cached already, or not asked for) that a coalesced read reads
+/// through between two needed ones: reading 8 KiB more in one request costs the device less
+/// than a second request.
+pub(crate) const RUN_GAP: u64 = 2;
+
+/// A coalesced read in flight: blocks `first ..` of `class`, and the cache entries it loads
+/// with their position (in blocks) from `first`. Fixed size: no allocation per read.
+#[derive(Clone, Copy)]
+struct Run {
+    class: u8,
+    first: u64,
+    n: usize,
+    entries: [(u32, u16); RUN_MAX],
+}
 
 /// The cached blocks of one worker and their I/O.
 pub(super) struct Blocks {
@@ -170,6 +204,13 @@ pub(super) struct Blocks {
     spare_large_bytes: usize,
     /// Completions reaped, and I/O that could not be issued at all.
     failed: Vec<IoCompletion>,
+    /// Coalesced reads in flight by number (the tag's); `None`: a free number.
+    runs: Vec<Option<Run>>,
+    free_runs: Vec<u32>,
+    /// Buffers of [`RUN_BYTES`] for coalesced reads, for reuse (at most `depth`).
+    run_bufs: Vec<AlignedBuf>,
+    /// Whether reads are coalesced at all.
+    coalesce: bool,
     pub(super) stats: IoStats,
     /// Staged modes: dirty blocks by the LSN of their oldest change.
     dirty: BTreeSet<(u64, u32)>,
@@ -184,7 +225,7 @@ pub(super) struct Blocks {
 }
 
 impl Blocks {
-    pub(super) fn new(cache_bytes: usize, depth: u32) -> Self {
+    pub(super) fn new(cache_bytes: usize, depth: u32, coalesce: bool) -> Self {
         Self {
             cache: PageCache::new(cache_bytes),
             states: Vec::new(),
@@ -193,6 +234,10 @@ impl Blocks {
             spare: Vec::new(),
             spare_large_bytes: 0,
             failed: Vec::new(),
+            runs: Vec::new(),
+            free_runs: Vec::new(),
+            run_bufs: Vec::new(),
+            coalesce,
             stats: IoStats::default(),
             dirty: BTreeSet::new(),
             dirty_bytes: 0,
@@ -347,13 +392,23 @@ impl Blocks {
             let Some(&(e, kind)) = self.queue.front() else {
                 break;
             };
-            self.queue.pop_front();
             let Some(key) = self.cache.key_of(e) else {
+                self.queue.pop_front();
                 continue;
             };
             let class = (key >> 56) as u8;
             let block = key & ((1 << 56) - 1);
             let block_size = Geometry::of(class).block_size;
+            if kind == IoKind::Read {
+                let n = self.run_len(class, block, block_size);
+                if n >= 2 {
+                    if !self.issue_run(backend, slabs, class, block, n) {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            self.queue.pop_front();
             let (buf, len) = match kind {
                 IoKind::Read => match self.cache.lend_buf(e) {
                     Some(b) => (b, block_size),
@@ -393,6 +448,7 @@ impl Blocks {
                 Ok(()) => match kind {
                     IoKind::Read => {
                         self.stats.reads += 1;
+                        self.stats.blocks_read += 1;
                         self.stats.read_bytes += len as u64;
                     }
                     IoKind::Write | IoKind::Sync => {
@@ -419,6 +475,200 @@ impl Blocks {
         self.issue_writeback(backend, slabs);
     }
 
+    /// How many reads at the front of the queue (the first one: block `first` of `class`,
+    /// blocks of `block_size` bytes) one coalesced read can carry: reads of blocks of the same
+    /// class following each other in the queue, each past the previous one by at most
+    /// [`RUN_GAP`] + 1 blocks, all within [`RUN_BYTES`] of the first block's start.
+    fn run_len(&self, class: u8, first: u64, block_size: usize) -> usize {
+        let span = (RUN_BYTES / block_size) as u64;
+        if span < 2 || !self.coalesce {
+            return 1;
+        }
+        let mut last = first;
+        let mut n = 1;
+        for &(e, kind) in self.queue.iter().skip(1) {
+            if kind != IoKind::Read || n >= RUN_MAX {
+                break;
+            }
+            let Some(key) = self.cache.key_of(e) else {
+                break;
+            };
+            let (c, b) = ((key >> 56) as u8, key & ((1 << 56) - 1));
+            if c != class || b <= last || b - last > RUN_GAP + 1 || b - first >= span {
+                break;
+            }
+            last = b;
+            n += 1;
+        }
+        n
+    }
+
+    /// Hands the first `n` queued reads (blocks of `class` from `first` on, as
+    /// [`Blocks::run_len`] found them) to the backend as one read. Returns false (the reads
+    /// stay queued) if the backend has no room.
+    fn issue_run<B: Backend>(
+        &mut self,
+        backend: &mut B,
+        slabs: &[Option<Slab>],
+        class: u8,
+        first: u64,
+        n: usize,
+    ) -> bool {
+        let block_size = Geometry::of(class).block_size;
+        let mut run = Run {
+            class,
+            first,
+            n: 0,
+            entries: [(0, 0); RUN_MAX],
+        };
+        let mut last = first;
+        for _ in 0..n.min(RUN_MAX) {
+            let Some((e, _)) = self.queue.pop_front() else {
+                break;
+            };
+            let block = self.cache.key_of(e).map_or(first, |k| k & ((1 << 56) - 1));
+            last = last.max(block);
+            if let Some(slot) = run.entries.get_mut(run.n) {
+                *slot = (e, u16::try_from(block - first).unwrap_or(u16::MAX));
+                run.n += 1;
+            }
+        }
+        let len = (last - first + 1) as usize * block_size;
+        let buf = self
+            .run_bufs
+            .pop()
+            .unwrap_or_else(|| AlignedBuf::zeroed(RUN_BYTES));
+        let r = match self.free_runs.pop() {
+            Some(r) => r,
+            None => {
+                self.runs.push(None);
+                u32::try_from(self.runs.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        if let Some(cell) = self.runs.get_mut(r as usize) {
+            *cell = Some(run);
+        }
+        let tag = Tag::Run.encode(r);
+        let Some(Some(slab)) = slabs.get(usize::from(class)) else {
+            // A block of a class without a file cannot be: fail it rather than hang.
+            self.failed.push(IoCompletion {
+                tag,
+                kind: IoKind::Read,
+                buf,
+                result: Err(std::io::Error::from_raw_os_error(libc::EBADF)),
+            });
+            return true;
+        };
+        let req = IoRequest {
+            kind: IoKind::Read,
+            file: slab.file(),
+            offset: first * block_size as u64,
+            len,
+            buf,
+            tag,
+        };
+        match backend.submit(req) {
+            Ok(()) => {
+                self.stats.reads += 1;
+                self.stats.blocks_read += run.n as u64;
+                self.stats.read_bytes += len as u64;
+                true
+            }
+            Err(req) => {
+                // No room after all: everything back as it was.
+                self.run_bufs.push(req.buf);
+                if let Some(cell) = self.runs.get_mut(r as usize) {
+                    *cell = None;
+                }
+                self.free_runs.push(r);
+                for &(e, _) in run.entries.get(..run.n).unwrap_or_default().iter().rev() {
+                    self.queue.push_front((e, IoKind::Read));
+                }
+                false
+            }
+        }
+    }
+
+    /// The coalesced read number `r` completed: each block it covered whole is loaded (its
+    /// bytes copied into its cache entry), each other block failed.
+    pub(super) fn on_run_complete(&mut self, r: u32, c: IoCompletion, events: &mut Vec<Event>) {
+        let run = self.runs.get_mut(r as usize).and_then(Option::take);
+        let IoCompletion { buf, result, .. } = c;
+        let Some(run) = run else {
+            tracing::error!(run = r, "the completion of an unknown coalesced read");
+            self.recycle_run_buf(buf);
+            return;
+        };
+        self.free_runs.push(r);
+        let block_size = Geometry::of(run.class).block_size;
+        let got = match &result {
+            Ok(n) => (*n).min(buf.len()),
+            Err(_) => 0,
+        };
+        for &(e, pos) in run.entries.get(..run.n).unwrap_or_default() {
+            let start = usize::from(pos) * block_size;
+            let end = start + block_size;
+            let expected = block_key(run.class, run.first + u64::from(pos));
+            if self.cache.key_of(e) != Some(expected) {
+                // A loading block stays cached (pinned) until its read completes.
+                tracing::error!(entry = e, "a block left the cache while being read");
+                continue;
+            }
+            let failure = if end <= got {
+                match (self.cache.bytes_mut(e), buf.as_slice().get(start..end)) {
+                    (Some(dst), Some(src)) if dst.len() == src.len() => {
+                        dst.copy_from_slice(src);
+                        None
+                    }
+                    _ => Some(std::io::Error::other(
+                        "a coalesced read's block does not fit",
+                    )),
+                }
+            } else {
+                Some(match &result {
+                    Err(err) => clone_io_error(err),
+                    Ok(_) => std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+                })
+            };
+            self.read_done(e, failure, events);
+        }
+        self.recycle_run_buf(buf);
+    }
+
+    fn recycle_run_buf(&mut self, buf: AlignedBuf) {
+        if buf.len() == RUN_BYTES && self.run_bufs.len() < self.depth {
+            self.run_bufs.push(buf);
+        }
+    }
+
+    /// Block `e`'s read finished (`failure`: how it failed): the operations waiting for it
+    /// get [`Event::Retry`], or [`Event::ReadFailed`] and the block leaves the cache.
+    fn read_done(&mut self, e: u32, failure: Option<std::io::Error>, events: &mut Vec<Event>) {
+        let key = self.cache.key_of(e).unwrap_or(u64::MAX);
+        let st = self.state(e);
+        st.loading = false;
+        let mut blocked = std::mem::take(&mut st.blocked);
+        match failure {
+            None => events.extend(blocked.iter().map(|&id| Event::Retry(id, key))),
+            Some(err) => {
+                self.drop_block(e);
+                for &id in &blocked {
+                    let source = clone_io_error(&err);
+                    events.push(Event::ReadFailed(id, Error::io("reading a block", source)));
+                }
+            }
+        }
+        if self.cache.key_of(e).is_some() {
+            // Still cached: give the vector's capacity back to the block.
+            let st = self.state(e);
+            if st.blocked.is_empty() {
+                blocked.clear();
+                st.blocked = blocked;
+            }
+            self.update_pin(e);
+        }
+    }
+
     /// Moves the I/O that could not be issued at all (completed with an error) to `out`.
     pub(super) fn take_failed(&mut self, out: &mut Vec<IoCompletion>) {
         out.append(&mut self.failed);
@@ -428,65 +678,43 @@ impl Blocks {
     /// write, its waiters' [`Event::Written`] first, then the blocked operations'
     /// [`Event::Retry`].
     pub(super) fn on_complete(&mut self, e: u32, c: IoCompletion, events: &mut Vec<Event>) {
+        if c.kind == IoKind::Read {
+            let failure = match &c.result {
+                Ok(n) if *n == c.buf.len() => None,
+                Ok(_) => Some(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+                Err(err) => Some(clone_io_error(err)),
+            };
+            if let Some(b) = self.cache.restore_buf(e, c.buf) {
+                self.recycle(b);
+            }
+            self.read_done(e, failure, events);
+            return;
+        }
+        let key = self.cache.key_of(e).unwrap_or(u64::MAX);
         let st = self.state(e);
-        let expected = match c.kind {
-            IoKind::Read => c.buf.len(),
-            IoKind::Write | IoKind::Sync => st.write_len,
-        };
+        let expected = st.write_len;
         let blocked = std::mem::take(&mut st.blocked);
-        let waiters = match c.kind {
-            IoKind::Read => {
-                st.loading = false;
-                Vec::new()
-            }
-            IoKind::Write | IoKind::Sync => {
-                st.write = WriteState::Idle;
-                st.write_len = 0;
-                std::mem::take(&mut st.write_waiters)
-            }
-        };
+        st.write = WriteState::Idle;
+        st.write_len = 0;
+        let waiters = std::mem::take(&mut st.write_waiters);
         let failure = match &c.result {
             Ok(n) if *n == expected => None,
             Ok(_) => Some(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
             Err(err) => Some(clone_io_error(err)),
         };
-        let error = |ctx: &'static str| {
-            let source = match &failure {
-                Some(err) => clone_io_error(err),
-                None => std::io::Error::other("no error"),
-            };
-            Error::io(ctx, source)
-        };
-        match c.kind {
-            IoKind::Read => {
-                if let Some(b) = self.cache.restore_buf(e, c.buf) {
-                    self.recycle(b);
-                }
-                if failure.is_none() {
-                    events.extend(blocked.iter().map(|&id| Event::Retry(id)));
-                } else {
-                    self.drop_block(e);
-                    for &id in &blocked {
-                        events.push(Event::ReadFailed(id, error("reading a block")));
-                    }
-                }
-            }
-            IoKind::Write | IoKind::Sync => {
-                self.recycle(c.buf);
-                if failure.is_some() {
-                    // The block's state on disk is unknown: forget it, re-read it when needed.
-                    self.drop_block(e);
-                }
-                for &id in &waiters {
-                    let r = match failure {
-                        None => Ok(()),
-                        Some(_) => Err(error("writing a block")),
-                    };
-                    events.push(Event::Written(id, r));
-                }
-                events.extend(blocked.iter().map(|&id| Event::Retry(id)));
-            }
+        self.recycle(c.buf);
+        if failure.is_some() {
+            // The block's state on disk is unknown: forget it, re-read it when needed.
+            self.drop_block(e);
         }
+        for &id in &waiters {
+            let r = match &failure {
+                None => Ok(()),
+                Some(err) => Err(Error::io("writing a block", clone_io_error(err))),
+            };
+            events.push(Event::Written(id, r));
+        }
+        events.extend(blocked.iter().map(|&id| Event::Retry(id, key)));
         if self.cache.key_of(e).is_some() {
             // Still cached: give the vectors' capacity back to the block.
             let st = self.state(e);

@@ -76,8 +76,11 @@ pub struct WorkerStats {
     pub backend: &'static str,
     /// Operations completed (gets, puts, deletes, scans; scan sub-reads not counted).
     pub ops_completed: u64,
-    /// Block reads submitted.
+    /// Block read requests submitted; a coalesced read of neighbouring blocks counts once.
     pub reads: u64,
+    /// Blocks loaded into the page cache by those reads (≥ `reads`: a coalesced read loads
+    /// several).
+    pub blocks_read: u64,
     /// Block writes submitted.
     pub writes: u64,
     /// Bytes read by block reads.
@@ -148,6 +151,8 @@ pub(crate) enum Tag {
     StageSync = 3,
     /// A slab file's sync after a writeback (number: the class).
     SlabSync = 4,
+    /// A coalesced read of neighbouring blocks (number: the read's, in `Blocks`).
+    Run = 5,
 }
 
 impl Tag {
@@ -163,6 +168,7 @@ impl Tag {
             2 => Tag::Chunk,
             3 => Tag::StageSync,
             4 => Tag::SlabSync,
+            5 => Tag::Run,
             _ => return None,
         };
         Some((kind, n))
@@ -395,6 +401,7 @@ impl<B: Backend> Core<B> {
     fn on_io(&mut self, c: IoCompletion, now_ns: u64, events: &mut Vec<Event>) {
         match Tag::decode(c.tag) {
             Some((Tag::Block, e)) => self.blocks.on_complete(e, c, events),
+            Some((Tag::Run, r)) => self.blocks.on_run_complete(r, c, events),
             Some((Tag::Writeback, i)) => self.blocks.on_writeback_done(i, c),
             Some((Tag::SlabSync, class)) => {
                 self.blocks.on_slab_sync_done(class as u8, &c);
@@ -556,6 +563,8 @@ pub(crate) struct WorkerParams {
     pub(crate) stage: Option<StageFile>,
     /// Items moved per reorganisation round; 0: off.
     pub(crate) reorg_batch: usize,
+    /// Neighbouring blocks are read with one request.
+    pub(crate) coalesce_reads: bool,
 }
 
 impl<B: Backend> Worker<B> {
@@ -570,7 +579,7 @@ impl<B: Backend> Worker<B> {
                 slabs: rec.slabs,
                 index: rec.index,
                 next_seq: rec.next_seq,
-                blocks: Blocks::new(p.cache_bytes, p.queue_depth),
+                blocks: Blocks::new(p.cache_bytes, p.queue_depth, p.coalesce_reads),
                 backend,
                 stage,
                 dir_sync_pending: false,
@@ -637,6 +646,7 @@ impl<B: Backend> Worker<B> {
             backend: c.backend.name(),
             ops_completed: self.ops_completed,
             reads: io.reads,
+            blocks_read: io.blocks_read,
             writes: io.writes,
             read_bytes: io.read_bytes,
             write_bytes: io.write_bytes,
@@ -1052,7 +1062,20 @@ impl<B: Backend> Worker<B> {
     fn handle(&mut self, mut events: Vec<Event>) {
         for ev in events.drain(..) {
             match ev {
-                Event::Retry(id) => self.runnable.push_back(id),
+                Event::Retry(id, block) => {
+                    // A scan waits for several blocks at once: it notes each one loaded and
+                    // runs once for all those loaded meanwhile.
+                    if let Some(OpEntry {
+                        op: OpState::Scan(s),
+                        ..
+                    }) = self.ops.get_mut(id)
+                    {
+                        if !s.loaded(block) {
+                            continue;
+                        }
+                    }
+                    self.runnable.push_back(id);
+                }
                 Event::Written(id, r) => self.advance(id, |op, id, core| match op {
                     OpState::Put(p) => p.written(id, core, r),
                     OpState::Delete(d) => d.written(id, core, r),

@@ -1,14 +1,17 @@
 //! A worker's part of a scan: a list of keys known in advance (from this worker's index, or
 //! chosen by the caller across workers, see [`Worker::scan_keys`](super::Worker::scan_keys)),
 //! read by one operation. Items in cached blocks are copied out at once; the blocks that miss
-//! are all queued in the same step, so they go to the backend in one submission, and each
-//! block is read once however many of the scan's items it holds. The items come back in the
-//! order of the keys.
+//! are all queued in the same step, in key order, so they go to the backend in one
+//! submission — neighbouring blocks as one coalesced read (`blocks.rs`) — and each block is
+//! read once however many of the scan's items it holds. The items come back in the order of
+//! the keys.
 //!
-//! Invariant: the scan is registered as a waiter on a block at most once at a time (`waits`
-//! counts those registrations), and it finishes only once every registration has been
-//! answered, so that no [`Event`](super::blocks::Event) for its id can arrive after its id
-//! has been reused.
+//! Invariant: the scan is registered as a waiter on a block at most once at a time
+//! (`waiting_on` lists those registrations, `waits` counts the ones not answered yet), and it
+//! finishes only once every registration has been answered, so that no
+//! [`Event`](super::blocks::Event) for its id can arrive after its id has been reused. Each
+//! answer ([`ScanOp::loaded`]) names its block, so a step looks up again only the keys whose
+//! block has arrived, and the scan runs once for all the answers of one batch of completions.
 
 use kv_proto::{Item, Reply};
 
@@ -22,12 +25,22 @@ use super::{Core, OpId, Step};
 
 /// One key of a scan.
 enum Part {
-    /// Not read yet.
-    Pending(Vec<u8>),
+    /// Not read yet; `wait`: the block it was found in last, if the scan registered on it.
+    Pending {
+        key: Vec<u8>,
+        wait: Option<BlockKey>,
+    },
     /// Read: the item.
     Found(Item),
     /// Not in the index any more (deleted since the keys were chosen).
     Gone,
+}
+
+/// A block the scan registered on.
+struct Wait {
+    block: BlockKey,
+    /// Its registration was answered: the block was loaded.
+    answered: bool,
 }
 
 /// A scan of known keys.
@@ -35,14 +48,17 @@ pub(super) struct ScanOp {
     parts: Vec<Part>,
     /// Parts still `Pending`.
     pending: usize,
-    /// Blocks the scan is registered on (waiting for their load); at most one entry per block.
-    waiting_on: Vec<BlockKey>,
-    /// Registrations not yet answered by an event.
+    /// Blocks the scan is registered on; at most one entry per block.
+    waiting_on: Vec<Wait>,
+    /// Registrations not yet answered.
     waits: usize,
-    /// The first step has run (later steps each answer one registration).
+    /// The scan is in the worker's runnable queue (it is, when it starts).
+    queued: bool,
+    /// The first step has run.
     started: bool,
     error: Option<Error>,
-    /// Items whose block was not cached when the scan first looked for it.
+    /// Items whose block was not cached (or not loaded yet) when the scan first looked for
+    /// them.
     pub(super) uncached: u64,
 }
 
@@ -51,22 +67,38 @@ impl ScanOp {
     pub(super) fn new(keys: Vec<Vec<u8>>) -> Self {
         let pending = keys.len();
         Self {
-            parts: keys.into_iter().map(Part::Pending).collect(),
+            parts: keys
+                .into_iter()
+                .map(|key| Part::Pending { key, wait: None })
+                .collect(),
             pending,
             waiting_on: Vec::new(),
             waits: 0,
+            queued: true,
             started: false,
             error: None,
             uncached: 0,
         }
     }
 
-    /// Reads what is cached, queues one read per missing block, and finishes once every key
-    /// is answered.
-    pub(super) fn step<B: Backend>(&mut self, id: OpId, core: &mut Core<B>) -> Step {
-        if self.started {
+    /// The registration on `block` was answered: the block is loaded. Returns whether the
+    /// scan must be put in the runnable queue (it is not there yet).
+    pub(super) fn loaded(&mut self, block: BlockKey) -> bool {
+        if let Some(w) = self
+            .waiting_on
+            .iter_mut()
+            .find(|w| w.block == block && !w.answered)
+        {
+            w.answered = true;
             self.waits = self.waits.saturating_sub(1);
         }
+        !std::mem::replace(&mut self.queued, true)
+    }
+
+    /// Reads what is cached or has arrived, queues one read per missing block, and finishes
+    /// once every key is answered.
+    pub(super) fn step<B: Backend>(&mut self, id: OpId, core: &mut Core<B>) -> Step {
+        self.queued = false;
         let first = !self.started;
         self.started = true;
         loop {
@@ -90,9 +122,15 @@ impl ScanOp {
 
     fn read_parts<B: Backend>(&mut self, id: OpId, core: &mut Core<B>, first: bool) {
         for part in self.parts.iter_mut() {
-            let Part::Pending(key) = part else {
+            let Part::Pending { key, wait } = part else {
                 continue;
             };
+            // Still loading: nothing to look at (its key is looked up again once it arrives).
+            if let Some(bk) = *wait {
+                if self.waiting_on.iter().any(|w| w.block == bk && !w.answered) {
+                    continue;
+                }
+            }
             let Some(loc) = core.index.get(key) else {
                 *part = Part::Gone;
                 self.pending -= 1;
@@ -100,23 +138,27 @@ impl ScanOp {
             };
             let (block, _) = Geometry::of(loc.class).locate(loc.slot);
             let bk = block_key(loc.class, block);
-            let entry = if self.waiting_on.contains(&bk) {
-                // Already registered: usable only if its load has completed meanwhile.
-                core.blocks.loaded(loc.class, block)
-            } else {
-                match core.blocks.acquire(loc.class, block, id, false, false) {
+            let entry = match self.waiting_on.iter().find(|w| w.block == bk) {
+                // Registered and loaded: usable unless evicted again meanwhile.
+                Some(w) if w.answered => core.blocks.loaded(loc.class, block),
+                Some(_) => None,
+                None => match core.blocks.acquire(loc.class, block, id, false, false) {
                     Some(e) => Some(e),
                     None => {
-                        self.waiting_on.push(bk);
+                        self.waiting_on.push(Wait {
+                            block: bk,
+                            answered: false,
+                        });
                         self.waits += 1;
-                        if first {
-                            self.uncached += 1;
-                        }
                         None
                     }
-                }
+                },
             };
             let Some(e) = entry else {
+                if first {
+                    self.uncached += 1;
+                }
+                *wait = Some(bk);
                 continue;
             };
             let value = match core.blocks.slot(e, loc).map(record::decode) {
@@ -138,7 +180,7 @@ impl ScanOp {
             .into_iter()
             .filter_map(|p| match p {
                 Part::Found(item) => Some(item),
-                Part::Pending(_) | Part::Gone => None,
+                Part::Pending { .. } | Part::Gone => None,
             })
             .collect()
     }
