@@ -16,6 +16,8 @@
 use crate::index::Location;
 use crate::slab::Geometry;
 
+use super::blocks::RUN_GAP;
+
 /// The reorganisation state of one worker.
 #[derive(Debug, Default)]
 pub(super) struct Reorg {
@@ -72,11 +74,20 @@ impl Reorg {
 /// at most one block's worth, to share one fresh block) and how many entries of `locs` the
 /// round has dealt with (the next round starts at the first one not dealt with).
 ///
-/// A run is a maximal sequence of consecutive keys in one block. Runs of at least half a
-/// block (at least 2 items) are in place; the keys of shorter runs between them are moved,
-/// in groups of a block, if there are at least half a block of them in a row (one scattered
-/// key among placed neighbours costs a scan at most one extra block read, while moving it
-/// would cost a block of space). At most `batch` items are chosen.
+/// A *run* is a maximal sequence of consecutive keys in one block; a *stretch* is a maximal
+/// sequence of consecutive keys of one class, each in the block of the one before or a
+/// little past it in the file (at most [`RUN_GAP`] blocks between), which one coalesced read
+/// loads. Keys are in place in a stretch of at least a block's worth of items (at least 2)
+/// whose blocks are on average at least half full; the others are scattered, and are moved,
+/// in groups of a block, if there are at least a block's worth of them in a row — so what is
+/// moved is in place afterwards, and a pass after it moves nothing. A few scattered keys
+/// among placed neighbours are left: they cost a scan an extra read or two, while moving
+/// them would leave a fresh block mostly empty. At most `batch` items are chosen.
+///
+/// Judging by runs alone (two neighbours sharing a block being in place) would leave a
+/// layout of half-full blocks spread over the file — what passes during a load make, as
+/// keys arrive between neighbours already moved — where a scan reads a block per two items,
+/// each with a read of its own.
 pub(super) fn plan(
     locs: &[Location],
     complete: bool,
@@ -120,7 +131,17 @@ pub(super) fn plan(
             break;
         }
         let spb = g.slots_per_block;
-        let scattered = spb > 1 && j - i < threshold(spb);
+        let (stretch_end, blocks) = stretch(locs, i);
+        let keys = stretch_end - i;
+        let placed = spb == 1 || (keys >= threshold(spb) && keys * 2 >= blocks * spb);
+        if placed {
+            if stretch_end == locs.len() && !complete && i > 0 {
+                // It may go on past what was listed: the next round starts with it.
+                break;
+            }
+            j = stretch_end;
+        }
+        let scattered = !placed;
         match pending {
             Some((s, c)) if scattered && c == first.class => {
                 // Stop at a block's multiple once the round has enough.
@@ -152,9 +173,30 @@ pub(super) fn plan(
     (groups, i)
 }
 
-/// Neighbours in one block from which a run counts as in place.
+/// The end of the stretch starting at `locs[i]` (see [`plan`]) and how many blocks hold its
+/// keys.
+fn stretch(locs: &[Location], i: usize) -> (usize, usize) {
+    let Some(&first) = locs.get(i) else {
+        return (i, 0);
+    };
+    let g = Geometry::of(first.class);
+    let mut last = g.locate(first.slot).0;
+    let (mut j, mut blocks) = (i + 1, 1);
+    while let Some(l) = locs.get(j) {
+        let b = g.locate(l.slot).0;
+        if l.class != first.class || b < last || b - last > RUN_GAP + 1 {
+            break;
+        }
+        blocks += usize::from(b != last);
+        last = b;
+        j += 1;
+    }
+    (j, blocks)
+}
+
+/// Keys in a row from which a stretch is in place, and scattered ones are moved.
 fn threshold(slots_per_block: usize) -> usize {
-    slots_per_block.div_ceil(2).max(2)
+    slots_per_block.max(2)
 }
 
 #[cfg(test)]
@@ -192,8 +234,26 @@ mod tests {
     }
 
     #[test]
+    fn half_full_blocks_spread_over_the_file_are_moved_and_adjacent_ones_left() {
+        // Pairs of neighbours in blocks 0, 10, 20, ...: a read per pair, so scattered.
+        let spread: Vec<Location> = (0..16).map(|i| at((i / 2) * 40 + i % 2)).collect();
+        let (groups, done) = plan(&spread, true, 64);
+        assert_eq!(groups, vec![0..4, 4..8, 8..12, 12..16]);
+        assert_eq!(done, 16);
+        // Full blocks with gaps of two between them: one stretch (one read), in place.
+        let adjacent: Vec<Location> = (0..16).map(|i| at((i / 4) * 12 + i % 4)).collect();
+        let (groups, done) = plan(&adjacent, true, 64);
+        assert!(groups.is_empty());
+        assert_eq!(done, 16);
+        // What a round moved (fresh blocks in a row) is in place for the next pass.
+        let moved: Vec<Location> = (0..16).map(|i| at(400 + i)).collect();
+        assert!(plan(&moved, true, 64).0.is_empty());
+    }
+
+    #[test]
     fn a_round_stops_at_its_batch_and_an_unfinished_listing_is_resumed() {
-        let locs: Vec<Location> = (0..20).map(|i| at(i * 4)).collect();
+        // One key every fifth block: nothing shares a block or a read.
+        let locs: Vec<Location> = (0..20).map(|i| at(i * 20)).collect();
         let (groups, done) = plan(&locs, true, 8);
         assert_eq!(groups, vec![0..4, 4..8]);
         assert_eq!(done, 8);
