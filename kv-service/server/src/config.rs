@@ -98,6 +98,12 @@ pub struct ServerConfig {
     /// When an acknowledged write is durable (`docs/STORAGE.md`, Durability). Default
     /// [`Durability::Periodic`] with a 1 s flush interval.
     pub durability: Durability,
+    /// Background reorganisation of each thread's engine worker
+    /// ([`EngineConfig::reorg_batch`](kv_engine::EngineConfig::reorg_batch),
+    /// `docs/STORAGE.md`): items moved next to their index neighbours per round, a round
+    /// running only while the thread's worker has no client operation outstanding. Default
+    /// 0: off.
+    pub reorg_batch: usize,
     /// Idle behaviour. Default: spin 100 ms, then sleep.
     pub idle: IdleMode,
     /// Longest the shutdown waits for in-flight requests. Default 10 s.
@@ -127,6 +133,7 @@ impl Default for ServerConfig {
             threads: 2,
             cache_bytes: 64 << 20,
             durability: Durability::default(),
+            reorg_batch: 0,
             idle: IdleMode::default(),
             drain_timeout: Duration::from_secs(10),
             udp_gro: true,

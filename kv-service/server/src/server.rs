@@ -144,6 +144,7 @@ impl Server {
             workers: w,
             cache_bytes: cfg.cache_bytes,
             durability: cfg.durability,
+            reorg_batch: cfg.reorg_batch,
             ..EngineConfig::default()
         };
         let opened =

@@ -244,11 +244,13 @@ impl<T: Transport, B: Backend> ServerThread<T, B> {
         self.phase
     }
 
-    /// Whether the thread has work that needs no outside event: engine I/O in flight or mail
-    /// from a sibling. (A simulation must keep stepping rather than move time on.)
+    /// Whether the thread has work that needs no outside event: engine I/O in flight, a
+    /// background reorganisation round to start, or mail from a sibling. (A simulation must
+    /// keep stepping rather than move time on.)
     pub fn busy(&self) -> bool {
         let st = self.rpc.state();
         st.worker.io_in_flight() > 0
+            || st.worker.reorg_busy()
             || st.post.has_mail()
             || !st.resp.done.is_empty()
             || self.resp.as_ref().is_some_and(RespFront::busy)
