@@ -93,6 +93,21 @@ pub(super) fn plan(
     complete: bool,
     batch: usize,
 ) -> (Vec<std::ops::Range<usize>>, usize) {
+    let (groups, dealt) = plan_round(locs, complete, batch);
+    if groups.is_empty() && dealt == 0 && !locs.is_empty() {
+        // A round that neither moves nor advances would be repeated forever (a scattered
+        // row that fills the listing without reaching a multiple of a block at the batch):
+        // go on past the first key.
+        return (groups, 1);
+    }
+    (groups, dealt)
+}
+
+fn plan_round(
+    locs: &[Location],
+    complete: bool,
+    batch: usize,
+) -> (Vec<std::ops::Range<usize>>, usize) {
     let mut groups = Vec::new();
     let mut chosen = 0usize;
     // Scattered keys in a row not yet grouped: [start, i) of one class.
@@ -136,8 +151,12 @@ pub(super) fn plan(
         let placed = spb == 1 || (keys >= threshold(spb) && keys * 2 >= blocks * spb);
         if placed {
             if stretch_end == locs.len() && !complete && i > 0 {
-                // It may go on past what was listed: the next round starts with it.
-                break;
+                // It may go on past what was listed: the next round starts with it. The
+                // scattered keys before it end here.
+                if let Some((s, c)) = pending {
+                    flush(&mut groups, &mut chosen, s, i, c);
+                }
+                return (groups, i);
             }
             j = stretch_end;
         }
@@ -163,7 +182,9 @@ pub(super) fn plan(
         i = j;
     }
     if let Some((s, c)) = pending {
-        if i == locs.len() && complete {
+        if (i == locs.len() && complete) || s == 0 {
+            // The end of the index; or the row fills the whole listing (the next round
+            // would start where this one did): move what was listed.
             flush(&mut groups, &mut chosen, s, i, c);
         } else {
             // The scattered keys in a row may go on: the next round starts with them.
@@ -257,10 +278,41 @@ mod tests {
         let (groups, done) = plan(&locs, true, 8);
         assert_eq!(groups, vec![0..4, 4..8]);
         assert_eq!(done, 8);
-        // Not the end of the index: scattered keys at the end wait for the next round.
-        let (groups, done) = plan(&locs[..3], false, 64);
+        // Not the end of the index: scattered keys at the end wait for the next round...
+        let mut placed: Vec<Location> = (0..4).map(|i| at(2000 + i)).collect();
+        placed.extend_from_slice(&locs[..9]);
+        let (groups, done) = plan(&placed, false, 64);
         assert!(groups.is_empty());
-        assert_eq!(done, 0);
+        assert_eq!(done, 4);
+        // ... unless they are all the round listed: then they are moved.
+        let (groups, done) = plan(&locs[..9], false, 64);
+        // (The last key may have neighbours past the listing: it waits.)
+        assert_eq!(groups, vec![0..4, 4..8]);
+        assert_eq!(done, 8);
+    }
+
+    #[test]
+    fn every_round_moves_something_or_goes_on() {
+        // Scattered keys, then a stretch in place that reaches the end of the listing.
+        let mut locs: Vec<Location> = (0..6).map(|i| at(i * 40)).collect();
+        locs.extend((0..8).map(|i| at(1000 + i)));
+        let (groups, done) = plan(&locs, false, 64);
+        assert_eq!(groups, vec![0..4, 4..6]);
+        assert_eq!(done, 6);
+        // A scattered row of 1-, 2- and 3-item runs filling the listing, never at a
+        // multiple of a block when past the batch.
+        let mut odd = Vec::new();
+        for r in 0..30u32 {
+            for k in 0..(1 + r % 3) {
+                odd.push(at(r * 40 + k));
+            }
+        }
+        let (groups, done) = plan(&odd, false, 4);
+        assert!(!groups.is_empty() || done > 0);
+        for n in 1..odd.len() {
+            let (groups, done) = plan(&odd[..n], false, 64);
+            assert!(!groups.is_empty() || done > 0, "{n} keys");
+        }
     }
 
     #[test]
