@@ -342,17 +342,21 @@ impl Sim {
 
     /// Restores every link to the default faults.
     fn heal(&mut self) {
-        let d = LinkFaults {
+        self.links_everywhere(LinkFaults {
             drop: 0.01,
             duplicate: 0.01,
             delay_ns: 20_000,
             reorder_ns: 50_000,
-        };
+        });
+    }
+
+    /// Sets `f` on every link between two endpoints of the cluster.
+    fn links_everywhere(&mut self, f: LinkFaults) {
         let all = self.all_transports();
         for &a in &all {
             for &b in &all {
                 if a != b {
-                    self.fabric.set_link_faults(a, b, d);
+                    self.fabric.set_link_faults(a, b, f);
                 }
             }
         }
@@ -885,14 +889,7 @@ fn run(seed: u64) {
                     reorder_ns: 500_000,
                 };
                 sim.fabric.set_default_faults(lossy);
-                let all = sim.all_transports();
-                for &a in &all {
-                    for &b in &all {
-                        if a != b {
-                            sim.fabric.set_link_faults(a, b, lossy);
-                        }
-                    }
-                }
+                sim.links_everywhere(lossy);
                 sim.run_for(1_000 * MS);
                 sim.fabric.set_default_faults(LinkFaults {
                     drop: 0.01,
@@ -1099,14 +1096,7 @@ fn with_stable_leaders_and_light_loss_no_attempt_times_out() {
                 reorder_ns: 500_000,
             };
             sim.fabric.set_default_faults(lossy);
-            let all = sim.all_transports();
-            for &a in &all {
-                for &b in &all {
-                    if a != b {
-                        sim.fabric.set_link_faults(a, b, lossy);
-                    }
-                }
-            }
+            sim.links_everywhere(lossy);
         }
         let before = leader_terms(&sim);
         assert_eq!(
