@@ -34,6 +34,12 @@ struct Entry {
     size: usize,
     /// Never evicted while set.
     pinned: bool,
+    /// A read is filling the buffer (or has it on loan): the bytes are not the block's yet.
+    loading: bool,
+    /// Bit `i`: the record in slot `i` of the block passed its checksum and the slot's bytes
+    /// have not changed since (slots past 64 are never marked). Cleared whenever the bytes
+    /// may change, so a set bit lets a cached read skip the checksum.
+    verified: u64,
     /// The number of the push that last put it at the front.
     pushed: u64,
     prev: u32,
@@ -124,10 +130,60 @@ impl PageCache {
     pub(crate) fn touch(&mut self, idx: u32) {
         self.hits += 1;
         let Some(e) = self.entry(idx) else { return };
-        let front_quarter = (self.map.len() / 4) as u64;
-        if self.pushes - e.pushed > front_quarter {
+        if self.behind_front_quarter(e) {
             self.unlink(idx);
             self.push_front(idx);
+        }
+    }
+
+    fn behind_front_quarter(&self, e: &Entry) -> bool {
+        self.pushes - e.pushed > (self.map.len() / 4) as u64
+    }
+
+    /// A hit of a block that is cached and not loading (as [`PageCache::find`] then
+    /// [`PageCache::touch`], reading the entry once); `None` changes nothing.
+    pub(crate) fn hit_loaded(&mut self, key: BlockKey) -> Option<u32> {
+        let idx = *self.map.get(&key)?;
+        let e = self.entry(idx)?;
+        if e.loading {
+            return None;
+        }
+        let relink = self.behind_front_quarter(e);
+        self.hits += 1;
+        if relink {
+            self.unlink(idx);
+            self.push_front(idx);
+        }
+        Some(idx)
+    }
+
+    /// Whether entry `idx` is loading (see [`PageCache::set_loading`]).
+    pub(crate) fn loading(&self, idx: u32) -> bool {
+        self.entry(idx).is_some_and(|e| e.loading)
+    }
+
+    /// Marks entry `idx` as being filled by a read (`true`) or holding the block's bytes.
+    pub(crate) fn set_loading(&mut self, idx: u32, loading: bool) {
+        if let Some(e) = self.entry_mut(idx) {
+            e.loading = loading;
+            e.verified = 0;
+        }
+    }
+
+    /// Whether slot `slot` of entry `idx` is marked verified (see [`Entry::verified`]).
+    pub(crate) fn slot_verified(&self, idx: u32, slot: usize) -> bool {
+        slot < 64
+            && self
+                .entry(idx)
+                .is_some_and(|e| e.verified & (1 << slot) != 0)
+    }
+
+    /// Marks slot `slot` of entry `idx` verified: its record passed its checksum.
+    pub(crate) fn set_slot_verified(&mut self, idx: u32, slot: usize) {
+        if slot < 64 {
+            if let Some(e) = self.entry_mut(idx) {
+                e.verified |= 1 << slot;
+            }
         }
     }
 
@@ -154,9 +210,21 @@ impl PageCache {
         Some(self.entry(idx)?.buf.as_slice())
     }
 
-    /// The bytes of entry `idx`, mutably.
+    /// The bytes of entry `idx`, mutably (every slot loses its verified mark).
     pub(crate) fn bytes_mut(&mut self, idx: u32) -> Option<&mut [u8]> {
-        Some(self.entry_mut(idx)?.buf.as_mut_slice())
+        let e = self.entry_mut(idx)?;
+        e.verified = 0;
+        Some(e.buf.as_mut_slice())
+    }
+
+    /// The bytes of entry `idx`, mutably, to change slot `slot` only (that slot loses its
+    /// verified mark; the caller writes nothing outside it).
+    pub(crate) fn slot_bytes_mut(&mut self, idx: u32, slot: usize) -> Option<&mut [u8]> {
+        let e = self.entry_mut(idx)?;
+        if slot < 64 {
+            e.verified &= !(1 << slot);
+        }
+        Some(e.buf.as_mut_slice())
     }
 
     /// Pins (never evicted) or unpins entry `idx`.
@@ -170,6 +238,7 @@ impl PageCache {
     /// back with [`PageCache::restore_buf`].
     pub(crate) fn lend_buf(&mut self, idx: u32) -> Option<AlignedBuf> {
         let e = self.entry_mut(idx)?;
+        e.verified = 0;
         Some(std::mem::replace(&mut e.buf, AlignedBuf::empty()))
     }
 
@@ -179,6 +248,7 @@ impl PageCache {
         match self.entry_mut(idx) {
             Some(e) => {
                 e.buf = buf;
+                e.verified = 0;
                 None
             }
             None => Some(buf),
@@ -225,6 +295,8 @@ impl PageCache {
             buf,
             size,
             pinned: false,
+            loading: false,
+            verified: 0,
             pushed: 0,
             prev: NIL,
             next: NIL,
@@ -401,6 +473,76 @@ mod tests {
                 proptest::prop_assert_eq!(n, c.map.len());
             }
         }
+    }
+
+    #[test]
+    fn a_loading_block_is_not_a_hit() {
+        let mut c = PageCache::new(4 * 4096);
+        let a = c.insert(block_key(0, 1), 4096);
+        c.set_loading(a, true);
+        let hits = c.hits;
+        assert_eq!(
+            c.hit_loaded(block_key(0, 1)),
+            None,
+            "its bytes are not the block's yet"
+        );
+        assert_eq!(c.hits, hits, "a refused hit counts nothing");
+        c.set_loading(a, false);
+        assert_eq!(c.hit_loaded(block_key(0, 1)), Some(a));
+        assert_eq!(c.hits, hits + 1);
+        assert_eq!(c.hit_loaded(block_key(0, 2)), None, "not cached");
+    }
+
+    #[test]
+    fn verified_marks_go_whenever_the_bytes_may_change() {
+        let mut c = PageCache::new(4 * 4096);
+        let a = c.insert(block_key(0, 1), 4096);
+        assert!(!c.slot_verified(a, 0), "a new entry has no verified slot");
+        let mark = |c: &mut PageCache| {
+            for s in [0, 3, 63] {
+                c.set_slot_verified(a, s);
+            }
+        };
+        mark(&mut c);
+        assert!(c.slot_verified(a, 0) && c.slot_verified(a, 3) && c.slot_verified(a, 63));
+        c.set_slot_verified(a, 64);
+        assert!(!c.slot_verified(a, 64), "slots past 64 are never marked");
+
+        let _ = c.slot_bytes_mut(a, 3);
+        assert!(!c.slot_verified(a, 3), "the changed slot loses its mark");
+        assert!(
+            c.slot_verified(a, 0) && c.slot_verified(a, 63),
+            "the others keep theirs"
+        );
+
+        let _ = c.bytes_mut(a);
+        assert!(
+            !c.slot_verified(a, 0) && !c.slot_verified(a, 63),
+            "the whole block may change"
+        );
+
+        mark(&mut c);
+        c.set_loading(a, true);
+        assert!(!c.slot_verified(a, 0), "a read refills the buffer");
+
+        mark(&mut c);
+        let buf = c.lend_buf(a);
+        assert!(
+            !c.slot_verified(a, 0),
+            "a lent buffer may come back with other bytes"
+        );
+        mark(&mut c);
+        if let Some(buf) = buf {
+            assert!(c.restore_buf(a, buf).is_none());
+        }
+        assert!(!c.slot_verified(a, 0) && !c.slot_verified(a, 63));
+
+        c.invalidate(a);
+        let b = c.insert(block_key(0, 1), 4096);
+        assert!(
+            !c.slot_verified(b, 0),
+            "a re-inserted block starts unverified"
+        );
     }
 
     #[test]

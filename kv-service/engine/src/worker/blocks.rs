@@ -1,8 +1,8 @@
 //! Block I/O: the page cache's blocks and the I/O that loads and writes them.
 //!
-//! Per cached block (indexed like the cache's entries; the cache itself knows only whether an
-//! entry is pinned):
-//! - `loading`: a read is in flight (the cache lent its buffer to the backend); operations that
+//! Per cached block (indexed like the cache's entries; the cache itself knows whether an entry
+//! is pinned and whether it is loading, the two facts a cached read and an eviction need):
+//! - loading: a read is in flight (the cache lent its buffer to the backend); operations that
 //!   need the block wait in `blocked`, so concurrent misses on one block cause one read;
 //! - `write`: `Queued` (a write waits for room in the backend's queue: further changes join
 //!   it, so writes to one block coalesce) or `InFlight` (a copy of the block is being written:
@@ -40,6 +40,7 @@ use crate::backend::{AlignedBuf, Backend, IoCompletion, IoKind, IoRequest};
 use crate::error::Error;
 use crate::index::Location;
 use crate::pagecache::{block_key, BlockKey, PageCache};
+use crate::record;
 use crate::slab::{Geometry, Slab, PAGE};
 
 use super::{OpId, Tag};
@@ -56,7 +57,6 @@ enum WriteState {
 /// The I/O state of one cached block (indexed like the cache's entries).
 #[derive(Default)]
 struct BlockState {
-    loading: bool,
     write: WriteState,
     /// Bytes from the block's start that the queued / in-flight write covers.
     write_len: usize,
@@ -74,9 +74,9 @@ struct BlockState {
 }
 
 impl BlockState {
+    /// Busy for a reason other than loading (the cache holds that flag).
     fn busy(&self) -> bool {
-        self.loading
-            || self.write != WriteState::Idle
+        self.write != WriteState::Idle
             || !self.blocked.is_empty()
             || !self.write_waiters.is_empty()
             || self.dirty.is_some()
@@ -85,7 +85,6 @@ impl BlockState {
     }
 
     fn clear(&mut self) {
-        self.loading = false;
         self.write = WriteState::Idle;
         self.write_len = 0;
         self.write_waiters.clear();
@@ -263,7 +262,7 @@ impl Blocks {
 
     /// Pins the block in the cache exactly while it has I/O or waiters.
     fn update_pin(&mut self, e: u32) {
-        let busy = self.state(e).busy();
+        let busy = self.cache.loading(e) || self.state(e).busy();
         self.cache.set_pinned(e, busy);
     }
 
@@ -281,12 +280,12 @@ impl Blocks {
     ) -> Option<u32> {
         let key = block_key(class, block);
         if let Some(e) = self.cache.lookup(key) {
+            let loading = self.cache.loading(e);
             let st = self.state(e);
             // A reader needs the block loaded, nothing more: it reads the block as the last
             // change applied to it left it (that change's write may still be in flight).
             // Changes queue behind an in-flight write and behind each other.
-            if st.loading || (write && (st.write == WriteState::InFlight || !st.blocked.is_empty()))
-            {
+            if loading || (write && (st.write == WriteState::InFlight || !st.blocked.is_empty())) {
                 st.blocked.push_back(id);
                 self.update_pin(e);
                 return None;
@@ -295,6 +294,7 @@ impl Blocks {
         }
         let size = Geometry::of(class).block_size;
         let e = self.cache.insert(key, size);
+        self.cache.set_loading(e, false);
         self.state(e).clear();
         if fresh {
             if let Some(b) = self.cache.bytes_mut(e) {
@@ -302,8 +302,8 @@ impl Blocks {
             }
             return Some(e);
         }
+        self.cache.set_loading(e, true);
         let st = self.state(e);
-        st.loading = true;
         st.blocked.push_back(id);
         self.queue.push_back((e, IoKind::Read));
         self.update_pin(e);
@@ -314,19 +314,14 @@ impl Blocks {
     /// and the block becomes the most recently used); `None` changes nothing (the operation
     /// that follows counts the miss).
     pub(super) fn loaded_lookup(&mut self, class: u8, block: u64) -> Option<u32> {
-        let e = self.cache.find(block_key(class, block))?;
-        if self.state(e).loading {
-            return None;
-        }
-        self.cache.touch(e);
-        Some(e)
+        self.cache.hit_loaded(block_key(class, block))
     }
 
     /// Block `block` of `class` if it is cached and loaded, for an operation already queued
     /// on it (no new registration; no hit counted twice).
     pub(super) fn loaded(&mut self, class: u8, block: u64) -> Option<u32> {
         let e = self.cache.find(block_key(class, block))?;
-        (!self.state(e).loading).then_some(e)
+        (!self.cache.loading(e)).then_some(e)
     }
 
     /// The bytes of the slot `loc` inside cached block `e`.
@@ -340,7 +335,28 @@ impl Blocks {
     pub(super) fn slot_mut(&mut self, e: u32, loc: Location) -> Option<&mut [u8]> {
         let g = Geometry::of(loc.class);
         let (_, off) = g.locate(loc.slot);
-        self.cache.bytes_mut(e)?.get_mut(off..off + g.slot_size)
+        self.cache
+            .slot_bytes_mut(e, off / g.slot_size)?
+            .get_mut(off..off + g.slot_size)
+    }
+
+    /// The record in slot `loc` of cached block `e`, decoded; its checksum is verified
+    /// unless it passed since the slot last changed (a record the engine encoded, or read
+    /// and verified, is not checked again on every cached read).
+    pub(super) fn decode_slot(&mut self, e: u32, loc: Location) -> Option<record::Slot<'_>> {
+        let g = Geometry::of(loc.class);
+        let (_, off) = g.locate(loc.slot);
+        let n = off / g.slot_size;
+        let verified = self.cache.slot_verified(e, n);
+        if !verified {
+            let bytes = self.cache.bytes(e)?.get(off..off + g.slot_size)?;
+            if matches!(record::decode(bytes), record::Slot::Corrupt) {
+                return Some(record::Slot::Corrupt);
+            }
+            self.cache.set_slot_verified(e, n);
+        }
+        let bytes = self.cache.bytes(e)?.get(off..off + g.slot_size)?;
+        Some(record::decode_verified(bytes))
     }
 
     /// Queues (or joins) the write of block `e` so that it covers the slot `loc`'s first
@@ -645,8 +661,8 @@ impl Blocks {
     /// get [`Event::Retry`], or [`Event::ReadFailed`] and the block leaves the cache.
     fn read_done(&mut self, e: u32, failure: Option<std::io::Error>, events: &mut Vec<Event>) {
         let key = self.cache.key_of(e).unwrap_or(u64::MAX);
+        self.cache.set_loading(e, false);
         let st = self.state(e);
-        st.loading = false;
         let mut blocked = std::mem::take(&mut st.blocked);
         match failure {
             None => events.extend(blocked.iter().map(|&id| Event::Retry(id, key))),
@@ -1129,5 +1145,62 @@ fn clone_io_error(e: &std::io::Error) -> std::io::Error {
     match e.raw_os_error() {
         Some(code) => std::io::Error::from_raw_os_error(code),
         None => std::io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Class 0 (100-byte slots): slots 0..40 share block 0.
+    fn loc(slot: u32) -> Location {
+        Location { class: 0, slot }
+    }
+
+    fn write(b: &mut Blocks, e: u32, slot: u32, value: &[u8]) {
+        let bytes = b.slot_mut(e, loc(slot));
+        assert!(bytes.is_some());
+        if let Some(bytes) = bytes {
+            assert!(record::encode_live(bytes, 1, b"k", value).is_some());
+        }
+    }
+
+    #[test]
+    fn a_cached_read_checks_a_slot_again_after_it_changes() {
+        let mut b = Blocks::new(1 << 20, 8, false);
+        let e = b.acquire(0, 0, 1, true, true);
+        assert!(e.is_some(), "a fresh block needs no read");
+        let Some(e) = e else { return };
+        write(&mut b, e, 2, b"one");
+        write(&mut b, e, 3, b"two");
+        for _ in 0..2 {
+            assert!(matches!(
+                b.decode_slot(e, loc(2)),
+                Some(record::Slot::Live { value: b"one", .. })
+            ));
+        }
+        // A change the checksum does not cover (as a bit flipped in memory or a torn copy
+        // would leave): the slot is checked again, its neighbour keeps its mark.
+        if let Some(bytes) = b.slot_mut(e, loc(2)) {
+            if let Some(v) = bytes.get_mut(record::HEADER_LEN + 1) {
+                *v ^= 0x20;
+            }
+        }
+        assert!(matches!(
+            b.decode_slot(e, loc(2)),
+            Some(record::Slot::Corrupt)
+        ));
+        assert!(matches!(
+            b.decode_slot(e, loc(3)),
+            Some(record::Slot::Live { value: b"two", .. })
+        ));
+        write(&mut b, e, 2, b"three");
+        assert!(matches!(
+            b.decode_slot(e, loc(2)),
+            Some(record::Slot::Live {
+                value: b"three",
+                ..
+            })
+        ));
     }
 }

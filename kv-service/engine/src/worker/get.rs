@@ -4,7 +4,7 @@ use kv_proto::Reply;
 
 use crate::backend::Backend;
 use crate::error::Error;
-use crate::record::{self, Slot};
+use crate::record::Slot;
 use crate::slab::Geometry;
 
 use super::{Core, OpId, Step};
@@ -30,7 +30,7 @@ pub(super) fn get_cached<'a, B: Backend>(core: &'a mut Core<B>, key: &[u8]) -> C
     let Some(e) = core.blocks.loaded_lookup(loc.class, block) else {
         return CachedGet::Miss;
     };
-    match core.blocks.slot(e, loc).map(record::decode) {
+    match core.blocks.decode_slot(e, loc) {
         Some(Slot::Live { key: k, value, .. }) if k == key => CachedGet::Value(value),
         // The slow path reports the corruption.
         _ => CachedGet::Miss,
@@ -54,7 +54,7 @@ impl GetOp {
         let Some(e) = core.blocks.acquire(loc.class, block, id, false, false) else {
             return Step::Wait;
         };
-        match core.blocks.slot(e, loc).map(record::decode) {
+        match core.blocks.decode_slot(e, loc) {
             Some(Slot::Live { key, value, .. }) if key == self.key.as_slice() => {
                 Step::Done(Ok(Reply::Value(value.to_vec())))
             }

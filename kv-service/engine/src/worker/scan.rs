@@ -18,7 +18,7 @@ use kv_proto::{Item, Reply};
 use crate::backend::Backend;
 use crate::error::Error;
 use crate::pagecache::{block_key, BlockKey};
-use crate::record::{self, Slot};
+use crate::record::Slot;
 use crate::slab::Geometry;
 
 use super::{Core, OpId, Step};
@@ -161,7 +161,7 @@ impl ScanOp {
                 *wait = Some(bk);
                 continue;
             };
-            let value = match core.blocks.slot(e, loc).map(record::decode) {
+            let value = match core.blocks.decode_slot(e, loc) {
                 Some(Slot::Live { key: k, value, .. }) if k == key.as_slice() => value.to_vec(),
                 // Never a wrong value: a record that does not hold the key is an error.
                 _ => {
