@@ -242,8 +242,11 @@ struct Entry {
     sock: TcpStream,
     conn: Connection,
     gen: u32,
-    /// The socket may have bytes to read (no `WouldBlock` since the last readable event).
+    /// The socket may have bytes to read (no `WouldBlock` and no short read since the last
+    /// readable event).
     readable: bool,
+    /// The peer's end of stream was reported: reads go on until it is seen, short or not.
+    read_closed: bool,
     /// The socket may take bytes (no `WouldBlock` since the last writable event).
     writable: bool,
     /// In the queue of connections to service.
@@ -438,6 +441,9 @@ impl RespFront {
                         if (ev.is_readable() || ev.is_read_closed()) && !self.draining {
                             e.readable = true;
                         }
+                        if ev.is_read_closed() {
+                            e.read_closed = true;
+                        }
                         if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
                             e.writable = true;
                         }
@@ -501,6 +507,7 @@ impl RespFront {
                 conn,
                 gen,
                 readable: true,
+                read_closed: false,
                 writable: true,
                 queued: true,
                 last_active_ns: now_ns,
@@ -639,14 +646,21 @@ fn write_out(e: &mut Entry) -> io::Result<bool> {
     Ok(wrote)
 }
 
-/// Reads what the connection takes, until the socket would block, the connection stops
-/// wanting input (a bound), or [`READS`] reads. Whether it read.
+/// Reads what the connection takes, until the socket would block or a read comes back short,
+/// the connection stops wanting input (a bound), or [`READS`] reads. Whether it read.
+///
+/// A read shorter than the buffer emptied the socket's receive queue, so the socket is not
+/// readable any more until new bytes arrive — and their arrival is a new readiness edge.
+/// Stopping there saves the read that would only return `WouldBlock` (one system call per
+/// pipelined batch). The exception is a reported end of stream: it raised its edge already,
+/// so reading goes on until the read that returns 0.
 fn read_in(e: &mut Entry) -> io::Result<bool> {
     let mut read = false;
     let mut reads = 0;
     while e.readable && e.conn.wants_read() && reads < READS {
         let buf = e.conn.read_buf();
-        if buf.is_empty() {
+        let room = buf.len();
+        if room == 0 {
             break;
         }
         match e.sock.read(buf) {
@@ -659,6 +673,9 @@ fn read_in(e: &mut Entry) -> io::Result<bool> {
                 e.conn.received(n);
                 read = true;
                 reads += 1;
+                if n < room && !e.read_closed {
+                    e.readable = false;
+                }
             }
             Err(err) if err.kind() == ErrorKind::WouldBlock => e.readable = false,
             Err(err) if err.kind() == ErrorKind::Interrupted => {}
