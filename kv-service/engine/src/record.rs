@@ -132,26 +132,24 @@ fn le_u64(b: &[u8], off: usize) -> Option<u64> {
 /// Decodes the record at the start of `slot` (the whole slot, as read from disk).
 /// Never panics, whatever the bytes.
 pub fn decode(slot: &[u8]) -> Slot<'_> {
-    let Some(header) = slot.get(..HEADER_LEN) else {
-        return Slot::Corrupt;
-    };
-    if header.iter().all(|&b| b == 0) {
-        return Slot::Empty;
-    }
-    decode_nonempty(slot, true).unwrap_or(Slot::Corrupt)
+    decode_checked(slot, true)
 }
 
 /// [`decode`] without the checksum, for a slot whose record already passed it and has not
 /// changed since. Every other check stays, so this never panics either and never returns a
 /// key or value reaching outside the record's bounds.
 pub fn decode_verified(slot: &[u8]) -> Slot<'_> {
+    decode_checked(slot, false)
+}
+
+fn decode_checked(slot: &[u8], check_crc: bool) -> Slot<'_> {
     let Some(header) = slot.get(..HEADER_LEN) else {
         return Slot::Corrupt;
     };
     if header.iter().all(|&b| b == 0) {
         return Slot::Empty;
     }
-    decode_nonempty(slot, false).unwrap_or(Slot::Corrupt)
+    decode_nonempty(slot, check_crc).unwrap_or(Slot::Corrupt)
 }
 
 fn decode_nonempty(slot: &[u8], check_crc: bool) -> Option<Slot<'_>> {
