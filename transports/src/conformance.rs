@@ -1326,6 +1326,16 @@ pub mod factories {
         raw: Vec<TcpStream>,
     }
 
+    impl TcpFactory {
+        /// A factory whose endpoints start from `base`.
+        pub fn with_config(base: TcpConfig) -> Self {
+            Self {
+                base,
+                raw: Vec::new(),
+            }
+        }
+    }
+
     impl Factory for TcpFactory {
         type Endpoint = TcpTransport;
 

@@ -22,3 +22,17 @@ mod tcp {
         testkit::seeds(&[0x7c_u64])
     );
 }
+
+/// TCP with direct reads off: every `rx_burst` polls epoll and reads only what it reports (the
+/// path a transport with more established connections than `direct_reads` takes).
+mod tcp_epoll_only {
+    transports::conformance_tests!(
+        |_seed| transports::conformance::factories::TcpFactory::with_config(
+            transports::tcp::TcpConfig {
+                direct_reads: 0,
+                ..Default::default()
+            }
+        ),
+        testkit::seeds(&[0x7d_u64])
+    );
+}
