@@ -128,9 +128,16 @@ impl PageCache {
     /// A hit of entry `idx` (found with [`PageCache::find`]): counted, and the entry is among
     /// the most recent quarter afterwards (moved to the front unless it already was).
     pub(crate) fn touch(&mut self, idx: u32) {
+        let relink = self
+            .entry(idx)
+            .is_some_and(|e| self.behind_front_quarter(e));
+        self.hit(idx, relink);
+    }
+
+    /// Counts a hit of entry `idx`, moving it to the front if `relink`.
+    fn hit(&mut self, idx: u32, relink: bool) {
         self.hits += 1;
-        let Some(e) = self.entry(idx) else { return };
-        if self.behind_front_quarter(e) {
+        if relink {
             self.unlink(idx);
             self.push_front(idx);
         }
@@ -149,11 +156,7 @@ impl PageCache {
             return None;
         }
         let relink = self.behind_front_quarter(e);
-        self.hits += 1;
-        if relink {
-            self.unlink(idx);
-            self.push_front(idx);
-        }
+        self.hit(idx, relink);
         Some(idx)
     }
 
