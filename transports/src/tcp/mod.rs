@@ -150,6 +150,8 @@ pub struct TcpConfig {
     /// `SO_SNDBUF` of every connection; `None` leaves the kernel's autotuning. Default `None`.
     pub sndbuf: Option<usize>,
     /// `SO_RCVBUF` of every connection; `None` leaves the kernel's autotuning. Default `None`.
+    /// Below the path's MSS (64 KiB on loopback) the kernel may hold back window updates
+    /// until its delayed-ACK timer, stalling a full stream for up to ~200 ms at a time.
     pub rcvbuf: Option<usize>,
     /// Listen backlog (connections the kernel queues before they are accepted). Default 128.
     pub backlog: u32,
@@ -1476,31 +1478,17 @@ impl TcpTransport {
             let chunk = idx
                 .get(done..(done + TX_CHUNK).min(idx.len()))
                 .unwrap_or(&[]);
-            let mut prefixes = [[0u8; LEN_BYTES]; TX_CHUNK];
-            for (pre, &(_, i)) in prefixes.iter_mut().zip(chunk) {
-                if let Some(p) = pkts.get(i as usize) {
-                    *pre = wire::data_header(p.hdr.len() + p.data.len());
-                }
-            }
-            let mut iov = [IoSlice::new(&[]); 3 * TX_CHUNK];
-            let mut n_iov = 0;
-            for (pre, &(_, i)) in prefixes.iter().zip(chunk) {
-                let Some(p) = pkts.get(i as usize) else {
-                    continue;
-                };
-                for s in [&pre[..], p.hdr, p.data] {
-                    if !s.is_empty() {
-                        if let Some(v) = iov.get_mut(n_iov) {
-                            *v = IoSlice::new(s);
-                            n_iov += 1;
-                        }
-                    }
-                }
-            }
             let Some(Some(conn)) = self.conns.get_mut(c) else {
                 return Ok(done);
             };
-            let res = send(&conn.stream, iov.get(..n_iov).unwrap_or(&[]));
+            // The arrays are sized to the chunk: filling 192 empty iovecs and 64 prefixes
+            // cost more than the rest of a one-packet send.
+            let frames = Frames { pkts, chunk };
+            let res = match chunk.len() {
+                0..=1 => frames.send::<1, 3>(&conn.stream),
+                2..=8 => frames.send::<8, 24>(&conn.stream),
+                _ => frames.send::<TX_CHUNK, { 3 * TX_CHUNK }>(&conn.stream),
+            };
             let written = match res {
                 Ok(n) => {
                     self.tcp.write_calls += 1;
@@ -1522,7 +1510,7 @@ impl TcpTransport {
             };
             // Walk the chunk: whole packets are done; a cut one has its tail queued.
             let mut left = written;
-            for (pre, &(_, i)) in prefixes.iter().zip(chunk) {
+            for &(_, i) in chunk {
                 let Some(p) = pkts.get(i as usize) else {
                     done += 1;
                     continue;
@@ -1535,6 +1523,7 @@ impl TcpTransport {
                 }
                 // Cut inside this packet (or not reached: left == 0).
                 if left > 0 {
+                    let pre = wire::data_header(p.hdr.len() + p.data.len());
                     let mut skip = left;
                     let mut parts: [&[u8]; 3] = [&[], &[], &[]];
                     for (part, s) in parts.iter_mut().zip([&pre[..], p.hdr, p.data]) {
@@ -1554,6 +1543,40 @@ impl TcpTransport {
             }
         }
         Ok(done)
+    }
+}
+
+/// One chunk of packets of [`TcpTransport::write_direct`] (at most [`TX_CHUNK`]), written as
+/// one gathered `sendmsg` of their frames.
+struct Frames<'a, 'p> {
+    pkts: &'a [TxPkt<'p>],
+    chunk: &'a [(u32, u32)],
+}
+
+impl Frames<'_, '_> {
+    /// Sends the frames (length prefix, header, data of each packet; empty parts left out)
+    /// of the chunk through `I` = 3 × `P` iovecs. `P` must be at least the chunk's length:
+    /// the caller takes a short write for a full socket buffer.
+    fn send<const P: usize, const I: usize>(&self, stream: &TcpStream) -> io::Result<usize> {
+        debug_assert!(I == 3 * P && self.chunk.len() <= P);
+        let mut prefixes = [[0u8; LEN_BYTES]; P];
+        let mut iov = [IoSlice::new(&[]); I];
+        let mut n_iov = 0;
+        for (pre, &(_, i)) in prefixes.iter_mut().zip(self.chunk) {
+            let Some(p) = self.pkts.get(i as usize) else {
+                continue;
+            };
+            *pre = wire::data_header(p.hdr.len() + p.data.len());
+            for s in [&pre[..], p.hdr, p.data] {
+                if !s.is_empty() {
+                    if let Some(v) = iov.get_mut(n_iov) {
+                        *v = IoSlice::new(s);
+                        n_iov += 1;
+                    }
+                }
+            }
+        }
+        send(stream, iov.get(..n_iov).unwrap_or(&[]))
     }
 }
 
