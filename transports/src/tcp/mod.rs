@@ -63,8 +63,9 @@
 //! packets are readable at once; when the ring (or its arena) is full, data waits in the kernel
 //! and TCP's flow control slows the sender: nothing is dropped. While few connections are
 //! established ([`TcpConfig::direct_reads`], default 2), `rx_burst` reads them without asking
-//! epoll first and polls epoll only every [`EPOLL_EVERY`]th call: a busy-polling loop then
-//! finds a packet with one system call.
+//! epoll first and polls epoll only every [`EPOLL_EVERY`]th call (every call while a send
+//! queue waits for its socket to drain): a busy-polling loop then finds a packet with one
+//! system call.
 //!
 //! [`Transport::wait`] sleeps in `epoll_wait` until a socket is ready or a timer (connect or
 //! handshake timeout, linger) is due.
@@ -176,7 +177,8 @@ pub struct TcpConfig {
     pub keepalive: Option<Duration>,
     /// While at most this many connections are established, [`Transport::rx_burst`] reads each
     /// of them directly (one `recv` per connection per call) and polls epoll only every
-    /// [`EPOLL_EVERY`]th call (for accepts, handshakes, writability). A busy-polling loop with
+    /// [`EPOLL_EVERY`]th call (for accepts, handshakes, writability), and every call while a
+    /// connection's socket buffer is full (only epoll says when it drained). A busy-polling loop with
     /// few peers then finds a packet with one system call instead of two (`epoll_wait`, then
     /// `recv`); an idle spin costs one `recv` per connection instead of one `epoll_wait`.
     /// 0 turns direct reads off (every call polls epoll and reads only what it reports).
@@ -1357,6 +1359,13 @@ impl TcpTransport {
         self.run_timers();
     }
 
+    /// Whether an established connection's last write found its socket buffer full.
+    fn tx_blocked(&self) -> bool {
+        self.up
+            .iter()
+            .any(|&slot| self.conn(slot).is_some_and(|c| !c.writable))
+    }
+
     /// Reads the readable connections into the ring, one read each, in turn.
     fn read_ready(&mut self) -> usize {
         let mut got = 0;
@@ -1712,8 +1721,10 @@ impl Transport for TcpTransport {
     }
 
     fn rx_burst(&mut self) -> usize {
+        // Direct reads skip epoll, but not while a connection's socket buffer is full: only
+        // epoll says when it drained, and the queued packets wait for that.
         let direct = !self.up.is_empty() && self.up.len() <= self.cfg.direct_reads;
-        if direct && self.since_epoll + 1 < EPOLL_EVERY {
+        if direct && self.since_epoll + 1 < EPOLL_EVERY && !self.tx_blocked() {
             // Established connections are read whether or not epoll reported them: a read
             // that finds nothing costs what the `epoll_wait` would have.
             self.since_epoll += 1;
