@@ -933,6 +933,7 @@ impl TcpTransport {
             conn.link = Some(l);
             conn.deadline = None;
         }
+        self.rearm();
         self.tcp.established += 1;
         // Data may have arrived right behind the handshake frame.
         self.enqueue_read(c);
@@ -1182,6 +1183,7 @@ impl TcpTransport {
         if let Some(c) = self.conn_mut(slot) {
             c.deadline = None;
         }
+        self.rearm();
         self.handshaking -= 1;
         let peer_max = hs.max_pkt_size as usize;
         let accept = Handshake::accept(self.ident.instance, self.cfg.max_pkt_size as u32);
@@ -1289,6 +1291,24 @@ impl TcpTransport {
         }
     }
 
+    /// The earliest deadline of a connection or link (later than `after`, if given).
+    fn earliest_deadline(&self, after: Option<Instant>) -> Option<Instant> {
+        let conns = self.conns.iter().flatten().filter_map(|c| c.deadline);
+        let links = self.links.iter().flatten().filter_map(|k| k.deadline);
+        conns
+            .chain(links)
+            .filter(|&d| after.is_none_or(|a| d > a))
+            .min()
+    }
+
+    /// After a deadline was cleared: without this, `next_deadline` would stay armed until
+    /// then, and every `rx_burst` until then would read the clock.
+    fn rearm(&mut self) {
+        if self.next_deadline.is_some() {
+            self.next_deadline = self.earliest_deadline(None);
+        }
+    }
+
     /// Fires the deadlines that passed.
     fn run_timers(&mut self) {
         let Some(due) = self.next_deadline else {
@@ -1298,30 +1318,14 @@ impl TcpTransport {
         if now < due {
             return;
         }
-        self.next_deadline = None;
-        let mut next: Option<Instant> = None;
-        let mut keep = |d: Instant| next = Some(next.map_or(d, |n| n.min(d)));
-        let mut expired_conns = Vec::new();
-        for (slot, c) in self.conns.iter().enumerate() {
-            if let Some(c) = c {
-                match c.deadline {
-                    Some(d) if d <= now => expired_conns.push(slot),
-                    Some(d) => keep(d),
-                    None => {}
-                }
-            }
-        }
-        let mut expired_links = Vec::new();
-        for (l, k) in self.links.iter().enumerate() {
-            if let Some(k) = k {
-                match k.deadline {
-                    Some(d) if d <= now => expired_links.push(l),
-                    Some(d) => keep(d),
-                    None => {}
-                }
-            }
-        }
-        self.next_deadline = next;
+        let expired = |d: Option<Instant>| d.is_some_and(|d| d <= now);
+        let expired_conns: Vec<usize> = (self.conns.iter().enumerate())
+            .filter_map(|(slot, c)| c.as_ref().filter(|c| expired(c.deadline)).map(|_| slot))
+            .collect();
+        let expired_links: Vec<usize> = (self.links.iter().enumerate())
+            .filter_map(|(l, k)| k.as_ref().filter(|k| expired(k.deadline)).map(|_| l))
+            .collect();
+        self.next_deadline = self.earliest_deadline(Some(now));
         for slot in expired_conns {
             tracing::debug!("TCP handshake timed out");
             self.tcp.timeouts += 1;
