@@ -16,7 +16,9 @@
 use std::time::{Duration, Instant};
 
 use rpc::{MsgBuf, Nexus, Rpc, RpcConfig, SessionId, SessionState};
+use transports::tcp::{TcpConfig, TcpTransport};
 use transports::udp::{UdpConfig, UdpTransport};
+use transports::Transport;
 
 const BENCH_REQ: u8 = 1;
 const SIZE: usize = 32;
@@ -36,19 +38,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Receive without UDP GRO (a plain `recvfrom` per datagram instead of `recvmsg` with a
     // control message), to see what GRO costs per receive.
     let gro = std::env::var_os("CG_NO_GRO").is_none();
-    let udp = || UdpConfig {
-        gro,
-        ..UdpConfig::default()
-    };
+    if std::env::var_os("CG_TCP").is_some() {
+        run(
+            || TcpTransport::new(TcpConfig::default()),
+            sessions,
+            window,
+            requests,
+        )
+    } else {
+        let udp = UdpConfig {
+            gro,
+            ..UdpConfig::default()
+        };
+        run(
+            || UdpTransport::new(udp.clone()),
+            sessions,
+            window,
+            requests,
+        )
+    }
+}
 
+fn run<T: Transport, E: std::error::Error + 'static>(
+    make: impl Fn() -> Result<T, E>,
+    sessions: usize,
+    window: usize,
+    requests: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
     let server_nexus: Nexus = Nexus::new("127.0.0.1:0", 0)?;
     server_nexus.register(BENCH_REQ, |_, ctx, req| {
         let resp = ctx.alloc_msg(req.data.len());
         let _ = ctx.respond(req.handle, resp);
     })?;
-    let mut server = Rpc::new(&server_nexus, 0, UdpTransport::new(udp())?, (), config())?;
+    let mut server = Rpc::new(&server_nexus, 0, make()?, (), config())?;
     let client_nexus: Nexus = Nexus::new("127.0.0.1:0", 0)?;
-    let mut client = Rpc::new(&client_nexus, 0, UdpTransport::new(udp())?, (), config())?;
+    let mut client = Rpc::new(&client_nexus, 0, make()?, (), config())?;
     let mut ids = Vec::new();
     for _ in 0..sessions {
         ids.push(client.create_session(server_nexus.uri(), 0)?);
@@ -78,9 +102,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// The measured part (callgrind toggles collection on this function).
 #[inline(never)]
-fn measure(
-    client: &mut Rpc<UdpTransport>,
-    server: &mut Rpc<UdpTransport>,
+fn measure<T: Transport>(
+    client: &mut Rpc<T>,
+    server: &mut Rpc<T>,
     ids: &[SessionId],
     window: usize,
     n: u64,
@@ -91,9 +115,9 @@ fn measure(
 /// Keeps `window` requests in flight on every session until `n` completed; returns the loop
 /// iterations. Every request completes before this returns.
 #[inline(always)]
-fn closed_loop(
-    client: &mut Rpc<UdpTransport>,
-    server: &mut Rpc<UdpTransport>,
+fn closed_loop<T: Transport>(
+    client: &mut Rpc<T>,
+    server: &mut Rpc<T>,
     ids: &[SessionId],
     window: usize,
     n: u64,
