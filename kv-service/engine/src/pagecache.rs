@@ -12,6 +12,7 @@
 //! while it has I/O queued or in flight or operations waiting on it, and a pinned entry is
 //! never evicted. The size limit is therefore soft: when every entry is pinned the cache grows
 //! past it and shrinks back as entries are unpinned.
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -38,8 +39,9 @@ struct Entry {
     loading: bool,
     /// Bit `i`: the record in slot `i` of the block passed its checksum and the slot's bytes
     /// have not changed since (slots past 64 are never marked). Cleared whenever the bytes
-    /// may change, so a set bit lets a cached read skip the checksum.
-    verified: u64,
+    /// may change, so a set bit lets a cached read skip the checksum. A `Cell`: a read that
+    /// verifies a record marks it while it still borrows the bytes.
+    verified: Cell<u64>,
     /// The number of the push that last put it at the front.
     pushed: u64,
     prev: u32,
@@ -169,7 +171,7 @@ impl PageCache {
     pub(crate) fn set_loading(&mut self, idx: u32, loading: bool) {
         if let Some(e) = self.entry_mut(idx) {
             e.loading = loading;
-            e.verified = 0;
+            e.verified.set(0);
         }
     }
 
@@ -178,14 +180,14 @@ impl PageCache {
         slot < 64
             && self
                 .entry(idx)
-                .is_some_and(|e| e.verified & (1 << slot) != 0)
+                .is_some_and(|e| e.verified.get() & (1 << slot) != 0)
     }
 
     /// Marks slot `slot` of entry `idx` verified: its record passed its checksum.
-    pub(crate) fn set_slot_verified(&mut self, idx: u32, slot: usize) {
+    pub(crate) fn set_slot_verified(&self, idx: u32, slot: usize) {
         if slot < 64 {
-            if let Some(e) = self.entry_mut(idx) {
-                e.verified |= 1 << slot;
+            if let Some(e) = self.entry(idx) {
+                e.verified.set(e.verified.get() | 1 << slot);
             }
         }
     }
@@ -216,18 +218,32 @@ impl PageCache {
     /// The bytes of entry `idx`, mutably (every slot loses its verified mark).
     pub(crate) fn bytes_mut(&mut self, idx: u32) -> Option<&mut [u8]> {
         let e = self.entry_mut(idx)?;
-        e.verified = 0;
+        e.verified.set(0);
         Some(e.buf.as_mut_slice())
     }
 
-    /// The bytes of entry `idx`, mutably, to change slot `slot` only (that slot loses its
-    /// verified mark; the caller writes nothing outside it).
-    pub(crate) fn slot_bytes_mut(&mut self, idx: u32, slot: usize) -> Option<&mut [u8]> {
+    /// The `slot_size` bytes of slot `slot` of entry `idx` (`None` past the block's end).
+    pub(crate) fn slot_bytes(&self, idx: u32, slot: usize, slot_size: usize) -> Option<&[u8]> {
+        let start = slot.checked_mul(slot_size)?;
+        self.bytes(idx)?.get(start..start.checked_add(slot_size)?)
+    }
+
+    /// The bytes of slot `slot` of entry `idx`, mutably: that slot loses its verified mark,
+    /// the others keep theirs (nothing outside the slot can change through this).
+    pub(crate) fn slot_bytes_mut(
+        &mut self,
+        idx: u32,
+        slot: usize,
+        slot_size: usize,
+    ) -> Option<&mut [u8]> {
+        let start = slot.checked_mul(slot_size)?;
+        let end = start.checked_add(slot_size)?;
         let e = self.entry_mut(idx)?;
+        let bytes = e.buf.as_mut_slice().get_mut(start..end)?;
         if slot < 64 {
-            e.verified &= !(1 << slot);
+            e.verified.set(e.verified.get() & !(1 << slot));
         }
-        Some(e.buf.as_mut_slice())
+        Some(bytes)
     }
 
     /// Pins (never evicted) or unpins entry `idx`.
@@ -241,7 +257,7 @@ impl PageCache {
     /// back with [`PageCache::restore_buf`].
     pub(crate) fn lend_buf(&mut self, idx: u32) -> Option<AlignedBuf> {
         let e = self.entry_mut(idx)?;
-        e.verified = 0;
+        e.verified.set(0);
         Some(std::mem::replace(&mut e.buf, AlignedBuf::empty()))
     }
 
@@ -251,7 +267,7 @@ impl PageCache {
         match self.entry_mut(idx) {
             Some(e) => {
                 e.buf = buf;
-                e.verified = 0;
+                e.verified.set(0);
                 None
             }
             None => Some(buf),
@@ -299,7 +315,7 @@ impl PageCache {
             size,
             pinned: false,
             loading: false,
-            verified: 0,
+            verified: Cell::new(0),
             pushed: 0,
             prev: NIL,
             next: NIL,
@@ -511,7 +527,7 @@ mod tests {
         c.set_slot_verified(a, 64);
         assert!(!c.slot_verified(a, 64), "slots past 64 are never marked");
 
-        let _ = c.slot_bytes_mut(a, 3);
+        assert_eq!(c.slot_bytes_mut(a, 3, 64).map(|b| b.len()), Some(64));
         assert!(!c.slot_verified(a, 3), "the changed slot loses its mark");
         assert!(
             c.slot_verified(a, 0) && c.slot_verified(a, 63),
@@ -546,6 +562,24 @@ mod tests {
             !c.slot_verified(b, 0),
             "a re-inserted block starts unverified"
         );
+    }
+
+    #[test]
+    fn slot_bytes_are_the_slot_and_nothing_else() {
+        let mut c = PageCache::new(4 * 4096);
+        let a = c.insert(block_key(0, 1), 4096);
+        c.bytes_mut(a).unwrap().fill(7);
+        c.slot_bytes_mut(a, 3, 512).unwrap().fill(9);
+        let all = c.bytes(a).unwrap();
+        assert!(all[..3 * 512].iter().all(|&b| b == 7));
+        assert!(all[3 * 512..4 * 512].iter().all(|&b| b == 9));
+        assert!(all[4 * 512..].iter().all(|&b| b == 7));
+        assert_eq!(c.slot_bytes(a, 3, 512), Some(&[9u8; 512][..]));
+        assert_eq!(c.slot_bytes(a, 7, 512).map(<[u8]>::len), Some(512));
+        assert!(c.slot_bytes(a, 8, 512).is_none(), "past the block");
+        assert!(c.slot_bytes_mut(a, 8, 512).is_none());
+        assert!(c.slot_bytes(a, usize::MAX, 512).is_none(), "no overflow");
+        assert!(c.slot_bytes_mut(a, 1, usize::MAX).is_none());
     }
 
     #[test]

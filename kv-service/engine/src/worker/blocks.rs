@@ -324,39 +324,38 @@ impl Blocks {
         (!self.cache.loading(e)).then_some(e)
     }
 
+    /// Slot `loc`'s index within its block and the slot size.
+    fn slot_in_block(loc: Location) -> (usize, usize) {
+        let g = Geometry::of(loc.class);
+        (loc.slot as usize % g.slots_per_block, g.slot_size)
+    }
+
     /// The bytes of the slot `loc` inside cached block `e`.
     pub(super) fn slot(&self, e: u32, loc: Location) -> Option<&[u8]> {
-        let g = Geometry::of(loc.class);
-        let (_, off) = g.locate(loc.slot);
-        self.cache.bytes(e)?.get(off..off + g.slot_size)
+        let (n, size) = Self::slot_in_block(loc);
+        self.cache.slot_bytes(e, n, size)
     }
 
     /// The bytes of the slot `loc` inside cached block `e`, to change them.
     pub(super) fn slot_mut(&mut self, e: u32, loc: Location) -> Option<&mut [u8]> {
-        let g = Geometry::of(loc.class);
-        let (_, off) = g.locate(loc.slot);
-        self.cache
-            .slot_bytes_mut(e, off / g.slot_size)?
-            .get_mut(off..off + g.slot_size)
+        let (n, size) = Self::slot_in_block(loc);
+        self.cache.slot_bytes_mut(e, n, size)
     }
 
     /// The record in slot `loc` of cached block `e`, decoded; its checksum is verified
     /// unless it passed since the slot last changed (a record the engine encoded, or read
     /// and verified, is not checked again on every cached read).
-    pub(super) fn decode_slot(&mut self, e: u32, loc: Location) -> Option<record::Slot<'_>> {
-        let g = Geometry::of(loc.class);
-        let (_, off) = g.locate(loc.slot);
-        let n = off / g.slot_size;
-        let verified = self.cache.slot_verified(e, n);
-        if !verified {
-            let bytes = self.cache.bytes(e)?.get(off..off + g.slot_size)?;
-            if matches!(record::decode(bytes), record::Slot::Corrupt) {
-                return Some(record::Slot::Corrupt);
-            }
+    pub(super) fn decode_slot(&self, e: u32, loc: Location) -> Option<record::Slot<'_>> {
+        let (n, size) = Self::slot_in_block(loc);
+        let bytes = self.cache.slot_bytes(e, n, size)?;
+        if self.cache.slot_verified(e, n) {
+            return Some(record::decode_verified(bytes));
+        }
+        let slot = record::decode(bytes);
+        if !matches!(slot, record::Slot::Corrupt) {
             self.cache.set_slot_verified(e, n);
         }
-        let bytes = self.cache.bytes(e)?.get(off..off + g.slot_size)?;
-        Some(record::decode_verified(bytes))
+        Some(slot)
     }
 
     /// Queues (or joins) the write of block `e` so that it covers the slot `loc`'s first
