@@ -484,25 +484,39 @@ fn malformed_handshakes_and_frames_close_that_connection_only() {
 
 #[test]
 fn wrong_instance_is_rejected() {
-    let mut b = tcp(cfg());
-    let mut s = TcpStream::connect(b.local_addr()).unwrap();
-    let me = Ident {
-        addr: "127.0.0.1:1".parse().unwrap(),
-        instance: 5,
-    };
-    s.write_all(&Handshake::hello(me, b.instance() ^ 1, 100).to_vec())
-        .unwrap();
-    let r = raw_reply(&mut s, &mut b).unwrap();
+    // One handshake at a time: a rejected hello must stop counting as a handshake, or the
+    // second connection (and every later one) would be refused.
+    let mut b = tcp(TcpConfig {
+        max_handshaking: 1,
+        ..cfg()
+    });
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(b.local_addr()).unwrap();
+        let me = Ident {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            instance: 5,
+        };
+        s.write_all(&Handshake::hello(me, b.instance() ^ 1, 100).to_vec())
+            .unwrap();
+        let r = raw_reply(&mut s, &mut b).unwrap();
+        assert_eq!(
+            (r.kind, r.reason, r.instance),
+            (
+                Kind::Reject,
+                Some(RejectReason::WrongInstance),
+                b.instance()
+            )
+        );
+        raw_closed(&mut s, &mut b);
+        assert_eq!(b.connections(), 0);
+    }
+    let mut a = tcp(cfg());
+    let r = route(&mut a, &b);
+    a.tx_burst(&[pkt(r, b"after the rejects")]).unwrap();
     assert_eq!(
-        (r.kind, r.reason, r.instance),
-        (
-            Kind::Reject,
-            Some(RejectReason::WrongInstance),
-            b.instance()
-        )
+        recv(&mut [&mut b, &mut a], 1),
+        [b"after the rejects".to_vec()]
     );
-    raw_closed(&mut s, &mut b);
-    assert_eq!(b.connections(), 0);
 }
 
 #[test]

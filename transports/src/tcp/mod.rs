@@ -663,10 +663,14 @@ impl TcpTransport {
         }
     }
 
-    /// Moves a connection to phase `Up` (handshake done).
+    /// Moves a connection to phase `Up` (handshake done; an accepted one no longer counts
+    /// against `max_handshaking`).
     fn set_up(&mut self, slot: usize) {
         if let Some(Some(c)) = self.conns.get_mut(slot) {
             if c.phase != Phase::Up {
+                if c.phase == Phase::InHello {
+                    self.handshaking -= 1;
+                }
                 c.phase = Phase::Up;
                 self.up.push(slot);
             }
@@ -1178,13 +1182,12 @@ impl TcpTransport {
         let (Kind::Hello, Some(src)) = (hs.kind, hs.src) else {
             return self.malformed(slot, wire::Malformed("expected a hello"));
         };
-        // Up for the handshaking count (no longer waiting for a hello) even if rejected below.
-        self.set_up(slot);
+        // A rejected connection stays `InHello` until `reject` closes it, which counts it
+        // out of the handshaking ones; an accepted one is counted out by `set_up`.
         if let Some(c) = self.conn_mut(slot) {
             c.deadline = None;
         }
         self.rearm();
-        self.handshaking -= 1;
         let peer_max = hs.max_pkt_size as usize;
         let accept = Handshake::accept(self.ident.instance, self.cfg.max_pkt_size as u32);
         if hs.instance != self.ident.instance {
@@ -1194,6 +1197,7 @@ impl TcpTransport {
         if src == self.ident {
             // A route of ours leads to ourselves: this end of the pair only reads.
             self.set_out(slot, &accept);
+            self.set_up(slot);
             if let Some(c) = self.conn_mut(slot) {
                 c.selfloop = true;
                 c.writable = true;
