@@ -205,6 +205,34 @@ fn socket_buffer_overflow(burst: usize, rcvbuf: usize) {
 }
 
 #[test]
+fn small_frames_copied_into_one_send_survive_short_writes() {
+    // Bursts of at most 256 bytes are copied into one buffer before the send; with the
+    // receiver not reading, some of those sends come back short.
+    let c = TcpConfig {
+        sndbuf: Some(16 << 10),
+        rcvbuf: Some(256 << 10),
+        ..cfg()
+    };
+    let mut a = tcp(c.clone());
+    let mut b = tcp(c);
+    let r = route(&mut a, &b);
+    a.tx_burst(&[pkt(r, b"hello")]).unwrap();
+    assert_eq!(recv(&mut [&mut b, &mut a], 1).len(), 1);
+    let bodies: Vec<Vec<u8>> = (0..30_000).map(|i| body(i, 1 + i % 60)).collect();
+    let pkts: Vec<TxPkt<'_>> = bodies.iter().map(|x| pkt(r, x)).collect();
+    for group in pkts.chunks(3) {
+        assert_eq!(a.tx_burst(group).unwrap(), group.len());
+    }
+    assert!(
+        a.queued_bytes() > 0,
+        "1 MB cannot fit in the socket buffers"
+    );
+    let got = recv(&mut [&mut b, &mut a], bodies.len());
+    assert_eq!(got, bodies);
+    assert_eq!(a.stats().tx_dropped, 0);
+}
+
+#[test]
 fn bursts_larger_than_the_socket_buffers_arrive_whole_and_in_order() {
     socket_buffer_overflow(119, 16 << 10);
 }
