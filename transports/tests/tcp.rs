@@ -665,3 +665,89 @@ fn config_and_resolve_errors() {
     let (addr, inst) = TcpTransport::decode_routing_info(&a.routing_info()).unwrap();
     assert_eq!((addr, inst), (a.local_addr(), a.instance()));
 }
+
+/// Spins `rx_burst` of every endpoint (never `wait`) until `eps[0]` has `n` packets.
+fn busy_recv(eps: &mut [&mut TcpTransport], n: usize) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + LIMIT;
+    let mut got = Vec::new();
+    while got.len() < n {
+        assert!(Instant::now() < deadline, "timed out busy-polling");
+        for t in eps.iter_mut().skip(1) {
+            t.rx_burst();
+        }
+        let t = &mut eps[0];
+        let k = t.rx_burst();
+        for i in 0..k {
+            got.push(t.rx_pkt(i).to_vec());
+        }
+        t.rx_release(k);
+    }
+    got
+}
+
+#[test]
+fn busy_polled_connections_leave_epoll_and_keep_working() {
+    let c = TcpConfig {
+        sndbuf: Some(16 << 10),
+        max_pkt_size: 60_000,
+        ..cfg()
+    };
+    let mut a = tcp(c.clone());
+    let mut b = tcp(c);
+    let r = route(&mut a, &b);
+    let back = route(&mut b, &a);
+    a.tx_burst(&[pkt(r, b"hello")]).unwrap();
+    assert_eq!(recv(&mut [&mut b, &mut a], 1).len(), 1);
+
+    // A busy-polling loop: its connections leave epoll, and packets still arrive.
+    for i in 0..500u32 {
+        let x = i.to_le_bytes();
+        a.tx_burst(&[pkt(r, &x)]).unwrap();
+        assert_eq!(busy_recv(&mut [&mut b, &mut a], 1), [x.to_vec()]);
+        b.tx_burst(&[pkt(back, &x)]).unwrap();
+        assert_eq!(busy_recv(&mut [&mut a, &mut b], 1), [x.to_vec()]);
+    }
+    let (sa, sb) = (a.tcp_stats(), b.tcp_stats());
+    assert!(sa.unpolled >= 1 && sb.unpolled >= 1, "{sa:?} {sb:?}");
+
+    // Backpressure: a full socket puts the connection back for its writability report.
+    let bodies: Vec<Vec<u8>> = (0..60).map(|i| body(i, 50_000)).collect();
+    let pkts: Vec<TxPkt<'_>> = bodies.iter().map(|x| pkt(r, x)).collect();
+    assert_eq!(a.tx_burst(&pkts).unwrap(), 60);
+    assert!(a.queued_bytes() > 0);
+    assert_eq!(busy_recv(&mut [&mut b, &mut a], 60), bodies);
+    assert!(a.tcp_stats().repolled > sa.repolled, "{:?}", a.tcp_stats());
+
+    // A loop that sleeps: `wait` puts the connections back and wakes up for a packet.
+    for _ in 0..200 {
+        b.rx_burst();
+    }
+    a.tx_burst(&[pkt(r, b"wake up")]).unwrap();
+    let t = Instant::now();
+    let mut got = Vec::new();
+    while got.is_empty() && t.elapsed() < LIMIT {
+        b.wait(Some(LIMIT)).unwrap();
+        let k = b.rx_burst();
+        got.extend((0..k).map(|i| b.rx_pkt(i).to_vec()));
+        b.rx_release(k);
+    }
+    assert_eq!(got, [b"wake up".to_vec()]);
+    assert!(t.elapsed() < LIMIT / 2, "wait slept through the packet");
+
+    // A peer that goes away is noticed by the direct reads alone.
+    for _ in 0..200 {
+        a.rx_burst();
+    }
+    let before = a.tcp_stats().unpolled;
+    assert!(before >= 2, "{:?}", a.tcp_stats());
+    drop(b);
+    let deadline = Instant::now() + LIMIT;
+    let failed = loop {
+        a.rx_burst();
+        if let Some(f) = a.poll_route_failure() {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "the peer's close went unnoticed");
+    };
+    assert_eq!(failed, r);
+}

@@ -67,7 +67,11 @@
 //! established ([`TcpConfig::direct_reads`], default 2), `rx_burst` reads them without asking
 //! epoll first and polls epoll only every [`EPOLL_EVERY`]th call (every call while a send
 //! queue waits for its socket to drain): a busy-polling loop then finds a packet with one
-//! system call.
+//! system call. After [`UNPOLL_AFTER`] such calls without a [`Transport::wait`], the
+//! established connections also leave epoll, since a registered socket pays a wait-queue
+//! wakeup for every segment that arrives; they go back when the loop waits, when a socket
+//! buffer fills (for the writability report), or when more than `direct_reads` connections
+//! are established. Closes and resets are seen by the direct reads themselves.
 //!
 //! [`Transport::wait`] sleeps in `epoll_wait` until a socket is ready or a timer (connect or
 //! handshake timeout, linger) is due.
@@ -134,6 +138,9 @@ const ACCEPT_BUDGET: usize = 64;
 /// With direct reads (see [`TcpConfig::direct_reads`]), `rx_burst` polls epoll once in this
 /// many calls.
 pub const EPOLL_EVERY: u32 = 16;
+/// Direct-read `rx_burst` calls in a row, without a `wait`, after which the established
+/// connections leave epoll (a busy-polling loop; a loop that sleeps in `wait` keeps them in).
+pub const UNPOLL_AFTER: u32 = 64;
 /// The listener's epoll token.
 const LISTENER: Token = Token(usize::MAX);
 
@@ -186,6 +193,8 @@ pub struct TcpConfig {
     /// connection's socket buffer is full (only epoll says when it drained). A busy-polling loop with
     /// few peers then finds a packet with one system call instead of two (`epoll_wait`, then
     /// `recv`); an idle spin costs one `recv` per connection instead of one `epoll_wait`.
+    /// A loop that calls `rx_burst` [`UNPOLL_AFTER`] times without `wait` also takes these
+    /// connections out of epoll (see the [module docs](self)).
     /// 0 turns direct reads off (every call polls epoll and reads only what it reports).
     /// Default 2.
     pub direct_reads: usize,
@@ -247,6 +256,11 @@ pub struct TcpStats {
     pub read_calls: u64,
     /// Bytes read from established connections.
     pub bytes_read: u64,
+    /// Established connections taken out of epoll by a busy-polling loop (see
+    /// [`TcpConfig::direct_reads`]).
+    pub unpolled: u64,
+    /// ... and put back (to sleep in `wait`, to learn writability, or above `direct_reads`).
+    pub repolled: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -316,6 +330,10 @@ struct Conn {
     out_len: usize,
     out_pos: usize,
     deadline: Option<Instant>,
+    /// Registered with epoll. Established connections that direct reads serve are taken
+    /// out (see [`UNPOLL_AFTER`]): epoll's wait-queue entry makes every arriving segment pay
+    /// a wakeup.
+    polled: bool,
 }
 
 /// A kernel TCP endpoint implementing [`Transport`]. See the [module docs](self).
@@ -348,6 +366,10 @@ pub struct TcpTransport {
     ready: VecDeque<(usize, u32)>,
     plan: Vec<(u32, u32)>,
     next_deadline: Option<Instant>,
+    /// Direct-read `rx_burst` calls since the last `wait` (saturating).
+    busy_calls: u32,
+    /// Established connections out of epoll.
+    unpolled: usize,
     stats: TransportStats,
     tcp: TcpStats,
     logged_error: bool,
@@ -486,6 +508,8 @@ impl TcpTransport {
             ready: VecDeque::new(),
             plan: Vec::new(),
             next_deadline: None,
+            busy_calls: 0,
+            unpolled: 0,
             stats: TransportStats::default(),
             tcp: TcpStats::default(),
             logged_error: false,
@@ -627,6 +651,7 @@ impl TcpTransport {
                 out_len: 0,
                 out_pos: 0,
                 deadline: Some(deadline),
+                polled: true,
             });
         }
         self.conns_live += 1;
@@ -642,7 +667,11 @@ impl TcpTransport {
         let Some(mut c) = self.conns.get_mut(slot).and_then(Option::take) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut c.stream);
+        if c.polled {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+        } else {
+            self.unpolled -= 1;
+        }
         self.conns_live -= 1;
         match c.phase {
             Phase::InHello => self.handshaking -= 1,
@@ -1379,6 +1408,50 @@ impl TcpTransport {
             .any(|&slot| self.conn(slot).is_some_and(|c| !c.writable))
     }
 
+    /// Puts connection `slot` into epoll (`true`) or takes it out. Registering reports what
+    /// is ready at once, so no edge is lost while it was out.
+    fn set_polled(&mut self, slot: usize, on: bool) {
+        let Some(Some(c)) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if c.polled == on {
+            return;
+        }
+        let r = if on {
+            self.poll.registry().register(
+                &mut c.stream,
+                token(slot, c.gen),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+        } else {
+            self.poll.registry().deregister(&mut c.stream)
+        };
+        match r {
+            Ok(()) => {
+                c.polled = on;
+                if on {
+                    self.unpolled -= 1;
+                    self.tcp.repolled += 1;
+                } else {
+                    self.unpolled += 1;
+                    self.tcp.unpolled += 1;
+                }
+            }
+            Err(e) => self.log_error("epoll registration failed", &e),
+        }
+    }
+
+    /// Every established connection back into epoll.
+    fn poll_all(&mut self) {
+        if self.unpolled > 0 {
+            for i in 0..self.up.len() {
+                if let Some(&slot) = self.up.get(i) {
+                    self.set_polled(slot, true);
+                }
+            }
+        }
+    }
+
     /// Reads the readable connections into the ring, one read each, in turn.
     fn read_ready(&mut self) -> usize {
         let mut got = 0;
@@ -1766,7 +1839,22 @@ impl Transport for TcpTransport {
         // Direct reads skip epoll, but not while a connection's socket buffer is full: only
         // epoll says when it drained, and the queued packets wait for that.
         let direct = !self.up.is_empty() && self.up.len() <= self.cfg.direct_reads;
-        if direct && self.since_epoll + 1 < EPOLL_EVERY && !self.tx_blocked() {
+        let blocked = direct && self.tx_blocked();
+        if direct && !blocked && self.busy_calls >= UNPOLL_AFTER && self.unpolled < self.up.len() {
+            for i in 0..self.up.len() {
+                if let Some(&slot) = self.up.get(i) {
+                    self.set_polled(slot, false);
+                }
+            }
+        }
+        if direct {
+            self.busy_calls = self.busy_calls.saturating_add(1);
+        }
+        if blocked || !direct {
+            // Writability (or, above `direct_reads`, everything) comes from epoll.
+            self.poll_all();
+        }
+        if direct && self.since_epoll + 1 < EPOLL_EVERY && !blocked {
             // Established connections are read whether or not epoll reported them: a read
             // that finds nothing costs what the `epoll_wait` would have.
             self.since_epoll += 1;
@@ -1778,6 +1866,13 @@ impl Transport for TcpTransport {
             self.after_events();
         } else {
             self.since_epoll = 0;
+            if direct {
+                for i in 0..self.up.len() {
+                    if let Some(&slot) = self.up.get(i) {
+                        self.enqueue_read(slot);
+                    }
+                }
+            }
             self.drive();
         }
         let got = self.read_ready();
@@ -1800,6 +1895,9 @@ impl Transport for TcpTransport {
         if self.ring.len() > 0 || !self.ready.is_empty() || self.accept_ready {
             return Ok(());
         }
+        // Sleeping needs every connection in epoll; a loop that sleeps keeps them there.
+        self.busy_calls = 0;
+        self.poll_all();
         let mut t = timeout;
         if let Some(d) = self.next_deadline {
             let until = d.saturating_duration_since(Instant::now());
