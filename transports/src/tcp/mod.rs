@@ -48,11 +48,12 @@
 //! each group with one `sendmsg` of gathered iovecs (length prefix, header, payload: no copy),
 //! `TCP_NODELAY` set; a group of at most 256 bytes is copied into one buffer and sent as one
 //! slice instead, which the kernel's TCP send path takes measurably faster than three iovecs
-//! (about 0.3 µs per loopback round trip of 32-byte messages, `docs/BENCHMARKS.md`). What the kernel does not take is copied into the link's queue and written
-//! when the socket becomes writable; so is everything sent while the link is connecting. A
-//! link's queue holds at most [`TcpConfig::tx_queue_bytes`]: past that, the rest of that link's
-//! packets in the burst are dropped and counted (a caller that respects its credits never gets
-//! there). `tx_burst` never blocks; it returns the number of packets taken.
+//! (`docs/BENCHMARKS.md`). What the kernel does not take is copied into the link's queue and
+//! written when the socket becomes writable; so is everything sent while the link is
+//! connecting. A link's queue holds at most [`TcpConfig::tx_queue_bytes`]: past that, the
+//! rest of that link's packets in the burst are dropped and counted (a caller that respects
+//! its credits never gets there). `tx_burst` never blocks; it returns the number of packets
+//! taken.
 //!
 //! # Receiving
 //!
@@ -190,8 +191,8 @@ pub struct TcpConfig {
     /// While at most this many connections are established, [`Transport::rx_burst`] reads each
     /// of them directly (one `recv` per connection per call) and polls epoll only every
     /// [`EPOLL_EVERY`]th call (for accepts, handshakes, writability), and every call while a
-    /// connection's socket buffer is full (only epoll says when it drained). A busy-polling loop with
-    /// few peers then finds a packet with one system call instead of two (`epoll_wait`, then
+    /// connection's socket buffer is full (only epoll says when it drained). A busy-polling
+    /// loop with few peers then finds a packet with one system call instead of two (`epoll_wait`, then
     /// `recv`); an idle spin costs one `recv` per connection instead of one `epoll_wait`.
     /// A loop that calls `rx_burst` [`UNPOLL_AFTER`] times without `wait` also takes these
     /// connections out of epoll (see the [module docs](self)).
@@ -1441,13 +1442,11 @@ impl TcpTransport {
         }
     }
 
-    /// Every established connection back into epoll.
-    fn poll_all(&mut self) {
-        if self.unpolled > 0 {
-            for i in 0..self.up.len() {
-                if let Some(&slot) = self.up.get(i) {
-                    self.set_polled(slot, true);
-                }
+    /// Every established connection into epoll (`true`) or out of it.
+    fn set_all_polled(&mut self, on: bool) {
+        for i in 0..self.up.len() {
+            if let Some(&slot) = self.up.get(i) {
+                self.set_polled(slot, on);
             }
         }
     }
@@ -1642,8 +1641,8 @@ impl TcpTransport {
     }
 }
 
-/// One chunk of packets of [`TcpTransport::write_direct`] (at most [`TX_CHUNK`]), written as
-/// one gathered `sendmsg` of their frames.
+/// One chunk of packets of [`TcpTransport::write_direct`] (at most [`TX_CHUNK`]), written
+/// with one send call: gathered iovecs, or one copied buffer when small.
 struct Frames<'a, 'p> {
     pkts: &'a [TxPkt<'p>],
     chunk: &'a [(u32, u32)],
@@ -1841,38 +1840,29 @@ impl Transport for TcpTransport {
         let direct = !self.up.is_empty() && self.up.len() <= self.cfg.direct_reads;
         let blocked = direct && self.tx_blocked();
         if direct && !blocked && self.busy_calls >= UNPOLL_AFTER && self.unpolled < self.up.len() {
-            for i in 0..self.up.len() {
-                if let Some(&slot) = self.up.get(i) {
-                    self.set_polled(slot, false);
-                }
-            }
+            self.set_all_polled(false);
         }
         if direct {
             self.busy_calls = self.busy_calls.saturating_add(1);
         }
-        if blocked || !direct {
+        if (blocked || !direct) && self.unpolled > 0 {
             // Writability (or, above `direct_reads`, everything) comes from epoll.
-            self.poll_all();
+            self.set_all_polled(true);
         }
-        if direct && self.since_epoll + 1 < EPOLL_EVERY && !blocked {
-            // Established connections are read whether or not epoll reported them: a read
-            // that finds nothing costs what the `epoll_wait` would have.
-            self.since_epoll += 1;
+        if direct {
+            // Established connections are read whether or not epoll reported them (out of
+            // epoll, it cannot): a read that finds nothing costs what an `epoll_wait` would.
             for i in 0..self.up.len() {
                 if let Some(&slot) = self.up.get(i) {
                     self.enqueue_read(slot);
                 }
             }
+        }
+        if direct && self.since_epoll + 1 < EPOLL_EVERY && !blocked {
+            self.since_epoll += 1;
             self.after_events();
         } else {
             self.since_epoll = 0;
-            if direct {
-                for i in 0..self.up.len() {
-                    if let Some(&slot) = self.up.get(i) {
-                        self.enqueue_read(slot);
-                    }
-                }
-            }
             self.drive();
         }
         let got = self.read_ready();
@@ -1897,7 +1887,9 @@ impl Transport for TcpTransport {
         }
         // Sleeping needs every connection in epoll; a loop that sleeps keeps them there.
         self.busy_calls = 0;
-        self.poll_all();
+        if self.unpolled > 0 {
+            self.set_all_polled(true);
+        }
         let mut t = timeout;
         if let Some(d) = self.next_deadline {
             let until = d.saturating_duration_since(Instant::now());
