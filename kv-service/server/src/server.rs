@@ -480,6 +480,8 @@ fn serve<T: DataEndpoint>(
                     st.worker.pending() > 0
                         || st.post.has_mail()
                         || st.cluster.as_ref().is_some_and(|c| c.wants_step())
+                        // Answers to Raft requests carry the peers' messages.
+                        || (cluster_mode && r.has_completions())
                         || stop.load(Ordering::Relaxed)
                 },
                 // Cluster mode: Raft ticks every 1 ms and heartbeats every 10.

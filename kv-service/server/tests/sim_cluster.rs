@@ -939,6 +939,8 @@ impl Sim {
             sum.snapshots_installed += s.snapshots_installed;
             sum.entries_held += s.entries_held;
             sum.log_segments = sum.log_segments.max(s.log_segments);
+            sum.raft_requests += s.raft_requests;
+            sum.raft_answers += s.raft_answers;
         }
         sum
     }
@@ -1105,9 +1107,31 @@ fn with_stable_leaders_and_light_loss_no_attempt_times_out() {
             "seed {seed}: leaders {before:?}"
         );
         let (timeouts, acked) = (sim.timeouts, sim.acked_writes + sim.acked_reads);
+        let batches = |sim: &Sim| {
+            (0..sim.nodes.len()).fold((0, 0), |(r, a), i| {
+                let s = sim.node_stats(i);
+                (r + s.raft_requests, a + s.raft_answers)
+            })
+        };
+        let (requests0, answers0) = batches(&sim);
         sim.slow.clear();
         sim.run_for(6_000 * MS);
         sim.quiesce();
+        let (requests, answers) = batches(&sim);
+        eprintln!(
+            "seed {seed}: raft batches: {} requests, {} in answers",
+            requests - requests0,
+            answers - answers0
+        );
+        // Every request carries messages its receiver answers at once (appends, heartbeats),
+        // so nearly every request's answer carries the answering messages back: the replies
+        // cost no requests of their own.
+        assert!(
+            (answers - answers0) * 10 >= (requests - requests0) * 9,
+            "seed {seed}: {} batches as requests, only {} in answers",
+            requests - requests0,
+            answers - answers0
+        );
         let after = leader_terms(&sim);
         assert_eq!(before, after, "seed {seed}: a leader changed");
         let done = sim.acked_writes + sim.acked_reads - acked;

@@ -293,6 +293,12 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
             .enqueue_request_with_deadline(session, req_type, req, tag, deadline)
     }
 
+    /// Whether a completion is waiting for [`Rpc::poll_completion`] (e.g. for a loop that
+    /// sleeps until there is something to do).
+    pub fn has_completions(&self) -> bool {
+        !self.completions.is_empty() || self.ctx.ep.has_events()
+    }
+
     /// Takes the next completion (when no continuation is set).
     pub fn poll_completion(&mut self) -> Option<Completion> {
         self.absorb_events();

@@ -2,13 +2,15 @@
 //! from the thread's `step(now)` loop.
 //!
 //! Each iteration (`drive`, called by `ServerThread::step`): keep a session open to the same thread of every peer node,
-//! take the completions of the Raft requests sent, then for each replica: tick on the
+//! step the messages that came back in answers to its Raft requests, then for each replica: tick on the
 //! thread's clock (1 ms ticks), issue one `read_index` for all linearizable reads waiting,
 //! handle its ready (send messages at once, buffer entries and hard state in the thread's
 //! log, apply committed entries to the engine, note read states), **one** `ThreadLog::sync`
 //! for every replica of the thread, then `on_persist_ready` and the persisted messages
 //! (votes, append answers: only once durable). Messages for one peer thread go as one
-//! `RAFT` rpc request per iteration.
+//! batch per iteration: in the answer to that thread's `RAFT` request if one came in this
+//! iteration (every such request is held until the end of the iteration), else as a `RAFT`
+//! request of their own — a follower's append answers ride back on the leader's request.
 //!
 //! - **Writes** (PUT, DELETE with the cluster extension) are proposed by the leader only;
 //!   others answer NOT_LEADER with the leader raft-rs knows. The entry is the write and its
@@ -65,7 +67,7 @@ use kv_raft::sessions::{Dedup, RequestId, Sessions, DEFAULT_MAX_ANSWERS, DEFAULT
 use kv_raft::{
     AnyDir, FsDir, LogOptions, ReplicaSettings, ShardId, ShardStore, SyncPolicy, ThreadLog,
 };
-use rpc::{Ctx, Request as RpcRequest, Rpc, SessionId, SessionState};
+use rpc::{Ctx, ReqHandle, Request as RpcRequest, Rpc, SessionId, SessionState};
 use transports::Transport;
 
 use crate::config::ServerError;
@@ -356,6 +358,10 @@ pub struct ReplicaStats {
     pub entries_held: u64,
     /// Segment files of the thread's log now.
     pub log_segments: u64,
+    /// Batches of Raft messages sent as RAFT requests of their own.
+    pub raft_requests: u64,
+    /// Batches of Raft messages sent in the answer to a peer's RAFT request.
+    pub raft_answers: u64,
 }
 
 impl Shard {
@@ -391,6 +397,11 @@ pub struct Replicas {
     applying: HashMap<u64, Applying>,
     next_apply_tag: u64,
     outbox: BTreeMap<NodeId, Vec<(ShardId, Message)>>,
+    /// RAFT requests from peers not answered yet, with the node that sent them: answered at
+    /// the end of the iteration, each carrying the messages this iteration has for its
+    /// sender (a follower's append and heartbeat answers ride back on the leader's request
+    /// instead of costing a request and a response of their own).
+    held: Vec<(NodeId, ReqHandle)>,
     scratch: Vec<u8>,
     /// The log failed: the replicas stopped (a restart recovers from the disk).
     failed: bool,
@@ -564,6 +575,7 @@ impl Replicas {
             applying: HashMap::new(),
             next_apply_tag: APPLY_TAG,
             outbox: BTreeMap::new(),
+            held: Vec::new(),
             scratch: Vec::new(),
             failed: false,
             transfers: Vec::new(),
@@ -593,13 +605,15 @@ impl Replicas {
     /// Whether a replica has work for the next iteration (a ready, reads waiting for a
     /// read-index round): a sleeping thread wakes for it.
     pub(crate) fn wants_step(&self) -> bool {
-        self.shards.values().any(|s| {
-            (s.node.has_ready() && s.incoming.is_none())
-                || (!s.reads_waiting.is_empty() && s.node.raft.commit_to_current_term())
-                || s.incoming
-                    .as_ref()
-                    .is_some_and(|i| i.msg.is_some() && s.install_ops == 0)
-        }) || self.transfers.iter().any(|t| !t.in_flight && !t.reading)
+        !self.held.is_empty()
+            || self.shards.values().any(|s| {
+                (s.node.has_ready() && s.incoming.is_none())
+                    || (!s.reads_waiting.is_empty() && s.node.raft.commit_to_current_term())
+                    || s.incoming
+                        .as_ref()
+                        .is_some_and(|i| i.msg.is_some() && s.install_ops == 0)
+            })
+            || self.transfers.iter().any(|t| !t.in_flight && !t.reading)
     }
 
     /// Nothing handed to the engine is outstanding.
@@ -696,6 +710,62 @@ impl Replicas {
         to
     }
 
+    /// The answer to a RAFT request of ours on `session`: the messages its receiver had for
+    /// this thread when it answered. A malformed one is dropped (Raft resends).
+    fn on_raft_answer(&mut self, session: SessionId, data: &[u8]) {
+        let Some(peer) = self.peers.iter().find(|p| p.session == Some(session)) else {
+            return;
+        };
+        let peer = peer.node;
+        let body = match protocol::parse_response(data) {
+            Ok(r) if r.status == Status::Ok => r.body,
+            Ok(r) => {
+                tracing::debug!(peer, status = ?r.status, "raft request refused");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(peer, error = %e, "malformed answer to a raft request");
+                return;
+            }
+        };
+        if body.is_empty() {
+            return;
+        }
+        match self.step_batch(body, Some(peer)) {
+            Ok(from) if from == peer => {}
+            Ok(from) => tracing::warn!(peer, from, "raft answer from another node: dropped"),
+            Err(e) => tracing::warn!(peer, error = %e, "malformed raft answer"),
+        }
+    }
+
+    /// Steps the messages of a RAFT batch (a peer's request, or the answer to one of ours)
+    /// into their replicas; returns the sender's node id. Messages for a shard not here, or
+    /// claiming another sender than the batch, are dropped; a snapshot comes only in
+    /// RAFT_SNAPSHOT chunks, after its data. With `sender`, a batch from another node is
+    /// not stepped at all.
+    fn step_batch(
+        &mut self,
+        data: &[u8],
+        sender: Option<NodeId>,
+    ) -> Result<NodeId, kv_raft::wire::WireError> {
+        let (from, msgs) = kv_raft::wire::decode_batch(data)?;
+        if sender.is_some_and(|p| p != from) {
+            return Ok(from);
+        }
+        for (shard, m) in msgs {
+            let Some(s) = self.shards.get_mut(&shard) else {
+                continue;
+            };
+            if m.from != from || m.get_msg_type() == MessageType::MsgSnapshot {
+                continue;
+            }
+            if let Err(e) = s.node.step(m) {
+                tracing::debug!(shard, error = %e, "raft message refused");
+            }
+        }
+        Ok(from)
+    }
+
     fn tick(&mut self, now: u64) {
         let last = *self.last_tick.get_or_insert(now);
         let ticks = now.saturating_sub(last) / TICK_NS;
@@ -746,6 +816,11 @@ pub(crate) fn drive<T: Transport, B: Backend>(rpc: &mut Rpc<T, ServerState<B>>, 
         if done.req_type == op::RAFT_SNAPSHOT {
             c.on_chunk_answer(done.tag, &done.result, now);
         }
+        if done.req_type == op::RAFT {
+            if let Ok(resp) = &done.result {
+                c.on_raft_answer(done.session, resp.as_slice());
+            }
+        }
         let ctx = rpc.ctx();
         ctx.free_msg(done.req);
         if let Ok(resp) = done.result {
@@ -754,6 +829,10 @@ pub(crate) fn drive<T: Transport, B: Backend>(rpc: &mut Rpc<T, ServerState<B>>, 
     }
     let (st, ctx) = rpc.split();
     work |= st.cluster_iteration(&mut c, ctx, now);
+    // Whatever the iteration did not answer (it stops early when the log failed).
+    for (_, h) in std::mem::take(&mut c.held) {
+        st.respond(ctx, h, Status::Ok, 0, 0, b"");
+    }
     st.cluster = Some(c);
     work
 }
@@ -775,22 +854,10 @@ impl<B: Backend> ServerState<B> {
         let dest = Dest::Single(h);
         match req.req_type {
             op::RAFT => {
-                match kv_raft::wire::decode_batch(req.data) {
-                    Ok((from, msgs)) => {
-                        for (shard, m) in msgs {
-                            let Some(s) = c.shards.get_mut(&shard) else {
-                                continue;
-                            };
-                            // A snapshot comes only in RAFT_SNAPSHOT chunks, after its data.
-                            if m.from != from || m.get_msg_type() == MessageType::MsgSnapshot {
-                                continue;
-                            }
-                            if let Err(e) = s.node.step(m) {
-                                tracing::debug!(shard, error = %e, "raft message refused");
-                            }
-                        }
-                        self.respond(ctx, h, Status::Ok, 0, 0, b"");
-                    }
+                match c.step_batch(req.data, None) {
+                    // Answered at the end of the iteration, with what it has for the sender.
+                    Ok(from) if c.peers.iter().any(|p| p.node == from) => c.held.push((from, h)),
+                    Ok(_) => self.respond(ctx, h, Status::Ok, 0, 0, b""),
                     Err(e) => {
                         self.stats.bad_requests += 1;
                         let msg = format!("bad raft batch: {e}");
@@ -1351,6 +1418,19 @@ impl<B: Backend> ServerState<B> {
                     continue;
                 }
             }
+            c.scratch.clear();
+            kv_raft::wire::encode_batch(
+                c.opts.node,
+                msgs.iter().map(|(s, m)| (*s, m)),
+                &mut c.scratch,
+            );
+            // The answer to a request of `to`'s, if one waits: no request of our own.
+            if let Some(i) = c.held.iter().position(|&(n, _)| n == to) {
+                let (_, h) = c.held.swap_remove(i);
+                self.respond(ctx, h, Status::Ok, 0, 0, &c.scratch);
+                c.stats.raft_answers += 1;
+                continue;
+            }
             let session = c
                 .peers
                 .iter()
@@ -1368,18 +1448,13 @@ impl<B: Backend> ServerState<B> {
                 }
                 continue;
             };
-            c.scratch.clear();
-            kv_raft::wire::encode_batch(
-                c.opts.node,
-                msgs.iter().map(|(s, m)| (*s, m)),
-                &mut c.scratch,
-            );
             let m = ctx.msg_from(&c.scratch);
             // A short deadline: Raft resends what is lost, and requests stuck on a peer that
             // went away must not hold the window.
             let deadline = Some(std::time::Duration::from_millis(RAFT_DEADLINE_MS));
-            if let Err(e) = ctx.enqueue_request_with_deadline(session, op::RAFT, m, 0, deadline) {
-                tracing::debug!(peer = to, error = %e, "raft messages not sent");
+            match ctx.enqueue_request_with_deadline(session, op::RAFT, m, 0, deadline) {
+                Ok(()) => c.stats.raft_requests += 1,
+                Err(e) => tracing::debug!(peer = to, error = %e, "raft messages not sent"),
             }
         }
         true
