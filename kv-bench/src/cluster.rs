@@ -41,6 +41,10 @@ use crate::report::{new_histogram, say, write_json, Latency};
 
 /// How long a single-node request may wait: the cluster client's default deadline (15 s),
 /// so that a disk stall of a shared machine does not end the run on one side only.
+/// The floor measurements' names (`baseline::relay`).
+const FLOOR_ECHO: &str = "floor: UDP echo, 1 sleeping thread, 1 in flight";
+const FLOOR_RELAY: &str = "floor: UDP relay, leader + 2 sleeping followers, 1 in flight";
+
 const SINGLE_NODE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Arguments of `kv-bench cluster`.
@@ -765,6 +769,28 @@ pub fn run(a: ClusterArgs) -> Result<()> {
     );
     let mut results: Vec<Measured> = Vec::new();
 
+    // The machine's floor: the same wake-ups over plain sockets (baseline::relay).
+    say!(
+        json,
+        "floor: plain UDP sockets, server threads sleeping in recv between packets:"
+    );
+    let floor = crate::baseline::relay::sleeping_floor(a.requests, a.warmup, !a.latency_sleep)?;
+    for (what, h) in [(FLOOR_ECHO, &floor.echo), (FLOOR_RELAY, &floor.relay)] {
+        // One in flight: the rate is the inverse of the mean round trip.
+        let latency = Latency::from_ns(h);
+        let secs = h.len() as f64 * latency.mean_us / 1e6;
+        let m = Measured {
+            what: what.into(),
+            requests: h.len(),
+            secs,
+            ops_per_sec: h.len() as f64 / secs.max(1e-9),
+            latency,
+            retries: None,
+        };
+        print_measured(json, &m);
+        results.push(m);
+    }
+
     // Single node: the server's default durability, then --durability sync.
     for (label, durability) in [("periodic", "periodic"), ("sync", "sync")] {
         let dir = tmp.path().join(format!("single-{label}"));
@@ -900,6 +926,18 @@ pub fn run(a: ClusterArgs) -> Result<()> {
         find("replicated PUT, raft-sync never, 1"),
         find("single-node GET, periodic"),
         Some(3.0),
+    );
+    ratio(
+        "floor: UDP relay p50 / UDP echo p50 (what wake-ups alone make of the ratio above)",
+        find(FLOOR_RELAY),
+        find(FLOOR_ECHO),
+        None,
+    );
+    ratio(
+        "replicated PUT p50 (raft-sync never) / floor UDP relay p50",
+        find("replicated PUT, raft-sync never, 1"),
+        find(FLOOR_RELAY),
+        None,
     );
     ratio(
         "replicated PUT p50 (raft-sync always) / single-node PUT p50 (durability sync)",

@@ -43,6 +43,8 @@ fn cluster_bench_smoke() {
     let results = v["results"].as_array().expect("results");
     let names: Vec<&str> = results.iter().filter_map(|r| r["what"].as_str()).collect();
     for want in [
+        "floor: UDP echo, 1 sleeping thread, 1 in flight",
+        "floor: UDP relay, leader + 2 sleeping followers, 1 in flight",
         "single-node PUT, periodic, 1 in flight",
         "single-node GET, periodic, 1 in flight",
         "single-node PUT, periodic, 2 clients",
@@ -81,7 +83,7 @@ fn cluster_bench_smoke() {
     assert!(f["ms"].as_f64().unwrap_or(0.0) > 0.0, "{f}");
     assert_ne!(f["killed"], f["new_leader"], "{f}");
     let ratios = v["ratios"].as_array().expect("ratios");
-    assert_eq!(ratios.len(), 4, "{v}");
+    assert_eq!(ratios.len(), 6, "{v}");
     assert!(
         ratios
             .iter()

@@ -2,6 +2,7 @@
 pub mod raw_tcp;
 pub mod raw_udp;
 pub mod redis;
+pub mod relay;
 pub mod rocksdb;
 
 /// Runs `f` for 100 ms, then longer, until it records a round trip: on a loaded machine
