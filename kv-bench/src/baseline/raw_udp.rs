@@ -21,7 +21,7 @@ use transports::udp::{UdpConfig, UdpTransport};
 use transports::{Transport, TxPkt};
 
 /// How long a reply may take before the request counts as lost and is sent again.
-const LOSS_TIMEOUT: Duration = Duration::from_millis(200);
+pub(super) const LOSS_TIMEOUT: Duration = Duration::from_millis(200);
 /// Round trips lost in a row before the run gives up.
 const MAX_LOSSES: u32 = 20;
 
@@ -32,7 +32,7 @@ pub(super) fn warmup(duration: Duration) -> Duration {
 
 /// Records one round trip (`None`: lost) after the warm-up; fails after `MAX_LOSSES` losses in
 /// a row.
-fn account(
+pub(super) fn account(
     rtt: Option<Duration>,
     warm: bool,
     hist: &mut Histogram<u64>,

@@ -21,20 +21,16 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 
-use super::raw_udp::Server;
+use super::raw_udp::{account, Server, LOSS_TIMEOUT};
 
 /// Request and answer sizes: about a 100-byte PUT with its headers, and an empty answer.
 const REQUEST: usize = 150;
 const ANSWER: usize = 40;
 /// A server thread wakes this often to see whether it should stop.
 const STOP_POLL: Duration = Duration::from_millis(20);
-/// A request unanswered this long is sent again (same sequence number).
-const LOSS_TIMEOUT: Duration = Duration::from_millis(200);
-/// Losses in a row before the run gives up.
-const MAX_LOSSES: u32 = 20;
 
 /// Round trips of the two patterns, in nanoseconds.
 pub struct Floor {
@@ -63,24 +59,23 @@ fn seq_of(b: &[u8]) -> u64 {
         .map_or(0, u64::from_le_bytes)
 }
 
-/// A thread answering every datagram with `ANSWER` bytes starting with its first 8 bytes.
-fn echo_server(name: &str) -> Result<(Server, SocketAddr)> {
+/// A server thread on a blocking socket: `on` runs for every datagram received (sender,
+/// bytes) until the thread is told to stop.
+fn serve(
+    name: &str,
+    mut on: impl FnMut(&UdpSocket, SocketAddr, &[u8]) + Send + 'static,
+) -> Result<(Server, SocketAddr)> {
     let sock = blocking_socket()?;
     let addr = sock.local_addr()?;
+    let what = format!("{name} recv");
     let server = Server::spawn(name, move |stop| {
         let mut buf = [0u8; 2048];
-        let mut answer = [0u8; ANSWER];
         while !stop.load(Ordering::Relaxed) {
             match sock.recv_from(&mut buf) {
-                Ok((n, peer)) => {
-                    let k = n.min(8);
-                    answer[..k].copy_from_slice(&buf[..k]);
-                    // A failed answer is a loss the client sees.
-                    drop(sock.send_to(&answer, peer));
-                }
+                Ok((n, peer)) => on(&sock, peer, &buf[..n]),
                 Err(e) if timed_out(&e) => {}
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
-                Err(e) => return Err(e).context("echo server recv"),
+                Err(e) => return Err(e).context(what),
             }
         }
         Ok(())
@@ -88,43 +83,38 @@ fn echo_server(name: &str) -> Result<(Server, SocketAddr)> {
     Ok((server, addr))
 }
 
+/// A thread answering every datagram with `ANSWER` bytes starting with its first 8 bytes.
+fn echo_server(name: &str) -> Result<(Server, SocketAddr)> {
+    let mut answer = [0u8; ANSWER];
+    serve(name, move |sock, peer, got| {
+        let k = got.len().min(8);
+        answer[..k].copy_from_slice(&got[..k]);
+        // A failed answer is a loss the client sees.
+        drop(sock.send_to(&answer, peer));
+    })
+}
+
 /// The leader thread: a datagram from a follower is an answer (the first for the current
 /// sequence number is passed to the client); anything else is a client request, sent on to
 /// both followers.
 fn leader(followers: [SocketAddr; 2]) -> Result<(Server, SocketAddr)> {
-    let sock = blocking_socket()?;
-    let addr = sock.local_addr()?;
-    let server = Server::spawn("relay-leader", move |stop| {
-        let mut buf = [0u8; 2048];
-        let mut answer = [0u8; ANSWER];
-        // The client waiting and the sequence number it waits for.
-        let mut waiting: Option<(SocketAddr, u64)> = None;
-        while !stop.load(Ordering::Relaxed) {
-            match sock.recv_from(&mut buf) {
-                Ok((n, peer)) if followers.contains(&peer) => {
-                    let seq = seq_of(&buf[..n]);
-                    if let Some((client, want)) = waiting {
-                        if seq == want {
-                            answer[..8].copy_from_slice(&seq.to_le_bytes());
-                            drop(sock.send_to(&answer, client));
-                            waiting = None;
-                        }
-                    }
-                }
-                Ok((n, client)) => {
-                    waiting = Some((client, seq_of(&buf[..n])));
-                    for f in followers {
-                        drop(sock.send_to(&buf[..n], f));
-                    }
-                }
-                Err(e) if timed_out(&e) => {}
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
-                Err(e) => return Err(e).context("relay leader recv"),
+    let mut answer = [0u8; ANSWER];
+    // The client waiting and the sequence number it waits for.
+    let mut waiting: Option<(SocketAddr, u64)> = None;
+    serve("relay-leader", move |sock, peer, got| {
+        if !followers.contains(&peer) {
+            waiting = Some((peer, seq_of(got)));
+            for f in followers {
+                drop(sock.send_to(got, f));
+            }
+        } else if let Some((client, want)) = waiting {
+            if seq_of(got) == want {
+                answer[..8].copy_from_slice(&want.to_le_bytes());
+                drop(sock.send_to(&answer, client));
+                waiting = None;
             }
         }
-        Ok(())
-    })?;
-    Ok((server, addr))
+    })
 }
 
 /// `requests` timed round trips (after `warmup` untimed ones) to `to`, one in flight; the
@@ -162,18 +152,9 @@ fn client(to: SocketAddr, requests: usize, warmup: usize, spin: bool) -> Result<
                 Err(e) => return Err(e).context("client recv"),
             }
         };
-        if !answered {
-            losses += 1;
-            if losses >= MAX_LOSSES {
-                bail!("{MAX_LOSSES} round trips lost in a row");
-            }
-            continue;
-        }
-        losses = 0;
-        if done >= warmup {
-            super::raw_udp::record(&mut hist, t0.elapsed().as_nanos());
-        }
-        done += 1;
+        let rtt = answered.then(|| t0.elapsed());
+        account(rtt, done >= warmup, &mut hist, &mut losses, "floor")?;
+        done += usize::from(answered);
     }
     Ok(hist)
 }

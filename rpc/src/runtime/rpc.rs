@@ -293,8 +293,8 @@ impl<T: Transport, S: 'static> Rpc<T, S> {
             .enqueue_request_with_deadline(session, req_type, req, tag, deadline)
     }
 
-    /// Whether a completion is waiting for [`Rpc::poll_completion`] (e.g. for a loop that
-    /// sleeps until there is something to do).
+    /// Whether a completion is waiting for [`Rpc::poll_completion`], or core events not yet
+    /// sorted that may hold one (e.g. for a loop that sleeps until there is something to do).
     pub fn has_completions(&self) -> bool {
         !self.completions.is_empty() || self.ctx.ep.has_events()
     }
