@@ -24,9 +24,6 @@ pub struct ReplicaSettings {
     pub max_size_per_msg: u64,
     /// Most append messages in flight to one follower (default 256).
     pub max_inflight_msgs: usize,
-    /// How reads are confirmed (default [`ReadOnlyOption::Safe`]: ReadIndex, one heartbeat
-    /// round with a quorum; `LeaseBased` trusts clocks to advance at the same rate).
-    pub read_only: ReadOnlyOption,
 }
 
 impl Default for ReplicaSettings {
@@ -36,7 +33,6 @@ impl Default for ReplicaSettings {
             election_ticks: 100,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
-            read_only: ReadOnlyOption::Safe,
         }
     }
 }
@@ -53,11 +49,40 @@ impl ReplicaSettings {
         e + rank.min(replicas.saturating_sub(1)) * e / replicas.max(1)
     }
 
+    /// How long a leader whose ticks are `tick_ns` long may trust that no other leader
+    /// exists after a quorum answered a heartbeat it sent at time `s`: until `s` plus this
+    /// many nanoseconds, measured on its own clock.
+    ///
+    /// Why it holds: with check-quorum on, raft-rs makes a replica that heard from its
+    /// leader refuse votes and pre-votes (other than a leadership transfer's) for
+    /// `election_ticks` of its own ticks; a quorum that answered the heartbeat heard from
+    /// the leader after `s`, and any new leader needs a vote from one of them. The lease is
+    /// one tick shorter (a replica's first tick may come at once after the heartbeat) and
+    /// 10% shorter again, for clocks that run at different rates. A replica that restarts
+    /// forgets whom it heard from, so it must not vote for `election_ticks` after it starts
+    /// (the server drops vote requests that long). Leadership transfers void the lease.
+    ///
+    /// ```
+    /// let s = kv_raft::ReplicaSettings::default();
+    /// // 1 ms ticks, the 100-tick election timeout: 89.1 ms.
+    /// assert_eq!(s.lease_ns(1_000_000), 89_100_000);
+    /// ```
+    pub fn lease_ns(&self, tick_ns: u64) -> u64 {
+        let ticks = self.election_ticks.saturating_sub(1) as u64;
+        ticks.saturating_mul(tick_ns) / 10 * 9
+    }
+
     /// The raft-rs configuration of replica `id` (its node's id), of rank `rank` among the
     /// shard's `replicas`, restarting with `applied` entries applied to its state machine:
     /// pre-vote and check-quorum on, the timeout of its rank, and no append sent only to
     /// announce a new commit index (followers learn it from the next append or heartbeat:
     /// two messages per follower and write fewer, followers apply up to a heartbeat later).
+    ///
+    /// raft-rs always confirms a read index with a heartbeat round (`ReadOnlyOption::Safe`).
+    /// Its `LeaseBased` option is not offered: it answers from the leader's role alone, and
+    /// a leader that lost its quorum keeps that role for up to two election timeouts (it
+    /// checks the quorum once per timeout) while the others may elect a new one after one.
+    /// A server that wants lease reads keeps its own lease (see [`Self::lease_ns`]).
     pub fn config(&self, id: u64, rank: usize, replicas: usize, applied: u64) -> Config {
         let t = self.election_timeout(rank, replicas);
         Config {
@@ -71,7 +96,7 @@ impl ReplicaSettings {
             max_inflight_msgs: self.max_inflight_msgs,
             check_quorum: true,
             pre_vote: true,
-            read_only_option: self.read_only,
+            read_only_option: ReadOnlyOption::Safe,
             skip_bcast_commit: true,
             ..Config::default()
         }

@@ -68,7 +68,7 @@ mod server;
 mod state;
 mod thread;
 
-pub use cluster::{ClusterOptions, CompactionSettings, ReplicaStats, Replicas};
+pub use cluster::{ClusterOptions, CompactionSettings, ReadMode, ReplicaStats, Replicas};
 pub use config::{DataTransport, IdleMode, ServerConfig, ServerError};
 pub use server::Server;
 pub use state::ServerState;

@@ -23,8 +23,8 @@ use kv_engine::{open_workers_with, Durability, EngineConfig, SimDisk};
 use kv_proto::{self as protocol, op, ClusterExt, Op, Request, Role, Status};
 use kv_raft::{AnyDir, SimFs};
 use kv_service::{
-    build_threads, register_handlers, ClusterOptions, CompactionSettings, ReplicaStats, Replicas,
-    ServerState, ServerThread, Shutdown,
+    build_threads, register_handlers, ClusterOptions, CompactionSettings, ReadMode, ReplicaStats,
+    Replicas, ServerState, ServerThread, Shutdown,
 };
 use rpc::{LocalHub, Nexus, Rpc, RpcConfig, SessionId, SessionState, VirtualClock};
 use testkit::linearizability::{check_register, Call, RegisterOp, RegisterRet};
@@ -125,6 +125,8 @@ struct Sim {
     slow: Vec<(u64, u64)>,
     /// Whether clients start new operations.
     load: bool,
+    /// How the nodes confirm reads.
+    reads: ReadMode,
 }
 
 fn cluster() -> Cluster {
@@ -174,6 +176,10 @@ fn hot_key(k: usize) -> Vec<u8> {
 
 impl Sim {
     fn new(seed: u64) -> Sim {
+        Sim::with_reads(seed, ReadMode::Index)
+    }
+
+    fn with_reads(seed: u64, reads: ReadMode) -> Sim {
         let clock = VirtualClock::new();
         let fabric = SimFabric::with_clock(seed, clock.reader());
         fabric.set_default_faults(LinkFaults {
@@ -218,6 +224,7 @@ impl Sim {
             timeouts: 0,
             slow: Vec::new(),
             load: true,
+            reads,
         };
         for i in 0..NODES as usize {
             sim.start_node(i);
@@ -273,7 +280,8 @@ impl Sim {
         let mut threads =
             build_threads(&n.nexus, opened, transports, &rpc_config(seed), &n.shutdown)
                 .expect("threads");
-        let opts = options(&cluster, n.id);
+        let mut opts = options(&cluster, n.id);
+        opts.reads = self.reads;
         for (t, th) in threads.iter_mut().enumerate() {
             th.rpc_mut().use_virtual_clock(self.clock.clone());
             let dir = AnyDir::new(n.fs.dir(&format!("t{t}")));
@@ -857,8 +865,8 @@ fn rotate(cluster: &Cluster, target: &mut [u64], shard: u32, from: u64) {
     }
 }
 
-fn run(seed: u64) {
-    let mut sim = Sim::new(seed);
+fn run(seed: u64, reads: ReadMode) -> Sim {
+    let mut sim = Sim::with_reads(seed, reads);
     // Warm up: leaders elected, some traffic.
     sim.run_for(1_500 * MS);
     for round in 0..4 {
@@ -916,12 +924,41 @@ fn run(seed: u64) {
         sim.now() / MS
     );
     assert!(sim.acked_writes > 100, "seed {seed}: too little progress");
+    sim
 }
 
 #[test]
 fn partitions_crashes_and_loss_keep_every_acknowledged_write_and_linearizable_keys() {
     for seed in testkit::seeds(&[1, 2]) {
-        run(seed);
+        run(seed, ReadMode::Index);
+    }
+}
+
+/// The same faults with leader leases: an isolated leader still reachable by clients must
+/// stop answering reads before the others can elect a new leader and take writes, and a
+/// restarted node must not help elect one while a lease it acknowledged may hold — the
+/// history check fails on any stale read. Most reads run under a lease (no round).
+#[test]
+fn with_lease_reads_partitions_crashes_and_loss_keep_linearizable_keys() {
+    for seed in testkit::seeds(&[7]) {
+        let sim = run(seed, ReadMode::Lease);
+        let mut stats = ReplicaStats::default();
+        for i in 0..NODES as usize {
+            let s = sim.node_stats(i);
+            stats.lease_reads += s.lease_reads;
+            stats.read_rounds += s.read_rounds;
+            stats.votes_withheld += s.votes_withheld;
+        }
+        eprintln!(
+            "seed {seed}: {} reads under a lease, {} read rounds, {} votes withheld",
+            stats.lease_reads, stats.read_rounds, stats.votes_withheld
+        );
+        assert!(
+            stats.lease_reads > stats.read_rounds,
+            "seed {seed}: {} lease reads, {} rounds",
+            stats.lease_reads,
+            stats.read_rounds
+        );
     }
 }
 
@@ -941,6 +978,9 @@ impl Sim {
             sum.log_segments = sum.log_segments.max(s.log_segments);
             sum.raft_requests += s.raft_requests;
             sum.raft_answers += s.raft_answers;
+            sum.read_rounds += s.read_rounds;
+            sum.lease_reads += s.lease_reads;
+            sum.votes_withheld += s.votes_withheld;
         }
         sum
     }
@@ -1181,6 +1221,37 @@ impl Sim {
         self.send(c, now);
     }
 
+    /// Starts a write of `key` = `value` by client `c`, its first attempt to `node`.
+    fn start_write_at(&mut self, c: usize, key: Vec<u8>, value: Vec<u8>, node: u64) {
+        let now = self.now();
+        self.written.insert(value.clone());
+        let h = self.history.entry(key.clone()).or_default();
+        h.push(Call {
+            start: now,
+            end: None,
+            op: RegisterOp::Put(value.clone()),
+            ret: RegisterRet::Unknown,
+        });
+        let call = h.len() - 1;
+        let shard = self.cluster.shard_of(&key);
+        let cl = &mut self.clients[c];
+        cl.target[shard as usize] = node;
+        cl.next_seq += 1;
+        cl.op = Some(InFlight {
+            call,
+            shard,
+            key,
+            put: Some(value),
+            seq: cl.next_seq - 1,
+            tag: 0,
+            node: 0,
+            sent: false,
+            retry_at: now,
+            give_up: now + GIVE_UP_MS * MS,
+        });
+        self.send(c, now);
+    }
+
     /// The state of `shard`'s replica on node `id`.
     fn replica_status(&self, id: u64, shard: u32) -> Option<kv_proto::ShardStatus> {
         self.nodes[(id - 1) as usize]
@@ -1253,6 +1324,79 @@ fn a_read_at_a_new_leader_before_its_first_commit_is_answered_without_a_timeout(
         assert_eq!(
             sim.timeouts, timeouts,
             "seed {seed}: the read's attempt at new leader {new} timed out ({took} ms)"
+        );
+        sim.check_history();
+    }
+}
+
+/// Leader leases, pointed: the leader of a shard is cut off from the other nodes but not
+/// from the clients. One client keeps reading a key at it; another writes the key at the
+/// leader the others elect. A read the old leader answers from an expired lease after that
+/// write was acknowledged returns the old value, and the history check fails (a lease 20
+/// times too long, which outlives the election, fails it on seed 11).
+#[test]
+fn with_lease_reads_an_isolated_leader_serves_no_read_after_a_new_leader_took_a_write() {
+    for seed in testkit::seeds(&[11, 12, 13, 14]) {
+        let mut sim = Sim::with_reads(seed, ReadMode::Lease);
+        sim.run_for(1_500 * MS);
+        sim.quiesce();
+        let shard = 0;
+        let old = sim.leader_of(shard).expect("a leader");
+        let key = (0..)
+            .map(|i| format!("lease{i}").into_bytes())
+            .find(|k| sim.cluster.shard_of(k) == shard)
+            .expect("a key");
+        let wait = |sim: &mut Sim, c: usize| {
+            let end = sim.now() + 2 * GIVE_UP_MS * MS;
+            while sim.clients[c].op.is_some() {
+                assert!(sim.now() < end, "seed {seed}: operation never ended");
+                sim.step();
+            }
+        };
+        sim.start_write_at(1, key.clone(), b"before".to_vec(), old);
+        wait(&mut sim, 1);
+        // The old leader holds a lease now (this read's round renewed it).
+        sim.start_read_at(0, key.clone(), old);
+        wait(&mut sim, 0);
+        let served_before = sim.node_stats((old - 1) as usize).lease_reads;
+        sim.isolate((old - 1) as usize);
+        let start = sim.now();
+        let mut written_at = None;
+        let mut reads = 0;
+        while written_at.is_none_or(|t| sim.now() < t + 300 * MS) {
+            assert!(
+                sim.now() < start + 10_000 * MS,
+                "seed {seed}: no write at a new leader"
+            );
+            if sim.clients[0].op.is_none() {
+                reads += 1;
+                sim.start_read_at(0, key.clone(), old);
+            }
+            if written_at.is_none() && sim.clients[1].op.is_none() {
+                let new = (1..=NODES).filter(|&n| n != old).find(|&n| {
+                    sim.replica_status(n, shard)
+                        .is_some_and(|st| st.role == Role::Leader)
+                });
+                match sim.history.get(&key).and_then(|h| h.last()) {
+                    Some(c) if c.op == RegisterOp::Put(b"after".to_vec()) => {
+                        written_at = c.end;
+                    }
+                    _ => {
+                        if let Some(n) = new {
+                            sim.start_write_at(1, key.clone(), b"after".to_vec(), n);
+                        }
+                    }
+                }
+            }
+            sim.step();
+        }
+        wait(&mut sim, 0);
+        sim.heal();
+        let served = sim.node_stats((old - 1) as usize).lease_reads - served_before;
+        eprintln!(
+            "seed {seed}: node {old} isolated; {reads} reads at it, {served} under its lease; \
+             the new leader took the write {} ms after the isolation",
+            written_at.map_or(0, |t| (t - start) / MS)
         );
         sim.check_history();
     }

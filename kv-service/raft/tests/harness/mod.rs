@@ -58,7 +58,6 @@ impl SimConfig {
                 election_ticks: 10,
                 max_size_per_msg: 4096,
                 max_inflight_msgs: 64,
-                ..ReplicaSettings::default()
             },
             checkpoint_every: 8,
             keep_entries: 4,

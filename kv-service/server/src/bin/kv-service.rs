@@ -113,6 +113,13 @@ struct Args {
     /// lose acknowledged writes on every replica at once (for latency comparison only).
     #[arg(long, value_enum, default_value_t = RaftSync::Always)]
     raft_sync: RaftSync,
+    /// Cluster mode: how the leader confirms linearizable reads (docs/CLUSTER.md, Reads).
+    /// `index` (ReadIndex) costs one heartbeat round per batch of reads; `lease` answers
+    /// from the leader while its lease holds, assuming the nodes' monotonic clocks run at
+    /// rates within 10% of each other (a restarted node then withholds its vote for one
+    /// election timeout).
+    #[arg(long, value_enum, default_value_t = RaftReads::Index)]
+    raft_reads: RaftReads,
     /// Cluster mode: base election timeout in ms (Raft ticks are 1 ms; heartbeats every
     /// tenth of it). A leader that hears from no quorum for this long steps down, and a
     /// follower that hears no leader for 1–1.67 times it (by rank) campaigns. Raise it on
@@ -133,6 +140,17 @@ struct Args {
     /// Log level (error, warn, info, debug, trace) when RUST_LOG is not set.
     #[arg(long, default_value = "info")]
     log_level: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum RaftReads {
+    /// ReadIndex: one heartbeat round with a quorum confirms the reads waiting (no clock
+    /// assumption).
+    Index,
+    /// Leader leases: reads run at once while a quorum answered the leader within the
+    /// last 0.9x election timeout. Assumes the nodes' clocks run at rates within 10% of
+    /// each other.
+    Lease,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -207,6 +225,10 @@ fn main() -> anyhow::Result<()> {
             o.settings.election_ticks = args.raft_election_ms as usize;
             o.settings.heartbeat_ticks = (args.raft_election_ms as usize / 10).max(1);
             o.compaction.checkpoint_entries = args.raft_checkpoint_entries;
+            o.reads = match args.raft_reads {
+                RaftReads::Index => kv_service::ReadMode::Index,
+                RaftReads::Lease => kv_service::ReadMode::Lease,
+            };
             o.compaction.reserve_entries = args.raft_reserve_entries;
             if args.raft_sync == RaftSync::Never {
                 tracing::warn!("--raft-sync never: the Raft log is not fsynced; a power cut can lose acknowledged writes");

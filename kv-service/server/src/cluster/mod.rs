@@ -132,6 +132,31 @@ pub struct ClusterOptions {
     pub peer_uris: BTreeMap<NodeId, String>,
     /// When shards checkpoint and compact their log.
     pub compaction: CompactionSettings,
+    /// How a leader confirms linearizable reads (default [`ReadMode::Index`]).
+    pub reads: ReadMode,
+}
+
+/// How a leader confirms that a read sees every write acknowledged before it
+/// (`docs/CLUSTER.md`, Reads). Both are linearizable; they differ in what they assume.
+///
+/// ```
+/// assert_eq!(kv_service::ReadMode::default(), kv_service::ReadMode::Index);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadMode {
+    /// ReadIndex: the reads waiting on a shard are confirmed by one heartbeat round with a
+    /// quorum (one per loop iteration), then run once the engine applied the leader's
+    /// commit index. Assumes nothing about clocks.
+    #[default]
+    Index,
+    /// Leases: a leader that a quorum answered less than
+    /// [`ReplicaSettings::lease_ns`] ago (89 ms with the default 100 ms election timeout)
+    /// runs reads at its commit index without a round; read rounds renew the lease (one
+    /// with no reads when half of it is left and reads keep coming), and reads wait for a
+    /// round as with `Index` when it has lapsed. Assumes that the nodes' monotonic clocks
+    /// run at rates within 10% of each other; a restarted node withholds its vote for one
+    /// election timeout, so elections after a restart may take that much longer.
+    Lease,
 }
 
 /// When a shard checkpoints its state machine and compacts its Raft log
@@ -177,6 +202,7 @@ impl ClusterOptions {
             segment_bytes: kv_raft::DEFAULT_SEGMENT_BYTES,
             peer_uris: BTreeMap::new(),
             compaction: CompactionSettings::default(),
+            reads: ReadMode::Index,
         }
     }
 
@@ -225,6 +251,17 @@ pub(crate) fn check_data_dir(data_dir: &Path, opts: &ClusterOptions) -> Result<(
     }
 }
 
+/// A read-index round under way.
+struct Round {
+    /// When it was asked (before its heartbeats left): a quorum answering it heard from
+    /// the leader after this.
+    asked_at: u64,
+    /// The leader's term then.
+    term: u64,
+    /// The reads it confirms (none: a lease renewal).
+    reads: Vec<Read>,
+}
+
 /// A read waiting to run.
 struct Read {
     dest: Dest,
@@ -256,8 +293,10 @@ struct Shard {
     proposals: BTreeMap<u64, (u64, Dest)>,
     /// Reads waiting for the next read-index round.
     reads_waiting: Vec<Read>,
-    /// Reads whose round is under way, by round number.
-    reads_asked: HashMap<u64, Vec<Read>>,
+    /// Read-index rounds under way, by round number.
+    reads_asked: HashMap<u64, Round>,
+    /// [`ReadMode::Lease`]: the term of the lease and until when it holds (ns).
+    lease: Option<(u64, u64)>,
     /// Reads with their read state's index, waiting for the engine to catch up.
     reads_ready: Vec<(u64, Read)>,
     /// Every entry up to here is applied or handed to the engine.
@@ -362,6 +401,14 @@ pub struct ReplicaStats {
     pub raft_requests: u64,
     /// Batches of Raft messages sent in the answer to a peer's RAFT request.
     pub raft_answers: u64,
+    /// Read-index rounds asked (leader; lease renewals included).
+    pub read_rounds: u64,
+    /// Reads run under the leader's lease, without a round of their own.
+    pub lease_reads: u64,
+    /// Vote and pre-vote requests dropped in the election timeout after the start
+    /// ([`ReadMode::Lease`]: this node may have acknowledged another leader's lease before
+    /// it restarted).
+    pub votes_withheld: u64,
 }
 
 impl Shard {
@@ -393,6 +440,8 @@ pub struct Replicas {
     shards: BTreeMap<ShardId, Shard>,
     peers: Vec<Peer>,
     last_tick: Option<u64>,
+    /// Time of the first tick: with [`ReadMode::Lease`], no vote for an election timeout.
+    started: Option<u64>,
     next_round: u64,
     applying: HashMap<u64, Applying>,
     next_apply_tag: u64,
@@ -527,6 +576,7 @@ impl Replicas {
                     proposals: BTreeMap::new(),
                     reads_waiting: Vec::new(),
                     reads_asked: HashMap::new(),
+                    lease: None,
                     reads_ready: Vec::new(),
                     submitted: applied,
                     in_engine: BTreeSet::new(),
@@ -571,6 +621,7 @@ impl Replicas {
             shards,
             peers,
             last_tick: None,
+            started: None,
             next_round: 1,
             applying: HashMap::new(),
             next_apply_tag: APPLY_TAG,
@@ -712,7 +763,7 @@ impl Replicas {
 
     /// The answer to a RAFT request of ours on `session`: the messages its receiver had for
     /// this thread when it answered. A malformed one is dropped (Raft resends).
-    fn on_raft_answer(&mut self, session: SessionId, data: &[u8]) {
+    fn on_raft_answer(&mut self, session: SessionId, data: &[u8], now: u64) {
         let Some(peer) = self.peers.iter().find(|p| p.session == Some(session)) else {
             return;
         };
@@ -731,7 +782,7 @@ impl Replicas {
         if body.is_empty() {
             return;
         }
-        match self.step_batch(body, Some(peer)) {
+        match self.step_batch(body, Some(peer), now) {
             Ok(from) if from == peer => {}
             Ok(from) => tracing::warn!(peer, from, "raft answer from another node: dropped"),
             Err(e) => tracing::warn!(peer, error = %e, "malformed raft answer"),
@@ -747,16 +798,27 @@ impl Replicas {
         &mut self,
         data: &[u8],
         sender: Option<NodeId>,
+        now: u64,
     ) -> Result<NodeId, kv_raft::wire::WireError> {
         let (from, msgs) = kv_raft::wire::decode_batch(data)?;
         if sender.is_some_and(|p| p != from) {
             return Ok(from);
         }
+        let withhold_votes = self.withholds_votes(now);
         for (shard, m) in msgs {
             let Some(s) = self.shards.get_mut(&shard) else {
                 continue;
             };
             if m.from != from || m.get_msg_type() == MessageType::MsgSnapshot {
+                continue;
+            }
+            if withhold_votes
+                && matches!(
+                    m.get_msg_type(),
+                    MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+                )
+            {
+                self.stats.votes_withheld += 1;
                 continue;
             }
             if let Err(e) = s.node.step(m) {
@@ -766,7 +828,19 @@ impl Replicas {
         Ok(from)
     }
 
+    /// [`ReadMode::Lease`]: before this node has run one election timeout, it may have
+    /// answered a leader's heartbeat just before it (re)started, and that leader may hold a
+    /// lease on the strength of it; raft-rs forgets the leader at restart and would vote.
+    fn withholds_votes(&self, now: u64) -> bool {
+        if self.opts.reads != ReadMode::Lease {
+            return false;
+        }
+        let grace = (self.opts.settings.election_ticks as u64).saturating_mul(TICK_NS);
+        self.started.is_none_or(|t| now < t.saturating_add(grace))
+    }
+
     fn tick(&mut self, now: u64) {
+        self.started.get_or_insert(now);
         let last = *self.last_tick.get_or_insert(now);
         let ticks = now.saturating_sub(last) / TICK_NS;
         if ticks == 0 {
@@ -818,7 +892,7 @@ pub(crate) fn drive<T: Transport, B: Backend>(rpc: &mut Rpc<T, ServerState<B>>, 
         }
         if done.req_type == op::RAFT {
             if let Ok(resp) = &done.result {
-                c.on_raft_answer(done.session, resp.as_slice());
+                c.on_raft_answer(done.session, resp.as_slice(), now);
             }
         }
         let ctx = rpc.ctx();
@@ -827,6 +901,9 @@ pub(crate) fn drive<T: Transport, B: Backend>(rpc: &mut Rpc<T, ServerState<B>>, 
             ctx.free_msg(resp);
         }
     }
+    // A fresh reading: a lease is checked against it (the loop's `now` was read before
+    // this iteration's receive and handlers ran).
+    let now = rpc.now_ns();
     let (st, ctx) = rpc.split();
     work |= st.cluster_iteration(&mut c, ctx, now);
     // Whatever the iteration did not answer (it stops early when the log failed).
@@ -854,7 +931,7 @@ impl<B: Backend> ServerState<B> {
         let dest = Dest::Single(h);
         match req.req_type {
             op::RAFT => {
-                match c.step_batch(req.data, None) {
+                match c.step_batch(req.data, None, ctx.now_ns()) {
                     // Answered at the end of the iteration, with what it has for the sender.
                     Ok(from) if c.peers.iter().any(|p| p.node == from) => c.held.push((from, h)),
                     Ok(_) => self.respond(ctx, h, Status::Ok, 0, 0, b""),
@@ -1097,9 +1174,12 @@ impl<B: Backend> ServerState<B> {
         }
         let mut work = false;
         c.tick(now);
-        work |= self.finish_installs(c, now);
         let cluster = c.opts.cluster.clone();
-        // Reads: one read-index round per shard for everything waiting; stale rounds fail.
+        // Reads first, right after `now` was read (a lease is checked against it): under a
+        // lease at once, else one read-index round per shard for everything waiting; stale
+        // rounds fail.
+        let lease_mode = c.opts.reads == ReadMode::Lease;
+        let lease_ns = c.opts.settings.lease_ns(TICK_NS);
         let mut answers: Vec<(Dest, u64)> = Vec::new();
         let mut stopping: Vec<Dest> = Vec::new();
         for s in c.shards.values_mut() {
@@ -1112,12 +1192,48 @@ impl<B: Backend> ServerState<B> {
             // committed an entry of its term: the reads wait here until it has (its first
             // entry commits one round trip after the election), or time out below.
             if !s.reads_waiting.is_empty() && s.node.raft.commit_to_current_term() {
-                let round = c.next_round;
-                c.next_round += 1;
-                s.node.read_index(round.to_le_bytes().to_vec());
-                let reads = std::mem::take(&mut s.reads_waiting);
-                s.reads_asked.insert(round, reads);
                 work = true;
+                let r = &s.node.raft;
+                // The lease is void during a leadership transfer: the target campaigns at
+                // once, and raft-rs's replicas vote for it whatever they heard.
+                let lease_left = match s.lease {
+                    Some((term, until))
+                        if lease_mode
+                            && term == r.term
+                            && r.state == StateRole::Leader
+                            && r.lead_transferee.is_none() =>
+                    {
+                        until.saturating_sub(now)
+                    }
+                    _ => 0,
+                };
+                let ask = if lease_left > 0 {
+                    // No other leader can have committed anything: the reads see every
+                    // write up to this commit index once the engine applied it.
+                    let index = r.raft_log.committed;
+                    c.stats.lease_reads += s.reads_waiting.len() as u64;
+                    s.reads_ready
+                        .extend(s.reads_waiting.drain(..).map(|read| (index, read)));
+                    // Renewed ahead of time while reads keep coming: one round, no reads.
+                    (lease_left < lease_ns / 2 && s.reads_asked.is_empty()).then(Vec::new)
+                } else {
+                    Some(std::mem::take(&mut s.reads_waiting))
+                };
+                if let Some(reads) = ask {
+                    let round = c.next_round;
+                    c.next_round += 1;
+                    c.stats.read_rounds += 1;
+                    let term = s.node.raft.term;
+                    s.node.read_index(round.to_le_bytes().to_vec());
+                    s.reads_asked.insert(
+                        round,
+                        Round {
+                            asked_at: now,
+                            term,
+                            reads,
+                        },
+                    );
+                }
             }
             let leader = s.leader();
             if s.reads_waiting
@@ -1126,16 +1242,15 @@ impl<B: Backend> ServerState<B> {
             {
                 answers.extend(s.reads_waiting.drain(..).map(|r| (r.dest, leader)));
             }
-            s.reads_asked.retain(|_, reads| {
-                let stale = reads
-                    .first()
-                    .is_some_and(|r| now.saturating_sub(r.since) > READ_TIMEOUT_NS);
+            s.reads_asked.retain(|_, round| {
+                let stale = now.saturating_sub(round.asked_at) > READ_TIMEOUT_NS;
                 if stale {
-                    answers.extend(reads.drain(..).map(|r| (r.dest, leader)));
+                    answers.extend(round.reads.drain(..).map(|r| (r.dest, leader)));
                 }
                 !stale
             });
         }
+        work |= self.finish_installs(c, now);
         for (dest, leader) in answers.drain(..) {
             self.not_leader(ctx, dest, leader);
         }
@@ -1167,9 +1282,10 @@ impl<B: Backend> ServerState<B> {
                     for r in s.reads_waiting.drain(..) {
                         answers.push((r.dest, leader));
                     }
-                    for (_, reads) in s.reads_asked.drain() {
-                        answers.extend(reads.into_iter().map(|r| (r.dest, leader)));
+                    for (_, round) in s.reads_asked.drain() {
+                        answers.extend(round.reads.into_iter().map(|r| (r.dest, leader)));
                     }
+                    s.lease = None;
                     for (_, r) in s.reads_ready.drain(..) {
                         answers.push((r.dest, leader));
                     }
@@ -1203,9 +1319,19 @@ impl<B: Backend> ServerState<B> {
                     .get(..8)
                     .and_then(|b| b.try_into().ok())
                     .map_or(0, u64::from_le_bytes);
-                if let Some(reads) = s.reads_asked.remove(&round) {
+                if let Some(asked) = s.reads_asked.remove(&round) {
+                    // A quorum heard from this leader after the round was asked.
+                    if lease_mode
+                        && asked.term == s.node.raft.term
+                        && s.node.raft.state == StateRole::Leader
+                    {
+                        let until = asked.asked_at.saturating_add(lease_ns);
+                        let held = s.lease.filter(|&(t, _)| t == asked.term);
+                        let until = held.map_or(until, |(_, u)| u.max(until));
+                        s.lease = Some((asked.term, until));
+                    }
                     s.reads_ready
-                        .extend(reads.into_iter().map(|r| (rs.index, r)));
+                        .extend(asked.reads.into_iter().map(|r| (rs.index, r)));
                 }
             }
             let committed = rd.take_committed_entries();
