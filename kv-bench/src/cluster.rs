@@ -10,6 +10,8 @@
 //!   once with `--raft-sync never`; single-node PUT and GET through one [`Client`], once
 //!   with the server's default durability (`periodic`) and once with `--durability sync`
 //!   (acknowledged once on stable storage: what the durable replicated PUT compares with);
+//!   then replicated PUT and GET once more with `--raft-sync never --raft-reads lease`
+//!   (reads under the leader's lease instead of a ReadIndex round each);
 //! - **throughput with many clients**: `--clients` threads, each with its own blocking
 //!   client (one request in flight each: `ClusterClient` does not pipeline), writing for
 //!   `--secs`;
@@ -317,7 +319,7 @@ struct ClusterProcs {
 }
 
 impl ClusterProcs {
-    fn start(bin: &Path, dir: &Path, a: &ClusterArgs, sync: &str) -> Result<Self> {
+    fn start(bin: &Path, dir: &Path, a: &ClusterArgs, sync: &str, reads: &str) -> Result<Self> {
         let ports = free_ports(3)?;
         let mut toml = format!(
             "# written by kv-bench cluster\nshards = {}\nreplication = 3\nthreads = {}\n",
@@ -337,6 +339,8 @@ impl ClusterProcs {
             a.spin_ms.to_string(),
             "--raft-sync".into(),
             sync.into(),
+            "--raft-reads".into(),
+            reads.into(),
             "--log-level".into(),
             "warn".into(),
         ];
@@ -856,10 +860,17 @@ pub fn run(a: ClusterArgs) -> Result<()> {
     }
 
     let mut failover = Vec::new();
-    for sync in ["never", "always"] {
-        let dir = tmp.path().join(format!("cluster-{sync}"));
+    // The lease cluster only times latency: its writes are the `never` cluster's.
+    for (sync, reads) in [("never", "index"), ("always", "index"), ("never", "lease")] {
+        let dir = tmp.path().join(format!("cluster-{sync}-{reads}"));
         std::fs::create_dir_all(&dir)?;
-        let mut c = ClusterProcs::start(&bin, &dir, &a, sync)?;
+        let mut c = ClusterProcs::start(&bin, &dir, &a, sync, reads)?;
+        // Measurement names: the ReadIndex clusters keep the names of earlier reports.
+        let sync = if reads == "lease" {
+            "never, lease reads"
+        } else {
+            sync
+        };
         let mut client = c.client(ClusterClientConfig {
             busy_poll: !a.latency_sleep,
             ..ClusterClientConfig::default()
@@ -882,6 +893,9 @@ pub fn run(a: ClusterArgs) -> Result<()> {
             results.push(m);
         }
         drop(client);
+        if reads == "lease" {
+            continue;
+        }
         let (cluster, spin) = (c.cluster.clone(), a.clients_spin);
         let what = format!("replicated PUT, raft-sync {sync}, {} clients", a.clients);
         if let Some(m) = throughput(&what, &a, move || {
@@ -937,6 +951,18 @@ pub fn run(a: ClusterArgs) -> Result<()> {
         "replicated PUT p50 (raft-sync never) / floor UDP relay p50",
         find("replicated PUT, raft-sync never, 1"),
         find(FLOOR_RELAY),
+        None,
+    );
+    ratio(
+        "replicated GET p50 (raft-sync never): ReadIndex / lease reads",
+        find("replicated GET, raft-sync never, 1"),
+        find("replicated GET, raft-sync never, lease reads, 1"),
+        None,
+    );
+    ratio(
+        "replicated GET p50 (lease reads) / single-node GET p50",
+        find("replicated GET, raft-sync never, lease reads, 1"),
+        find("single-node GET, periodic"),
         None,
     );
     ratio(

@@ -56,6 +56,8 @@ fn cluster_bench_smoke() {
         "replicated PUT, raft-sync always, 1 in flight",
         "replicated GET, raft-sync always, 1 in flight",
         "replicated PUT, raft-sync always, 2 clients",
+        "replicated PUT, raft-sync never, lease reads, 1 in flight",
+        "replicated GET, raft-sync never, lease reads, 1 in flight",
     ] {
         assert!(names.contains(&want), "no {want:?} in {names:?}");
     }
@@ -83,7 +85,7 @@ fn cluster_bench_smoke() {
     assert!(f["ms"].as_f64().unwrap_or(0.0) > 0.0, "{f}");
     assert_ne!(f["killed"], f["new_leader"], "{f}");
     let ratios = v["ratios"].as_array().expect("ratios");
-    assert_eq!(ratios.len(), 6, "{v}");
+    assert_eq!(ratios.len(), 8, "{v}");
     assert!(
         ratios
             .iter()
