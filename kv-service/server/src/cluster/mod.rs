@@ -52,6 +52,8 @@
 
 pub(crate) mod entry;
 pub(crate) mod snapshot;
+#[cfg(test)]
+mod tests;
 mod transfer;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
