@@ -523,13 +523,20 @@ impl Sim {
         };
         let put = if self.rng.below(100) < 50 {
             self.counter += 1;
-            let v =
-                format!("v{}-c{c}-{}", self.counter, String::from_utf8_lossy(&key)).into_bytes();
-            self.written.insert(v.clone());
-            Some(v)
+            Some(format!("v{}-c{c}-{}", self.counter, String::from_utf8_lossy(&key)).into_bytes())
         } else {
             None
         };
+        self.begin(c, key, put, 0, now);
+    }
+
+    /// Starts operation `put` (None: a read) of `key` by client `c` at `now`: recorded in
+    /// the key's history, a fresh sequence number for a write; `tag` 0 sends a read's first
+    /// attempt to any replica.
+    fn begin(&mut self, c: usize, key: Vec<u8>, put: Option<Vec<u8>>, tag: u64, now: u64) {
+        if let Some(v) = &put {
+            self.written.insert(v.clone());
+        }
         let h = self.history.entry(key.clone()).or_default();
         h.push(Call {
             start: now,
@@ -554,7 +561,7 @@ impl Sim {
             key,
             put,
             seq,
-            tag: 0,
+            tag,
             node: 0,
             sent: false,
             retry_at: now,
@@ -1193,63 +1200,17 @@ fn with_stable_leaders_and_light_loss_no_attempt_times_out() {
 impl Sim {
     /// Starts a linearizable read of `key` by client `c`, its first attempt to `node`.
     fn start_read_at(&mut self, c: usize, key: Vec<u8>, node: u64) {
-        let now = self.now();
-        let h = self.history.entry(key.clone()).or_default();
-        h.push(Call {
-            start: now,
-            end: None,
-            op: RegisterOp::Get,
-            ret: RegisterRet::Unknown,
-        });
-        let call = h.len() - 1;
-        let shard = self.cluster.shard_of(&key);
-        let cl = &mut self.clients[c];
-        cl.target[shard as usize] = node;
-        cl.op = Some(InFlight {
-            call,
-            shard,
-            key,
-            put: None,
-            seq: 0,
-            // Not a first read: the attempt goes to the target, not to any replica.
-            tag: 1,
-            node: 0,
-            sent: false,
-            retry_at: now,
-            give_up: now + GIVE_UP_MS * MS,
-        });
-        self.send(c, now);
+        let shard = self.cluster.shard_of(&key) as usize;
+        self.clients[c].target[shard] = node;
+        // Not a first read: the attempt goes to the target, not to any replica.
+        self.begin(c, key, None, 1, self.now());
     }
 
     /// Starts a write of `key` = `value` by client `c`, its first attempt to `node`.
     fn start_write_at(&mut self, c: usize, key: Vec<u8>, value: Vec<u8>, node: u64) {
-        let now = self.now();
-        self.written.insert(value.clone());
-        let h = self.history.entry(key.clone()).or_default();
-        h.push(Call {
-            start: now,
-            end: None,
-            op: RegisterOp::Put(value.clone()),
-            ret: RegisterRet::Unknown,
-        });
-        let call = h.len() - 1;
-        let shard = self.cluster.shard_of(&key);
-        let cl = &mut self.clients[c];
-        cl.target[shard as usize] = node;
-        cl.next_seq += 1;
-        cl.op = Some(InFlight {
-            call,
-            shard,
-            key,
-            put: Some(value),
-            seq: cl.next_seq - 1,
-            tag: 0,
-            node: 0,
-            sent: false,
-            retry_at: now,
-            give_up: now + GIVE_UP_MS * MS,
-        });
-        self.send(c, now);
+        let shard = self.cluster.shard_of(&key) as usize;
+        self.clients[c].target[shard] = node;
+        self.begin(c, key, Some(value), 0, self.now());
     }
 
     /// The state of `shard`'s replica on node `id`.
