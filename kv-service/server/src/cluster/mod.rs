@@ -299,6 +299,10 @@ struct Shard {
     reads_asked: HashMap<u64, Round>,
     /// [`ReadMode::Lease`]: the term of the lease and until when it holds (ns).
     lease: Option<(u64, u64)>,
+    /// A term in which a leadership transfer was asked: no lease in it (0: none). The
+    /// target campaigns when raft-rs's `MsgTimeoutNow` reaches it, however late, and the
+    /// others vote for it whatever they heard.
+    lease_barred: u64,
     /// Reads with their read state's index, waiting for the engine to catch up.
     reads_ready: Vec<(u64, Read)>,
     /// Every entry up to here is applied or handed to the engine.
@@ -579,6 +583,7 @@ impl Replicas {
                     reads_waiting: Vec::new(),
                     reads_asked: HashMap::new(),
                     lease: None,
+                    lease_barred: 0,
                     reads_ready: Vec::new(),
                     submitted: applied,
                     in_engine: BTreeSet::new(),
@@ -822,6 +827,10 @@ impl Replicas {
             {
                 self.stats.votes_withheld += 1;
                 continue;
+            }
+            if m.get_msg_type() == MessageType::MsgTransferLeader {
+                s.lease = None;
+                s.lease_barred = s.node.raft.term;
             }
             if let Err(e) = s.node.step(m) {
                 tracing::debug!(shard, error = %e, "raft message refused");
@@ -1196,12 +1205,11 @@ impl<B: Backend> ServerState<B> {
             if !s.reads_waiting.is_empty() && s.node.raft.commit_to_current_term() {
                 work = true;
                 let r = &s.node.raft;
-                // The lease is void during a leadership transfer: the target campaigns at
-                // once, and raft-rs's replicas vote for it whatever they heard.
                 let lease_left = match s.lease {
                     Some((term, until))
                         if lease_mode
                             && term == r.term
+                            && term != s.lease_barred
                             && r.state == StateRole::Leader
                             && r.lead_transferee.is_none() =>
                     {
@@ -1325,6 +1333,7 @@ impl<B: Backend> ServerState<B> {
                     // A quorum heard from this leader after the round was asked.
                     if lease_mode
                         && asked.term == s.node.raft.term
+                        && asked.term != s.lease_barred
                         && s.node.raft.state == StateRole::Leader
                     {
                         let until = asked.asked_at.saturating_add(lease_ns);

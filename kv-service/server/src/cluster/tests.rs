@@ -100,3 +100,23 @@ fn with_read_index_a_restarted_node_votes_at_once() {
     assert!(granted(&r, MessageType::MsgRequestPreVoteResponse));
     assert_eq!(r.stats.votes_withheld, 0);
 }
+
+/// A leadership transfer ends leases for the rest of the term: raft-rs's `MsgTimeoutNow`
+/// may reach the target however late, and the others then vote for it whatever they heard.
+#[test]
+fn a_leadership_transfer_ends_the_lease_for_the_term() {
+    let mut r = replicas(ReadMode::Lease);
+    r.tick(5_000 * MS);
+    let term = r.shards[&0].node.raft.term;
+    r.shards.get_mut(&0).unwrap().lease = Some((term, u64::MAX));
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgTransferLeader);
+    m.from = 3;
+    m.to = 2;
+    m.term = term;
+    let mut batch = Vec::new();
+    kv_raft::wire::encode_batch(3, std::iter::once((0, &m)), &mut batch);
+    r.step_batch(&batch, None, 5_001 * MS).unwrap();
+    let s = &r.shards[&0];
+    assert_eq!((s.lease, s.lease_barred), (None, term));
+}
