@@ -181,7 +181,11 @@ pub struct LogStats {
 /// What the log remembers of each shard to write checkpoints and decide removals.
 #[derive(Clone, Debug, Default)]
 struct Meta {
+    /// The shard's hard state; its commit index may be newer than the log's
+    /// (`commit_unwritten`).
     hs: HardState,
+    /// A commit index noted by [`ThreadLog::write_ready`] but not recorded yet.
+    commit_unwritten: bool,
     cs: ConfState,
     compacted: (u64, u64),
     applied: Option<Applied>,
@@ -191,6 +195,7 @@ impl Meta {
     fn of(store: &ShardStore) -> Self {
         Self {
             hs: store.hard_state().clone(),
+            commit_unwritten: false,
             cs: store.conf_state().clone(),
             compacted: store.compacted(),
             applied: store.applied().cloned(),
@@ -558,8 +563,9 @@ impl<D: LogDir> ThreadLog<D> {
             tag: self.opts.tag,
         })
         .to_vec();
-        for (&shard, m) in &self.shards {
+        for (&shard, m) in &mut self.shards {
             format::put_shard_meta(&mut buf, self.seq, shard, &m.hs, &m.cs, m.compacted);
+            m.commit_unwritten = false;
             self.stats.records += 1;
             if let Some(a) = &m.applied {
                 format::put_applied(&mut buf, self.seq, shard, a.index, a.term, &a.data);
@@ -734,6 +740,7 @@ impl<D: LogDir> ThreadLog<D> {
         store.set_hard_state(hs.clone());
         if let Some(m) = self.shards.get_mut(&shard) {
             m.hs = hs.clone();
+            m.commit_unwritten = false;
         }
         Ok(())
     }
@@ -811,6 +818,11 @@ impl<D: LogDir> ThreadLog<D> {
                 max,
             });
         }
+        // A checkpoint's commit index is never older than its applied index on disk.
+        if let Some(m) = self.shards.get(&shard).filter(|m| m.commit_unwritten) {
+            let hs = m.hs.clone();
+            self.set_hard_state(store, &hs)?;
+        }
         self.push(|b, seq| format::put_applied(b, seq, shard, index, term, data))?;
         let a = Applied {
             index,
@@ -878,15 +890,43 @@ impl<D: LogDir> ThreadLog<D> {
     /// in that order — into the shard's log. Durable at the next [`ThreadLog::sync`]; then
     /// call `RawNode::on_persist_ready` (after `advance_append_async`) and send the ready's
     /// persisted messages.
+    ///
+    /// A ready that only moves the commit index (no entries, no snapshot, the same term
+    /// and vote) writes nothing: the new commit index is recorded with the shard's next
+    /// entries or hard state, or in the next segment's shard meta. Raft does not need the
+    /// commit index to be durable — a restarted replica learns it again from its leader,
+    /// and re-applying the entries between the two is what a restart does anyway — while
+    /// recording it on its own would cost a leader one more write and `fdatasync` per
+    /// commit, on the way to its client's answer.
     pub fn write_ready(&mut self, store: &mut ShardStore, rd: &Ready) -> Result<()> {
         if !rd.snapshot().is_empty() {
             self.apply_snapshot(store, rd.snapshot().get_metadata())?;
         }
         self.append(store, rd.entries())?;
-        if let Some(hs) = rd.hs() {
-            self.set_hard_state(store, hs)?;
+        let shard = store.shard();
+        match rd.hs() {
+            Some(hs) if rd.entries().is_empty() && rd.snapshot().is_empty() => {
+                self.check_shard(store)?;
+                let Some(m) = self.shards.get_mut(&shard) else {
+                    return Err(LogError::UnknownShard(shard));
+                };
+                if hs.term == m.hs.term && hs.vote == m.hs.vote {
+                    m.hs = hs.clone();
+                    m.commit_unwritten = true;
+                    store.set_hard_state(hs.clone());
+                    return Ok(());
+                }
+                self.set_hard_state(store, hs)
+            }
+            Some(hs) => self.set_hard_state(store, hs),
+            None => match self.shards.get(&shard) {
+                Some(m) if m.commit_unwritten && !rd.entries().is_empty() => {
+                    let hs = m.hs.clone();
+                    self.set_hard_state(store, &hs)
+                }
+                _ => Ok(()),
+            },
         }
-        Ok(())
     }
 
     /// Whether records wait for [`ThreadLog::sync`].

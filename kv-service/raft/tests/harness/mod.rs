@@ -458,6 +458,11 @@ impl Sim {
         Some(value)
     }
 
+    /// The counters of node `id`'s log (None while it is down).
+    pub fn log_stats(&self, id: u64) -> Option<kv_raft::LogStats> {
+        Some(self.nodes.get(&id)?.log.as_ref()?.stats())
+    }
+
     /// Proposes to `shard`'s current leader, if it has one.
     pub fn propose(&mut self, shard: u32) -> Option<Vec<u8>> {
         let leader = self.leader_of(shard)?;
@@ -718,6 +723,11 @@ impl Sim {
                 return false;
             };
             let lr = &self.nodes[&leader].replicas[&shard];
+            // A new leader knows what is committed only once an entry of its term is (its
+            // commit index may start behind: a commit index is not always written).
+            if !lr.node.raft.commit_to_current_term() {
+                return false;
+            }
             let commit = lr.node.raft.raft_log.committed;
             self.cluster.replicas(shard).all(|id| {
                 self.sm(id, shard)
