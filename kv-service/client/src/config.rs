@@ -20,7 +20,9 @@ pub struct ClientConfig {
     /// per-thread buffer until it is full or the next [`Client::poll`](crate::Client::poll) / [`Client::wait`](crate::Client::wait) /
     /// [`Client::flush`](crate::Client::flush), so one message, one response and one trip through both kernels carry
     /// many requests, as Redis pipelining does. A buffer holding a single request goes out as
-    /// a plain request. `0` or `1` sends every request on its own. Default 32.
+    /// a plain request. Reads and writes share a BATCH only if the server acknowledges writes
+    /// at once (INFO's `INFO_WRITES_AT_ONCE`). `0` or `1` sends every request on its own.
+    /// Default 32.
     pub batch: usize,
     /// Receive with UDP GRO (`transports::udp::UdpConfig::gro`). Default `true`.
     pub udp_gro: bool,

@@ -127,6 +127,9 @@ pub struct ClientCounters {
     pub batched: u64,
     /// Requests sent on their own (single GET / PUT / DELETE, SCAN parts, INFO, STATS).
     pub single: u64,
+    /// BATCH messages that carried reads and writes together (only to a server that
+    /// acknowledges writes at once, [`protocol::INFO_WRITES_AT_ONCE`]).
+    pub mixed_batches: u64,
 }
 
 /// Where the connection stands.
@@ -171,9 +174,14 @@ pub struct Client<T: Transport = UdpTransport> {
     /// Effective batch size (1: no batching).
     batch: usize,
     /// Submitted requests not sent yet: buffer `2 t` holds thread `t`'s reads, `2 t + 1` its
-    /// writes (a BATCH is answered when its slowest entry is done, and a write waits for the
-    /// disk: reads batched with writes would wait for it too).
+    /// writes. A BATCH is answered when its slowest entry is done, so where a write waits for
+    /// the disk reads batched with it would wait too, and the two go apart; where the server
+    /// acknowledges writes at once ([`protocol::INFO_WRITES_AT_ONCE`]) both buffers of a
+    /// thread leave as one BATCH, reads first (the server answers leading cached reads
+    /// in place), which halves the messages of a mixed workload.
     pending: Vec<Pending>,
+    /// Whether a thread's reads and writes share a BATCH (see `pending`).
+    mixed: bool,
     /// Tag vectors of finished batches, reused.
     spare_tags: Vec<Vec<(u64, u8)>>,
     /// Scans in progress, by id.
@@ -263,6 +271,7 @@ impl<T: Transport> Client<T> {
                 max_value: protocol::MAX_VALUE_LEN as u32,
                 max_scan: protocol::MAX_SCAN_ITEMS,
                 max_batch: 0,
+                flags: 0,
             },
             router: KeyRouter::new(1),
             cfg,
@@ -276,6 +285,7 @@ impl<T: Transport> Client<T> {
             buf: Vec::new(),
             batch: 1,
             pending: Vec::new(),
+            mixed: false,
             spare_tags: Vec::new(),
             scans: HashMap::new(),
             got: Vec::new(),
@@ -391,6 +401,7 @@ impl<T: Transport> Client<T> {
             .min(info.max_batch.min(protocol::MAX_BATCH) as usize)
             .max(1);
         self.pending = (0..2 * info.threads).map(|_| Pending::default()).collect();
+        self.mixed = info.flags & protocol::INFO_WRITES_AT_ONCE != 0;
         Ok(())
     }
 
@@ -499,7 +510,17 @@ impl<T: Transport> Client<T> {
         protocol::append_request(&req, &mut p.msg);
         p.tags.push((tag, req.op()));
         self.user_inflight += 1;
-        if p.tags.len() >= batch || p.msg.len() >= BATCH_BYTES {
+        if self.mixed {
+            let (n, bytes) = self
+                .pending
+                .get(2 * t..2 * t + 2)
+                .unwrap_or_default()
+                .iter()
+                .fold((0, 0), |(n, b), p| (n + p.tags.len(), b + p.msg.len()));
+            if n >= batch || bytes >= BATCH_BYTES {
+                self.flush_thread(t);
+            }
+        } else if p.tags.len() >= batch || p.msg.len() >= BATCH_BYTES {
             self.flush_buffer(b);
         }
         Ok(())
@@ -508,9 +529,29 @@ impl<T: Transport> Client<T> {
     /// Pipelined API: sends every submitted request still waiting in a batch buffer (`poll`
     /// and `wait` do this themselves).
     pub fn flush(&mut self) {
-        for b in 0..self.pending.len() {
-            self.flush_buffer(b);
+        for t in 0..self.pending.len() / 2 {
+            self.flush_thread(t);
         }
+    }
+
+    /// Sends thread `t`'s buffers: apart, or as one BATCH (reads, then writes) when the
+    /// server acknowledges writes at once.
+    fn flush_thread(&mut self, t: usize) {
+        let (r, w) = (2 * t, 2 * t + 1);
+        if self.mixed {
+            if let [reads, writes] = self.pending.get_mut(r..=w).unwrap_or_default() {
+                if !reads.tags.is_empty() && !writes.tags.is_empty() {
+                    // The write buffer's entries (after its BATCH header) join the reads.
+                    let entries = writes.msg.get(protocol::HDR_LEN..).unwrap_or_default();
+                    reads.msg.extend_from_slice(entries);
+                    reads.tags.append(&mut writes.tags);
+                    writes.msg.clear();
+                    self.counters.mixed_batches += 1;
+                }
+            }
+        }
+        self.flush_buffer(r);
+        self.flush_buffer(w);
     }
 
     /// Pipelined requests submitted and not yet returned by `poll` / `wait`.

@@ -757,9 +757,15 @@ pub struct InfoBody {
     pub max_scan: Le32,
     /// Most requests per BATCH (0: none).
     pub max_batch: Le32,
-    /// Reserved.
-    pub reserved: Le32,
+    /// [`INFO_WRITES_AT_ONCE`] and future flags (0 from servers that predate them).
+    pub flags: Le32,
 }
+
+/// INFO flag: the server acknowledges a write without waiting for a disk write (its engine
+/// stages writes and flushes them later), so a BATCH that mixes reads and writes is
+/// answered as soon as one of reads alone. Without it a client keeps them apart: a BATCH is
+/// answered when its slowest entry is done.
+pub const INFO_WRITES_AT_ONCE: u32 = 1;
 
 /// What a server says about itself in its INFO response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -778,6 +784,8 @@ pub struct ServerInfo {
     pub max_scan: u32,
     /// Most requests per BATCH message; 0 if the server does not take BATCH.
     pub max_batch: u32,
+    /// Flags ([`INFO_WRITES_AT_ONCE`]); unknown bits are ignored.
+    pub flags: u32,
 }
 
 impl ServerInfo {
@@ -791,7 +799,7 @@ impl ServerInfo {
             max_value: Le32::new(self.max_value),
             max_scan: Le32::new(self.max_scan),
             max_batch: Le32::new(self.max_batch),
-            reserved: Le32::new(0),
+            flags: Le32::new(self.flags),
         }
     }
 
@@ -807,6 +815,7 @@ impl ServerInfo {
             max_value: b.max_value.get(),
             max_scan: b.max_scan.get(),
             max_batch: b.max_batch.get(),
+            flags: b.flags.get(),
         })
     }
 }

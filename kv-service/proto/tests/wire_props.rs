@@ -194,7 +194,7 @@ proptest! {
     }
 
     #[test]
-    fn stats_and_info_round_trip(v in prop::collection::vec(any::<u64>(), 18), w in prop::collection::vec(any::<u32>(), 7)) {
+    fn stats_and_info_round_trip(v in prop::collection::vec(any::<u64>(), 18), w in prop::collection::vec(any::<u32>(), 8)) {
         let s = ThreadStats {
             thread_id: v[0], items: v[1], gets: v[2], puts: v[3], deletes: v[4], scans: v[5],
             not_found: v[6], errors: v[7], bad_requests: v[8], forwarded: v[9],
@@ -202,7 +202,7 @@ proptest! {
             file_bytes: v[14], index_bytes: v[15], sessions: v[16], sessions_reaped: v[17],
         };
         prop_assert_eq!(ThreadStats::parse(bytemuck::bytes_of(&s.encode())).unwrap(), s);
-        let i = ServerInfo { threads: w[0], thread_id: w[1], partitioning: w[2], max_key: w[3], max_value: w[4], max_scan: w[5], max_batch: w[6] };
+        let i = ServerInfo { threads: w[0], thread_id: w[1], partitioning: w[2], max_key: w[3], max_value: w[4], max_scan: w[5], max_batch: w[6], flags: w[7] };
         prop_assert_eq!(ServerInfo::parse(bytemuck::bytes_of(&i.encode())).unwrap(), i);
     }
 }

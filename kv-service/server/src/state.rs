@@ -191,6 +191,12 @@ impl<B: Backend> ServerState<B> {
                     max_value: protocol::MAX_VALUE_LEN as u32,
                     max_scan: protocol::MAX_SCAN_ITEMS,
                     max_batch: protocol::MAX_BATCH,
+                    // Cluster mode answers a write once a quorum has it (and takes no BATCH).
+                    flags: if self.cluster.is_none() && self.worker.acks_writes_at_once() {
+                        protocol::INFO_WRITES_AT_ONCE
+                    } else {
+                        0
+                    },
                 }
                 .encode();
                 self.respond(ctx, h, Status::Ok, 0, 0, bytemuck::bytes_of(&info));

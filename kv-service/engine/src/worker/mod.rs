@@ -620,6 +620,14 @@ impl<B: Backend> Worker<B> {
         self.core.index.len() == 0
     }
 
+    /// Whether a write is acknowledged without waiting for a disk write
+    /// ([`Durability::Periodic`](crate::Durability::Periodic): once staged, by a buffered
+    /// write in the same poll). Then a write answers about as fast as a cached read, and a
+    /// client may batch the two together.
+    pub fn acks_writes_at_once(&self) -> bool {
+        self.core.stage.as_ref().is_some_and(|s| !s.is_sync())
+    }
+
     /// Operations submitted and not yet returned by [`Worker::poll`].
     pub fn pending(&self) -> usize {
         self.pending
