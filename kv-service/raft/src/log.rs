@@ -903,29 +903,26 @@ impl<D: LogDir> ThreadLog<D> {
             self.apply_snapshot(store, rd.snapshot().get_metadata())?;
         }
         self.append(store, rd.entries())?;
+        self.check_shard(store)?;
         let shard = store.shard();
+        let Some(m) = self.shards.get_mut(&shard) else {
+            return Err(LogError::UnknownShard(shard));
+        };
+        let nothing_else = rd.entries().is_empty() && rd.snapshot().is_empty();
         match rd.hs() {
-            Some(hs) if rd.entries().is_empty() && rd.snapshot().is_empty() => {
-                self.check_shard(store)?;
-                let Some(m) = self.shards.get_mut(&shard) else {
-                    return Err(LogError::UnknownShard(shard));
-                };
-                if hs.term == m.hs.term && hs.vote == m.hs.vote {
-                    m.hs = hs.clone();
-                    m.commit_unwritten = true;
-                    store.set_hard_state(hs.clone());
-                    return Ok(());
-                }
-                self.set_hard_state(store, hs)
+            Some(hs) if nothing_else && hs.term == m.hs.term && hs.vote == m.hs.vote => {
+                m.hs = hs.clone();
+                m.commit_unwritten = true;
+                store.set_hard_state(hs.clone());
+                Ok(())
             }
             Some(hs) => self.set_hard_state(store, hs),
-            None => match self.shards.get(&shard) {
-                Some(m) if m.commit_unwritten && !rd.entries().is_empty() => {
-                    let hs = m.hs.clone();
-                    self.set_hard_state(store, &hs)
-                }
-                _ => Ok(()),
-            },
+            // Entries are written anyway: the commit index noted earlier rides along.
+            None if m.commit_unwritten && !rd.entries().is_empty() => {
+                let hs = m.hs.clone();
+                self.set_hard_state(store, &hs)
+            }
+            None => Ok(()),
         }
     }
 
